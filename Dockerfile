@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1
+# Build stage: wheels for the app and its dependencies.
+FROM python:3.11-slim AS build
+WORKDIR /src
+RUN pip install --no-cache-dir --upgrade pip
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY pipeline ./pipeline
+COPY observability ./observability
+
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# Runtime stage: only the wheels, a non-root user, no build tools.
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000
+RUN useradd --create-home --uid 10001 gateway
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER gateway
+WORKDIR /home/gateway
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status == 200 else 1)"
+CMD ["python", "-m", "gateway", "serve"]

@@ -1,0 +1,1 @@
+"""The HTTP gateway: turns requests into pipeline runs and pipeline events into SSE or JSON."""

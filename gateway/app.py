@@ -1,0 +1,80 @@
+"""The application factory: connects to nothing at import time."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.appkeys import CATALOG, CLASSIFIER, REFERENCES, SETTINGS, SLOTS, STAGES, STATS, STREAMS
+from gateway.classifiers import open_classifier
+from gateway.config import Settings
+from gateway.errors import error_middleware
+from gateway.middleware import identity_middleware, request_middleware
+from gateway.routes import add_routes
+from gateway.wire import MAX_BODY_BYTES
+from observability.stats import RequestStats
+from pipeline.catalog import Catalog
+from pipeline.protocols import Classifier
+from pipeline.references import MemoryReferenceStore
+from pipeline.rollout import Rollout
+from pipeline.slots import ClassificationSlots
+from pipeline.stages.context import ContextStage
+from pipeline.stages.intent import IntentStage
+from pipeline.stages.model import ModelStage
+from pipeline.stages.prompt import PromptStage
+
+
+def create_app(settings: Settings, *, classifier: Classifier | None = None) -> web.Application:
+    """Build the gateway. `classifier` replaces the configured one (tests inject slow ones)."""
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES,
+        middlewares=[request_middleware, error_middleware, identity_middleware],
+    )
+    app[SETTINGS] = settings
+    app[STATS] = RequestStats()
+    app[CATALOG] = Catalog.load()
+    app[REFERENCES] = MemoryReferenceStore()
+    app[SLOTS] = ClassificationSlots(
+        settings.max_concurrent_classifications, settings.classification_queue_timeout
+    )
+    app[STREAMS] = weakref.WeakSet()
+
+    async def classifier_ctx(app: web.Application) -> AsyncIterator[None]:
+        if classifier is not None:
+            app[CLASSIFIER] = classifier
+            yield
+            return
+        async with open_classifier(settings) as opened:
+            app[CLASSIFIER] = opened
+            yield
+
+    app.cleanup_ctx.append(classifier_ctx)
+    app.cleanup_ctx.append(stages_ctx)
+    app.on_shutdown.append(stop_streams)
+    add_routes(app)
+    return app
+
+
+async def stages_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[STAGES] = (
+        ContextStage(),
+        IntentStage(
+            ai=app[CLASSIFIER],
+            slots=app[SLOTS],
+            rollout=Rollout(
+                settings.ai_classification_enabled, settings.ai_classification_rollout_percentage
+            ),
+        ),
+        ModelStage(app[CATALOG]),
+        PromptStage(app[REFERENCES]),
+    )
+    yield
+
+
+async def stop_streams(app: web.Application) -> None:
+    """On shutdown, stop heartbeats so open streams end with their pipelines."""
+    for stream in set(app[STREAMS]):
+        stream.stop()

@@ -1,0 +1,28 @@
+"""Typed keys for everything that lives on the aiohttp Application or Request."""
+
+from __future__ import annotations
+
+import weakref
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.sse import EventStream
+from observability.stats import RequestStats
+from pipeline.catalog import Catalog
+from pipeline.protocols import Classifier, Stage
+from pipeline.references import MemoryReferenceStore
+from pipeline.slots import ClassificationSlots
+
+SETTINGS = web.AppKey("settings", Settings)
+STATS = web.AppKey("stats", RequestStats)
+CLASSIFIER = web.AppKey("classifier", Classifier)
+CATALOG = web.AppKey("catalog", Catalog)
+SLOTS = web.AppKey("slots", ClassificationSlots)
+REFERENCES = web.AppKey("references", MemoryReferenceStore)
+STAGES = web.AppKey("stages", tuple[Stage, ...])
+STREAMS = web.AppKey("streams", weakref.WeakSet[EventStream])
+
+# Per request, set by the middlewares.
+TRACE_ID = web.RequestKey("trace_id", str)
+USER_ID = web.RequestKey("user_id", str)

@@ -1,0 +1,84 @@
+"""Command line: serve, classify one prompt, evaluate a classifier on a labeled file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from gateway.classifiers import open_classifier
+from gateway.config import ClassifierName, ConfigError, Settings
+from pipeline.evaluation import evaluate, load_examples, render_report
+from pipeline.classifiers.rules import RulesClassifier
+from pipeline.references import find_mentions
+from pipeline.types import ClassifierInput
+
+CLASSIFIERS: tuple[ClassifierName, ...] = ("rules", "local", "llm", "cascade")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP gateway")
+    serve.add_argument("--host", help="bind address (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default PORT or 8000)")
+
+    classify = commands.add_parser("classify", help="classify one prompt")
+    classify.add_argument("prompt")
+    classify.add_argument("--image", action="append", default=[], help="working image URL")
+    classify.add_argument("--classifier", choices=CLASSIFIERS)
+    classify.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    evaluate_cmd = commands.add_parser("eval", help="accuracy of a classifier on a JSONL file")
+    evaluate_cmd.add_argument("file")
+    evaluate_cmd.add_argument("--classifier", choices=CLASSIFIERS)
+    evaluate_cmd.add_argument("--json", action="store_true", help="one JSON object on the last line")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if getattr(args, "classifier", None):
+            settings = msgspec.structs.replace(settings, intent_classifier=args.classifier)
+            settings.check()
+    except ConfigError as exc:
+        parser.error(str(exc))
+
+    if args.command == "serve":
+        from gateway.server import serve
+
+        return serve(settings, host=args.host, port=args.port)
+    if args.command == "classify":
+        return asyncio.run(_classify(settings, args.prompt, tuple(args.image), as_json=args.json))
+    return asyncio.run(_eval(settings, args.file, as_json=args.json))
+
+
+async def _classify(settings: Settings, prompt: str, images: tuple[str, ...], *, as_json: bool) -> int:
+    query = ClassifierInput(prompt=prompt, working_images=images, mentions=find_mentions(prompt))
+    async with open_classifier(settings) as classifier:
+        result = await classifier.classify(query)
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        sys.stdout.write(
+            f"{result.workflow_type.value}  confidence={result.confidence:.2f}  "
+            f"source={result.source.value}\n{result.reasoning}\n"
+        )
+    return 0
+
+
+async def _eval(settings: Settings, path: str, *, as_json: bool) -> int:
+    examples = load_examples(path)
+    async with open_classifier(settings) as classifier:
+        report = await evaluate(classifier, examples)
+    baseline = None
+    if not as_json and classifier.name != "rules":
+        baseline = await evaluate(RulesClassifier(), examples)
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+    else:
+        sys.stdout.write(render_report(report, baseline))
+    return 0

@@ -1,0 +1,90 @@
+"""One frozen, typed configuration, built once from the environment at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+ClassifierName = Literal["rules", "local", "llm", "cascade"]
+
+
+class ConfigError(ValueError):
+    """An environment variable has a value the gateway cannot use."""
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+
+    # Classification
+    intent_classifier: ClassifierName = "rules"
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    classification_timeout: float = 10.0  # seconds, one deadline per classification
+    max_concurrent_classifications: int = 8
+    classification_queue_timeout: float = 2.0
+    local_confidence_threshold: float = 0.6
+    ai_classification_enabled: bool = True
+    ai_classification_rollout_percentage: int = 100
+
+    # LLM circuit breaker
+    circuit_breaker_failure_threshold: int = 5
+    circuit_breaker_timeout: float = 60.0
+
+    # Redis: cache and limits (unset: in-process memory, limits per instance)
+    redis_url: str | None = None
+    intent_cache_ttl: int = 3600
+    rate_limit_requests_per_minute: int = 100
+    rate_limit_requests_per_hour: int = 1000
+    cost_limit_per_hour: float = 50.0
+
+    # Postgres analytics (unset: no logging to a database)
+    database_url: str | None = None
+
+    # SSE
+    sse_heartbeat_seconds: float = 15.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the app's variable names; unset means the embedded default."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        for field in msgspec.structs.fields(cls):
+            value = env.get(field.name.upper())
+            if value is not None and value != "":
+                raw[field.name] = value
+        if "intent_classifier" not in raw:
+            # The embedded classifier lands with its own issue; until then the rules serve.
+            raw["intent_classifier"] = "rules"
+        if "max_concurrent_classifications" not in raw:
+            raw["max_concurrent_classifications"] = max(4, 4 * (os.cpu_count() or 1))
+        if "port" not in raw and env.get("PORT"):
+            raw["port"] = env["PORT"]
+        try:
+            # strict=False converts "100" -> 100 and "true" -> True, as environment text needs.
+            settings = msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_name_variable(str(exc))) from None
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if not 0 <= self.ai_classification_rollout_percentage <= 100:
+            raise ConfigError("AI_CLASSIFICATION_ROLLOUT_PERCENTAGE must be 0..100")
+        if self.max_concurrent_classifications < 1:
+            raise ConfigError("MAX_CONCURRENT_CLASSIFICATIONS must be at least 1")
+        if self.intent_classifier in ("llm", "cascade") and not self.openai_api_key:
+            raise ConfigError(f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY")
+
+
+def _name_variable(message: str) -> str:
+    # msgspec says "... - at `$.redis_url`"; operators know the variable, not the field.
+    if "`$." in message:
+        head, _, path = message.rpartition("`$.")
+        return f"{path.rstrip('`').upper()}: {head.removesuffix(' - at ')}"
+    return message

@@ -1,0 +1,114 @@
+"""The gateway's error tree, mapped to HTTP responses in one place (`error_middleware`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from pipeline.errors import Overloaded, PipelineError
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    error: str  # machine-readable code
+    detail: str  # human-readable explanation
+    field: str | None = None
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class MalformedJSON(GatewayError):
+    status = 400
+    code = "malformed_json"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ValidationFailed(GatewayError):
+    status = 422
+    code = "validation_error"
+
+
+class ServiceOverloaded(GatewayError):
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, detail: str, *, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+def as_gateway_error(exc: PipelineError) -> GatewayError:
+    """Pipeline errors that end a request, in HTTP terms."""
+    if isinstance(exc, Overloaded):
+        return ServiceOverloaded(str(exc), retry_after=exc.retry_after)
+    return GatewayError(str(exc))
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_response(error: GatewayError) -> web.Response:
+    body = ErrorBody(error=error.code, detail=error.detail, field=error.field)
+    return web.Response(
+        status=error.status,
+        body=_encoder.encode(body),
+        content_type="application/json",
+        headers=error.headers(),
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc)
+    except PipelineError as exc:
+        return error_response(as_gateway_error(exc))
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge("request body is larger than 64 KiB"))
+    except web.HTTPException as exc:  # aiohttp's own 404/405/...: same JSON shape
+        if exc.status < 400:
+            raise
+        body = ErrorBody(
+            error=exc.reason.lower().replace(" ", "_"),
+            detail=f"{request.method} {request.path}: {exc.reason}",
+        )
+        keep = {name: exc.headers[name] for name in ("Allow", "Retry-After") if name in exc.headers}
+        return web.Response(
+            status=exc.status, body=_encoder.encode(body), content_type="application/json", headers=keep
+        )
+    except Exception:
+        # A bug, not a user error: log it with its trace and answer with a generic body.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(GatewayError("internal error"))

@@ -1,0 +1,173 @@
+"""HTTP handlers: validate, run the pipeline, answer in JSON or SSE."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import msgspec
+from aiohttp import web
+
+from gateway.appkeys import SETTINGS, SLOTS, STAGES, STATS, STREAMS, TRACE_ID, USER_ID
+from gateway.errors import UnsupportedMediaType, as_gateway_error
+from gateway.sse import EventStream
+from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
+from pipeline.errors import PipelineError
+from pipeline.events import ErrorEvent, ProcessResult, StageEvent
+from pipeline.runner import run_pipeline
+from pipeline.state import RequestState
+from pipeline.types import PipelineRequest
+
+log = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(payload: object, *, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(payload), status=status, content_type="application/json")
+
+
+async def read_body(request: web.Request) -> ProcessBody:
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(f"send Content-Type: application/json, not {request.content_type!r}")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+    return decode_body(await request.read())
+
+
+def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest:
+    return to_pipeline_request(body, user_id=request[USER_ID], trace_id=request[TRACE_ID])
+
+
+async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
+    """Run every stage and return the final answer (the `done` event)."""
+    async for name, event in run_pipeline(request.app[STAGES], RequestState(request=preq)):
+        if name == "done":
+            assert isinstance(event, ProcessResult)
+            record_result(request, event)
+            return event
+        if isinstance(event, ErrorEvent):
+            request.app[STATS].record_error(event.code)
+    raise AssertionError("pipeline ended without a done event")
+
+
+def record_result(request: web.Request, result: ProcessResult) -> None:
+    request.app[STATS].record_result(
+        source=result.intent_source.value,
+        arm=result.metadata.arm,
+        workflow=result.workflow_type.value,
+        cache_hit=result.cache_hit,
+        fallback_used=result.fallback_used,
+    )
+
+
+async def process(request: web.Request) -> web.Response:
+    """POST /api/v1/enhanced/process: the whole answer as one JSON object."""
+    preq = pipeline_request(request, await read_body(request))
+    return json_response(await run_to_result(request, preq))
+
+
+async def stream_post(request: web.Request) -> web.StreamResponse:
+    """POST /api/v1/enhanced/stream: one SSE event per stage, then `done`."""
+    return await _stream(request, pipeline_request(request, await read_body(request)))
+
+
+async def stream_get(request: web.Request) -> web.StreamResponse:
+    """GET /api/v1/enhanced/stream?prompt=...: the same, for EventSource."""
+    return await _stream(request, pipeline_request(request, decode_query(request.query)))
+
+
+async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResponse:
+    # Everything that can be refused with a status code was refused before this point.
+    stream = EventStream(
+        heartbeat_seconds=request.app[SETTINGS].sse_heartbeat_seconds,
+        headers={"X-Trace-Id": preq.trace_id},
+    )
+    await stream.prepare(request)
+    request.app[STREAMS].add(stream)
+    events = run_pipeline(request.app[STAGES], RequestState(request=preq))
+    try:
+        async with contextlib.aclosing(events):
+            try:
+                async for name, event in events:
+                    if name == "done":
+                        assert isinstance(event, ProcessResult)
+                        record_result(request, event)
+                    elif isinstance(event, ErrorEvent):
+                        request.app[STATS].record_error(event.code)
+                    await stream.send(name, _encode(event))
+            except PipelineError as exc:
+                # Overload after the stream started: say so in-band, then end the stream.
+                error = as_gateway_error(exc)
+                request.app[STATS].record_error(error.code)
+                await stream.send("error", _encode(_error_event(error.code, error.detail, preq)))
+        await stream.write_eof()
+    except ConnectionResetError:
+        log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})
+    finally:
+        stream.stop()
+    return stream
+
+
+def _error_event(code: str, message: str, preq: PipelineRequest) -> StageEvent:
+    return ErrorEvent(code=code, message=message, trace_id=preq.trace_id)
+
+
+class Differences(msgspec.Struct, kw_only=True):
+    workflow_type: bool
+    model_selection: bool
+    prompt_changes: bool
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    ai_classification: ProcessResult
+    existing_system: ProcessResult
+    differences: Differences
+
+
+async def compare(request: web.Request) -> web.Response:
+    """POST /api/v1/enhanced/compare: the AI path and the existing rules, side by side."""
+    preq = pipeline_request(request, await read_body(request))
+    ai = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=True))
+    existing = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=False))
+    return json_response(
+        Comparison(
+            ai_classification=ai,
+            existing_system=existing,
+            differences=Differences(
+                workflow_type=ai.workflow_type != existing.workflow_type,
+                model_selection=ai.model_selection.model_id != existing.model_selection.model_id,
+                prompt_changes=ai.final_prompt != existing.final_prompt,
+            ),
+        )
+    )
+
+
+async def metrics_json(request: web.Request) -> web.Response:
+    """GET /api/v1/enhanced/metrics: counters and rates of this instance."""
+    slots = request.app[SLOTS]
+    snapshot = request.app[STATS].snapshot()
+    snapshot["classification_slots"] = {"limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting}
+    return json_response(snapshot)
+
+
+async def health(request: web.Request) -> web.Response:
+    """GET /health: ok, or degraded with the dependency that is not."""
+    settings = request.app[SETTINGS]
+    dependencies = {
+        "classifier": {"state": "ok", "name": settings.intent_classifier},
+        "redis": {"state": "not_configured"},
+        "postgres": {"state": "not_configured"},
+    }
+    degraded = any(dep["state"] not in ("ok", "not_configured") for dep in dependencies.values())
+    return json_response({"status": "degraded" if degraded else "ok", "dependencies": dependencies})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/enhanced/process", process)
+    app.router.add_post("/api/v1/enhanced/stream", stream_post)
+    app.router.add_get("/api/v1/enhanced/stream", stream_get, allow_head=False)
+    app.router.add_post("/api/v1/enhanced/compare", compare)
+    app.router.add_get("/api/v1/enhanced/metrics", metrics_json)
+    app.router.add_get("/health", health)
+

@@ -1,0 +1,59 @@
+"""In-process request counters behind the JSON metrics endpoint."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class RequestStats:
+    """Counts per instance; cheap enough to update on every request."""
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()  # by route
+        self.statuses: Counter[int] = Counter()
+        self.sources: Counter[str] = Counter()  # which classifier decided
+        self.arms: Counter[str] = Counter()
+        self.workflows: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()  # by error code
+        self.classifications = 0
+        self.cache_hits = 0
+        self.fallbacks = 0
+
+    def record_request(self, route: str, status: int) -> None:
+        self.requests[route] += 1
+        self.statuses[status] += 1
+
+    def record_result(
+        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool
+    ) -> None:
+        self.classifications += 1
+        self.sources[source] += 1
+        self.arms[arm] += 1
+        self.workflows[workflow] += 1
+        self.cache_hits += cache_hit
+        self.fallbacks += fallback_used
+
+    def record_error(self, code: str) -> None:
+        self.errors[code] += 1
+
+    def snapshot(self) -> dict[str, object]:
+        done = max(self.classifications, 1)
+        total_requests = sum(self.requests.values())
+        return {
+            "requests": total_requests,
+            "requests_by_route": dict(self.requests),
+            "responses_by_status": {str(k): v for k, v in self.statuses.items()},
+            "classifications": self.classifications,
+            "classifications_by_source": dict(self.sources),
+            "classifications_by_arm": dict(self.arms),
+            "workflows": dict(self.workflows),
+            "cache_hits": self.cache_hits,
+            "fallbacks": self.fallbacks,
+            "errors": sum(self.errors.values()),
+            "errors_by_code": dict(self.errors),
+            "rates": {
+                "cache_hit_rate": self.cache_hits / done,
+                "fallback_rate": self.fallbacks / done,
+                "error_rate": sum(self.errors.values()) / max(total_requests, 1),
+            },
+        }

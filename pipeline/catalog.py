@@ -1,0 +1,64 @@
+"""The model catalog: which hosted generation model serves each workflow, at what cost."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Literal
+
+import msgspec
+
+from pipeline.types import IntentClassification, ModelSelection, Quality, WorkflowType
+
+
+class Tier(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    model: str
+    fallbacks: list[str]
+    price: float
+    time_s: int
+
+
+class WorkflowModels(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    unit: Literal["generation", "second"]
+    balanced: Tier
+    speed: Tier | None = None
+    quality: Tier | None = None
+    duration_s: int = 1
+
+
+class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: str
+    workflows: dict[WorkflowType, WorkflowModels]
+
+    @classmethod
+    def load(cls, text: str | None = None) -> Catalog:
+        """Parse the catalog (the packaged catalog.toml by default); every workflow must be there."""
+        if text is None:
+            text = resources.files("pipeline").joinpath("catalog.toml").read_text("utf-8")
+        catalog = msgspec.toml.decode(text, type=cls)
+        missing = set(WorkflowType) - set(catalog.workflows)
+        if missing:
+            raise ValueError(f"catalog lacks workflows: {sorted(w.value for w in missing)}")
+        return catalog
+
+    def select(self, intent: IntentClassification, quality: Quality) -> ModelSelection:
+        entry = self.workflows[intent.workflow_type]
+        tier = getattr(entry, quality) or entry.balanced
+        if entry.unit == "second":
+            cost = tier.price * entry.duration_s
+            basis = f"{entry.duration_s}s at ${tier.price:.2f}/s"
+        else:
+            cost = tier.price
+            basis = "per generation"
+        reasoning = (
+            f"Selected {tier.model} for {intent.workflow_type.value} ({quality}, {basis})"
+        )
+        if intent.confidence < 0.8:
+            reasoning += f"; low intent confidence {intent.confidence:.2f}"
+        return ModelSelection(
+            model_id=tier.model,
+            provider=self.provider,
+            reasoning=reasoning,
+            fallback_models=list(tier.fallbacks),
+            estimated_cost=round(cost, 4),
+            estimated_time=tier.time_s,
+        )

@@ -1,0 +1,1 @@
+"""Intent classifiers: each module holds one implementation of the `Classifier` protocol."""

@@ -1,0 +1,30 @@
+"""The two small protocols the pipeline is built from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+if TYPE_CHECKING:
+    from pipeline.state import RequestState
+    from pipeline.types import ClassifierInput, IntentClassification
+
+
+class Classifier(Protocol):
+    name: str  # "rules" | "local" | "llm" | "cascade"
+    version: str  # part of cache keys: change it when the classifier's answers can change
+
+    async def classify(self, query: ClassifierInput) -> IntentClassification: ...
+
+
+class Stage(Protocol):
+    """One job in the pipeline; its result is the payload of the SSE event named `name`."""
+
+    name: str
+
+    async def run(self, state: RequestState) -> msgspec.Struct: ...
+
+    def fallback(self, state: RequestState) -> msgspec.Struct:
+        """Fill `state` with a safe default after `run` failed, and describe it."""
+        ...

@@ -1,0 +1,39 @@
+"""@tag references: "put @sarah in this red dress" names an image the user saved as `sarah`."""
+
+from __future__ import annotations
+
+import re
+from typing import Protocol
+
+MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+
+
+def find_mentions(prompt: str) -> tuple[str, ...]:
+    """Tags in order of first appearance, lower-cased, without '@' or trailing dots."""
+    seen: dict[str, None] = {}
+    for match in MENTION.finditer(prompt):
+        seen.setdefault(match.group(1).rstrip(".").lower(), None)
+    return tuple(seen)
+
+
+class ReferenceStore(Protocol):
+    async def resolve(self, user_id: str, tags: tuple[str, ...]) -> dict[str, str]:
+        """Map each known tag of this user to its image URL; unknown tags are left out."""
+        ...
+
+
+class MemoryReferenceStore:
+    """Per-process tags: the default when no database is configured."""
+
+    def __init__(self) -> None:
+        self._tags: dict[str, dict[str, str]] = {}
+
+    async def resolve(self, user_id: str, tags: tuple[str, ...]) -> dict[str, str]:
+        mine = self._tags.get(user_id, {})
+        return {tag: mine[tag] for tag in tags if tag in mine}
+
+    async def save(self, user_id: str, tag: str, image_url: str) -> None:
+        self._tags.setdefault(user_id, {})[tag.lower()] = image_url
+
+    async def list(self, user_id: str) -> dict[str, str]:
+        return dict(self._tags.get(user_id, {}))

@@ -1,0 +1,74 @@
+"""Runs an ordered list of stages over one request state, yielding each result as it completes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from pipeline.errors import PipelineError
+from pipeline.events import ErrorEvent, ProcessResult, ResultMetadata, StageEvent
+from pipeline.protocols import Stage
+from pipeline.state import RequestState
+
+log = logging.getLogger(__name__)
+
+
+async def run_pipeline(
+    stages: Sequence[Stage], state: RequestState
+) -> AsyncIterator[tuple[str, StageEvent]]:
+    """Yield (event name, payload) per stage, then ("done", ProcessResult).
+
+    A stage that fails yields an `error` event and then its safe default, flagged
+    `fallback_used`, so a stream never ends in a 500 halfway. PipelineError (overload)
+    is not a stage failure: it ends the request and propagates to the gateway.
+    """
+    for stage in stages:
+        try:
+            event = await stage.run(state)
+        except PipelineError:
+            raise
+        except Exception as exc:  # any other stage bug or dependency failure
+            log.warning("stage %s failed: %r", stage.name, exc, exc_info=exc)
+            state.fallback_used = True
+            yield "error", _stamp(
+                ErrorEvent(code="stage_failed", message=f"{stage.name} stage failed", stage=stage.name),
+                state,
+            )
+            event = stage.fallback(state)
+        yield stage.name, _stamp(event, state)
+    yield "done", _stamp(build_result(state), state)
+
+
+def _stamp(event: StageEvent, state: RequestState) -> StageEvent:
+    event.elapsed_ms = state.elapsed_ms()
+    event.trace_id = state.request.trace_id
+    return event
+
+
+def build_result(state: RequestState) -> ProcessResult:
+    """The final answer from a state every stage has filled (or defaulted)."""
+    intent, selection = state.intent, state.selection
+    assert intent is not None and selection is not None and state.final_prompt is not None
+    return ProcessResult(
+        success=True,
+        workflow_type=intent.workflow_type,
+        final_prompt=state.final_prompt,
+        model_selection=selection,
+        references=state.references,
+        intent_confidence=intent.confidence,
+        intent_source=intent.source,
+        cache_hit=state.cache_hit,
+        reasoning=f"{intent.reasoning} | {selection.reasoning}",
+        processing_time=round(state.elapsed_ms() / 1000.0, 6),
+        estimated_cost=selection.estimated_cost,
+        estimated_time=selection.estimated_time,
+        fallback_used=state.fallback_used,
+        metadata=ResultMetadata(
+            requires_web_search=intent.requires_web_search,
+            web_search_query=intent.web_search_query,
+            enhancement_applied=state.enhancement_applied,
+            arm=state.arm,
+            unknown_tags=state.unknown_tags,
+            low_confidence=bool(intent.metadata.get("low_confidence", False)),
+        ),
+    )

@@ -1,0 +1,58 @@
+"""Stage 2: which of the nine workflows the user wants."""
+
+from __future__ import annotations
+
+from pipeline.classifiers.rules import RulesClassifier
+from pipeline.events import IntentEvent
+from pipeline.protocols import Classifier
+from pipeline.rollout import Rollout
+from pipeline.slots import ClassificationSlots
+from pipeline.state import RequestState
+
+
+class IntentStage:
+    name = "intent"
+
+    def __init__(
+        self,
+        *,
+        ai: Classifier,
+        slots: ClassificationSlots,
+        rollout: Rollout,
+        rules: RulesClassifier | None = None,
+    ) -> None:
+        self.ai = ai
+        self.rules = rules or RulesClassifier()
+        self.slots = slots
+        self.rollout = rollout
+
+    async def run(self, state: RequestState) -> IntentEvent:
+        request, context = state.request, state.context
+        assert context is not None
+        state.arm = self.rollout.arm(request.user_id) if request.use_ai_classification else "existing"
+        classifier: Classifier = self.ai if state.arm == "ai" else self.rules
+        async with self.slots.hold():
+            state.intent = await classifier.classify(context.classifier_input(request.prompt))
+        return self._event(state)
+
+    def fallback(self, state: RequestState) -> IntentEvent:
+        # The keyword rules never fail and need no slot: the safe default.
+        context = state.context
+        assert context is not None
+        state.intent = self.rules.classify_sync(context.classifier_input(state.request.prompt))
+        return self._event(state)
+
+    @staticmethod
+    def _event(state: RequestState) -> IntentEvent:
+        intent = state.intent
+        assert intent is not None
+        return IntentEvent(
+            workflow_type=intent.workflow_type,
+            confidence=intent.confidence,
+            source=intent.source,
+            reasoning=intent.reasoning,
+            cache_hit=state.cache_hit,
+            arm=state.arm,
+            requires_web_search=intent.requires_web_search,
+            web_search_query=intent.web_search_query,
+        )

@@ -1,0 +1,49 @@
+"""The per-request state the stages read and fill in, in order."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+
+from pipeline.types import (
+    Arm,
+    ClassifierInput,
+    IntentClassification,
+    ModelSelection,
+    PipelineRequest,
+    Reference,
+)
+
+
+class Context(msgspec.Struct, frozen=True, kw_only=True):
+    user_id: str
+    working_images: tuple[str, ...]
+    uploaded_images: tuple[str, ...]
+    mentions: tuple[str, ...]
+
+    def classifier_input(self, prompt: str) -> ClassifierInput:
+        return ClassifierInput(
+            prompt=prompt,
+            working_images=self.working_images,
+            uploaded_images=self.uploaded_images,
+            mentions=self.mentions,
+        )
+
+
+class RequestState(msgspec.Struct, kw_only=True):
+    request: PipelineRequest
+    started: float = msgspec.field(default_factory=time.perf_counter)
+    context: Context | None = None
+    intent: IntentClassification | None = None
+    arm: Arm = "ai"
+    cache_hit: bool = False
+    selection: ModelSelection | None = None
+    final_prompt: str | None = None
+    enhancement_applied: bool = False
+    references: list[Reference] = msgspec.field(default_factory=list)
+    unknown_tags: list[str] = msgspec.field(default_factory=list)
+    fallback_used: bool = False
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000.0, 3)

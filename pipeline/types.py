@@ -1,0 +1,96 @@
+"""Domain types shared by every stage and classifier."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal
+
+import msgspec
+
+
+class WorkflowType(str, enum.Enum):
+    IMAGE_GENERATION = "image_generation"
+    VIDEO_GENERATION = "video_generation"  # video with audio
+    IMAGE_TO_VIDEO = "image_to_video"  # animate an existing image
+    TEXT_TO_VIDEO = "text_to_video"  # video from text, no audio
+    IMAGE_EDITING = "image_editing"
+    IMAGE_ENHANCEMENT = "image_enhancement"
+    REFERENCE_STYLING = "reference_styling"  # celebrity/event/fashion looks, virtual try-on
+    HAIR_STYLING = "hair_styling"
+    STYLE_TRANSFER = "style_transfer"
+
+
+VIDEO_WORKFLOWS = frozenset(
+    {WorkflowType.VIDEO_GENERATION, WorkflowType.IMAGE_TO_VIDEO, WorkflowType.TEXT_TO_VIDEO}
+)
+
+
+class IntentSource(str, enum.Enum):
+    LLM = "llm"
+    LOCAL = "local"
+    RULES = "rules"
+
+
+Quality = Literal["speed", "balanced", "quality"]
+Style = Literal[
+    "photorealistic", "cinematic", "anime", "cartoon", "watercolor", "oil_painting", "sketch",
+    "digital_art", "3d_render", "vintage", "minimalist",
+]
+Format = Literal["square", "portrait", "landscape", "1:1", "4:3", "3:4", "16:9", "9:16"]
+Arm = Literal["ai", "existing"]
+
+
+class Preferences(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    quality: Quality = "balanced"
+    style: Style | None = None
+    format: Format | None = None
+
+
+class ClassifierInput(msgspec.Struct, frozen=True):
+    """What a classifier may look at: the prompt and the context features."""
+
+    prompt: str
+    working_images: tuple[str, ...] = ()
+    uploaded_images: tuple[str, ...] = ()
+    mentions: tuple[str, ...] = ()  # "@sarah" tags, lower-cased, without the '@'
+
+
+class IntentClassification(msgspec.Struct, frozen=True, kw_only=True):
+    workflow_type: WorkflowType
+    confidence: float  # 0..1
+    reasoning: str
+    source: IntentSource
+    requires_web_search: bool = False
+    web_search_query: str | None = None
+    enhancement_needed: bool = False
+    metadata: dict[str, Any] = {}
+
+
+class ModelSelection(msgspec.Struct, frozen=True, kw_only=True):
+    model_id: str
+    provider: str
+    reasoning: str
+    fallback_models: list[str]
+    estimated_cost: float  # US dollars
+    estimated_time: int  # seconds
+
+
+class Reference(msgspec.Struct, frozen=True, kw_only=True):
+    """An image the generation model should look at: a user's @tag or a search result."""
+
+    kind: Literal["user_tag", "search"]
+    image_url: str
+    tag: str | None = None
+    title: str | None = None
+    source_url: str | None = None
+
+
+class PipelineRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated request: the gateway builds it, stages trust it."""
+
+    prompt: str
+    user_id: str
+    trace_id: str
+    working_image_url: str | None = None
+    preferences: Preferences = Preferences()
+    use_ai_classification: bool = True

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real app factory behind a real test server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import Settings
+from pipeline.protocols import Classifier
+
+MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any) -> MakeClient:
+    """Start the gateway with `Settings` overrides and, optionally, an injected classifier."""
+
+    async def make(classifier: Classifier | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        settings = msgspec.structs.replace(Settings.from_env({}), **overrides)
+        app = create_app(settings, classifier=classifier)
+        # As in production: a client that disconnects cancels its handler.
+        return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> TestClient[Any, Any]:
+    return await make_client()
+
+
+class GatedClassifier:
+    """A classifier that waits for the test to open its gate: in-flight work on demand."""
+
+    name = "gated"
+    version = "gated-1"
+
+    def __init__(self, inner: Classifier) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def classify(self, query: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.inner.classify(query)
+
+
+class FailingClassifier:
+    """A classifier with a bug: every call raises."""
+
+    name = "failing"
+    version = "failing-1"
+
+    async def classify(self, query: Any) -> Any:
+        raise RuntimeError("classifier exploded")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)

@@ -1,0 +1,120 @@
+"""The JSON endpoints: /process, /compare, metrics, health, and errors as JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+PROCESS = "/api/v1/enhanced/process"
+SUPABASE = "https://demo.supabase.co/storage/v1/object/public/images"
+
+
+@pytest.mark.parametrize(
+    ("body", "workflow", "model"),
+    [
+        ({"prompt": "change my hair to blonde with bangs"}, "hair_styling", "flux-kontext-apps/change-haircut"),
+        (
+            {"prompt": "put @sarah in this red dress", "working_image_url": f"{SUPABASE}/me.jpg"},
+            "reference_styling",
+            "flux-kontext-apps/multi-image-kontext-max",
+        ),
+        (
+            {"prompt": "animate this sunset", "working_image_url": f"{SUPABASE}/sunset.jpg"},
+            "image_to_video",
+            "lightricks/ltx-video",
+        ),
+        ({"prompt": "cinematic video of waves with ocean sounds"}, "video_generation", "google/veo-3"),
+    ],
+)
+async def test_readme_examples_route_to_their_workflow(
+    client: Any, body: dict[str, Any], workflow: str, model: str
+) -> None:
+    """The README's curl examples answer with the workflow and model a user expects."""
+    resp = await client.post(PROCESS, json=body)
+    assert resp.status == 200
+    result = await resp.json()
+    assert result["workflow_type"] == workflow
+    assert result["model_selection"]["model_id"] == model
+    assert result["success"] is True and result["fallback_used"] is False
+
+
+async def test_process_answer_has_the_fields_the_frontend_reads(client: Any) -> None:
+    """Field names are a contract with the existing frontend."""
+    result = await (await client.post(PROCESS, json={"prompt": "a cat playing in the garden"})).json()
+    assert {
+        "success", "workflow_type", "final_prompt", "model_selection", "references", "intent_confidence",
+        "intent_source", "cache_hit", "reasoning", "processing_time", "estimated_cost", "estimated_time",
+        "fallback_used", "trace_id", "metadata",
+    } <= set(result)
+    assert set(result["model_selection"]) == {
+        "model_id", "provider", "reasoning", "fallback_models", "estimated_cost", "estimated_time",
+    }
+    assert {"requires_web_search", "web_search_query", "enhancement_applied"} <= set(result["metadata"])
+    assert 0 <= result["intent_confidence"] <= 1
+
+
+async def test_unknown_mention_is_reported(client: Any) -> None:
+    """@tags the user never saved come back in metadata.unknown_tags."""
+    result = await (await client.post(PROCESS, json={"prompt": "put @sarah in this red dress"})).json()
+    assert result["metadata"]["unknown_tags"] == ["sarah"]
+    assert result["references"] == []
+
+
+async def test_quality_preference_picks_the_tier(client: Any) -> None:
+    """speed and quality pick other models and prices for image generation."""
+    async def pick(quality: str) -> dict[str, Any]:
+        body = {"prompt": "a lighthouse at dawn", "user_preferences": {"quality": quality}}
+        return (await (await client.post(PROCESS, json=body)).json())["model_selection"]
+
+    assert (await pick("speed"))["model_id"] == "black-forest-labs/flux-schnell"
+    assert (await pick("quality"))["estimated_cost"] == 0.08
+    assert (await pick("balanced"))["model_id"] == "black-forest-labs/flux-1.1-pro"
+
+
+async def test_use_ai_classification_false_uses_the_existing_rules(client: Any) -> None:
+    """The frontend's toggle sends the request down the existing system's path."""
+    body = {"prompt": "make my photo sharper", "use_ai_classification": False}
+    result = await (await client.post(PROCESS, json=body)).json()
+    assert result["intent_source"] == "rules"
+    assert result["metadata"]["arm"] == "existing"
+
+
+async def test_compare_shows_both_paths_and_their_differences(client: Any) -> None:
+    """/compare answers with both results and per-field difference flags."""
+    resp = await client.post("/api/v1/enhanced/compare", json={"prompt": "change my hair to blonde"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["existing_system"]["intent_source"] == "rules"
+    assert body["existing_system"]["metadata"]["arm"] == "existing"
+    assert set(body["differences"]) == {"workflow_type", "model_selection", "prompt_changes"}
+    same = body["ai_classification"]["workflow_type"] == body["existing_system"]["workflow_type"]
+    assert body["differences"]["workflow_type"] is (not same)
+
+
+async def test_metrics_count_requests_and_sources(client: Any) -> None:
+    """The JSON metrics reflect the requests served."""
+    for _ in range(3):
+        await client.post(PROCESS, json={"prompt": "a tree"})
+    metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert metrics["classifications"] == 3
+    assert sum(metrics["classifications_by_source"].values()) == 3
+    assert metrics["requests_by_route"]["/api/v1/enhanced/process"] == 3
+    assert {"cache_hit_rate", "fallback_rate", "error_rate"} <= set(metrics["rates"])
+    assert metrics["classification_slots"]["in_use"] == 0
+
+
+async def test_health_reports_ok_and_dependencies(client: Any) -> None:
+    """/health says ok with nothing external configured."""
+    body = await (await client.get("/health")).json()
+    assert body["status"] == "ok"
+    assert body["dependencies"]["redis"]["state"] == "not_configured"
+
+
+async def test_unknown_route_and_method_answer_json(client: Any) -> None:
+    """404 and 405 are JSON like every other error."""
+    missing = await client.get("/nope")
+    assert missing.status == 404 and (await missing.json())["error"] == "not_found"
+    wrong = await client.get(PROCESS)
+    assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
+    assert (await wrong.json())["error"] == "method_not_allowed"

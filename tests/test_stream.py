@@ -1,0 +1,156 @@
+"""The SSE endpoint: byte format, stage order, errors in-band, disconnects, overload."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from gateway.appkeys import SLOTS
+from pipeline.classifiers.rules import RulesClassifier
+from tests.conftest import FailingClassifier, GatedClassifier, MakeClient, wait_until
+from tests.sse import parse_events
+
+STREAM = "/api/v1/enhanced/stream"
+STAGES = ["context", "intent", "model", "prompt", "done"]
+
+
+async def test_stream_emits_each_stage_in_order_then_done(client: Any) -> None:
+    """Events arrive as context, intent, model, prompt, done with increasing ids."""
+    resp = await client.post(STREAM, json={"prompt": "change my hair to blonde with bangs"})
+    assert resp.status == 200
+    events = parse_events(await resp.read())
+    assert [e.event for e in events] == STAGES
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+    assert events[1].data["workflow_type"] == "hair_styling"
+    assert events[2].data["model_id"] == "flux-kontext-apps/change-haircut"
+
+
+async def test_every_event_carries_elapsed_ms_and_the_trace_id(client: Any) -> None:
+    """elapsed_ms never decreases; the trace id matches the response header."""
+    resp = await client.post(STREAM, json={"prompt": "a cat playing in the garden"})
+    events = parse_events(await resp.read())
+    elapsed = [e.data["elapsed_ms"] for e in events]
+    assert elapsed == sorted(elapsed) and all(isinstance(ms, float) for ms in elapsed)
+    assert {e.data["trace_id"] for e in events} == {resp.headers["X-Trace-Id"]}
+
+
+async def test_stream_headers_disable_caching_and_proxy_buffering(client: Any) -> None:
+    """Proxies must pass events through at once."""
+    resp = await client.post(STREAM, json={"prompt": "a red fox"})
+    await resp.read()
+    assert resp.headers["Content-Type"] == "text/event-stream"
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert resp.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Encoding" not in resp.headers
+
+
+async def test_done_event_is_exactly_the_process_json(client: Any) -> None:
+    """The stream's final event and /process answer with the same fields and values."""
+    body = {"prompt": "put @sarah in this red dress", "working_image_url": "https://a.supabase.co/p.jpg"}
+    done = parse_events(await (await client.post(STREAM, json=body)).read())[-1].data
+    processed = await (await client.post("/api/v1/enhanced/process", json=body)).json()
+    assert set(done) == set(processed)
+    for volatile in ("elapsed_ms", "processing_time", "trace_id"):
+        done.pop(volatile), processed.pop(volatile)
+    assert done == processed
+
+
+async def test_get_stream_reads_the_query_string(client: Any) -> None:
+    """EventSource cannot POST: GET takes prompt, working_image_url and quality."""
+    resp = await client.get(
+        STREAM,
+        params={
+            "prompt": "animate this sunset",
+            "working_image_url": "https://a.supabase.co/sunset.jpg",
+            "quality": "quality",
+        },
+    )
+    events = parse_events(await resp.read())
+    assert [e.event for e in events] == STAGES
+    assert events[0].data["preferences"]["quality"] == "quality"
+    assert events[-1].data["workflow_type"] == "image_to_video"
+
+
+async def test_invalid_stream_request_is_refused_before_the_stream_starts(client: Any) -> None:
+    """A bad GET query gets a 422 JSON error, not an event stream."""
+    resp = await client.get(STREAM, params={"prompt": "x", "quality": "ultra"})
+    assert resp.status == 422
+    assert resp.content_type == "application/json"
+    assert (await resp.json())["field"] == "quality"
+
+
+async def test_failing_stage_yields_error_event_and_falls_back(make_client: MakeClient) -> None:
+    """A classifier bug becomes an `error` event; the rules answer and done says fallback_used."""
+    client = await make_client(classifier=FailingClassifier())
+    resp = await client.post(STREAM, json={"prompt": "upscale this photo"})
+    assert resp.status == 200
+    events = parse_events(await resp.read())
+    assert [e.event for e in events] == ["context", "error", "intent", "model", "prompt", "done"]
+    assert events[1].data["code"] == "stage_failed" and events[1].data["stage"] == "intent"
+    assert events[2].data["source"] == "rules"
+    assert events[-1].data["fallback_used"] is True
+    assert client.app[SLOTS].in_use == 0
+
+
+async def test_heartbeat_comments_keep_a_slow_stream_alive(make_client: MakeClient) -> None:
+    """While a stage is slow, comment lines go out at the heartbeat interval."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(classifier=gated, sse_heartbeat_seconds=0.05)
+    resp = await client.post(STREAM, json={"prompt": "a boat"})
+    await asyncio.wait_for(gated.entered.wait(), 2)
+    await asyncio.sleep(0.2)
+    gated.gate.set()
+    body = await resp.read()
+    assert b": keep-alive\n\n" in body
+    assert [e.event for e in parse_events(body)] == STAGES
+
+
+async def test_client_disconnect_cancels_pipeline_and_frees_the_slot(make_client: MakeClient) -> None:
+    """Closing the connection mid-classification releases the classification slot."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(classifier=gated)
+    slots = client.app[SLOTS]
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url(STREAM), json={"prompt": "a long wait"})
+        assert (await resp.content.readuntil(b"\n\n")).startswith(b"id: 1\nevent: context")
+        await asyncio.wait_for(gated.entered.wait(), 2)
+        assert slots.in_use == 1
+        resp.close()  # drop the connection without reading on
+    await wait_until(lambda: slots.in_use == 0)
+    assert slots.waiting == 0
+
+
+async def test_overload_gives_503_with_retry_after(make_client: MakeClient) -> None:
+    """With every slot busy past the queue timeout, /process answers 503 and Retry-After."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(
+        classifier=gated, max_concurrent_classifications=1, classification_queue_timeout=0.1
+    )
+    first = asyncio.create_task(client.post("/api/v1/enhanced/process", json={"prompt": "one"}))
+    await asyncio.wait_for(gated.entered.wait(), 2)
+    second = await client.post("/api/v1/enhanced/process", json={"prompt": "two"})
+    assert second.status == 503
+    assert int(second.headers["Retry-After"]) >= 1
+    assert (await second.json())["error"] == "overloaded"
+    gated.gate.set()
+    assert (await first).status == 200
+    await wait_until(lambda: client.app[SLOTS].in_use == 0 and client.app[SLOTS].waiting == 0)
+
+
+async def test_overload_on_a_stream_is_an_error_event(make_client: MakeClient) -> None:
+    """Once the stream has started, overload arrives as an `error` event with code overloaded."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(
+        classifier=gated, max_concurrent_classifications=1, classification_queue_timeout=0.1
+    )
+    first = asyncio.create_task(client.post(STREAM, json={"prompt": "one"}))
+    await asyncio.wait_for(gated.entered.wait(), 2)
+    resp = await client.post(STREAM, json={"prompt": "two"})
+    events = parse_events(await resp.read())
+    assert [e.event for e in events] == ["context", "error"]
+    assert events[1].data["code"] == "overloaded"
+    gated.gate.set()
+    assert [e.event for e in parse_events(await (await first).read())] == STAGES
+    assert client.app[SLOTS].in_use == 0

@@ -1,0 +1,68 @@
+"""Bad input never reaches a stage: clear 4xx JSON errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+PROCESS = "/api/v1/enhanced/process"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   \n\t "}, "prompt"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"prompt": "hello\x00world"}, "prompt"),
+        ({}, "prompt"),
+        ({"prompt": 42}, "prompt"),
+        ({"prompt": "a cat", "user_preferences": {"quality": "ultra"}}, "user_preferences.quality"),
+        ({"prompt": "a cat", "user_preferences": {"style": "x" * 60}}, "user_preferences.style"),
+        ({"prompt": "a cat", "user_preferences": {"colour": "red"}}, "user_preferences"),
+        ({"prompt": "a cat", "working_image_url": "ftp://a.supabase.co/x.jpg"}, "working_image_url"),
+        ({"prompt": "a cat", "working_image_url": "javascript:alert(1)"}, "working_image_url"),
+        ({"prompt": "a cat", "working_image_url": "https://"}, "working_image_url"),
+        ({"prompt": "a cat", "use_ai_classification": "yes"}, "use_ai_classification"),
+    ],
+)
+async def test_invalid_fields_get_422_naming_the_field(client: Any, body: dict[str, Any], field: str) -> None:
+    """Each invalid field is named in the 422 body."""
+    resp = await client.post(PROCESS, json=body)
+    assert resp.status == 422
+    error = await resp.json()
+    assert error["error"] == "validation_error"
+    assert error["field"] == field
+    assert error["detail"]
+
+
+async def test_prompt_of_exactly_2000_characters_is_accepted(client: Any) -> None:
+    """The limit is inclusive."""
+    resp = await client.post(PROCESS, json={"prompt": "a" * 2000})
+    assert resp.status == 200
+
+
+async def test_malformed_json_is_400(client: Any) -> None:
+    resp = await client.post(PROCESS, data=b'{"prompt": ', headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "malformed_json"
+
+
+async def test_body_over_64_kib_is_413(client: Any) -> None:
+    body = b'{"prompt": "' + b"a" * (65 * 1024) + b'"}'
+    resp = await client.post(PROCESS, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+    assert (await resp.json())["error"] == "payload_too_large"
+
+
+async def test_wrong_content_type_is_415(client: Any) -> None:
+    resp = await client.post(PROCESS, data="prompt=a cat", headers={"Content-Type": "text/plain"})
+    assert resp.status == 415
+    assert (await resp.json())["error"] == "unsupported_media_type"
+
+
+async def test_bad_user_id_header_is_422(client: Any) -> None:
+    resp = await client.post(PROCESS, json={"prompt": "a cat"}, headers={"X-User-Id": "a b\tc"})
+    assert resp.status == 422
+    assert (await resp.json())["field"] == "X-User-Id"
