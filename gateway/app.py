@@ -7,7 +7,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.appkeys import CATALOG, CLASSIFIER, REFERENCES, SETTINGS, SLOTS, STAGES, STATS, STREAMS
+from gateway.appkeys import (
+    CATALOG,
+    CLASSIFIER,
+    HEALTH_PROBES,
+    REFERENCES,
+    SETTINGS,
+    SLOTS,
+    STAGES,
+    STATS,
+    STREAMS,
+)
 from gateway.classifiers import open_classifier
 from gateway.config import Settings
 from gateway.errors import error_middleware
@@ -40,6 +50,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
         settings.max_concurrent_classifications, settings.classification_queue_timeout
     )
     app[STREAMS] = weakref.WeakSet()
+    app[HEALTH_PROBES] = {}
 
     async def classifier_ctx(app: web.Application) -> AsyncIterator[None]:
         if classifier is not None:

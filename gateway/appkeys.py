@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -21,6 +22,10 @@ CATALOG = web.AppKey("catalog", Catalog)
 SLOTS = web.AppKey("slots", ClassificationSlots)
 REFERENCES = web.AppKey("references", MemoryReferenceStore)
 STAGES = web.AppKey("stages", tuple[Stage, ...])
+# Each dependency registers a probe here in its cleanup_ctx; /health asks them all.
+# A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
+HealthProbe = Callable[[], Awaitable[dict[str, object]]]
+HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
 STREAMS = web.AppKey("streams", weakref.WeakSet[EventStream])
 
 # Per request, set by the middlewares.

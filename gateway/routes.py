@@ -8,7 +8,16 @@ import logging
 import msgspec
 from aiohttp import web
 
-from gateway.appkeys import SETTINGS, SLOTS, STAGES, STATS, STREAMS, TRACE_ID, USER_ID
+from gateway.appkeys import (
+    HEALTH_PROBES,
+    SETTINGS,
+    SLOTS,
+    STAGES,
+    STATS,
+    STREAMS,
+    TRACE_ID,
+    USER_ID,
+)
 from gateway.errors import UnsupportedMediaType, as_gateway_error
 from gateway.sse import EventStream
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
@@ -152,13 +161,15 @@ async def metrics_json(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: ok, or degraded with the dependency that is not."""
+    """GET /health: ok, or degraded naming the dependency that is not."""
     settings = request.app[SETTINGS]
-    dependencies = {
+    dependencies: dict[str, dict[str, object]] = {
         "classifier": {"state": "ok", "name": settings.intent_classifier},
         "redis": {"state": "not_configured"},
         "postgres": {"state": "not_configured"},
     }
+    for name, probe in request.app[HEALTH_PROBES].items():
+        dependencies[name] = await probe()
     degraded = any(dep["state"] not in ("ok", "not_configured") for dep in dependencies.values())
     return json_response({"status": "degraded" if degraded else "ok", "dependencies": dependencies})
 
