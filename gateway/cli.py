@@ -26,6 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run the HTTP gateway")
     serve.add_argument("--host", help="bind address (default HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default PORT or 8000)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default 1)"
+    )
 
     classify = commands.add_parser("classify", help="classify one prompt")
     classify.add_argument("prompt")
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from gateway.server import serve
 
-        return serve(settings, host=args.host, port=args.port)
+        return serve(settings, host=args.host, port=args.port, workers=args.workers)
     if args.command == "classify":
         return asyncio.run(_classify(settings, args.prompt, tuple(args.image), as_json=args.json))
     return asyncio.run(_eval(settings, args.file, as_json=args.json))

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: bare aiohttp (the floor) vs the gateway, under identical load.
+
+Each scenario starts its server pinned to CPU 0 and drives it from CPU 1 with
+scripts/loadtest.py (64 concurrent SSE streams by default), after a warm-up. Prints
+requests/s, time to first event and time to done percentiles, errors, and the ratio of
+each scenario's throughput to the floor; the last line of stdout is the JSON of it all.
+
+    python scripts/bench.py                   # floor, gateway cache-hit, gateway cache-miss, full stack
+    python scripts/bench.py --only floor hit   # a subset
+    python scripts/bench.py --duration 20      # longer runs
+
+The full-stack scenario needs Redis at 127.0.0.1:6379 and PostgreSQL at 127.0.0.1:5432
+(it creates and drops its own database); it is skipped with a note when either is down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# Limits far above what one core can serve: the benchmark measures work, not refusals.
+UNLIMITED = {
+    "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000000",
+    "RATE_LIMIT_REQUESTS_PER_HOUR": "1000000000",
+    "COST_LIMIT_PER_HOUR": "1000000000",
+    "LOG_LEVEL": "WARNING",  # one log line per request is real work, but not on a benchmark's stderr
+}
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    server: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    repeat_share: float = 1.0
+    needs_services: bool = False
+    setup: list[list[str]] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command] if shutil.which("taskset") else command
+
+
+def wait_healthy(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"server on port {port} did not become healthy")
+
+
+@contextmanager
+def running(scenario: Scenario, port: int, env: dict[str, str]) -> Iterator[None]:
+    command = [part.replace("{port}", str(port)) for part in scenario.server]
+    process = subprocess.Popen(pinned(0, command), cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(port)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def services_up() -> bool:
+    for port in (6379, 5432):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+    return True
+
+
+def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, object]:
+    port = free_port()
+    env = {**os.environ, **UNLIMITED, **scenario.env, "PORT": str(port)}
+    for command in scenario.setup:
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    with running(scenario, port, env):
+        saturated = load(port, env, scenario, args, rate=None)
+        paced = load(port, env, scenario, args, rate=args.latency_rate)
+    return {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "requests_per_s": saturated["requests_per_s"],
+        "saturated": saturated,
+        "paced": paced,
+    }
+
+
+def load(
+    port: int, env: dict[str, str], scenario: Scenario, args: argparse.Namespace, rate: float | None
+) -> dict[str, object]:
+    """One loadtest run from CPU 1: as fast as possible, or at a set rate for latency."""
+    command = [
+        PY, str(ROOT / "scripts" / "loadtest.py"), "--url", f"http://127.0.0.1:{port}",
+        "-c", str(args.concurrency), "-d", str(args.duration), "--warmup", str(args.warmup),
+        "--repeat-share", str(scenario.repeat_share), "--json", "--no-progress",
+    ]
+    if rate:
+        command += ["--rate", str(rate)]
+    out = subprocess.run(pinned(1, command), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def scenarios(database: str) -> list[Scenario]:
+    gateway = [PY, "-m", "gateway", "serve", "--port", "{port}"]
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    return [
+        Scenario("floor", "bare aiohttp: parse JSON, stream 5 SSE events",
+                 [PY, str(ROOT / "scripts" / "bare_server.py"), "--port", "{port}"]),
+        Scenario("hit", "gateway, embedded defaults, repeated prompts (cache hits)", gateway, repeat_share=1.0),
+        Scenario("miss", "gateway, embedded defaults, unique prompts (cache misses)", gateway, repeat_share=0.0),
+        Scenario("notrace", "gateway, embedded defaults, 50% repeats, tracing off", gateway,
+                 env={"OTEL_SDK_DISABLED": "true"}, repeat_share=0.5),
+        Scenario("trace", "gateway, embedded defaults, 50% repeats, tracing on (every request sampled)", gateway,
+                 env={"OTEL_TRACES_SAMPLER": "always_on"}, repeat_share=0.5),
+        Scenario(
+            "full", "gateway + Redis cache/limits + Postgres logging + tracing, 50% repeats", gateway,
+            env={
+                "REDIS_URL": "redis://127.0.0.1:6379/0",
+                "DATABASE_URL": dsn,
+                "OTEL_TRACES_SAMPLER": "always_on",
+            },
+            repeat_share=0.5,
+            needs_services=True,
+            setup=[["createdb", "-h", "127.0.0.1", "-U", "postgres", database],
+                   [PY, "-m", "gateway", "migrate"]],
+        ),
+    ]
+
+
+def render(reports: list[dict[str, object]], rate: float) -> str:
+    floor = next((r["requests_per_s"] for r in reports if r["scenario"] == "floor"), None)
+    head = (
+        f"{'':<9}{'saturated (max throughput)':^43}|{f'paced at {rate:g} req/s':^34}\n"
+        f"{'scenario':<9}{'req/s':>8}{'x floor':>8}{'done p50':>9}{'p99':>8}{'errors':>8} |"
+        f"{'TTFE p50':>9}{'p99':>7}{'done p50':>9}{'p99':>8}"
+    )
+    lines = [head, "-" * 87]
+    for r in reports:
+        sat, paced = r["saturated"], r["paced"]
+        ratio = f"{r['requests_per_s'] / floor:.2f}" if floor else "-"
+        errors = sum(sat["errors"].values()) + sum(paced["errors"].values())
+        lines.append(
+            f"{r['scenario']:<9}{sat['requests_per_s']:>8.0f}{ratio:>8}{sat['ttd_ms']['p50']:>9.2f}"
+            f"{sat['ttd_ms']['p99']:>8.2f}{errors:>8} |{paced['ttfe_ms']['p50']:>9.2f}{paced['ttfe_ms']['p99']:>7.2f}"
+            f"{paced['ttd_ms']['p50']:>9.2f}{paced['ttd_ms']['p99']:>8.2f}"
+        )
+    lines.append("")
+    lines.extend(f"{r['scenario']:<9}{r['description']}" for r in reports)
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before measuring")
+    parser.add_argument("-c", "--concurrency", type=int, default=64)
+    parser.add_argument("--latency-rate", type=float, default=1000.0,
+                        help="requests/s of the paced run that measures latency (64 streams open)")
+    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    args = parser.parse_args()
+
+    database = f"gateway_bench_{uuid.uuid4().hex[:8]}"
+    reports = []
+    try:
+        for scenario in scenarios(database):
+            if args.only and scenario.name not in args.only:
+                continue
+            if scenario.needs_services and not services_up():
+                sys.stderr.write(f"skipping {scenario.name}: Redis or PostgreSQL is not running\n")
+                continue
+            sys.stderr.write(f"running {scenario.name}: {scenario.description}\n")
+            reports.append(run_scenario(scenario, args))
+    finally:
+        subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
+                       capture_output=True)
+    sys.stdout.write(render(reports, args.latency_rate))
+    sys.stdout.write(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration, "runs": reports}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""SSE-aware load tester for the gateway's streaming endpoint.
+
+N concurrent clients, each on its own keep-alive connection, POST prompts to
+/api/v1/enhanced/stream and parse the event stream as it arrives. Reported per run:
+requests/s, time to first event (TTFE) and time to done (TTD) percentiles, and errors
+by kind (HTTP status, `error` event code, disconnects, timeouts), as a table and as
+one JSON object on the last line of stdout.
+
+    python scripts/loadtest.py --url http://127.0.0.1:8000 -c 64 -d 10 --repeat-share 0.9
+
+The client speaks HTTP/1.1 over raw asyncio streams (no HTTP library) so that one core
+of load generator can keep up with a one-core server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+# A realistic mix: the workflows users ask for, terse and wordy, with and without an image.
+IMAGE = "https://demo.supabase.co/storage/v1/object/public/images/{}.jpg"
+PROMPTS: list[tuple[str, str | None]] = [
+    ("change my hair to blonde with bangs", "me"),
+    ("put @sarah in this red dress", "me"),
+    ("animate this sunset", "sunset"),
+    ("a cat playing in the garden", None),
+    ("cinematic video of waves with ocean sounds", None),
+    ("make me look like zendaya at the met gala", "me"),
+    ("upscale this old photo and fix the blur", "old"),
+    ("remove the people in the background", "beach"),
+    ("turn this into a van gogh painting", "street"),
+    ("a watercolor of a fox in the snow", None),
+    ("short clip of a drone flying over mountains", None),
+    ("music video of a band playing on a rooftop at night", None),
+    ("give me a pixie cut", "me"),
+    ("try this leather jacket on me", "me"),
+    ("make the sky more dramatic", "landscape"),
+    ("sharpen it", "blurry"),
+    ("make this photo move like the wind is blowing", "field"),
+    ("a futuristic city skyline at dusk, ultra detailed", None),
+    ("video of rain falling on a window", None),
+    ("dye my hair pastel pink like billie eilish", "me"),
+    ("make it look like a pencil sketch", "portrait"),
+    ("replace the car with a bicycle", "street"),
+    ("a golden retriever astronaut on the moon", None),
+    ("restore colors and reduce noise", "old"),
+    ("taylor swift eras tour outfit on me", "me"),
+    ("a documentary style video of a busy market, narrated", None),
+    ("let the waterfall flow", "waterfall"),
+    ("anime style portrait of a samurai girl", None),
+    ("brighten the exposure a bit", "dark"),
+    ("add a rainbow over the lake", "lake"),
+]
+ADJECTIVES = ["bright", "moody", "tiny", "vintage", "neon", "misty", "quiet", "golden", "wild", "soft"]
+
+
+@dataclass
+class Stats:
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    ttfe: list[float] = field(default_factory=list)  # ms
+    ttd: list[float] = field(default_factory=list)  # ms
+    errors: Counter[str] = field(default_factory=Counter)
+    measuring: bool = True
+
+
+def make_body(rng: random.Random, repeat_share: float, hot: int) -> bytes:
+    """A request body: a repeated hot prompt (cache hit) or a fresh variation (cache miss)."""
+    if rng.random() < repeat_share:
+        prompt, image = PROMPTS[rng.randrange(min(hot, len(PROMPTS)))]
+    else:
+        prompt, image = rng.choice(PROMPTS)
+        prompt = f"{prompt}, {rng.choice(ADJECTIVES)} {rng.randrange(1_000_000)}"
+    body: dict[str, object] = {"prompt": prompt}
+    if image:
+        body["working_image_url"] = IMAGE.format(image)
+    return json.dumps(body).encode()
+
+
+class StreamClient:
+    """One keep-alive connection issuing requests one after another."""
+
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str], timeout: float) -> None:
+        self.host, self.port, self.path, self.timeout = host, port, path, timeout
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\n{extra}"
+        ).encode()
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+    async def request(self, body: bytes, stats: Stats) -> None:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        start = time.perf_counter()
+        self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        try:
+            async with asyncio.timeout(self.timeout):
+                outcome = await self._read_response(self.reader, start)
+        except TimeoutError:
+            outcome = (["timeout"], None, None)
+            await self.close()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            outcome = (["disconnect"], None, None)
+            await self.close()
+        if not stats.measuring:
+            return
+        errors, first, done = outcome
+        stats.errors.update(errors)
+        if first is not None:
+            stats.ttfe.append(first)
+        if done is not None:
+            stats.ttd.append(done)
+            stats.done += 1
+
+    async def _read_response(
+        self, reader: asyncio.StreamReader, start: float
+    ) -> tuple[list[str], float | None, float | None]:
+        """(error kinds, ms to first event, ms to the done event) of one response."""
+        status_line = await reader.readuntil(b"\r\n")
+        status = int(status_line.split(b" ", 2)[1])
+        length, chunked, close = 0, False, False
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and b"close" in value.lower():
+                close = True
+        if not chunked:
+            await reader.readexactly(length)
+            if close:
+                await self.close()
+            return [f"http_{status}"], None, None
+        first: float | None = None
+        errors: list[str] = [] if status == 200 else [f"http_{status}"]
+        done: float | None = None
+        pending = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            pending += chunk[:-2]
+            while (cut := pending.find(b"\n\n")) >= 0:
+                block, pending = pending[:cut], pending[cut + 2 :]
+                if block.startswith(b":"):  # heartbeat comment
+                    continue
+                now = (time.perf_counter() - start) * 1000
+                if first is None:
+                    first = now
+                event = block.split(b"\n", 2)[1] if block.startswith(b"id:") else block.split(b"\n", 1)[0]
+                if event == b"event: done":
+                    done = now
+                elif event == b"event: error":
+                    data = block[block.find(b"data: ") + 6 :]
+                    # stage_failed still ends in `done` (a fallback); overloaded ends the stream.
+                    errors.append(f"event_{json.loads(data).get('code', 'unknown')}")
+        if close:
+            await self.close()
+        if done is None and not errors:
+            errors.append("no_done_event")
+        return errors, first, done
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    url = urlsplit(args.url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    stats = Stats(measuring=args.warmup <= 0)
+    rng = random.Random(args.seed)
+    deadline = time.perf_counter() + args.warmup + (args.duration or 1e9)
+    budget = [args.requests or 0]
+
+    # With --rate, each client starts a request every concurrency/rate seconds (staggered), so
+    # latency is measured at a set load instead of at saturation.
+    interval = args.concurrency / args.rate if args.rate else 0.0
+
+    async def client_loop(index: int) -> None:
+        client = StreamClient(host, port, args.path, {**headers, "X-User-Id": f"load-{index}"}, args.timeout)
+        next_start = time.perf_counter() + interval * index / args.concurrency
+        try:
+            while time.perf_counter() < deadline:
+                if args.requests:
+                    if budget[0] <= 0:
+                        return
+                    budget[0] -= 1
+                if interval:
+                    await asyncio.sleep(max(0.0, next_start - time.perf_counter()))
+                    next_start += interval
+                await client.request(make_body(rng, args.repeat_share, args.hot), stats)
+        finally:
+            await client.close()
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(1)
+            elapsed = time.perf_counter() - stats.started
+            sys.stderr.write(
+                f"\r{elapsed:6.1f}s  done={stats.done:<8} {stats.done / max(elapsed, 1e-9):8.0f} req/s  "
+                f"errors={sum(stats.errors.values())}   "
+            )
+            sys.stderr.flush()
+
+    async def end_warmup() -> None:
+        await asyncio.sleep(args.warmup)
+        stats.__init__()  # type: ignore[misc]  # measurement starts now
+
+    reporter = asyncio.create_task(progress()) if args.progress else None
+    warm = asyncio.create_task(end_warmup()) if args.warmup > 0 else None
+    await asyncio.gather(*(client_loop(i) for i in range(args.concurrency)))
+    elapsed = time.perf_counter() - stats.started
+    for task in (reporter, warm):
+        if task:
+            task.cancel()
+    if args.progress:
+        sys.stderr.write("\n")
+    return {
+        "url": args.url,
+        "concurrency": args.concurrency,
+        "duration_s": round(elapsed, 3),
+        "requests": stats.done + sum(stats.errors.values()),
+        "completed": stats.done,
+        "requests_per_s": round(stats.done / elapsed, 1) if elapsed else 0.0,
+        "ttfe_ms": percentiles(stats.ttfe),
+        "ttd_ms": percentiles(stats.ttd),
+        "errors": dict(stats.errors),
+        "repeat_share": args.repeat_share,
+        "target_rate": args.rate,
+    }
+
+
+def render(report: dict[str, object]) -> str:
+    ttfe, ttd = report["ttfe_ms"], report["ttd_ms"]
+    assert isinstance(ttfe, dict) and isinstance(ttd, dict)
+    rows = [
+        ("requests/s", f"{report['requests_per_s']}"),
+        ("completed", f"{report['completed']} of {report['requests']} in {report['duration_s']} s"),
+        ("first event p50/p95/p99 ms", f"{ttfe['p50']} / {ttfe['p95']} / {ttfe['p99']}"),
+        ("done p50/p95/p99 ms", f"{ttd['p50']} / {ttd['p95']} / {ttd['p99']}"),
+        ("errors", json.dumps(report["errors"]) if report["errors"] else "none"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="gateway base URL")
+    parser.add_argument("--path", default="/api/v1/enhanced/stream")
+    parser.add_argument("-c", "--concurrency", type=int, default=64, help="concurrent streams")
+    parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n)")
+    parser.add_argument("-n", "--requests", type=int, help="stop after this many requests")
+    parser.add_argument("--rate", type=float, help="target requests/s in all (default: as fast as possible)")
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds of load before measuring")
+    parser.add_argument("--repeat-share", type=float, default=0.5, help="share of repeated prompts (cache hits)")
+    parser.add_argument("--hot", type=int, default=10, help="how many distinct prompts repeat")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    parser.add_argument("--api-key", help="Bearer key when the gateway requires one")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="only the JSON report")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+    if args.duration is None and args.requests is None:
+        args.duration = 10.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        report = runner.run(run(args))
+    if not args.json:
+        sys.stdout.write(render(report))
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The SSE load tester counts streams, first events and errors correctly."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tests.conftest import MakeClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"scripts_{name}"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_loadtest_completes_every_stream_against_the_gateway(client: Any) -> None:
+    """A fixed request count finishes with every stream reaching `done` and no errors."""
+    loadtest = load_script("loadtest")
+    args = loadtest.parse_args(
+        ["--url", str(client.make_url("/")), "-c", "4", "-n", "40", "--repeat-share", "0.5", "--no-progress"]
+    )
+    report = await loadtest.run(args)
+    assert report["completed"] == 40 and report["errors"] == {}
+    assert 0 < report["ttfe_ms"]["p50"] <= report["ttd_ms"]["p99"]
+    assert "requests/s" in loadtest.render(report)
+
+
+async def test_loadtest_counts_error_events_by_code(make_client: MakeClient) -> None:
+    """Overloaded streams are reported as event_overloaded, not as successes."""
+    from pipeline.classifiers.rules import RulesClassifier
+    from tests.conftest import GatedClassifier
+
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(classifier=gated, max_concurrent_classifications=1, classification_queue_timeout=0.05)
+    loadtest = load_script("loadtest")
+    args = loadtest.parse_args(["--url", str(client.make_url("/")), "-c", "3", "-n", "3", "--timeout", "1",
+                                "--no-progress"])
+    report = await loadtest.run(args)
+    # One stream holds the only slot until the client's timeout; the other two are refused in-band.
+    assert report["errors"].get("event_overloaded") == 2
+    assert report["errors"].get("timeout") == 1
+    gated.gate.set()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_with_workers_shares_one_port_and_stops_on_sigterm() -> None:
+    """`serve --workers 2` answers on one port from two processes and exits cleanly on SIGTERM."""
+    port = free_port()
+    env = {**os.environ, "INTENT_CLASSIFIER": "rules"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "workers did not start"
+                time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) >= 2
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    assert server.returncode == 0
+    assert stderr.count('"gateway listening"') == 2
