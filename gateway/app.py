@@ -23,6 +23,7 @@ from gateway.config import Settings
 from gateway.errors import error_middleware
 from gateway.middleware import identity_middleware, request_middleware
 from gateway.routes import add_routes
+from gateway.telemetry import telemetry_ctx
 from gateway.wire import MAX_BODY_BYTES
 from observability.stats import RequestStats
 from pipeline.catalog import Catalog
@@ -61,6 +62,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             app[CLASSIFIER] = opened
             yield
 
+    app.cleanup_ctx.append(telemetry_ctx)  # first: later contexts register metrics on it
     app.cleanup_ctx.append(classifier_ctx)
     app.cleanup_ctx.append(stages_ctx)
     app.on_shutdown.append(stop_streams)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.sse import EventStream
+from observability.metrics import Metrics
 from observability.stats import RequestStats
 from pipeline.catalog import Catalog
 from pipeline.protocols import Classifier, Stage
@@ -17,6 +18,8 @@ from pipeline.slots import ClassificationSlots
 
 SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", RequestStats)
+# Register observable metrics on it in your cleanup_ctx (see observability/metrics.py).
+METRICS = web.AppKey("metrics", Metrics)
 CLASSIFIER = web.AppKey("classifier", Classifier)
 CATALOG = web.AppKey("catalog", Catalog)
 SLOTS = web.AppKey("slots", ClassificationSlots)

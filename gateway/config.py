@@ -9,6 +9,10 @@ from typing import Literal
 import msgspec
 
 ClassifierName = Literal["rules", "local", "llm", "cascade"]
+OTEL_SAMPLERS = (
+    "always_on", "always_off", "traceidratio",
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -49,6 +53,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # SSE
     sse_heartbeat_seconds: float = 15.0
 
+    # Observability: the standard OpenTelemetry variables (README "Observability")
+    otel_sdk_disabled: bool = False
+    otel_service_name: str = "intent-gateway"
+    otel_resource_attributes: str | None = None  # "key=value,key=value"
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float | None = None
+    otel_exporter_otlp_endpoint: str | None = None  # unset: traces stay in the /debug/traces buffer
+    otel_exporter_otlp_traces_endpoint: str | None = None
+    otel_exporter_otlp_headers: str | None = None
+    debug_traces_limit: int = 200  # recent traces kept in memory for /debug/traces
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the app's variable names; unset means the embedded default."""
@@ -78,6 +93,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("AI_CLASSIFICATION_ROLLOUT_PERCENTAGE must be 0..100")
         if self.max_concurrent_classifications < 1:
             raise ConfigError("MAX_CONCURRENT_CLASSIFICATIONS must be at least 1")
+        if self.otel_traces_sampler not in OTEL_SAMPLERS:
+            raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(OTEL_SAMPLERS)}")
         if self.intent_classifier in ("llm", "cascade") and not self.openai_api_key:
             raise ConfigError(f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY")
 

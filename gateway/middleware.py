@@ -13,7 +13,7 @@ import time
 
 from aiohttp import web
 
-from gateway.appkeys import STATS, TRACE_ID, USER_ID
+from gateway.appkeys import METRICS, STATS, TRACE_ID, USER_ID
 from gateway.errors import Handler, ValidationFailed
 
 log = logging.getLogger("gateway.request")
@@ -45,6 +45,11 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         route = request.match_info.route.resource
         route_name = route.canonical if route is not None else "unmatched"
         request.app[STATS].record_request(route_name, status)
+        duration = time.perf_counter() - started
+        request.app[METRICS].http_duration.record(
+            duration,
+            {"http.request.method": request.method, "http.route": route_name, "http.response.status_code": status},
+        )
         log.info(
             "%s %s %d",
             request.method,
@@ -54,7 +59,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
                 "trace_id": trace_id,
                 "user_id": request.get(USER_ID),
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "duration_ms": round(duration * 1000, 3),
             },
         )
 

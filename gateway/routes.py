@@ -20,6 +20,7 @@ from gateway.appkeys import (
 )
 from gateway.errors import UnsupportedMediaType, as_gateway_error
 from gateway.sse import EventStream
+from gateway.telemetry import prometheus_metrics
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
 from pipeline.errors import PipelineError
 from pipeline.events import ErrorEvent, ProcessResult, StageEvent
@@ -181,4 +182,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/enhanced/compare", compare)
     app.router.add_get("/api/v1/enhanced/metrics", metrics_json)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus_metrics)
 

@@ -11,6 +11,7 @@ class RequestStats:
     def __init__(self) -> None:
         self.requests: Counter[str] = Counter()  # by route
         self.statuses: Counter[int] = Counter()
+        self.responses: Counter[tuple[str, int]] = Counter()  # by (route, status), for /metrics
         self.sources: Counter[str] = Counter()  # which classifier decided
         self.arms: Counter[str] = Counter()
         self.workflows: Counter[str] = Counter()
@@ -22,6 +23,7 @@ class RequestStats:
     def record_request(self, route: str, status: int) -> None:
         self.requests[route] += 1
         self.statuses[status] += 1
+        self.responses[route, status] += 1
 
     def record_result(
         self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool

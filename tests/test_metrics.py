@@ -1,0 +1,73 @@
+"""GET /metrics: Prometheus text from the OpenTelemetry metrics SDK."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.appkeys import METRICS
+from observability.metrics import Metrics
+from tests.conftest import MakeClient
+
+
+def families(text: str) -> dict[str, Any]:
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+async def test_metrics_parse_as_prometheus_text_with_histogram_buckets(client: Any) -> None:
+    """After a request, /metrics parses strictly and has request and stage histograms with buckets."""
+    answer = await client.post("/api/v1/enhanced/process", json={"prompt": "a cat in the garden"})
+    assert answer.status == 200
+    response = await client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    parsed = families(await response.text())
+    http = parsed["http_server_request_duration_seconds"]
+    assert http.type == "histogram"
+    buckets = [s for s in http.samples if s.name.endswith("_bucket")]
+    routes = {s.labels["http_route"] for s in buckets}
+    assert "/api/v1/enhanced/process" in routes
+    assert any(s.labels["le"] == "+Inf" for s in buckets)
+    assert any(s.labels["le"] == "0.005" for s in buckets)
+
+
+async def test_request_and_classification_counters(client: Any) -> None:
+    """Requests are counted by route and status, classifications by source."""
+    await client.post("/api/v1/enhanced/process", json={"prompt": "animate this sunset"})
+    await client.post("/api/v1/enhanced/process", json={"prompt": ""})
+    parsed = families(await (await client.get("/metrics")).text())
+    requests = {
+        (s.labels["route"], s.labels["status"]): s.value for s in parsed["gateway_requests"].samples
+    }
+    assert requests[("/api/v1/enhanced/process", "200")] == 1
+    assert requests[("/api/v1/enhanced/process", "422")] == 1
+    sources = {s.labels["source"]: s.value for s in parsed["gateway_classifications"].samples}
+    assert sources == {"rules": 1}
+    gauges = {s.name: s.value for s in parsed["gateway_classification_slots_in_use"].samples}
+    assert gauges == {"gateway_classification_slots_in_use": 0}
+
+
+async def test_other_modules_register_observable_metrics(make_client: MakeClient) -> None:
+    """A gauge registered through app[METRICS] shows up with its labels at scrape time."""
+    client = await make_client()
+    rows = {"buffered": 3}
+    client.server.app[METRICS].gauge(
+        "gateway.log_rows", lambda: [(n, {"state": k}) for k, n in rows.items()], description="rows"
+    )
+    rows["spilled"] = 1
+    parsed = families(await (await client.get("/metrics")).text())
+    values = {s.labels["state"]: s.value for s in parsed["gateway_log_rows"].samples}
+    assert values == {"buffered": 3, "spilled": 1}
+
+
+def test_label_values_are_escaped() -> None:
+    """Quotes, backslashes and newlines in label values stay parseable."""
+    metrics = Metrics()
+    metrics.counter("odd", lambda: [(2, {"v": 'a"b\\c\nd'})])
+    try:
+        (family,) = text_string_to_metric_families(metrics.render_prometheus())
+        assert family.samples[0].labels == {"v": 'a"b\\c\nd'}
+        assert family.samples[0].value == 2
+    finally:
+        metrics.close()
