@@ -22,6 +22,7 @@ from gateway.classifiers import open_classifier
 from gateway.config import Settings
 from gateway.errors import error_middleware
 from gateway.middleware import identity_middleware, request_middleware
+from gateway.redis import redis_ctx
 from gateway.routes import add_routes
 from gateway.telemetry import telemetry_ctx
 from gateway.wire import MAX_BODY_BYTES
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             yield
 
     app.cleanup_ctx.append(telemetry_ctx)  # first: later contexts register metrics on it
+    app.cleanup_ctx.append(redis_ctx)  # before the rest: they may share its connection
     app.cleanup_ctx.append(classifier_ctx)
     app.cleanup_ctx.append(stages_ctx)
     app.on_shutdown.append(stop_streams)

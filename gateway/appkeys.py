@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from pipeline.catalog import Catalog
 from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
 from pipeline.slots import ClassificationSlots
+
+if TYPE_CHECKING:  # gateway.redis reads these keys; importing it here would be a cycle
+    from gateway.redis import RedisConnection
 
 SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", RequestStats)
@@ -30,6 +34,8 @@ STAGES = web.AppKey("stages", tuple[Stage, ...])
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
 STREAMS = web.AppKey("streams", weakref.WeakSet[EventStream])
+# The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
+REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
 
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)

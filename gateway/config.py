@@ -41,11 +41,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     circuit_breaker_timeout: float = 60.0
 
     # Redis: cache and limits (unset: in-process memory, limits per instance)
-    redis_url: str | None = None
-    intent_cache_ttl: int = 3600
-    rate_limit_requests_per_minute: int = 100
+    redis_url: str | None = None  # redis+cluster://host:port (or REDIS_CLUSTER=true) for a cluster
+    redis_cluster: bool = False
+    redis_timeout: float = 0.5  # seconds, connect and every command: Redis trouble must stay cheap
+    redis_health_interval: float = 2.0  # seconds between background pings (reconnect detection)
+    redis_key_prefix: str = "gw:"
+    intent_cache_ttl: int = 3600  # seconds; 0 disables the intent cache
+    rate_limit_requests_per_minute: int = 100  # per user; 0 disables this limit
     rate_limit_requests_per_hour: int = 1000
-    cost_limit_per_hour: float = 50.0
+    cost_limit_per_hour: float = 50.0  # US dollars of estimated generation cost
+    rate_limit_fail_mode: Literal["open", "closed"] = "open"  # when Redis is unreachable
 
     # Postgres analytics (unset: no logging to a database)
     database_url: str | None = None
@@ -95,6 +100,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("MAX_CONCURRENT_CLASSIFICATIONS must be at least 1")
         if self.otel_traces_sampler not in OTEL_SAMPLERS:
             raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(OTEL_SAMPLERS)}")
+        if self.redis_timeout <= 0 or self.redis_health_interval <= 0:
+            raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
         if self.intent_classifier in ("llm", "cascade") and not self.openai_api_key:
             raise ConfigError(f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY")
 
