@@ -11,6 +11,7 @@ from gateway.appkeys import (
     CATALOG,
     CLASSIFIER,
     HEALTH_PROBES,
+    IMAGE_URL_POLICY,
     REFERENCES,
     SETTINGS,
     SLOTS,
@@ -25,6 +26,7 @@ from gateway.middleware import identity_middleware, request_middleware
 from gateway.redis import redis_ctx
 from gateway.routes import add_routes
 from gateway.telemetry import telemetry_ctx
+from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
 from gateway.wire import MAX_BODY_BYTES
 from observability.stats import RequestStats
 from pipeline.catalog import Catalog
@@ -53,6 +55,10 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     )
     app[STREAMS] = weakref.WeakSet()
     app[HEALTH_PROBES] = {}
+    app[IMAGE_URL_POLICY] = ImageUrlPolicy(
+        allowed_hosts=parse_hosts(settings.image_url_allowed_hosts),
+        allow_http=settings.image_url_allow_http,
+    )
 
     async def classifier_ctx(app: web.Application) -> AsyncIterator[None]:
         if classifier is not None:

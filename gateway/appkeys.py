@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.config import Settings
 from gateway.sse import EventStream
+from gateway.urlpolicy import ImageUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
 from pipeline.catalog import Catalog
@@ -36,6 +37,7 @@ HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
 STREAMS = web.AppKey("streams", weakref.WeakSet[EventStream])
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
+IMAGE_URL_POLICY = web.AppKey("image_url_policy", ImageUrlPolicy)
 
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)

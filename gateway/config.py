@@ -69,6 +69,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     otel_exporter_otlp_headers: str | None = None
     debug_traces_limit: int = 200  # recent traces kept in memory for /debug/traces
 
+    # Security (issue 10): image URL policy
+    image_url_allowed_hosts: str = "supabase.co"  # comma-separated; exact or dot-suffix match
+    image_url_allow_http: bool = False  # development only: accept http:// image URLs
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read the app's variable names; unset means the embedded default."""

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.appkeys import (
     HEALTH_PROBES,
+    IMAGE_URL_POLICY,
     SETTINGS,
     SLOTS,
     STAGES,
@@ -46,7 +47,12 @@ async def read_body(request: web.Request) -> ProcessBody:
 
 
 def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest:
-    return to_pipeline_request(body, user_id=request[USER_ID], trace_id=request[TRACE_ID])
+    return to_pipeline_request(
+        body,
+        user_id=request[USER_ID],
+        trace_id=request[TRACE_ID],
+        url_policy=request.app[IMAGE_URL_POLICY],
+    )
 
 
 async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:

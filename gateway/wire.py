@@ -5,21 +5,16 @@ Bad input stops here with a typed error; stages trust what passes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import msgspec
 
 from gateway.errors import MalformedJSON, ValidationFailed
+from gateway.prompttext import MAX_PROMPT_CHARS, clean_prompt  # noqa: F401 - re-exported
+from gateway.urlpolicy import MAX_URL_CHARS, ImageUrlPolicy  # noqa: F401 - re-exported
 from pipeline.types import PipelineRequest, Preferences
 
-MAX_PROMPT_CHARS = 2000
-MAX_URL_CHARS = 2048
 MAX_BODY_BYTES = 64 * 1024
-
-# C0 controls other than tab, newline and carriage return, DEL, and C1 controls.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 class ProcessBody(msgspec.Struct, kw_only=True):
@@ -68,19 +63,13 @@ def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = F
     return ValidationFailed(head if sep else message, field=field or None)
 
 
-def to_pipeline_request(body: ProcessBody, *, user_id: str, trace_id: str) -> PipelineRequest:
-    prompt = body.prompt.strip()
-    if not prompt:
-        raise ValidationFailed("prompt must not be empty", field="prompt")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValidationFailed(
-            f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}", field="prompt"
-        )
-    if _CONTROL.search(prompt):
-        raise ValidationFailed("prompt contains control characters", field="prompt")
+def to_pipeline_request(
+    body: ProcessBody, *, user_id: str, trace_id: str, url_policy: ImageUrlPolicy | None = None
+) -> PipelineRequest:
+    prompt = clean_prompt(body.prompt)
     url = body.working_image_url.strip() if body.working_image_url else None
     if url:
-        check_image_url(url)
+        check_image_url(url, policy=url_policy)
     return PipelineRequest(
         prompt=prompt,
         user_id=user_id,
@@ -91,14 +80,8 @@ def to_pipeline_request(body: ProcessBody, *, user_id: str, trace_id: str) -> Pi
     )
 
 
-def check_image_url(url: str, *, field: str = "working_image_url") -> None:
-    if len(url) > MAX_URL_CHARS:
-        raise ValidationFailed(f"URL is longer than {MAX_URL_CHARS} characters", field=field)
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        raise ValidationFailed("not a valid URL", field=field) from None
-    if parts.scheme not in ("http", "https"):
-        raise ValidationFailed("image URL must use http or https", field=field)
-    if not parts.hostname:
-        raise ValidationFailed("image URL has no host", field=field)
+def check_image_url(
+    url: str, *, field: str = "working_image_url", policy: ImageUrlPolicy | None = None
+) -> None:
+    """422 unless `url` is an https URL on an allowed storage host (see gateway/urlpolicy.py)."""
+    (policy or ImageUrlPolicy()).check(url, field=field)

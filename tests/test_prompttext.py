@@ -1,0 +1,50 @@
+"""Prompts: invisible characters are refused or stripped by class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+PROCESS = "/api/v1/enhanced/process"
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "hello\x1b[31mworld",  # ANSI escape
+        "a\x85cat",  # C1 control (NEL) inside the text
+        "make it \u202eredlob\u202c",  # right-to-left override
+        "a cat \u2066hidden\u2069",  # bidi isolate
+        "a cat\U000e0069\U000e0067\U000e006e\U000e006f\U000e0072\U000e0065",  # tag chars: "ignore"
+    ],
+)
+async def test_dangerous_invisibles_are_refused(client: Any, prompt: str) -> None:
+    """Control, bidi override and tag characters get a 422 naming the prompt."""
+    resp = await client.post(PROCESS, json={"prompt": prompt})
+    assert resp.status == 422
+    assert (await resp.json())["field"] == "prompt"
+
+
+async def test_zero_width_characters_are_stripped(client: Any) -> None:
+    """Zero-width space, word joiner, BOM and soft hyphen vanish; the prompt is classified as typed."""
+    resp = await client.post(PROCESS, json={"prompt": "\ufeffchange my ha\u200bir to blon\u00adde\u2060"})
+    assert resp.status == 200
+    result = await resp.json()
+    assert result["workflow_type"] == "hair_styling"
+    assert "\u200b" not in result["final_prompt"] and "\ufeff" not in result["final_prompt"]
+
+
+async def test_emoji_joiners_and_flags_are_kept(client: Any) -> None:
+    """ZWJ emoji sequences and subdivision flags (which use tag characters) are fine."""
+    scotland = "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+    family = "\U0001f469\u200d\U0001f469\u200d\U0001f467"
+    resp = await client.post(PROCESS, json={"prompt": f"a poster with {family} and {scotland}"})
+    assert resp.status == 200
+    assert family in (await resp.json())["final_prompt"]
+
+
+async def test_only_invisibles_is_empty(client: Any) -> None:
+    """A prompt of nothing but zero-width characters is empty."""
+    resp = await client.post(PROCESS, json={"prompt": "\u200b\u200b \ufeff"})
+    assert resp.status == 422
