@@ -12,6 +12,7 @@ from gateway.appkeys import (
     CLASSIFIER,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
+    REFERENCE_LOOKUP,
     REFERENCES,
     SETTINGS,
     SLOTS,
@@ -25,12 +26,13 @@ from gateway.errors import error_middleware
 from gateway.middleware import identity_middleware, request_middleware
 from gateway.redis import redis_ctx
 from gateway.routes import add_routes
+from gateway.search import open_reference_lookup
 from gateway.telemetry import telemetry_ctx
 from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
 from gateway.wire import MAX_BODY_BYTES
 from observability.stats import RequestStats
 from pipeline.catalog import Catalog
-from pipeline.protocols import Classifier
+from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
 from pipeline.rollout import Rollout
 from pipeline.slots import ClassificationSlots
@@ -38,6 +40,7 @@ from pipeline.stages.context import ContextStage
 from pipeline.stages.intent import IntentStage
 from pipeline.stages.model import ModelStage
 from pipeline.stages.prompt import PromptStage
+from pipeline.stages.references import ReferencesStage
 
 
 def create_app(settings: Settings, *, classifier: Classifier | None = None) -> web.Application:
@@ -72,6 +75,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app.cleanup_ctx.append(telemetry_ctx)  # first: later contexts register metrics on it
     app.cleanup_ctx.append(redis_ctx)  # before the rest: they may share its connection
     app.cleanup_ctx.append(classifier_ctx)
+    app.cleanup_ctx.append(reference_search_ctx)
     app.cleanup_ctx.append(stages_ctx)
     app.on_shutdown.append(stop_streams)
     add_routes(app)
@@ -92,7 +96,22 @@ async def stages_ctx(app: web.Application) -> AsyncIterator[None]:
         ModelStage(app[CATALOG]),
         PromptStage(app[REFERENCES]),
     )
+    app[STAGES] += reference_stages(app)
     yield
+
+
+async def reference_search_ctx(app: web.Application) -> AsyncIterator[None]:
+    async with open_reference_lookup(app[SETTINGS]) as lookup:
+        if lookup is not None:
+            app[REFERENCE_LOOKUP] = lookup
+            app[HEALTH_PROBES]["reference_search"] = lookup.health
+        yield
+
+
+def reference_stages(app: web.Application) -> tuple[Stage, ...]:
+    # No provider configured: no step at all, so the stream is exactly as without the feature.
+    lookup = app.get(REFERENCE_LOOKUP)
+    return (ReferencesStage(lookup),) if lookup is not None else ()
 
 
 async def stop_streams(app: web.Application) -> None:

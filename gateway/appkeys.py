@@ -16,6 +16,7 @@ from observability.stats import RequestStats
 from pipeline.catalog import Catalog
 from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
+from pipeline.search.lookup import ReferenceLookup
 from pipeline.slots import ClassificationSlots
 
 if TYPE_CHECKING:  # gateway.redis reads these keys; importing it here would be a cycle
@@ -30,6 +31,8 @@ CATALOG = web.AppKey("catalog", Catalog)
 SLOTS = web.AppKey("slots", ClassificationSlots)
 REFERENCES = web.AppKey("references", MemoryReferenceStore)
 STAGES = web.AppKey("stages", tuple[Stage, ...])
+# Present only when an image search provider is configured.
+REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)
 # Each dependency registers a probe here in its cleanup_ctx; /health asks them all.
 # A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]

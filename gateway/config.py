@@ -13,6 +13,7 @@ OTEL_SAMPLERS = (
     "always_on", "always_off", "traceidratio",
     "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
 )  # fmt: skip
+SearchProviderName = Literal["auto", "searxng", "brave", "none"]
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Postgres analytics (unset: no logging to a database)
     database_url: str | None = None
+
+    # Reference search (auto: SearXNG when SEARXNG_URL is set, else Brave with a key, else off)
+    reference_search_provider: SearchProviderName = "auto"
+    searxng_url: str | None = None
+    brave_search_api_key: str | None = None
+    reference_search_timeout: float = 3.0  # seconds, per provider call
+    reference_search_results: int = 4
+    reference_search_cache_ttl: int = 86400
 
     # SSE
     sse_heartbeat_seconds: float = 15.0
@@ -108,6 +117,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
         if self.intent_classifier in ("llm", "cascade") and not self.openai_api_key:
             raise ConfigError(f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY")
+        if self.reference_search_provider == "searxng" and not self.searxng_url:
+            raise ConfigError("REFERENCE_SEARCH_PROVIDER=searxng needs SEARXNG_URL")
+        if self.reference_search_provider == "brave" and not self.brave_search_api_key:
+            raise ConfigError("REFERENCE_SEARCH_PROVIDER=brave needs BRAVE_SEARCH_API_KEY")
+        if self.searxng_url and not self.searxng_url.startswith(("http://", "https://")):
+            raise ConfigError("SEARXNG_URL must be an http(s) URL")
+        if self.reference_search_results < 1:
+            raise ConfigError("REFERENCE_SEARCH_RESULTS must be at least 1")
+
+    def search_provider(self) -> Literal["searxng", "brave"] | None:
+        """The image search provider in use, or None: no reference search step."""
+        if self.reference_search_provider != "auto":
+            return None if self.reference_search_provider == "none" else self.reference_search_provider
+        if self.searxng_url:
+            return "searxng"
+        return "brave" if self.brave_search_api_key else None
 
 
 def _name_variable(message: str) -> str:

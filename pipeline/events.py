@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from pipeline.types import (
@@ -54,6 +56,19 @@ class PromptEvent(StageEvent, kw_only=True):
     enhancement_applied: bool
     references: list[Reference]
     unknown_tags: list[str]
+
+
+class ReferencesEvent(StageEvent, kw_only=True):
+    """The reference search step: `summary` is `skipped`, `failed` or `found N`."""
+
+    outcome: Literal["skipped", "failed", "found"]
+    summary: str
+    count: int
+    query: str | None
+    provider: str
+    reason: str | None
+    cache_hit: bool
+    references: list[Reference]  # this step's search results only; @tags are in `prompt`
 
 
 class ErrorEvent(StageEvent, kw_only=True):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
+from aioresponses import aioresponses
 
 from gateway.app import create_app
 from gateway.config import Settings
 from pipeline.protocols import Classifier
+from tests.upstream import mock_upstream
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -66,3 +68,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
     async with asyncio.timeout(timeout):
         while not predicate():
             await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def upstream() -> Iterator[aioresponses]:
+    """The outside world (LLM, search providers): mocked; the test server itself passes through."""
+    with mock_upstream() as mocked:
+        yield mocked

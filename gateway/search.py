@@ -1,0 +1,47 @@
+"""Opening the configured image search provider for reference search, for the app's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+
+from gateway.config import Settings
+from pipeline.breaker import CircuitBreaker
+from pipeline.search.brave import BraveImageSearch
+from pipeline.search.cache import MemorySearchCache
+from pipeline.search.lookup import ReferenceLookup
+from pipeline.search.protocol import ImageSearch
+from pipeline.search.searxng import SearxngSearch
+
+USER_AGENT = "intent-gateway/0.1 (reference search)"
+
+
+@asynccontextmanager
+async def open_reference_lookup(settings: Settings) -> AsyncIterator[ReferenceLookup | None]:
+    """The lookup over one ClientSession, closed on exit; None when no provider is configured."""
+    provider_name = settings.search_provider()
+    if provider_name is None:
+        yield None
+        return
+    timeout = aiohttp.ClientTimeout(total=settings.reference_search_timeout)
+    async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
+        provider: ImageSearch
+        if provider_name == "searxng":
+            assert settings.searxng_url is not None
+            provider = SearxngSearch(session, settings.searxng_url)
+        else:
+            assert settings.brave_search_api_key is not None
+            provider = BraveImageSearch(session, settings.brave_search_api_key)
+        yield ReferenceLookup(
+            provider,
+            MemorySearchCache(),
+            CircuitBreaker(
+                failure_threshold=settings.circuit_breaker_failure_threshold,
+                reset_timeout=settings.circuit_breaker_timeout,
+            ),
+            max_results=settings.reference_search_results,
+            cache_ttl=settings.reference_search_cache_ttl,
+            timeout=settings.reference_search_timeout,
+        )

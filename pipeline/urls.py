@@ -1,0 +1,83 @@
+"""Is this URL safe to hand to a generation model that will fetch it?
+
+Shared by user image URLs (the gateway's validation) and search results (which come from
+arbitrary hosts). This module answers only "a public http(s) URL": the allowlist of upload
+hosts for user images is a separate, stricter question the gateway asks on top.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+MAX_URL_CHARS = 2048
+
+# Names that resolve to the machine itself or to private networks by convention.
+_PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".intranet", ".lan", ".home.arpa", ".corp")
+_PRIVATE_NAMES = frozenset({"localhost", "localhost.localdomain", "metadata", "metadata.google.internal"})
+
+
+class UnsafeURL(ValueError):
+    """The URL is not a public http(s) address."""
+
+
+def check_public_url(url: str) -> None:
+    """Raise UnsafeURL unless `url` is http(s) to a public host name or public IP address.
+
+    Blocks schemes other than http/https, credentials in the URL, loopback, private,
+    link-local (cloud metadata), reserved and multicast addresses, including the legacy
+    IPv4 spellings (2130706433, 0x7f.1, 127.1) that resolvers still accept.
+    Names are not resolved here (no I/O): a fetcher must still pin the resolved address.
+    """
+    if len(url) > MAX_URL_CHARS:
+        raise UnsafeURL(f"URL is longer than {MAX_URL_CHARS} characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        raise UnsafeURL("URL contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise UnsafeURL("not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeURL("URL must use http or https")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("URL must not carry credentials")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise UnsafeURL("URL has no host")
+    _check_host(host)
+
+
+def is_public_url(url: str) -> bool:
+    try:
+        check_public_url(url)
+    except UnsafeURL:
+        return False
+    return True
+
+
+def _check_host(host: str) -> None:
+    address = _ip_literal(host)
+    if address is not None:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:
+            raise UnsafeURL(f"URL points at a non-public address ({address})")
+        return
+    if host in _PRIVATE_NAMES or host.endswith(_PRIVATE_SUFFIXES) or "." not in host:
+        raise UnsafeURL(f"URL host {host!r} is not a public name")
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    # inet_aton accepts what resolvers accept: "2130706433", "0x7f.1", "127.1".
+    if all(part and (part.isdigit() or part.lower().startswith("0x")) for part in host.split(".")):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            raise UnsafeURL(f"URL host {host!r} is not a valid address") from None
+    return None

@@ -1,0 +1,139 @@
+"""The lookup behind the references step: cache, breaker, provider, in isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from gateway.config import ConfigError, Settings
+from pipeline.breaker import CircuitBreaker
+from pipeline.search.cache import MemorySearchCache, decode, encode
+from pipeline.search.lookup import ReferenceLookup
+from pipeline.search.searxng import SearxngSearch
+from pipeline.types import Reference
+
+SEARX_SEARCH = re.compile(r"^http://searx\.test/search\?.*$")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class BrokenCache:
+    async def get(self, key: str) -> list[Reference] | None:
+        raise ConnectionError("cache down")
+
+    async def set(self, key: str, references: list[Reference], ttl: float) -> None:
+        raise ConnectionError("cache down")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as opened:
+        yield opened
+
+
+def lookup(session: aiohttp.ClientSession, cache: Any = None, **kwargs: Any) -> ReferenceLookup:
+    return ReferenceLookup(
+        SearxngSearch(session, "http://searx.test/"),
+        cache if cache is not None else MemorySearchCache(),
+        CircuitBreaker(failure_threshold=2, reset_timeout=60),
+        **kwargs,
+    )
+
+
+def hits(*names: str) -> dict[str, Any]:
+    return {"results": [{"img_src": f"https://img.example.com/{n}.jpg", "title": n} for n in names]}
+
+
+async def test_cached_results_expire_after_their_ttl(
+    session: aiohttp.ClientSession, upstream: aioresponses
+) -> None:
+    """Within the TTL the cache answers; after it the provider is asked again."""
+    clock = Clock()
+    upstream.get(SEARX_SEARCH, payload=hits("a"))
+    upstream.get(SEARX_SEARCH, payload=hits("b"))
+    finder = lookup(session, MemorySearchCache(clock=clock), cache_ttl=100)
+    first = await finder.find("Zendaya Met Gala look")
+    clock.now = 99
+    assert (await finder.find("zendaya  met gala LOOK")).cache_hit
+    clock.now = 100
+    again = await finder.find("Zendaya Met Gala look")
+    assert not again.cache_hit
+    assert [r.image_url for r in first.references + again.references] == [
+        "https://img.example.com/a.jpg", "https://img.example.com/b.jpg",
+    ]
+
+
+async def test_empty_answers_are_kept_only_briefly(
+    session: aiohttp.ClientSession, upstream: aioresponses
+) -> None:
+    """Nothing found is cached for five minutes, not the full day."""
+    clock = Clock()
+    upstream.get(SEARX_SEARCH, payload={"results": []}, repeat=True)
+    finder = lookup(session, MemorySearchCache(clock=clock), cache_ttl=86400)
+    await finder.find("nobody")
+    clock.now = 299
+    assert (await finder.find("nobody")).cache_hit
+    clock.now = 300
+    assert not (await finder.find("nobody")).cache_hit
+
+
+async def test_a_broken_cache_costs_a_call_not_the_request(
+    session: aiohttp.ClientSession, upstream: aioresponses
+) -> None:
+    """Cache errors are logged and the provider answers."""
+    upstream.get(SEARX_SEARCH, payload=hits("a"))
+    result = await lookup(session, BrokenCache()).find("Rihanna Met Gala gown")
+    assert result.summary == "found 1"
+
+
+async def test_cancellation_propagates_and_frees_the_half_open_trial(
+    session: aiohttp.ClientSession, upstream: aioresponses
+) -> None:
+    """A client that goes away cancels the search; the breaker is not left waiting on it."""
+    entered = asyncio.Event()
+
+    async def hang(url: Any, **kwargs: Any) -> None:
+        entered.set()
+        await asyncio.sleep(30)
+
+    upstream.get(SEARX_SEARCH, callback=hang)
+    finder = lookup(session)
+    task = asyncio.create_task(finder.find("Zendaya Met Gala look"))
+    await asyncio.wait_for(entered.wait(), 2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finder.breaker.state == "closed" and finder.breaker.allow()
+
+
+def test_cached_references_round_trip_as_bytes() -> None:
+    """What a shared (Redis) cache would store decodes to the same references."""
+    refs = [Reference(kind="search", image_url="https://img.example.com/a.jpg", title="a")]
+    assert decode(encode(refs)) == refs
+
+
+def test_the_provider_is_chosen_by_configuration() -> None:
+    """SEARXNG_URL wins by default, a Brave key alone picks Brave, nothing set means no step."""
+    assert Settings.from_env({}).search_provider() is None
+    assert Settings.from_env({"SEARXNG_URL": "http://searx:8080"}).search_provider() == "searxng"
+    assert Settings.from_env({"BRAVE_SEARCH_API_KEY": "k"}).search_provider() == "brave"
+    both = {"SEARXNG_URL": "http://searx:8080", "BRAVE_SEARCH_API_KEY": "k"}
+    assert Settings.from_env(both).search_provider() == "searxng"
+    assert Settings.from_env(both | {"REFERENCE_SEARCH_PROVIDER": "brave"}).search_provider() == "brave"
+    assert Settings.from_env(both | {"REFERENCE_SEARCH_PROVIDER": "none"}).search_provider() is None
+    with pytest.raises(ConfigError, match="SEARXNG_URL"):
+        Settings.from_env({"REFERENCE_SEARCH_PROVIDER": "searxng"})
+    with pytest.raises(ConfigError, match="SEARXNG_URL"):
+        Settings.from_env({"SEARXNG_URL": "searx:8080"})

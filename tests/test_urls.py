@@ -1,0 +1,55 @@
+"""The public-URL check shared by user images and search results."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.urls import UnsafeURL, check_public_url, is_public_url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://images.example.com/a.jpg",
+        "http://upload.wikimedia.org/wikipedia/commons/a.jpg?width=800",
+        "https://8.8.8.8/a.png",
+        "https://[2606:4700:4700::1111]/a.png",
+        "https://example.com:8443/a.png",
+    ],
+)
+def test_public_urls_pass(url: str) -> None:
+    """Public names and public address literals over http(s) are fine."""
+    check_public_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ftp://example.com/a.jpg", "http or https"),
+        ("data:image/png;base64,AAAA", "http or https"),
+        ("https://", "no host"),
+        ("https://u:p@example.com/a.jpg", "credentials"),
+        ("http://127.0.0.1/", "non-public"),
+        ("http://127.1/", "non-public"),
+        ("http://2130706433/", "non-public"),
+        ("http://0x7f000001/", "non-public"),
+        ("http://0177.0.0.1/", "non-public"),
+        ("http://169.254.169.254/latest/meta-data/", "non-public"),
+        ("http://[fd00::1]/", "non-public"),
+        ("http://[::ffff:10.0.0.1]/", "non-public"),
+        ("http://224.0.0.1/", "non-public"),
+        ("http://0.0.0.0/", "non-public"),
+        ("http://localhost:8080/", "not a public name"),
+        ("http://api.localhost/", "not a public name"),
+        ("http://metadata.google.internal/", "not a public name"),
+        ("http://nas/", "not a public name"),
+        ("https://example.com:99999/", "not a valid URL"),
+        ("https://exa mple.com/", "whitespace"),
+        ("https://example.com/" + "a" * 2100, "longer than"),
+    ],
+)
+def test_unsafe_urls_are_refused_with_a_reason(url: str, why: str) -> None:
+    """Each kind of unsafe URL is refused, and the reason says which."""
+    with pytest.raises(UnsafeURL, match=why):
+        check_public_url(url)
+    assert not is_public_url(url)
