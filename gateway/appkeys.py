@@ -13,6 +13,7 @@ from gateway.sse import EventStream
 from gateway.urlpolicy import ImageUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
+from observability.tracing import StageInstruments, Tracing
 from pipeline.catalog import Catalog
 from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
@@ -26,6 +27,9 @@ SETTINGS = web.AppKey("settings", Settings)
 STATS = web.AppKey("stats", RequestStats)
 # Register observable metrics on it in your cleanup_ctx (see observability/metrics.py).
 METRICS = web.AppKey("metrics", Metrics)
+# The app's tracer provider (app[TRACING].provider for contrib instrumentations) and ring buffer.
+TRACING = web.AppKey("tracing", Tracing)
+STAGE_INSTRUMENTS = web.AppKey("stage_instruments", StageInstruments)
 CLASSIFIER = web.AppKey("classifier", Classifier)
 CATALOG = web.AppKey("catalog", Catalog)
 SLOTS = web.AppKey("slots", ClassificationSlots)

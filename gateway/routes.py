@@ -13,12 +13,14 @@ from gateway.appkeys import (
     IMAGE_URL_POLICY,
     SETTINGS,
     SLOTS,
+    STAGE_INSTRUMENTS,
     STAGES,
     STATS,
     STREAMS,
     TRACE_ID,
     USER_ID,
 )
+from gateway.debug import add_debug_routes
 from gateway.errors import UnsupportedMediaType, as_gateway_error
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
@@ -57,7 +59,9 @@ def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest
 
 async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
     """Run every stage and return the final answer (the `done` event)."""
-    async for name, event in run_pipeline(request.app[STAGES], RequestState(request=preq)):
+    async for name, event in run_pipeline(
+        request.app[STAGES], RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
+    ):
         if name == "done":
             assert isinstance(event, ProcessResult)
             record_result(request, event)
@@ -101,7 +105,9 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     )
     await stream.prepare(request)
     request.app[STREAMS].add(stream)
-    events = run_pipeline(request.app[STAGES], RequestState(request=preq))
+    events = run_pipeline(
+        request.app[STAGES], RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
+    )
     try:
         async with contextlib.aclosing(events):
             try:
@@ -189,4 +195,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/enhanced/metrics", metrics_json)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus_metrics)
+    add_debug_routes(app)  # /debug/*: operator-only
 

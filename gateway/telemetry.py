@@ -1,4 +1,4 @@
-"""Telemetry for the app: built from Settings in a cleanup_ctx, and the gateway's own metrics."""
+"""Telemetry for the app: tracing and metrics built from Settings in a cleanup_ctx; /metrics."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from opentelemetry.sdk.resources import Resource
 
-from gateway.appkeys import METRICS, SETTINGS, SLOTS, STATS
+from gateway.appkeys import METRICS, SETTINGS, SLOTS, STAGE_INSTRUMENTS, STATS, TRACING
 from gateway.config import Settings
 from observability.metrics import Metrics
 from observability.stats import RequestStats
+from observability.tracing import StageInstruments, Tracing
 from pipeline.slots import ClassificationSlots
 
 
@@ -28,11 +29,31 @@ def resource_of(settings: Settings) -> Resource:
 async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     """First on cleanup_ctx, so every later context can register its own metrics."""
     settings = app[SETTINGS]
-    metrics = Metrics(resource=resource_of(settings))
+    resource = resource_of(settings)
+    metrics = Metrics(resource=resource)
     observe_gateway(metrics, app[STATS], app[SLOTS])
+    tracing = tracing_of(settings, resource)
     app[METRICS] = metrics
-    yield
-    metrics.close()
+    app[TRACING] = tracing
+    app[STAGE_INSTRUMENTS] = StageInstruments(tracer=tracing.tracer, duration=metrics.stage_duration)
+    try:
+        yield
+    finally:
+        await tracing.close()  # flushes the batch to the collector, off the event loop
+        metrics.close()
+
+
+def tracing_of(settings: Settings, resource: Resource) -> Tracing:
+    return Tracing.from_options(
+        resource=resource,
+        sampler=settings.otel_traces_sampler,
+        sampler_arg=settings.otel_traces_sampler_arg,
+        otlp_endpoint=settings.otel_exporter_otlp_endpoint,
+        otlp_traces_endpoint=settings.otel_exporter_otlp_traces_endpoint,
+        otlp_headers=settings.otel_exporter_otlp_headers,
+        buffer_limit=settings.debug_traces_limit,
+        disabled=settings.otel_sdk_disabled,
+    )
 
 
 def observe_gateway(metrics: Metrics, stats: RequestStats, slots: ClassificationSlots) -> None:

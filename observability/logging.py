@@ -1,17 +1,26 @@
-"""Structured logs: one JSON object per line, with whatever `extra` fields a call adds."""
+"""Structured logs: one JSON object per line, with whatever `extra` fields a call adds.
+
+A record logged while a span is current (a stage's warning, a dependency's error) carries that
+span's trace_id and span_id, so any log line leads to its trace.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
+
+import msgspec
+from opentelemetry import trace
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
+    # msgspec: several times faster than json.dumps on the one-line-per-request path.
+    _encode = msgspec.json.Encoder(enc_hook=str).encode
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -21,9 +30,15 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        if "trace_id" not in entry:
+            # Formatting runs in the logging call's context, so the current span is the caller's.
+            span_context = trace.get_current_span().get_span_context()
+            if span_context.is_valid:
+                entry["trace_id"] = f"{span_context.trace_id:032x}"
+                entry["span_id"] = f"{span_context.span_id:016x}"
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return self._encode(entry).decode()
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -142,7 +142,7 @@ def _render_histogram(name: str, labels: list[str], point: HistogramDataPoint, l
     cumulative = 0
     for bound, count in zip(point.explicit_bounds, point.bucket_counts, strict=False):
         cumulative += count
-        lines.append(f'{name}_bucket{_braces([*labels, f"le={_quote(_number(bound))}"])} {cumulative}')
+        lines.append(f"{name}_bucket{_braces([*labels, f'le={_quote(_number(bound))}'])} {cumulative}")
     lines.append(f"{name}_bucket{_braces([*labels, _LE_INF])} {point.count}")
     lines.append(f"{name}_sum{_braces(labels)} {_number(point.sum)}")
     lines.append(f"{name}_count{_braces(labels)} {point.count}")

@@ -3,38 +3,64 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 
+from opentelemetry.trace import NoOpTracer, StatusCode
+
+from observability.tracing import StageInstruments
 from pipeline.errors import PipelineError
 from pipeline.events import ErrorEvent, ProcessResult, ResultMetadata, StageEvent
+from pipeline.observe import stage_span_attributes
 from pipeline.protocols import Stage
 from pipeline.state import RequestState
 
 log = logging.getLogger(__name__)
 
+_UNOBSERVED = StageInstruments(tracer=NoOpTracer())
+
 
 async def run_pipeline(
-    stages: Sequence[Stage], state: RequestState
+    stages: Sequence[Stage], state: RequestState, *, instruments: StageInstruments | None = None
 ) -> AsyncIterator[tuple[str, StageEvent]]:
     """Yield (event name, payload) per stage, then ("done", ProcessResult).
 
     A stage that fails yields an `error` event and then its safe default, flagged
     `fallback_used`, so a stream never ends in a 500 halfway. PipelineError (overload)
     is not a stage failure: it ends the request and propagates to the gateway.
+    Each stage runs in its own span (a child of the caller's current span) and is timed.
     """
+    instruments = instruments or _UNOBSERVED
     for stage in stages:
-        try:
-            event = await stage.run(state)
-        except PipelineError:
-            raise
-        except Exception as exc:  # any other stage bug or dependency failure
-            log.warning("stage %s failed: %r", stage.name, exc, exc_info=exc)
-            state.fallback_used = True
-            yield "error", _stamp(
-                ErrorEvent(code="stage_failed", message=f"{stage.name} stage failed", stage=stage.name),
-                state,
-            )
-            event = stage.fallback(state)
+        failure: ErrorEvent | None = None
+        outcome, started = "error", time.perf_counter()
+        # Never yield inside the span: the consumer's code would run as the stage's child.
+        with instruments.tracer.start_as_current_span(f"stage.{stage.name}") as span:
+            try:
+                try:
+                    event = await stage.run(state)
+                    outcome = "ok"
+                except PipelineError:
+                    raise
+                except Exception as exc:  # any other stage bug or dependency failure
+                    log.warning("stage %s failed: %r", stage.name, exc, exc_info=exc)
+                    span.record_exception(exc)
+                    span.set_status(StatusCode.ERROR, f"{stage.name} stage failed")
+                    state.fallback_used = True
+                    failure = ErrorEvent(
+                        code="stage_failed", message=f"{stage.name} stage failed", stage=stage.name
+                    )
+                    event = stage.fallback(state)
+                    outcome = "fallback"
+                if span.is_recording():
+                    span.set_attributes(stage_span_attributes(stage.name, state))
+            finally:
+                if instruments.duration is not None:
+                    instruments.duration.record(
+                        time.perf_counter() - started, {"stage": stage.name, "outcome": outcome}
+                    )
+        if failure is not None:
+            yield "error", _stamp(failure, state)
         yield stage.name, _stamp(event, state)
     yield "done", _stamp(build_result(state), state)
 

@@ -30,6 +30,11 @@ async def test_metrics_parse_as_prometheus_text_with_histogram_buckets(client: A
     assert "/api/v1/enhanced/process" in routes
     assert any(s.labels["le"] == "+Inf" for s in buckets)
     assert any(s.labels["le"] == "0.005" for s in buckets)
+    stages = parsed["gateway_stage_duration_seconds"]
+    assert stages.type == "histogram"
+    counts = {s.labels["stage"]: s.value for s in stages.samples if s.name.endswith("_count")}
+    assert counts == {"context": 1, "intent": 1, "model": 1, "prompt": 1}
+    assert {s.labels["outcome"] for s in stages.samples} == {"ok"}
 
 
 async def test_request_and_classification_counters(client: Any) -> None:
@@ -37,9 +42,7 @@ async def test_request_and_classification_counters(client: Any) -> None:
     await client.post("/api/v1/enhanced/process", json={"prompt": "animate this sunset"})
     await client.post("/api/v1/enhanced/process", json={"prompt": ""})
     parsed = families(await (await client.get("/metrics")).text())
-    requests = {
-        (s.labels["route"], s.labels["status"]): s.value for s in parsed["gateway_requests"].samples
-    }
+    requests = {(s.labels["route"], s.labels["status"]): s.value for s in parsed["gateway_requests"].samples}
     assert requests[("/api/v1/enhanced/process", "200")] == 1
     assert requests[("/api/v1/enhanced/process", "422")] == 1
     sources = {s.labels["source"]: s.value for s in parsed["gateway_classifications"].samples}

@@ -1,0 +1,41 @@
+"""GET /debug/traces: the recent traces held in memory, for reading a trace with no collector.
+
+Operator-only endpoints: every route here starts with /debug/ so one guard can cover them.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from gateway.appkeys import TRACING
+from observability.traces import render_waterfall
+
+_encode = msgspec.json.Encoder().encode
+
+
+async def list_traces(request: web.Request) -> web.Response:
+    """GET /debug/traces[?limit=N]: summaries of the recent traces, newest first."""
+    limit = request.query.get("limit", "")
+    traces = request.app[TRACING].buffer.recent(int(limit) if limit.isdigit() else None)
+    return web.Response(body=_encode(traces), content_type="application/json")
+
+
+async def show_trace(request: web.Request) -> web.Response:
+    """GET /debug/traces/{trace_id}: its spans as JSON, or a waterfall page for a browser."""
+    trace = request.app[TRACING].buffer.get(request.match_info["trace_id"])
+    if trace is None:
+        raise web.HTTPNotFound(text="no such trace in the buffer (evicted, unsampled or unknown)")
+    if request.query.get("format") == "html" or _prefers_html(request):
+        return web.Response(text=render_waterfall(trace), content_type="text/html")
+    return web.Response(body=_encode(trace), content_type="application/json")
+
+
+def _prefers_html(request: web.Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "text/html" in accept and request.query.get("format") != "json"
+
+
+def add_debug_routes(app: web.Application) -> None:
+    app.router.add_get("/debug/traces", list_traces)
+    app.router.add_get(r"/debug/traces/{trace_id:[0-9a-f]{32}}", show_trace)

@@ -1,0 +1,165 @@
+"""An in-memory ring buffer of recent traces, for GET /debug/traces on a laptop with no collector.
+
+It is a span processor: `on_end` files the finished span under its trace (O(1), on the loop
+thread); turning spans into JSON or a waterfall page happens only when someone asks.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import msgspec
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import StatusCode
+
+MAX_SPANS_PER_TRACE = 500  # a long stream with many Redis calls must not grow without bound
+
+
+class SpanView(msgspec.Struct, kw_only=True):
+    span_id: str
+    parent_span_id: str | None
+    name: str
+    kind: str
+    start_unix_nano: int
+    offset_ms: float  # from the trace's first span
+    duration_ms: float
+    status: str  # UNSET | OK | ERROR
+    attributes: dict[str, object]
+    events: list[dict[str, object]]
+
+
+class TraceView(msgspec.Struct, kw_only=True):
+    trace_id: str
+    root: str  # name of the earliest span: the HTTP server span for requests
+    started: str  # ISO 8601, UTC
+    duration_ms: float
+    span_count: int
+    error: bool
+    spans: list[SpanView] | None = None
+
+
+class TraceBuffer(SpanProcessor):
+    """Keeps the spans of the last `limit` traces, oldest dropped first."""
+
+    def __init__(self, limit: int = 200) -> None:
+        self.limit = max(1, limit)
+        self._traces: OrderedDict[int, list[ReadableSpan]] = OrderedDict()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        trace_id = span.context.trace_id if span.context is not None else 0
+        spans = self._traces.get(trace_id)
+        if spans is None:
+            if len(self._traces) >= self.limit:
+                self._traces.popitem(last=False)
+            spans = self._traces[trace_id] = []
+        if len(spans) < MAX_SPANS_PER_TRACE:
+            spans.append(span)
+
+    def shutdown(self) -> None:
+        self._traces.clear()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def recent(self, limit: int | None = None) -> list[TraceView]:
+        """Summaries, newest first."""
+        ids = list(reversed(self._traces))[:limit]
+        return [_view(trace_id, self._traces[trace_id], with_spans=False) for trace_id in ids]
+
+    def get(self, trace_id: str) -> TraceView | None:
+        try:
+            spans = self._traces.get(int(trace_id, 16))
+        except ValueError:
+            return None
+        return None if spans is None else _view(int(trace_id, 16), spans, with_spans=True)
+
+
+def _view(trace_id: int, spans: Sequence[ReadableSpan], *, with_spans: bool) -> TraceView:
+    ordered = sorted(spans, key=lambda s: s.start_time or 0)
+    origin = ordered[0].start_time or 0
+    end = max((s.end_time or origin) for s in ordered)
+    return TraceView(
+        trace_id=f"{trace_id:032x}",
+        root=ordered[0].name,
+        started=_iso(origin),
+        duration_ms=round((end - origin) / 1e6, 3),
+        span_count=len(ordered),
+        error=any(s.status.status_code is StatusCode.ERROR for s in ordered),
+        spans=[_span_view(s, origin) for s in ordered] if with_spans else None,
+    )
+
+
+def _span_view(span: ReadableSpan, origin: int) -> SpanView:
+    start = span.start_time or origin
+    return SpanView(
+        span_id=f"{span.context.span_id:016x}" if span.context is not None else "",
+        parent_span_id=f"{span.parent.span_id:016x}" if span.parent is not None else None,
+        name=span.name,
+        kind=span.kind.name,
+        start_unix_nano=start,
+        offset_ms=round((start - origin) / 1e6, 3),
+        duration_ms=round(((span.end_time or start) - start) / 1e6, 3),
+        status=span.status.status_code.name,
+        attributes=dict(span.attributes or {}),
+        events=[{"name": e.name, **dict(e.attributes or {})} for e in span.events],
+    )
+
+
+def _iso(unix_nano: int) -> str:
+    seconds, nanos = divmod(unix_nano, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1_000_000:03d}Z"
+
+
+def render_waterfall(trace: TraceView) -> str:
+    """A self-contained HTML page: one row per span, indented under its parent, bars to scale."""
+    spans = trace.spans or []
+    depth = _depths(spans)
+    total = max(trace.duration_ms, 0.001)
+    rows = []
+    for span in spans:
+        left = 100.0 * span.offset_ms / total
+        width = max(0.3, 100.0 * span.duration_ms / total)
+        attributes = ", ".join(f"{k}={v}" for k, v in span.attributes.items())
+        css = "bar error" if span.status == "ERROR" else "bar"
+        rows.append(
+            "<tr>"
+            f'<td style="padding-left:{depth[span.span_id] * 1.2}em">{html.escape(span.name)}</td>'
+            f"<td>{span.duration_ms:.3f} ms</td>"
+            f'<td class="lane"><div class="{css}" style="left:{left:.2f}%;width:{width:.2f}%"></div></td>'
+            f"<td class=attrs>{html.escape(attributes)}</td>"
+            "</tr>"
+        )
+    title = html.escape(f"trace {trace.trace_id}")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{title}</title><style>"
+        "body{font:13px system-ui,sans-serif;margin:1.5em}table{border-collapse:collapse;width:100%}"
+        "td{padding:3px 6px;border-bottom:1px solid #eee;white-space:nowrap}"
+        ".lane{position:relative;width:40%}.bar{position:absolute;top:4px;height:12px;"
+        "background:#4a7fd6;border-radius:2px}.bar.error{background:#d64a4a}"
+        ".attrs{white-space:normal;color:#555;font-size:12px}</style></head><body>"
+        f"<h1>{title}</h1><p>{html.escape(trace.root)} · {trace.duration_ms:.3f} ms · "
+        f"{trace.span_count} spans · started {html.escape(trace.started)}</p>"
+        "<table><tr><th>span</th><th>duration</th><th>timeline</th><th>attributes</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+
+
+def _depths(spans: Sequence[SpanView]) -> dict[str, int]:
+    parents = {s.span_id: s.parent_span_id for s in spans}
+    depths: dict[str, int] = {}
+    for span in spans:
+        depth, parent, seen = 0, parents.get(span.span_id), set()
+        while parent in parents and parent not in seen:
+            seen.add(parent)
+            depth += 1
+            parent = parents[parent]
+        depths[span.span_id] = depth
+    return depths

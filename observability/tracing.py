@@ -1,0 +1,142 @@
+"""Tracing: one TracerProvider per app, built from explicit options at start-up.
+
+Nothing here reads the environment or sets the global provider: the gateway maps the standard
+OTEL_* variables onto Settings and passes them in, so tests can build several apps side by side.
+Spans always go to an in-memory ring buffer (GET /debug/traces); with an OTLP endpoint they are
+also batched to it over HTTP/protobuf from the SDK's background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from opentelemetry.metrics import Histogram
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import NoOpTracer, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from observability.traces import TraceBuffer
+
+SAMPLERS = (
+    "always_on", "always_off", "traceidratio",
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
+)  # fmt: skip
+
+
+def make_sampler(name: str, arg: float | None = None) -> Sampler:
+    """The SDK sampler an OTEL_TRACES_SAMPLER name stands for (ratio defaults to 1.0)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
+    base = name.removeprefix("parentbased_")
+    root: Sampler = (
+        ALWAYS_ON if base == "always_on"
+        else ALWAYS_OFF if base == "always_off"
+        else TraceIdRatioBased(1.0 if arg is None else arg)
+    )  # fmt: skip
+    return ParentBased(root) if name.startswith("parentbased_") else root
+
+
+def parse_headers(text: str | None) -> dict[str, str]:
+    """OTEL_EXPORTER_OTLP_HEADERS: comma-separated key=value pairs, values URL-encoded."""
+    headers: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip():
+            headers[key.strip().lower()] = unquote(value.strip())
+    return headers
+
+
+def otlp_traces_url(endpoint: str | None, traces_endpoint: str | None) -> str | None:
+    """The signal-specific endpoint is used as is; the base endpoint gets /v1/traces appended."""
+    if traces_endpoint:
+        return traces_endpoint
+    if endpoint:
+        return endpoint.rstrip("/") + "/v1/traces"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class StageInstruments:
+    """What the pipeline runner needs: a tracer for stage spans and the stage latency histogram."""
+
+    tracer: Tracer
+    duration: Histogram | None = None
+
+
+class Tracing:
+    """The app's tracer, its ring buffer and (optionally) its OTLP exporter. Close on shutdown."""
+
+    def __init__(
+        self,
+        *,
+        resource: Resource,
+        sampler: Sampler,
+        buffer_limit: int = 200,
+        exporter: SpanExporter | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.propagator = TraceContextTextMapPropagator()
+        self.buffer = TraceBuffer(buffer_limit)
+        self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
+        self.provider.add_span_processor(self.buffer)
+        if exporter is not None:
+            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+        # OTEL_SDK_DISABLED: spans cost nothing; trace ids still flow from traceparent headers.
+        self.tracer: Tracer = self.provider.get_tracer("intent-gateway") if enabled else NoOpTracer()
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        resource: Resource,
+        sampler: str,
+        sampler_arg: float | None,
+        otlp_endpoint: str | None,
+        otlp_traces_endpoint: str | None,
+        otlp_headers: str | None,
+        buffer_limit: int,
+        disabled: bool,
+    ) -> Tracing:
+        url = otlp_traces_url(otlp_endpoint, otlp_traces_endpoint)
+        exporter: SpanExporter | None = None
+        if url and not disabled:
+            # Imported only when used: it brings requests and protobuf (~0.2 s at start-up).
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=url, headers=parse_headers(otlp_headers))
+        return cls(
+            resource=resource,
+            sampler=make_sampler(sampler, sampler_arg),
+            buffer_limit=buffer_limit,
+            exporter=exporter,
+            enabled=not disabled,
+        )
+
+    def add_span_processor(self, processor: SpanProcessor) -> None:
+        self.provider.add_span_processor(processor)
+
+    async def flush(self) -> None:
+        # The exporter posts synchronously; off the loop, so a receiver on this loop can answer.
+        await asyncio.to_thread(self.provider.force_flush)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.provider.shutdown)
+
+
+def format_trace_id(trace_id: int) -> str:
+    return f"{trace_id:032x}"
+
+
+def format_span_id(span_id: int) -> str:
+    return f"{span_id:016x}"

@@ -1,0 +1,32 @@
+"""What each stage's span says about the decision it made (attribute names are the API's)."""
+
+from __future__ import annotations
+
+from pipeline.state import RequestState
+
+AttributeValue = str | bool | int | float
+
+
+def stage_span_attributes(stage: str, state: RequestState) -> dict[str, AttributeValue]:
+    """Attributes for the span of `stage`, read from the state it has just filled."""
+    attributes: dict[str, AttributeValue] = {"stage": stage, "fallback_used": state.fallback_used}
+    intent, selection = state.intent, state.selection
+    if stage == "intent" and intent is not None:
+        attributes.update(
+            workflow_type=intent.workflow_type.value,
+            confidence=intent.confidence,
+            intent_source=intent.source.value,
+            cache_hit=state.cache_hit,
+            arm=state.arm,
+        )
+    elif stage == "model" and selection is not None:
+        attributes.update(
+            model_id=selection.model_id,
+            provider=selection.provider,
+            estimated_cost=selection.estimated_cost,
+        )
+    elif stage == "prompt":
+        attributes["enhancement_applied"] = state.enhancement_applied
+    elif stage == "context" and state.context is not None:
+        attributes["mentions"] = len(state.context.mentions)
+    return attributes

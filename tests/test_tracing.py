@@ -1,0 +1,288 @@
+"""Traces: a server span per request, a span per stage under it, W3C trace context, OTLP export."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from gateway.appkeys import TRACING
+from observability.logging import JsonFormatter
+from pipeline.classifiers.rules import RulesClassifier
+from tests.conftest import FailingClassifier, MakeClient
+from tests.sse import parse_events
+
+PROCESS = "/api/v1/enhanced/process"
+STAGES = ("context", "intent", "model", "prompt")
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+async def traced(make_client: MakeClient, **overrides: Any) -> tuple[Any, InMemorySpanExporter]:
+    client = await make_client(**overrides)
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    return client, exporter
+
+
+def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in spans}
+
+
+def hex_trace(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return f"{span.context.trace_id:032x}"
+
+
+async def test_one_trace_per_request_with_a_span_per_stage(make_client: MakeClient) -> None:
+    """/process makes one trace: the server span, and the four stage spans as its children."""
+    client, exporter = await traced(make_client)
+    response = await client.post(PROCESS, json={"prompt": "change my hair to blonde with bangs"})
+    body = await response.json()
+    spans = exporter.get_finished_spans()
+    assert {hex_trace(s) for s in spans} == {body["trace_id"]} == {response.headers["X-Trace-Id"]}
+    named = by_name(spans)
+    server = named[f"POST {PROCESS}"]
+    assert server.kind is SpanKind.SERVER and server.parent is None
+    assert server.attributes is not None and server.context is not None
+    assert server.attributes["http.route"] == PROCESS
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.response.status_code"] == 200
+    for stage in STAGES:
+        span = named[f"stage.{stage}"]
+        assert span.parent is not None and span.parent.span_id == server.context.span_id
+        assert span.attributes is not None and span.attributes["fallback_used"] is False
+    intent = named["stage.intent"].attributes
+    model = named["stage.model"].attributes
+    assert intent is not None and model is not None
+    assert intent["workflow_type"] == body["workflow_type"]
+    assert intent["confidence"] == body["intent_confidence"]
+    assert intent["intent_source"] == body["intent_source"] == "rules"
+    assert intent["cache_hit"] is False
+    assert model["model_id"] == body["model_selection"]["model_id"]
+    assert model["estimated_cost"] == body["estimated_cost"]
+    assert len(spans) == 1 + len(STAGES)
+
+
+async def test_incoming_traceparent_is_continued(make_client: MakeClient) -> None:
+    """A posted traceparent's trace id comes back in the header, the JSON and every span."""
+    client, exporter = await traced(make_client)
+    response = await client.post(
+        PROCESS,
+        json={"prompt": "animate this sunset"},
+        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+    )
+    assert response.headers["X-Trace-Id"] == TRACE_ID
+    assert (await response.json())["trace_id"] == TRACE_ID
+    spans = exporter.get_finished_spans()
+    assert {hex_trace(s) for s in spans} == {TRACE_ID}
+    server = by_name(spans)[f"POST {PROCESS}"]
+    assert server.parent is not None and server.parent.is_remote
+    assert f"{server.parent.span_id:016x}" == PARENT_ID
+
+
+async def test_every_sse_event_carries_the_continued_trace_id(make_client: MakeClient) -> None:
+    """On the stream, each event's data has the incoming trace id, and the stages are spans of it."""
+    client, exporter = await traced(make_client)
+    response = await client.post(
+        "/api/v1/enhanced/stream",
+        json={"prompt": "a cat playing in the garden"},
+        headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+    )
+    events = parse_events(await response.read())
+    assert [e.event for e in events] == [*STAGES, "done"]
+    assert {e.data["trace_id"] for e in events} == {TRACE_ID}
+    named = by_name(exporter.get_finished_spans())
+    assert {f"stage.{s}" for s in STAGES} <= set(named)
+    assert {hex_trace(s) for s in named.values()} == {TRACE_ID}
+
+
+async def test_failed_stage_span_is_an_error_and_says_fallback(make_client: MakeClient) -> None:
+    """A classifier that raises marks the intent span ERROR with the exception; the answer falls back."""
+    client, exporter = await traced(make_client, classifier=FailingClassifier())
+    response = await client.post(PROCESS, json={"prompt": "make it blue"})
+    assert response.status == 200 and (await response.json())["fallback_used"] is True
+    intent = by_name(exporter.get_finished_spans())["stage.intent"]
+    assert intent.status.status_code is StatusCode.ERROR
+    assert intent.attributes is not None and intent.attributes["fallback_used"] is True
+    assert [event.name for event in intent.events] == ["exception"]
+
+
+async def test_sampler_always_off_records_nothing_but_keeps_a_trace_id(make_client: MakeClient) -> None:
+    """With OTEL_TRACES_SAMPLER=always_off no span is kept, yet the answer still has a trace id."""
+    client, exporter = await traced(make_client, otel_traces_sampler="always_off")
+    response = await client.post(PROCESS, json={"prompt": "a red bicycle"})
+    trace_id = (await response.json())["trace_id"]
+    assert len(trace_id) == 32 and trace_id == response.headers["X-Trace-Id"]
+    assert exporter.get_finished_spans() == ()
+    assert await (await client.get("/debug/traces")).json() == []
+
+
+async def test_sdk_disabled_still_continues_traceparent(make_client: MakeClient) -> None:
+    """OTEL_SDK_DISABLED=true: no spans, and the caller's trace id is still answered."""
+    client, exporter = await traced(make_client, otel_sdk_disabled=True)
+    response = await client.post(
+        PROCESS, json={"prompt": "a red bicycle"}, headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+    )
+    assert (await response.json())["trace_id"] == TRACE_ID
+    assert exporter.get_finished_spans() == ()
+
+
+@pytest.fixture
+def otlp_requests() -> list[ExportTraceServiceRequest]:
+    return []
+
+
+async def test_spans_arrive_at_an_otlp_http_receiver(
+    make_client: MakeClient, aiohttp_server: Any, otlp_requests: list[ExportTraceServiceRequest]
+) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the spans are posted as protobuf to /v1/traces."""
+
+    async def receive(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        otlp_requests.append(ExportTraceServiceRequest.FromString(await request.read()))
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+    receiver = web.Application()
+    receiver.router.add_post("/v1/traces", receive)
+    collector = await aiohttp_server(receiver)
+    client = await make_client(
+        otel_exporter_otlp_endpoint=str(collector.make_url("/")), otel_service_name="gateway-under-test"
+    )
+    response = await client.post(PROCESS, json={"prompt": "cinematic video of waves"})
+    trace_id = (await response.json())["trace_id"]
+    await client.server.app[TRACING].flush()
+
+    spans = [
+        (resource_spans.resource, span)
+        for export in otlp_requests
+        for resource_spans in export.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    ]
+    assert {span.name for _, span in spans} >= {f"POST {PROCESS}", *(f"stage.{s}" for s in STAGES)}
+    assert {span.trace_id.hex() for _, span in spans} == {trace_id}
+    services = {
+        attribute.value.string_value
+        for resource, _ in spans
+        for attribute in resource.attributes
+        if attribute.key == "service.name"
+    }
+    assert services == {"gateway-under-test"}
+
+
+async def test_debug_traces_lists_and_shows_recent_traces(make_client: MakeClient) -> None:
+    """/debug/traces lists the request's trace; /debug/traces/{id} gives its spans as JSON or HTML."""
+    client = await make_client()
+    trace_id = (await (await client.post(PROCESS, json={"prompt": "put @sarah in a red dress"})).json())[
+        "trace_id"
+    ]
+    listed = await (await client.get("/debug/traces")).json()
+    assert listed[0]["trace_id"] == trace_id and listed[0]["root"] == f"POST {PROCESS}"
+    assert listed[0]["span_count"] == 5
+
+    detail = await (await client.get(f"/debug/traces/{trace_id}")).json()
+    names = [span["name"] for span in detail["spans"]]
+    assert names[0] == f"POST {PROCESS}" and {f"stage.{s}" for s in STAGES} <= set(names)
+    root_id = detail["spans"][0]["span_id"]
+    assert all(s["parent_span_id"] == root_id for s in detail["spans"][1:])
+
+    page = await client.get(f"/debug/traces/{trace_id}", headers={"Accept": "text/html"})
+    assert page.content_type == "text/html"
+    text = await page.text()
+    assert trace_id in text and "stage.intent" in text and "model_id=" in text
+    same = await client.get(f"/debug/traces/{trace_id}?format=html")
+    assert await same.text() == text
+    missing = await client.get(f"/debug/traces/{'0' * 31}1")
+    assert missing.status == 404
+
+
+async def test_buffer_keeps_only_the_most_recent_traces(make_client: MakeClient) -> None:
+    """DEBUG_TRACES_LIMIT bounds the ring buffer; the oldest trace is evicted first."""
+    client = await make_client(debug_traces_limit=2)
+    ids = []
+    for prompt in ("one cat", "two cats", "three cats"):
+        ids.append((await (await client.post(PROCESS, json={"prompt": prompt})).json())["trace_id"])
+    listed = await (await client.get("/debug/traces")).json()
+    assert [t["trace_id"] for t in listed] == [ids[2], ids[1]]
+    assert ids[0] not in {t["trace_id"] for t in listed}
+    assert (await client.get(f"/debug/traces/{ids[0]}")).status == 404
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """Capture the root logger's records as the JSON lines production writes."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+async def test_request_log_line_and_stage_warning_carry_trace_and_span(
+    make_client: MakeClient, json_log: io.StringIO
+) -> None:
+    """One JSON line per request with trace_id and span_id; a stage's warning names its own span."""
+    client, exporter = await traced(make_client, classifier=FailingClassifier())
+    trace_id = (await (await client.post(PROCESS, json={"prompt": "make it blue"})).json())["trace_id"]
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    named = by_name(exporter.get_finished_spans())
+    requests = [line for line in lines if line["logger"] == "gateway.request"]
+    assert len(requests) == 1
+    server = named[f"POST {PROCESS}"].context
+    assert server is not None
+    assert requests[0]["trace_id"] == trace_id and requests[0]["span_id"] == f"{server.span_id:016x}"
+    assert requests[0]["status"] == 200 and requests[0]["route"] == PROCESS
+    (warning,) = [line for line in lines if line["level"] == "warning"]
+    intent = named["stage.intent"].context
+    assert intent is not None
+    assert warning["trace_id"] == trace_id and warning["span_id"] == f"{intent.span_id:016x}"
+
+
+async def test_stage_spans_nest_under_the_request_for_concurrent_requests(make_client: MakeClient) -> None:
+    """Concurrent requests do not mix: each trace has its own server span and four stage spans."""
+    client, exporter = await traced(make_client, classifier=RulesClassifier())
+    answers = await asyncio.gather(
+        *(client.post(PROCESS, json={"prompt": f"a cat number {i}"}) for i in range(5))
+    )
+    trace_ids = {(await answer.json())["trace_id"] for answer in answers}
+    assert len(trace_ids) == 5
+    spans = exporter.get_finished_spans()
+    for trace_id in trace_ids:
+        mine = [s for s in spans if hex_trace(s) == trace_id]
+        assert len(mine) == 5
+        (server,) = [s for s in mine if s.kind is SpanKind.SERVER]
+        assert server.context is not None
+        assert all(s.parent and s.parent.span_id == server.context.span_id for s in mine if s is not server)
+
+
+async def test_scrapes_and_probes_are_not_traced(make_client: MakeClient) -> None:
+    """/metrics, /health and /debug/* make no traces, so scrapes do not flush the buffer."""
+    client, exporter = await traced(make_client)
+    for path in ("/metrics", "/health", "/debug/traces"):
+        response = await client.get(path)
+        assert response.status == 200 and len(response.headers["X-Trace-Id"]) == 32
+    assert exporter.get_finished_spans() == ()
