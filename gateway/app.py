@@ -12,6 +12,7 @@ from gateway.appkeys import (
     CLASSIFIER,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
+    REDIS,
     REFERENCE_LOOKUP,
     REFERENCES,
     SETTINGS,
@@ -101,7 +102,7 @@ async def stages_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def reference_search_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_reference_lookup(app[SETTINGS]) as lookup:
+    async with open_reference_lookup(app[SETTINGS], app[REDIS]) as lookup:
         if lookup is not None:
             app[REFERENCE_LOOKUP] = lookup
             app[HEALTH_PROBES]["reference_search"] = lookup.health

@@ -9,8 +9,9 @@ import aiohttp
 
 from gateway.config import Settings
 from pipeline.breaker import CircuitBreaker
+from pipeline.redis_link import RedisLink
 from pipeline.search.brave import BraveImageSearch
-from pipeline.search.cache import MemorySearchCache
+from pipeline.search.cache import MemorySearchCache, RedisSearchCache, SearchCache
 from pipeline.search.lookup import ReferenceLookup
 from pipeline.search.protocol import ImageSearch
 from pipeline.search.searxng import SearxngSearch
@@ -19,8 +20,14 @@ USER_AGENT = "intent-gateway/0.1 (reference search)"
 
 
 @asynccontextmanager
-async def open_reference_lookup(settings: Settings) -> AsyncIterator[ReferenceLookup | None]:
-    """The lookup over one ClientSession, closed on exit; None when no provider is configured."""
+async def open_reference_lookup(
+    settings: Settings, redis: RedisLink | None = None
+) -> AsyncIterator[ReferenceLookup | None]:
+    """The lookup over one ClientSession, closed on exit; None when no provider is configured.
+
+    The session talks only to the configured provider (a self-hosted SearXNG is often on a
+    private network, so no egress guard here); result URLs are returned, never fetched.
+    """
     provider_name = settings.search_provider()
     if provider_name is None:
         yield None
@@ -28,6 +35,7 @@ async def open_reference_lookup(settings: Settings) -> AsyncIterator[ReferenceLo
     timeout = aiohttp.ClientTimeout(total=settings.reference_search_timeout)
     async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
         provider: ImageSearch
+        cache: SearchCache = RedisSearchCache(redis) if redis is not None else MemorySearchCache()
         if provider_name == "searxng":
             assert settings.searxng_url is not None
             provider = SearxngSearch(session, settings.searxng_url)
@@ -36,7 +44,7 @@ async def open_reference_lookup(settings: Settings) -> AsyncIterator[ReferenceLo
             provider = BraveImageSearch(session, settings.brave_search_api_key)
         yield ReferenceLookup(
             provider,
-            MemorySearchCache(),
+            cache,
             CircuitBreaker(
                 failure_threshold=settings.circuit_breaker_failure_threshold,
                 reset_timeout=settings.circuit_breaker_timeout,

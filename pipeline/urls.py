@@ -60,13 +60,26 @@ def is_public_url(url: str) -> bool:
 def _check_host(host: str) -> None:
     address = _ip_literal(host)
     if address is not None:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:
+        if not is_public_address(address):
             raise UnsafeURL(f"URL points at a non-public address ({address})")
         return
     if host in _PRIVATE_NAMES or host.endswith(_PRIVATE_SUFFIXES) or "." not in host:
         raise UnsafeURL(f"URL host {host!r} is not a public name")
+
+
+def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Globally routable unicast only; IPv4 inside IPv6 (mapped, 6to4, Teredo) is unwrapped.
+
+    The same rule as the gateway's connect-time egress guard (gateway/egress.py).
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is not None:
+            address = embedded
+    return address.is_global and not (
+        address.is_multicast or address.is_loopback or address.is_private or address.is_link_local
+        or address.is_reserved or address.is_unspecified
+    )
 
 
 def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

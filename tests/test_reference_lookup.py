@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aioresponses import aioresponses
+from redis.asyncio import Redis
 
 from gateway.config import ConfigError, Settings
 from pipeline.breaker import CircuitBreaker
-from pipeline.search.cache import MemorySearchCache, decode, encode
+from pipeline.search.cache import MemorySearchCache, RedisSearchCache, decode, encode
 from pipeline.search.lookup import ReferenceLookup
 from pipeline.search.searxng import SearxngSearch
 from pipeline.types import Reference
+from tests.redis_servers import needs_redis
 
 SEARX_SEARCH = re.compile(r"^http://searx\.test/search\?.*$")
 
@@ -137,3 +140,34 @@ def test_the_provider_is_chosen_by_configuration() -> None:
         Settings.from_env({"REFERENCE_SEARCH_PROVIDER": "searxng"})
     with pytest.raises(ConfigError, match="SEARXNG_URL"):
         Settings.from_env({"SEARXNG_URL": "searx:8080"})
+
+
+class Link:
+    """A RedisLink over the machine's Redis, with a key prefix of its own."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        self.prefix = f"gw-test-{uuid.uuid4().hex[:8]}:"
+        self.available = True
+
+    def failed(self, exc: BaseException) -> None:
+        self.available = False
+
+
+@needs_redis
+async def test_redis_cache_round_trip_and_unreadable_entries() -> None:
+    """What one instance stores another reads; an entry it cannot decode is a miss."""
+    client = Redis.from_url("redis://127.0.0.1:6379/0")
+    link = Link(client)
+    cache = RedisSearchCache(link)
+    refs = [Reference(kind="search", image_url="https://img.example.com/a.jpg", title="a")]
+    try:
+        await cache.set("k", refs, 60)
+        assert await RedisSearchCache(link).get("k") == refs
+        await client.set(link.prefix + "k", b"not json")
+        assert await cache.get("k") is None
+        assert await cache.get("missing") is None
+    finally:
+        for key in await client.keys(link.prefix + "*"):
+            await client.delete(key)
+        await client.aclose()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from typing import Any
 
 from aioresponses import aioresponses
 from yarl import URL
 
-from gateway.appkeys import REFERENCE_LOOKUP, REFERENCES
+from gateway.appkeys import REDIS, REFERENCE_LOOKUP, REFERENCES
 from tests.conftest import MakeClient
+from tests.redis_servers import free_port, needs_redis
 from tests.sse import parse_events
 
 STREAM = "/api/v1/enhanced/stream"
@@ -249,3 +251,43 @@ async def test_without_a_provider_the_gateway_behaves_as_before(client: Any, ups
     health = await (await client.get("/health")).json()
     assert "reference_search" not in health["dependencies"]
     assert provider_calls(upstream) == []
+
+
+@needs_redis
+async def test_with_redis_the_cache_is_shared_between_instances(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """Two gateways on one Redis: the second finds the first one's search results cached."""
+    prefix = f"gw-test-{uuid.uuid4().hex[:8]}:"
+    settings = {"searxng_url": SEARX, "redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix}
+    upstream.get(SEARX_SEARCH, payload={"results": [searx_result(1)]})  # answers once
+    first_gateway = await make_client(**settings)
+    second_gateway = await make_client(**settings)
+    try:
+        first = await stream(first_gateway, LOOK)
+        second = await stream(second_gateway, LOOK)
+        assert (first["references"]["cache_hit"], second["references"]["cache_hit"]) == (False, True)
+        assert second["done"]["references"] == first["done"]["references"]
+        redis = first_gateway.app[REDIS]
+        assert redis is not None
+        [key] = await redis.client.keys(prefix + "*")
+        assert 0 < await redis.client.ttl(key) <= 86400
+    finally:
+        redis = first_gateway.app[REDIS]
+        assert redis is not None
+        for key in await redis.client.keys(prefix + "*"):
+            await redis.client.delete(key)
+
+
+async def test_with_redis_unreachable_the_cache_lives_in_memory(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """REDIS_URL set but nothing listening: searches still work and still cache, per instance."""
+    upstream.get(SEARX_SEARCH, payload={"results": [searx_result(1)]})  # answers once
+    client = await make_client(
+        searxng_url=SEARX, redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout=0.2
+    )
+    first = await stream(client, LOOK)
+    second = await stream(client, LOOK)
+    assert first["references"]["summary"] == second["references"]["summary"] == "found 1"
+    assert second["references"]["cache_hit"] is True

@@ -37,6 +37,8 @@ def test_public_urls_pass(url: str) -> None:
         ("http://169.254.169.254/latest/meta-data/", "non-public"),
         ("http://[fd00::1]/", "non-public"),
         ("http://[::ffff:10.0.0.1]/", "non-public"),
+        ("http://[2002:7f00:1::]/", "non-public"),  # 6to4 around 127.0.0.1
+        ("http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/", "non-public"),  # Teredo around 10.0.0.1
         ("http://224.0.0.1/", "non-public"),
         ("http://0.0.0.0/", "non-public"),
         ("http://localhost:8080/", "not a public name"),

@@ -1,7 +1,8 @@
 """Cached search results: the same look asked twice costs one provider call.
 
-`SearchCache` is the protocol; the in-process TTL cache is the default. A Redis-backed one
-only needs get/set over the encoded references (see `encode`/`decode`).
+`SearchCache` is the protocol. In memory by default; with REDIS_URL the cache is shared by
+every instance through the gateway's one Redis connection, and falls back to memory while
+Redis is unreachable.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 
 import msgspec
 
+from pipeline.redis_link import UNAVAILABLE, RedisLink
 from pipeline.types import Reference
 
 _encoder = msgspec.json.Encoder()
@@ -23,7 +25,7 @@ def encode(references: list[Reference]) -> bytes:
     return _encoder.encode(references)
 
 
-def decode(raw: bytes) -> list[Reference]:
+def decode(raw: bytes | str) -> list[Reference]:
     return _decoder.decode(raw)
 
 
@@ -60,3 +62,36 @@ class MemorySearchCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class RedisSearchCache:
+    """Shared across instances via the gateway's Redis connection; memory while it is away."""
+
+    def __init__(self, link: RedisLink, fallback: MemorySearchCache | None = None) -> None:
+        self.link = link
+        self.fallback = fallback or MemorySearchCache()
+
+    async def get(self, key: str) -> list[Reference] | None:
+        if not self.link.available:
+            return await self.fallback.get(key)
+        try:
+            raw = await self.link.client.get(self.link.prefix + key)
+        except UNAVAILABLE as exc:
+            self.link.failed(exc)
+            return await self.fallback.get(key)
+        if raw is None:
+            return None
+        try:
+            return decode(raw)
+        except msgspec.DecodeError:
+            return None  # written by an incompatible version: a miss, overwritten on set
+
+    async def set(self, key: str, references: list[Reference], ttl: float) -> None:
+        if not self.link.available:
+            await self.fallback.set(key, references, ttl)
+            return
+        try:
+            await self.link.client.set(self.link.prefix + key, encode(references), ex=max(1, round(ttl)))
+        except UNAVAILABLE as exc:
+            self.link.failed(exc)
+            await self.fallback.set(key, references, ttl)
