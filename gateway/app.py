@@ -20,6 +20,7 @@ from gateway.appkeys import (
     STAGES,
     STATS,
     STREAMS,
+    TRACING,
 )
 from gateway.classifiers import open_classifier
 from gateway.config import Settings
@@ -102,7 +103,8 @@ async def stages_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def reference_search_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_reference_lookup(app[SETTINGS], app[REDIS]) as lookup:
+    trace_configs = app[TRACING].client_trace_configs()
+    async with open_reference_lookup(app[SETTINGS], app[REDIS], trace_configs=trace_configs) as lookup:
         if lookup is not None:
             app[REFERENCE_LOOKUP] = lookup
             app[HEALTH_PROBES]["reference_search"] = lookup.health

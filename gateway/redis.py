@@ -18,7 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.appkeys import HEALTH_PROBES, REDIS, SETTINGS
+from gateway.appkeys import HEALTH_PROBES, REDIS, SETTINGS, TRACING
 from gateway.config import Settings
 from pipeline.redis_link import UNAVAILABLE, RedisClient
 
@@ -158,4 +158,5 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = connection
         if connection is not None:
             app[HEALTH_PROBES]["redis"] = connection.probe
+            app[TRACING].instrument_redis(connection.client)
         yield

@@ -21,7 +21,10 @@ USER_AGENT = "intent-gateway/0.1 (reference search)"
 
 @asynccontextmanager
 async def open_reference_lookup(
-    settings: Settings, redis: RedisLink | None = None
+    settings: Settings,
+    redis: RedisLink | None = None,
+    *,
+    trace_configs: list[aiohttp.TraceConfig] | None = None,
 ) -> AsyncIterator[ReferenceLookup | None]:
     """The lookup over one ClientSession, closed on exit; None when no provider is configured.
 
@@ -33,7 +36,9 @@ async def open_reference_lookup(
         yield None
         return
     timeout = aiohttp.ClientTimeout(total=settings.reference_search_timeout)
-    async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
+    async with aiohttp.ClientSession(
+        timeout=timeout, headers={"User-Agent": USER_AGENT}, trace_configs=trace_configs
+    ) as session:
         provider: ImageSearch
         cache: SearchCache = RedisSearchCache(redis) if redis is not None else MemorySearchCache()
         if provider_name == "searxng":

@@ -32,7 +32,7 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     resource = resource_of(settings)
     metrics = Metrics(resource=resource)
     observe_gateway(metrics, app[STATS], app[SLOTS])
-    tracing = tracing_of(settings, resource)
+    tracing = tracing_of(settings, resource, metrics)
     app[METRICS] = metrics
     app[TRACING] = tracing
     app[STAGE_INSTRUMENTS] = StageInstruments(tracer=tracing.tracer, duration=metrics.stage_duration)
@@ -43,7 +43,7 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.close()
 
 
-def tracing_of(settings: Settings, resource: Resource) -> Tracing:
+def tracing_of(settings: Settings, resource: Resource, metrics: Metrics) -> Tracing:
     return Tracing.from_options(
         resource=resource,
         sampler=settings.otel_traces_sampler,
@@ -53,6 +53,7 @@ def tracing_of(settings: Settings, resource: Resource) -> Tracing:
         otlp_headers=settings.otel_exporter_otlp_headers,
         buffer_limit=settings.debug_traces_limit,
         disabled=settings.otel_sdk_disabled,
+        meter_provider=metrics.provider,
     )
 
 

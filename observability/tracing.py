@@ -9,7 +9,9 @@ also batched to it over HTTP/protobuf from the SDK's background thread.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from opentelemetry.metrics import Histogram
@@ -19,14 +21,22 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
+    Decision,
     ParentBased,
     Sampler,
+    SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import NoOpTracer, Tracer
+from opentelemetry.trace import Link, NoOpTracer, SpanKind, Tracer, TraceState, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from observability.traces import TraceBuffer
+
+if TYPE_CHECKING:
+    import aiohttp
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import MeterProvider
 
 SAMPLERS = (
     "always_on", "always_off", "traceidratio",
@@ -35,7 +45,8 @@ SAMPLERS = (
 
 
 def make_sampler(name: str, arg: float | None = None) -> Sampler:
-    """The SDK sampler an OTEL_TRACES_SAMPLER name stands for (ratio defaults to 1.0)."""
+    """The SDK sampler an OTEL_TRACES_SAMPLER name stands for (ratio defaults to 1.0),
+    refusing to start traces from background client calls (see RequestRootSampler)."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; one of {', '.join(SAMPLERS)}")
     base = name.removeprefix("parentbased_")
@@ -44,7 +55,36 @@ def make_sampler(name: str, arg: float | None = None) -> Sampler:
         else ALWAYS_OFF if base == "always_off"
         else TraceIdRatioBased(1.0 if arg is None else arg)
     )  # fmt: skip
-    return ParentBased(root) if name.startswith("parentbased_") else root
+    return RequestRootSampler(ParentBased(root) if name.startswith("parentbased_") else root)
+
+
+class RequestRootSampler(Sampler):
+    """Drops CLIENT spans that would start a trace of their own.
+
+    Redis health pings and background flushes run outside any request; as roots they would
+    fill the /debug/traces buffer and the collector with one-span traces. Inside a request
+    they are children and the wrapped sampler decides as usual.
+    """
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        if kind is SpanKind.CLIENT and not get_current_span(parent_context).get_span_context().is_valid:
+            return SamplingResult(Decision.DROP)
+        return self.inner.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"RequestRoot{{{self.inner.get_description()}}}"
 
 
 def parse_headers(text: str | None) -> dict[str, str]:
@@ -85,7 +125,10 @@ class Tracing:
         buffer_limit: int = 200,
         exporter: SpanExporter | None = None,
         enabled: bool = True,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
+        self.enabled = enabled
+        self.meter_provider = meter_provider  # for the client instrumentations' duration metrics
         self.propagator = TraceContextTextMapPropagator()
         self.buffer = TraceBuffer(buffer_limit)
         self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
@@ -107,6 +150,7 @@ class Tracing:
         otlp_headers: str | None,
         buffer_limit: int,
         disabled: bool,
+        meter_provider: MeterProvider | None = None,
     ) -> Tracing:
         url = otlp_traces_url(otlp_endpoint, otlp_traces_endpoint)
         exporter: SpanExporter | None = None
@@ -121,7 +165,24 @@ class Tracing:
             buffer_limit=buffer_limit,
             exporter=exporter,
             enabled=not disabled,
+            meter_provider=meter_provider,
         )
+
+    def instrument_redis(self, client: Any) -> None:
+        """A CLIENT span per command of this one redis.asyncio client (no global patching)."""
+        if self.enabled:
+            from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+            RedisInstrumentor.instrument_client(client, tracer_provider=self.provider)
+
+    def client_trace_configs(self) -> list[aiohttp.TraceConfig]:
+        """For `aiohttp.ClientSession(trace_configs=...)`: a CLIENT span per outgoing request
+        (LLM, search), with traceparent injected so the upstream can continue the trace."""
+        if not self.enabled:
+            return []
+        from opentelemetry.instrumentation.aiohttp_client import create_trace_config
+
+        return [create_trace_config(tracer_provider=self.provider, meter_provider=self.meter_provider)]
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         self.provider.add_span_processor(processor)

@@ -1,0 +1,61 @@
+"""Client spans for outside calls: Redis commands and aiohttp client requests, inside the request's trace."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from gateway.appkeys import REDIS, TRACING
+from tests.conftest import MakeClient
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def test_redis_commands_are_client_spans_of_the_current_trace(make_client: MakeClient) -> None:
+    """A command on app[REDIS] inside a span becomes its CLIENT child; a background ping makes no trace."""
+    client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
+    app = client.server.app
+    exporter = InMemorySpanExporter()
+    app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    connection = app[REDIS]
+    assert connection is not None
+    await connection.client.ping()  # no current span: a background call, not kept
+    with app[TRACING].tracer.start_as_current_span("request") as parent:
+        await connection.client.ping()
+    (request, ping) = sorted(exporter.get_finished_spans(), key=lambda s: s.kind.value)
+    assert ping.kind is SpanKind.CLIENT and ping.name == "PING"
+    assert ping.attributes is not None and ping.attributes["db.system"] == "redis"
+    assert ping.parent is not None and ping.parent.span_id == parent.get_span_context().span_id
+    assert request.name == "request"
+
+
+async def test_client_session_spans_inject_traceparent(make_client: MakeClient, aiohttp_server: Any) -> None:
+    """A ClientSession with the app's trace configs sends traceparent and records a CLIENT span."""
+    seen: list[str] = []
+
+    async def upstream(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("traceparent", ""))
+        return web.json_response({"ok": True})
+
+    server_app = web.Application()
+    server_app.router.add_get("/v1/thing", upstream)
+    server = await aiohttp_server(server_app)
+    client = await make_client()
+    tracing = client.server.app[TRACING]
+    exporter = InMemorySpanExporter()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    async with aiohttp.ClientSession(trace_configs=tracing.client_trace_configs()) as session:
+        with tracing.tracer.start_as_current_span("request") as parent:
+            async with session.get(server.make_url("/v1/thing")) as response:
+                assert response.status == 200
+    trace_id = f"{parent.get_span_context().trace_id:032x}"
+    (call,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert call.parent is not None and call.parent.span_id == parent.get_span_context().span_id
+    assert call.context is not None
+    assert [header[:-2] for header in seen] == [f"00-{trace_id}-{call.context.span_id:016x}-"]
