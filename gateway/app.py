@@ -12,6 +12,7 @@ from gateway.appkeys import (
     CLASSIFIER,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
+    INTENT_CACHE,
     REDIS,
     REFERENCE_LOOKUP,
     REFERENCES,
@@ -25,8 +26,9 @@ from gateway.appkeys import (
 from gateway.classifiers import open_classifier
 from gateway.config import Settings
 from gateway.errors import error_middleware
+from gateway.limits import limiter_ctx, rate_limit_middleware
 from gateway.middleware import identity_middleware, request_middleware
-from gateway.redis import redis_ctx
+from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
 from gateway.search import open_reference_lookup
 from gateway.telemetry import telemetry_ctx
@@ -49,7 +51,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     """Build the gateway. `classifier` replaces the configured one (tests inject slow ones)."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[request_middleware, error_middleware, identity_middleware],
+        middlewares=[request_middleware, error_middleware, identity_middleware, rate_limit_middleware],
     )
     app[SETTINGS] = settings
     app[STATS] = RequestStats()
@@ -76,6 +78,8 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
 
     app.cleanup_ctx.append(telemetry_ctx)  # first: later contexts register metrics on it
     app.cleanup_ctx.append(redis_ctx)  # before the rest: they may share its connection
+    app.cleanup_ctx.append(intent_cache_ctx)
+    app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(classifier_ctx)
     app.cleanup_ctx.append(reference_search_ctx)
     app.cleanup_ctx.append(stages_ctx)
@@ -94,6 +98,7 @@ async def stages_ctx(app: web.Application) -> AsyncIterator[None]:
             rollout=Rollout(
                 settings.ai_classification_enabled, settings.ai_classification_rollout_percentage
             ),
+            cache=app[INTENT_CACHE],
         ),
         ModelStage(app[CATALOG]),
         PromptStage(app[REFERENCES]),

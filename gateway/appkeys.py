@@ -14,7 +14,9 @@ from gateway.urlpolicy import ImageUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
 from observability.tracing import StageInstruments, Tracing
+from pipeline.cache import IntentCache
 from pipeline.catalog import Catalog
+from pipeline.limits import Admission, RateLimiter
 from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
 from pipeline.search.lookup import ReferenceLookup
@@ -45,7 +47,10 @@ STREAMS = web.AppKey("streams", weakref.WeakSet[EventStream])
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
 IMAGE_URL_POLICY = web.AppKey("image_url_policy", ImageUrlPolicy)
+INTENT_CACHE = web.AppKey("intent_cache", IntentCache)
+LIMITER = web.AppKey("limiter", RateLimiter)
 
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)
 USER_ID = web.RequestKey("user_id", str)
+ADMISSION = web.RequestKey("admission", Admission)  # set by rate_limit_middleware

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import msgspec
 from aiohttp import web
 
 from pipeline.errors import Overloaded, PipelineError
+from pipeline.limits import Decision, LimitsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,43 @@ class ServiceOverloaded(GatewayError):
         return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
+def rate_limit_headers(decision: Decision) -> dict[str, str]:
+    """RateLimit-* (IETF draft) for the limit that decided; the cost limit counts US cents."""
+    if decision.kind is None:
+        return {}
+    scale = 100 if decision.kind == "cost" else 1
+    return {
+        "RateLimit-Limit": str(math.floor(decision.limit * scale)),
+        "RateLimit-Remaining": str(math.floor(decision.remaining * scale)),
+        "RateLimit-Reset": str(max(1, math.ceil(decision.reset_seconds))),
+    }
+
+
+class RateLimited(GatewayError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, decision: Decision) -> None:
+        per = {"minute": "requests per minute", "hour": "requests per hour", "cost": "US$ of cost per hour"}
+        super().__init__(f"limit of {decision.limit:g} {per[decision.kind or 'minute']} reached")
+        self.decision = decision
+
+    def headers(self) -> dict[str, str]:
+        headers = rate_limit_headers(self.decision)
+        headers["Retry-After"] = headers.get("RateLimit-Reset", "1")
+        return headers
+
+
+class RateLimitUnavailable(ServiceOverloaded):
+    code = "rate_limit_unavailable"
+
+
 def as_gateway_error(exc: PipelineError) -> GatewayError:
     """Pipeline errors that end a request, in HTTP terms."""
     if isinstance(exc, Overloaded):
         return ServiceOverloaded(str(exc), retry_after=exc.retry_after)
+    if isinstance(exc, LimitsUnavailable):
+        return RateLimitUnavailable(str(exc), retry_after=1.0)
     return GatewayError(str(exc))
 
 

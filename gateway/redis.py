@@ -18,8 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.appkeys import HEALTH_PROBES, REDIS, SETTINGS, TRACING
+from gateway.appkeys import HEALTH_PROBES, INTENT_CACHE, METRICS, REDIS, SETTINGS, TRACING
 from gateway.config import Settings
+from pipeline.cache import IntentCache
 from pipeline.redis_link import UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,7 @@ def connect(settings: Settings) -> RedisClient:
 class RedisConnection:
     """A shared client plus what the gateway knows of its health (a `RedisLink`)."""
 
-    def __init__(
-        self, client: RedisClient, *, cluster: bool, prefix: str, health_interval: float
-    ) -> None:
+    def __init__(self, client: RedisClient, *, cluster: bool, prefix: str, health_interval: float) -> None:
         self.client = client
         self.cluster = cluster
         self.prefix = prefix
@@ -159,4 +158,26 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         if connection is not None:
             app[HEALTH_PROBES]["redis"] = connection.probe
             app[TRACING].instrument_redis(connection.client)
+            app[METRICS].gauge(
+                "gateway.redis.available", lambda: int(connection.available), description="1: Redis answers"
+            )
         yield
+
+
+async def intent_cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after redis_ctx): the intent cache, on Redis when there is one."""
+    settings = app[SETTINGS]
+    cache = IntentCache(ttl=settings.intent_cache_ttl, redis=app[REDIS], timeout=settings.redis_timeout)
+    app[INTENT_CACHE] = cache
+    app[METRICS].counter(
+        "gateway.cache.lookups",
+        lambda: [(cache.hits, {"result": "hit"}), (cache.misses, {"result": "miss"})],
+        description="Intent cache lookups by result",
+    )
+    app[METRICS].counter(
+        "gateway.cache.coalesced",
+        lambda: cache.coalesced,
+        description="Requests that shared an identical in-flight classification",
+    )
+    yield
+    await cache.close()

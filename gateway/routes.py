@@ -11,6 +11,8 @@ from aiohttp import web
 from gateway.appkeys import (
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
+    INTENT_CACHE,
+    LIMITER,
     SETTINGS,
     SLOTS,
     STAGE_INSTRUMENTS,
@@ -22,11 +24,12 @@ from gateway.appkeys import (
 )
 from gateway.debug import add_debug_routes
 from gateway.errors import UnsupportedMediaType, as_gateway_error
+from gateway.limits import charge_cost, usage
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
 from pipeline.errors import PipelineError
-from pipeline.events import ErrorEvent, ProcessResult, StageEvent
+from pipeline.events import ErrorEvent, ModelEvent, ProcessResult, StageEvent
 from pipeline.runner import run_pipeline
 from pipeline.state import RequestState
 from pipeline.types import PipelineRequest
@@ -66,6 +69,8 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
             assert isinstance(event, ProcessResult)
             record_result(request, event)
             return event
+        if isinstance(event, ModelEvent):
+            await charge_cost(request, event.estimated_cost)
         if isinstance(event, ErrorEvent):
             request.app[STATS].record_error(event.code)
     raise AssertionError("pipeline ended without a done event")
@@ -115,6 +120,8 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                     if name == "done":
                         assert isinstance(event, ProcessResult)
                         record_result(request, event)
+                    elif isinstance(event, ModelEvent):
+                        await charge_cost(request, event.estimated_cost)
                     elif isinstance(event, ErrorEvent):
                         request.app[STATS].record_error(event.code)
                     await stream.send(name, _encode(event))
@@ -170,6 +177,8 @@ async def metrics_json(request: web.Request) -> web.Response:
     slots = request.app[SLOTS]
     snapshot = request.app[STATS].snapshot()
     snapshot["classification_slots"] = {"limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting}
+    snapshot["intent_cache"] = request.app[INTENT_CACHE].stats()
+    snapshot["rate_limits"] = request.app[LIMITER].stats()
     return json_response(snapshot)
 
 
@@ -193,6 +202,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/enhanced/stream", stream_get, allow_head=False)
     app.router.add_post("/api/v1/enhanced/compare", compare)
     app.router.add_get("/api/v1/enhanced/metrics", metrics_json)
+    app.router.add_get("/api/v1/enhanced/usage", usage)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus_metrics)
     add_debug_routes(app)  # /debug/*: operator-only

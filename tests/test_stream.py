@@ -52,6 +52,8 @@ async def test_done_event_is_exactly_the_process_json(client: Any) -> None:
     done = parse_events(await (await client.post(STREAM, json=body)).read())[-1].data
     processed = await (await client.post("/api/v1/enhanced/process", json=body)).json()
     assert set(done) == set(processed)
+    # The same prompt twice: the second answer comes from the intent cache.
+    assert (done.pop("cache_hit"), processed.pop("cache_hit")) == (False, True)
     for volatile in ("elapsed_ms", "processing_time", "trace_id"):
         done.pop(volatile), processed.pop(volatile)
     assert done == processed

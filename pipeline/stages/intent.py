@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pipeline.cache import IntentCache
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.events import IntentEvent
 from pipeline.protocols import Classifier
 from pipeline.rollout import Rollout
 from pipeline.slots import ClassificationSlots
 from pipeline.state import RequestState
+from pipeline.types import ClassifierInput, IntentClassification
 
 
 class IntentStage:
@@ -20,20 +22,33 @@ class IntentStage:
         slots: ClassificationSlots,
         rollout: Rollout,
         rules: RulesClassifier | None = None,
+        cache: IntentCache | None = None,
     ) -> None:
         self.ai = ai
         self.rules = rules or RulesClassifier()
         self.slots = slots
         self.rollout = rollout
+        self.cache = cache
 
     async def run(self, state: RequestState) -> IntentEvent:
         request, context = state.request, state.context
         assert context is not None
         state.arm = self.rollout.arm(request.user_id) if request.use_ai_classification else "existing"
         classifier: Classifier = self.ai if state.arm == "ai" else self.rules
-        async with self.slots.hold():
-            state.intent = await classifier.classify(context.classifier_input(request.prompt))
+        query = context.classifier_input(request.prompt)
+        # The "existing" arm is the rules baseline: microseconds to compute, so never cached.
+        if state.arm == "ai" and self.cache is not None:
+            state.intent, state.cache_hit = await self.cache.get_or_classify(
+                classifier, query, lambda: self._classify(classifier, query)
+            )
+        else:
+            state.intent = await self._classify(classifier, query)
         return self._event(state)
+
+    async def _classify(self, classifier: Classifier, query: ClassifierInput) -> IntentClassification:
+        # Only real classifications take a slot: cache hits and coalesced waiters do not.
+        async with self.slots.hold():
+            return await classifier.classify(query)
 
     def fallback(self, state: RequestState) -> IntentEvent:
         # The keyword rules never fail and need no slot: the safe default.

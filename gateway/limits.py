@@ -1,0 +1,79 @@
+"""Per-user rate and cost limits at the HTTP edge: admission before any stream starts.
+
+The rules live in pipeline/limits.py; this module picks the limiter (Redis or memory), refuses
+with 429 in a middleware, charges the model stage's estimated cost, and serves /usage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from aiohttp import web
+
+from gateway.appkeys import ADMISSION, LIMITER, METRICS, REDIS, SETTINGS, USER_ID
+from gateway.config import Settings
+from gateway.errors import Handler, RateLimited, rate_limit_headers
+from pipeline.limits import Admission, Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+
+# Requests that run the pipeline; health, metrics and usage are never limited.
+LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})
+
+_encode = msgspec.json.Encoder().encode
+
+
+def limits_of(settings: Settings) -> Limits:
+    return Limits(
+        requests_per_minute=settings.rate_limit_requests_per_minute,
+        requests_per_hour=settings.rate_limit_requests_per_hour,
+        cost_per_hour=settings.cost_limit_per_hour,
+    )
+
+
+async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx (after redis_ctx): exact limits on Redis, else per instance in memory."""
+    settings, redis = app[SETTINGS], app[REDIS]
+    limiter: RateLimiter = (
+        MemoryRateLimiter(limits_of(settings))
+        if redis is None
+        else RedisRateLimiter(redis, limits_of(settings), fail_mode=settings.rate_limit_fail_mode)
+    )
+    app[LIMITER] = limiter
+    app[METRICS].counter(
+        "gateway.rate_limited",
+        lambda: [(n, {"kind": kind}) for kind, n in limiter.counters.refused.items()],
+        description="Requests refused with 429, by the limit that refused them",
+    )
+    yield
+
+
+@web.middleware
+async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Admit or refuse (429) before the handler, so a refusal never opens a stream."""
+    resource = request.match_info.route.resource
+    if resource is None or resource.canonical not in LIMITED_PATHS:
+        return await handler(request)
+    user_id = request[USER_ID]
+    decision = await request.app[LIMITER].admit(user_id)
+    if not decision.allowed:
+        raise RateLimited(decision)
+    request[ADMISSION] = Admission(user_id=user_id, token=decision.token)
+    response = await handler(request)
+    if not response.prepared:  # a stream's headers are long gone
+        response.headers.update(rate_limit_headers(decision))
+    return response
+
+
+async def charge_cost(request: web.Request, estimated_cost: float) -> None:
+    """Charge the request's model-stage estimate once (compare runs two pipelines: the first)."""
+    admission = request.get(ADMISSION)
+    if admission is None or admission.charged:
+        return
+    admission.charged = True
+    await request.app[LIMITER].charge(admission.user_id, admission.token, estimated_cost)
+
+
+async def usage(request: web.Request) -> web.Response:
+    """GET /api/v1/enhanced/usage: the caller's counts in the sliding windows, and the limits."""
+    result = await request.app[LIMITER].usage(request[USER_ID])
+    return web.Response(body=_encode(result), content_type="application/json")

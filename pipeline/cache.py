@@ -1,0 +1,258 @@
+"""The intent cache: one classification per prompt and context, shared by every instance.
+
+aiocache stores msgpack-encoded results in Redis when a `RedisLink` is given and available,
+and in a bounded in-process memory cache otherwise (no Redis configured, or Redis unreachable:
+the cache then keeps working per instance and goes back to Redis when it answers).
+
+Keys are stable across processes and releases of unrelated code: a blake2b digest of the
+normalized prompt, the context features classifiers look at, and the classifier's name and
+version (never Python's per-process `hash()`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import unicodedata
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiocache import RedisCache, SimpleMemoryCache
+from aiocache.base import BaseCache
+from aiocache.serializers import BaseSerializer
+
+from pipeline.protocols import Classifier
+from pipeline.redis_link import UNAVAILABLE, RedisClient, RedisLink
+from pipeline.types import ClassifierInput, IntentClassification, IntentSource
+
+log = logging.getLogger(__name__)
+
+# Bump when the key's inputs or the stored type change shape: old entries then just miss.
+KEY_SCHEMA = 1
+MEMORY_ENTRIES = 10_000
+# A classifier that answers with a fallback (LLM failed, the rules answered) says so here;
+# such answers are never cached, so the next request tries the real classifier again.
+FALLBACK_FLAG = "fallback_used"
+
+Classify = Callable[[], Awaitable[IntentClassification]]
+
+
+def normalize(prompt: str) -> str:
+    """Same words, same key: Unicode compatibility forms, case and spacing do not matter."""
+    return " ".join(unicodedata.normalize("NFKC", prompt).casefold().split())
+
+
+def cache_key(classifier: Classifier, query: ClassifierInput) -> str:
+    features = msgspec.msgpack.encode(
+        [
+            KEY_SCHEMA,
+            classifier.name,
+            classifier.version,
+            normalize(query.prompt),
+            bool(query.working_images),
+            bool(query.uploaded_images),
+            sorted(set(query.mentions)),
+        ]
+    )
+    return hashlib.blake2b(features, digest_size=16).hexdigest()
+
+
+def cacheable(classifier: Classifier, result: IntentClassification) -> bool:
+    if result.metadata.get(FALLBACK_FLAG):
+        return False
+    # The rules answer for another classifier only when it failed.
+    return classifier.name == "rules" or result.source is not IntentSource.RULES
+
+
+class MsgspecSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped
+    """IntentClassification <-> msgpack bytes; anything undecodable reads as a miss."""
+
+    DEFAULT_ENCODING = None  # bytes: aiocache must not decode what Redis returns
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder(IntentClassification)
+
+    def dumps(self, value: IntentClassification) -> bytes:
+        return self._encoder.encode(value)
+
+    def loads(self, value: bytes | None) -> IntentClassification | None:
+        if value is None:
+            return None
+        try:
+            return self._decoder.decode(value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+
+class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
+    """aiocache's memory cache, evicting the oldest entry beyond `max_entries`."""
+
+    def __init__(self, *, max_entries: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_entries = max_entries
+
+    async def _set(
+        self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None
+    ) -> Any:
+        while len(self._cache) >= self.max_entries and key not in self._cache:
+            await self._delete(next(iter(self._cache)))
+        return await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+
+
+class SharedRedisCache(RedisCache):  # type: ignore[misc]
+    """aiocache's Redis cache on the gateway's client (its timeouts, cluster, reconnects).
+
+    RedisBackend.__init__ would build a second connection pool; the connection is owned
+    and closed by gateway/redis.py, so this skips it and never closes the client.
+    """
+
+    def __init__(self, client: RedisClient, **kwargs: Any) -> None:
+        BaseCache.__init__(self, **kwargs)
+        self.client = client
+        self.endpoint, self.port = "shared", 0  # only read by RedisCache.__repr__
+
+    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
+        return None
+
+
+class _Flight:
+    """One in-flight lookup-or-classify and how many requests wait for it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[tuple[IntentClassification, bool]]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
+class IntentCache:
+    """get-or-classify with a TTL, Redis-or-memory storage and single flight per instance."""
+
+    def __init__(self, *, ttl: int, redis: RedisLink | None, timeout: float) -> None:
+        self.ttl = ttl
+        self.redis = redis
+        self.memory = BoundedMemoryCache(
+            max_entries=MEMORY_ENTRIES, serializer=MsgspecSerializer(), namespace="intent", timeout=None
+        )
+        self.remote = (
+            None
+            if redis is None
+            # aiocache's own deadline backs up the socket timeouts (a hung Lua script, DNS).
+            else SharedRedisCache(
+                redis.client,
+                serializer=MsgspecSerializer(),
+                namespace=f"{redis.prefix}intent",
+                timeout=timeout,
+            )
+        )
+        self._inflight: dict[str, _Flight] = {}
+        # Counters for metrics.
+        self.hits = 0
+        self.misses = 0
+        self.coalesced = 0  # requests that waited for an identical in-flight classification
+        self.remote_errors = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    @property
+    def backend(self) -> str:
+        return "redis" if self.redis is not None and self.redis.available else "memory"
+
+    async def get_or_classify(
+        self, classifier: Classifier, query: ClassifierInput, classify: Classify
+    ) -> tuple[IntentClassification, bool]:
+        """(result, cache_hit). Concurrent identical misses share one `classify()` call.
+
+        The shared work runs in its own task: a waiting request that is cancelled (client
+        gone) leaves it running for the others; when the last waiter has gone, it is
+        cancelled too, so its classification slot frees at once.
+        """
+        if not self.enabled:
+            return await classify(), False
+        key = cache_key(classifier, query)
+        flight = self._inflight.get(key)
+        if flight is None:
+            task = asyncio.create_task(
+                self._lookup(classifier, key, classify), name=f"intent-cache-{key[:8]}"
+            )
+            flight = self._inflight[key] = _Flight(task)
+            task.add_done_callback(lambda done: self._finished(key, done))
+        else:
+            self.coalesced += 1
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                flight.task.cancel()
+
+    def _finished(self, key: str, task: asyncio.Task[tuple[IntentClassification, bool]]) -> None:
+        flight = self._inflight.get(key)
+        if flight is not None and flight.task is task:
+            del self._inflight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: the waiters re-raise it; no "never retrieved" noise
+
+    async def _lookup(
+        self, classifier: Classifier, key: str, classify: Classify
+    ) -> tuple[IntentClassification, bool]:
+        cached = await self._get(key)
+        if cached is not None:
+            self.hits += 1
+            return cached, True
+        self.misses += 1
+        result = await classify()
+        if cacheable(classifier, result):
+            await self._set(key, result)
+        return result, False
+
+    async def _get(self, key: str) -> IntentClassification | None:
+        if self.remote is not None and self.redis is not None and self.redis.available:
+            try:
+                result: IntentClassification | None = await self.remote.get(key)
+                return result
+            except UNAVAILABLE as exc:
+                self._remote_failed(exc)
+        cached: IntentClassification | None = await self.memory.get(key)
+        return cached
+
+    async def _set(self, key: str, result: IntentClassification) -> None:
+        if self.remote is not None and self.redis is not None and self.redis.available:
+            try:
+                await self.remote.set(key, result, ttl=self.ttl)
+                return
+            except UNAVAILABLE as exc:
+                self._remote_failed(exc)
+        await self.memory.set(key, result, ttl=self.ttl)
+
+    def _remote_failed(self, exc: BaseException) -> None:
+        assert self.redis is not None
+        self.remote_errors += 1
+        self.redis.failed(exc)
+
+    def stats(self) -> dict[str, object]:
+        lookups = max(self.hits + self.misses, 1)
+        return {
+            "enabled": self.enabled,
+            "backend": self.backend,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": self.hits / lookups,
+            "coalesced": self.coalesced,
+            "remote_errors": self.remote_errors,
+            "memory_entries": len(self.memory._cache),
+        }
+
+    async def close(self) -> None:
+        tasks = [flight.task for flight in self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.memory.clear()

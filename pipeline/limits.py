@@ -1,0 +1,417 @@
+"""Per-user limits: requests per minute, requests per hour, estimated cost per hour.
+
+Windows slide (a request counts for exactly 60 s / 3600 s after it was admitted), so a burst
+across a clock-minute boundary gets no second allowance. With Redis every decision is one Lua
+script on the user's keys, on Redis's own clock: exact across any number of instances. Without
+Redis, `MemoryRateLimiter` applies the same rules per instance.
+
+Cost is known only after model selection, so the cost limit is a budget checked at admission
+and charged afterwards: a request is admitted while the user's charges of the last hour are
+below COST_LIMIT_PER_HOUR, and its estimated cost is charged once the model stage has priced
+it. The ledger itself is exact (atomic, idempotent charges in integer micro-dollars); what the
+check cannot see is the cost of requests admitted but not yet priced, so the budget can be
+overshot by at most the requests in flight when it is crossed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import msgspec
+from redis.commands.core import AsyncScript
+
+from pipeline.errors import PipelineError
+from pipeline.redis_link import UNAVAILABLE, RedisLink
+
+log = logging.getLogger(__name__)
+
+LimitKind = Literal["minute", "hour", "cost"]
+FailMode = Literal["open", "closed"]
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+MICRO = 1_000_000  # costs are kept in integer micro-dollars: sums stay exact
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    requests_per_minute: int  # 0 disables a limit
+    requests_per_hour: int
+    cost_per_hour: float  # US dollars
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """One admission. `kind` is the limit that refused, or the tightest one when admitted."""
+
+    allowed: bool
+    token: str  # identifies the admitted request when its cost is charged
+    kind: LimitKind | None = None  # None: no limit applies (all disabled, or failed open)
+    limit: float = 0.0
+    remaining: float = 0.0
+    reset_seconds: float = 0.0  # until `remaining` grows (the oldest entry leaves the window)
+
+
+class Admission(msgspec.Struct, kw_only=True):
+    """An admitted request whose estimated cost is charged once, after model selection."""
+
+    user_id: str
+    token: str
+    charged: bool = False
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    """GET /api/v1/enhanced/usage: the caller's sliding-window counts and limits."""
+
+    user_id: str
+    requests_last_minute: int | None  # None: Redis is unreachable, counts unknown
+    requests_last_hour: int | None
+    cost_last_hour: float | None
+    limits: Limits
+    backend: Literal["redis", "memory", "unavailable"]
+
+
+class LimitsUnavailable(PipelineError):
+    """Redis is unreachable and RATE_LIMIT_FAIL_MODE=closed: refuse rather than not count."""
+
+    code = "rate_limit_unavailable"
+
+
+class RateLimiter(Protocol):
+    counters: LimiterStats
+
+    async def admit(self, user_id: str) -> Decision: ...
+
+    async def charge(self, user_id: str, token: str, cost: float) -> None: ...
+
+    async def usage(self, user_id: str) -> Usage: ...
+
+    def stats(self) -> dict[str, object]: ...
+
+
+def new_token() -> str:
+    return os.urandom(8).hex()
+
+
+def micros(dollars: float) -> int:
+    return max(0, round(dollars * MICRO))
+
+
+class _Counts(msgspec.Struct, frozen=True):
+    """One user's windows at one instant: what both limiters decide from."""
+
+    minute: int
+    hour: int
+    spent: int  # micro-dollars
+    minute_reset_ms: int  # until the oldest entry of each window leaves it (0: empty)
+    hour_reset_ms: int
+    cost_reset_ms: int
+
+
+def decide(limits: Limits, counts: _Counts, token: str) -> Decision:
+    """Refuse on the first exhausted limit; else admit and report the tightest one.
+
+    `counts` are from before this request; the request itself is one more of each count.
+    """
+    candidates: list[tuple[LimitKind, float, float, int]] = []  # kind, limit, used, reset ms
+    if limits.requests_per_minute > 0:
+        candidates.append(("minute", limits.requests_per_minute, counts.minute, counts.minute_reset_ms))
+    if limits.requests_per_hour > 0:
+        candidates.append(("hour", limits.requests_per_hour, counts.hour, counts.hour_reset_ms))
+    if limits.cost_per_hour > 0:
+        # In micro-dollars, exactly as the Lua script compares them.
+        candidates.append(("cost", micros(limits.cost_per_hour), counts.spent, counts.cost_reset_ms))
+    for kind, limit, used, reset_ms in candidates:
+        if used >= limit:
+            return _decision(False, token, kind, limit, 0, max(reset_ms, 1))
+    if not candidates:
+        return Decision(allowed=True, token=token)
+    # After admission the request counts once more in the request windows (cost: not yet).
+    after = [(k, lim, used + (k != "cost"), r) for k, lim, used, r in candidates]
+    kind, limit, used, reset_ms = min(after, key=lambda c: (c[1] - c[2]) / c[1])
+    window_ms = MINUTE_MS if kind == "minute" else HOUR_MS
+    return _decision(True, token, kind, limit, max(limit - used, 0), reset_ms or window_ms)
+
+
+def _decision(
+    allowed: bool, token: str, kind: LimitKind, limit: float, remaining: float, reset_ms: int
+) -> Decision:
+    scale = MICRO if kind == "cost" else 1
+    return Decision(
+        allowed=allowed, token=token, kind=kind, limit=limit / scale, remaining=remaining / scale,
+        reset_seconds=reset_ms / 1000.0,
+    )  # fmt: skip
+
+
+# Decide and record one request against a user's three windows in one atomic step, on the
+# server's clock. ARGV[5] = '0' only reads (usage). Entries: minute/hour logs are sorted sets
+# of request tokens scored by admission time (ms); the cost log holds "token:micro-dollars"
+# scored by charge time, with its running total in cost_total.
+ADMIT_SCRIPT = """
+local minute_log = KEYS[1]
+local hour_log = KEYS[2]
+local cost_log = KEYS[3]
+local cost_total = KEYS[4]
+local token = ARGV[1]
+local per_minute = tonumber(ARGV[2])
+local per_hour = tonumber(ARGV[3])
+local cost_limit = tonumber(ARGV[4])
+local record = ARGV[5] == '1'
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+
+redis.call('ZREMRANGEBYSCORE', minute_log, '-inf', now - 60000)
+redis.call('ZREMRANGEBYSCORE', hour_log, '-inf', now - 3600000)
+local spent = tonumber(redis.call('GET', cost_total) or '0')
+local expired = redis.call('ZRANGEBYSCORE', cost_log, '-inf', now - 3600000)
+if #expired > 0 then
+  for _, entry in ipairs(expired) do
+    spent = spent - tonumber(string.match(entry, ':(%d+)$'))
+  end
+  redis.call('ZREMRANGEBYSCORE', cost_log, '-inf', now - 3600000)
+  if redis.call('ZCARD', cost_log) == 0 or spent < 0 then spent = 0 end
+  redis.call('SET', cost_total, spent, 'KEEPTTL')
+end
+
+local function reset_ms(log, window)
+  local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  if #oldest == 0 then return 0 end
+  return math.max(tonumber(oldest[2]) + window - now, 1)
+end
+
+local minute_count = redis.call('ZCARD', minute_log)
+local hour_count = redis.call('ZCARD', hour_log)
+local allowed = (per_minute <= 0 or minute_count < per_minute)
+  and (per_hour <= 0 or hour_count < per_hour)
+  and (cost_limit <= 0 or spent < cost_limit)
+if record and allowed then
+  redis.call('ZADD', minute_log, now, token)
+  redis.call('ZADD', hour_log, now, token)
+  redis.call('PEXPIRE', minute_log, 60000)
+  redis.call('PEXPIRE', hour_log, 3600000)
+end
+return {minute_count, hour_count, spent,
+        reset_ms(minute_log, 60000), reset_ms(hour_log, 3600000), reset_ms(cost_log, 3600000)}
+"""
+
+# Add one request's estimated cost to the user's hour ledger. Idempotent per token (a retried
+# call after a lost reply does not charge twice): the member carries token and amount.
+CHARGE_SCRIPT = """
+local cost_log = KEYS[1]
+local cost_total = KEYS[2]
+local token = ARGV[1]
+local amount = tonumber(ARGV[2])
+
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+if redis.call('ZADD', cost_log, 'NX', now, token .. ':' .. amount) == 1 then
+  redis.call('INCRBY', cost_total, amount)
+end
+redis.call('PEXPIRE', cost_log, 3600000)
+redis.call('PEXPIRE', cost_total, 3600000)
+return amount
+"""
+
+
+class LimiterStats:
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.refused: Counter[str] = Counter()  # by limit kind
+        self.failed_open = 0  # admitted without counting: Redis unreachable
+        self.failed_closed = 0
+        self.charged_micros = 0
+
+    def record(self, decision: Decision) -> Decision:
+        if decision.allowed:
+            self.admitted += 1
+        else:
+            self.refused[decision.kind or "unknown"] += 1
+        return decision
+
+    def snapshot(self, backend: str) -> dict[str, object]:
+        return {
+            "backend": backend,
+            "admitted": self.admitted,
+            "refused": sum(self.refused.values()),
+            "refused_by_kind": dict(self.refused),
+            "failed_open": self.failed_open,
+            "failed_closed": self.failed_closed,
+            "charged_cost": self.charged_micros / MICRO,
+        }
+
+
+class RedisRateLimiter:
+    """Exact limits across instances; fails open (or closed) while Redis is unreachable."""
+
+    def __init__(self, redis: RedisLink, limits: Limits, *, fail_mode: FailMode) -> None:
+        self.redis = redis
+        self.limits = limits
+        self.fail_mode = fail_mode
+        self.counters = LimiterStats()
+        self._admit = AsyncScript(redis.client, ADMIT_SCRIPT)
+        self._charge = AsyncScript(redis.client, CHARGE_SCRIPT)
+
+    def keys(self, user_id: str) -> list[str]:
+        """The user's four keys, sharing one hash tag: one cluster slot, so one script."""
+        tag = user_id
+        if "{" in tag or "}" in tag:
+            tag = hashlib.blake2b(user_id.encode(), digest_size=12).hexdigest()
+        base = f"{self.redis.prefix}rl:{{{tag}}}"
+        return [f"{base}:minute", f"{base}:hour", f"{base}:cost", f"{base}:spent"]
+
+    async def _counts(self, user_id: str, token: str, *, record: bool) -> _Counts:
+        limits = self.limits
+        reply = await self._admit(
+            keys=self.keys(user_id),
+            args=[
+                token, limits.requests_per_minute, limits.requests_per_hour,
+                micros(limits.cost_per_hour), "1" if record else "0",
+            ],
+        )  # fmt: skip
+        return _Counts(*(int(value) for value in reply))
+
+    async def admit(self, user_id: str) -> Decision:
+        token = new_token()
+        if self.redis.available:
+            try:
+                counts = await self._counts(user_id, token, record=True)
+                return self.counters.record(decide(self.limits, counts, token))
+            except UNAVAILABLE as exc:
+                self.redis.failed(exc)
+        if self.fail_mode == "closed":
+            self.counters.failed_closed += 1
+            raise LimitsUnavailable("rate limits cannot be checked: Redis is unreachable")
+        self.counters.failed_open += 1
+        return Decision(allowed=True, token=token)
+
+    async def charge(self, user_id: str, token: str, cost: float) -> None:
+        amount = micros(cost)
+        if amount == 0 or self.limits.cost_per_hour <= 0 or not self.redis.available:
+            return
+        keys = self.keys(user_id)
+        try:
+            await self._charge(keys=[keys[2], keys[3]], args=[token, amount])
+        except UNAVAILABLE as exc:
+            self.redis.failed(exc)
+            log.warning("cost of %s not charged: redis unreachable", user_id)
+            return
+        self.counters.charged_micros += amount
+
+    async def usage(self, user_id: str) -> Usage:
+        if self.redis.available:
+            try:
+                counts = await self._counts(user_id, new_token(), record=False)
+                return _usage(user_id, self.limits, counts, "redis")
+            except UNAVAILABLE as exc:
+                self.redis.failed(exc)
+        return Usage(
+            user_id=user_id, requests_last_minute=None, requests_last_hour=None, cost_last_hour=None,
+            limits=self.limits, backend="unavailable",
+        )  # fmt: skip
+
+    def stats(self) -> dict[str, object]:
+        return self.counters.snapshot("redis" if self.redis.available else "unavailable")
+
+
+def _usage(user_id: str, limits: Limits, counts: _Counts, backend: Literal["redis", "memory"]) -> Usage:
+    return Usage(
+        user_id=user_id, requests_last_minute=counts.minute, requests_last_hour=counts.hour,
+        cost_last_hour=counts.spent / MICRO, limits=limits, backend=backend,
+    )  # fmt: skip
+
+
+class _UserLog:
+    __slots__ = ("costs", "hour", "minute", "spent")
+
+    def __init__(self) -> None:
+        self.minute: deque[float] = deque()  # admission times, seconds
+        self.hour: deque[float] = deque()
+        self.costs: deque[tuple[float, int]] = deque()  # (charge time, micro-dollars)
+        self.spent = 0
+
+    def trim(self, now: float) -> None:
+        while self.minute and self.minute[0] <= now - 60:
+            self.minute.popleft()
+        while self.hour and self.hour[0] <= now - 3600:
+            self.hour.popleft()
+        while self.costs and self.costs[0][0] <= now - 3600:
+            self.spent -= self.costs.popleft()[1]
+
+    def counts(self, now: float) -> _Counts:
+        def reset(first: float | None, window: float) -> int:
+            return 0 if first is None else max(math.ceil((first + window - now) * 1000), 1)
+
+        return _Counts(
+            len(self.minute), len(self.hour), self.spent,
+            reset(self.minute[0] if self.minute else None, 60),
+            reset(self.hour[0] if self.hour else None, 3600),
+            reset(self.costs[0][0] if self.costs else None, 3600),
+        )  # fmt: skip
+
+    def empty(self) -> bool:
+        return not (self.minute or self.hour or self.costs)
+
+
+class MemoryRateLimiter:
+    """The same rules in process, per instance: for a gateway without Redis.
+
+    Check and record happen with no await in between, so they are atomic on the event loop.
+    """
+
+    SWEEP_EVERY = 1024  # admissions between sweeps of users whose windows are all empty
+
+    def __init__(self, limits: Limits, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.counters = LimiterStats()
+        self._users: dict[str, _UserLog] = {}
+        self._since_sweep = 0
+
+    def _log(self, user_id: str, now: float) -> _UserLog:
+        entry = self._users.get(user_id)
+        if entry is None:
+            entry = self._users[user_id] = _UserLog()
+        entry.trim(now)
+        return entry
+
+    async def admit(self, user_id: str) -> Decision:
+        now = self.clock()
+        entry = self._log(user_id, now)
+        decision = decide(self.limits, entry.counts(now), new_token())
+        if decision.allowed:
+            entry.minute.append(now)
+            entry.hour.append(now)
+        self._sweep(now)
+        return self.counters.record(decision)
+
+    async def charge(self, user_id: str, token: str, cost: float) -> None:
+        amount = micros(cost)
+        if amount == 0 or self.limits.cost_per_hour <= 0:
+            return
+        now = self.clock()
+        entry = self._log(user_id, now)
+        entry.costs.append((now, amount))
+        entry.spent += amount
+        self.counters.charged_micros += amount
+
+    async def usage(self, user_id: str) -> Usage:
+        now = self.clock()
+        return _usage(user_id, self.limits, self._log(user_id, now).counts(now), "memory")
+
+    def _sweep(self, now: float) -> None:
+        self._since_sweep += 1
+        if self._since_sweep < self.SWEEP_EVERY:
+            return
+        self._since_sweep = 0
+        for user_id, entry in list(self._users.items()):
+            entry.trim(now)
+            if entry.empty():
+                del self._users[user_id]
+
+    def stats(self) -> dict[str, object]:
+        return {**self.counters.snapshot("memory"), "users": len(self._users)}
