@@ -35,6 +35,7 @@ MEMORY_ENTRIES = 10_000
 # A classifier that answers with a fallback (LLM failed, the rules answered) says so here;
 # such answers are never cached, so the next request tries the real classifier again.
 FALLBACK_FLAG = "fallback_used"
+MODEL_CLASSIFIERS = frozenset({"local", "llm", "cascade"})
 
 Classify = Callable[[], Awaitable[IntentClassification]]
 
@@ -62,8 +63,8 @@ def cache_key(classifier: Classifier, query: ClassifierInput) -> str:
 def cacheable(classifier: Classifier, result: IntentClassification) -> bool:
     if result.metadata.get(FALLBACK_FLAG):
         return False
-    # The rules answer for another classifier only when it failed.
-    return classifier.name == "rules" or result.source is not IntentSource.RULES
+    # These answer from the keyword rules only when they themselves failed.
+    return not (classifier.name in MODEL_CLASSIFIERS and result.source is IntentSource.RULES)
 
 
 class MsgspecSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped
@@ -114,6 +115,14 @@ class SharedRedisCache(RedisCache):  # type: ignore[misc]
         BaseCache.__init__(self, **kwargs)
         self.client = client
         self.endpoint, self.port = "shared", 0  # only read by RedisCache.__repr__
+
+    async def _set(
+        self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None
+    ) -> Any:
+        # redis-py 8 deprecates SETEX, which RedisBackend uses; SET ... EX is the same thing.
+        if _cas_token is not None:
+            return await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+        return await self.client.set(key, value, ex=ttl)
 
     async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
         return None

@@ -1,0 +1,201 @@
+"""The intent cache: stable keys, hits, TTL 0, single flight, no cached fallbacks, Redis storage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.appkeys import INTENT_CACHE
+from pipeline.cache import FALLBACK_FLAG, cache_key
+from pipeline.classifiers.rules import RulesClassifier
+from pipeline.types import ClassifierInput, IntentClassification
+from tests.conftest import GatedClassifier, MakeClient, wait_until
+from tests.redis_servers import RedisServer, needs_redis
+
+PROCESS = "/api/v1/enhanced/process"
+IMAGE = "https://a.supabase.co/p.jpg"
+
+
+class CountingClassifier:
+    """Delegates to the rules and counts the calls that reached it."""
+
+    name = "counting"
+    version = "counting-1"
+
+    def __init__(self, *, fallback: bool = False) -> None:
+        self.calls = 0
+        self.fallback = fallback
+
+    async def classify(self, query: ClassifierInput) -> IntentClassification:
+        self.calls += 1
+        result = RulesClassifier().classify_sync(query)
+        if self.fallback:
+            return msgspec.structs.replace(result, metadata={FALLBACK_FLAG: True})
+        return result
+
+
+class Versioned:
+    def __init__(self, name: str, version: str) -> None:
+        self.name, self.version = name, version
+
+    async def classify(self, query: ClassifierInput) -> IntentClassification:
+        raise NotImplementedError
+
+
+def test_key_ignores_case_and_spacing_but_not_context_or_version() -> None:
+    """Same words and context share a key; another version, image or mention does not."""
+    v1 = Versioned("llm", "1")
+    base = cache_key(v1, ClassifierInput(prompt="Make it  BLUE"))
+    assert cache_key(v1, ClassifierInput(prompt=" make it blue ")) == base
+    assert cache_key(Versioned("llm", "2"), ClassifierInput(prompt="make it blue")) != base
+    assert cache_key(v1, ClassifierInput(prompt="make it blue", working_images=(IMAGE,))) != base
+    assert cache_key(v1, ClassifierInput(prompt="make it blue", uploaded_images=(IMAGE,))) != base
+    assert cache_key(v1, ClassifierInput(prompt="make it blue", mentions=("sarah",))) != base
+    # The image itself is not a feature, only whether there is one.
+    assert cache_key(v1, ClassifierInput(prompt="x", working_images=(IMAGE,))) == cache_key(
+        v1, ClassifierInput(prompt="x", working_images=(IMAGE + "?v=2",))
+    )
+
+
+def test_key_is_the_same_in_another_process() -> None:
+    """Keys do not depend on the process (no hash() randomization)."""
+    code = (
+        "from pipeline.cache import cache_key; from pipeline.types import ClassifierInput\n"
+        "from pipeline.classifiers.rules import RulesClassifier\n"
+        "print(cache_key(RulesClassifier(), ClassifierInput(prompt='a red fox', mentions=('sarah',))))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    here = cache_key(RulesClassifier(), ClassifierInput(prompt="a red fox", mentions=("sarah",)))
+    assert other.stdout.strip() == here
+
+
+async def test_second_identical_request_is_a_hit(make_client: MakeClient) -> None:
+    """The same prompt again is answered from the cache, without the classifier."""
+    counting = CountingClassifier()
+    client = await make_client(classifier=counting)
+    first = await (await client.post(PROCESS, json={"prompt": "A red fox"})).json()
+    second = await (await client.post(PROCESS, json={"prompt": "a red  fox"})).json()
+    assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+    assert second["workflow_type"] == first["workflow_type"]
+    assert counting.calls == 1
+    stats = client.app[INTENT_CACHE].stats()
+    assert (stats["hits"], stats["misses"], stats["backend"]) == (1, 1, "memory")
+
+
+async def test_context_changes_the_answer_key(make_client: MakeClient) -> None:
+    """The same words with a working image are a different question: a miss."""
+    client = await make_client(classifier=CountingClassifier())
+    await client.post(PROCESS, json={"prompt": "make it pop"})
+    with_image = await client.post(PROCESS, json={"prompt": "make it pop", "working_image_url": IMAGE})
+    assert (await with_image.json())["cache_hit"] is False
+
+
+async def test_ttl_zero_disables_the_cache(make_client: MakeClient) -> None:
+    """INTENT_CACHE_TTL=0: every request runs the classifier."""
+    counting = CountingClassifier()
+    client = await make_client(classifier=counting, intent_cache_ttl=0)
+    for _ in range(3):
+        assert (await (await client.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is False
+    assert counting.calls == 3
+
+
+async def test_fallback_answers_are_not_cached(make_client: MakeClient) -> None:
+    """An answer the classifier flags as a fallback is served but not remembered."""
+    counting = CountingClassifier(fallback=True)
+    client = await make_client(classifier=counting)
+    for _ in range(2):
+        assert (await (await client.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is False
+    assert counting.calls == 2
+
+
+async def test_existing_arm_bypasses_the_cache(make_client: MakeClient) -> None:
+    """The rules baseline (use_ai_classification=false) is computed every time."""
+    client = await make_client()
+    body = {"prompt": "a red fox", "use_ai_classification": False}
+    for _ in range(2):
+        assert (await (await client.post(PROCESS, json=body)).json())["cache_hit"] is False
+    assert client.app[INTENT_CACHE].stats()["misses"] == 0
+
+
+async def test_concurrent_identical_misses_classify_once(make_client: MakeClient) -> None:
+    """Single flight: five identical requests in flight together make one classifier call."""
+    counting = CountingClassifier()
+    gated = GatedClassifier(counting)
+    client = await make_client(classifier=gated)
+    requests = [asyncio.create_task(client.post(PROCESS, json={"prompt": "a red fox"})) for _ in range(5)]
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    cache = client.app[INTENT_CACHE]
+    await wait_until(lambda: cache.coalesced == 4, timeout=5)
+    gated.gate.set()
+    answers = [await (await request).json() for request in requests]
+    assert counting.calls == 1
+    assert {answer["workflow_type"] for answer in answers} == {answers[0]["workflow_type"]}
+
+
+async def test_one_cancelled_waiter_does_not_cancel_the_others(make_client: MakeClient) -> None:
+    """A client that leaves mid-flight does not take the shared classification with it."""
+    counting = CountingClassifier()
+    gated = GatedClassifier(counting)
+    client = await make_client(classifier=gated)
+    cache = client.app[INTENT_CACHE]
+    leaving = asyncio.create_task(client.post(PROCESS, json={"prompt": "a red fox"}))
+    await asyncio.wait_for(gated.entered.wait(), 5)
+    staying = asyncio.create_task(client.post(PROCESS, json={"prompt": "a red fox"}))
+    await wait_until(lambda: cache.coalesced == 1, timeout=5)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    gated.gate.set()
+    response = await staying
+    assert response.status == 200
+    assert counting.calls == 1
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@needs_redis
+async def test_two_instances_share_hits_through_redis(
+    make_client: MakeClient, redis_server: RedisServer
+) -> None:
+    """Classified through one app instance, a hit through another with its own client."""
+    prefix = f"gw-test-{os.urandom(4).hex()}:"
+    one = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
+    two = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
+    assert (await (await one.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is False
+    assert (await (await two.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is True
+    assert two.app[INTENT_CACHE].stats()["backend"] == "redis"
+
+
+@needs_redis
+async def test_cache_falls_back_to_memory_and_back(
+    make_client: MakeClient, redis_server: RedisServer
+) -> None:
+    """Redis gone: answers still 200 (cached in memory); Redis back: cached in Redis again."""
+    client: Any = await make_client(redis_url=redis_server.url, redis_health_interval=0.05)
+    cache = client.app[INTENT_CACHE]
+    redis_server.stop()
+    for _ in range(2):
+        response = await client.post(PROCESS, json={"prompt": "during the outage"})
+        assert response.status == 200
+    assert (await response.json())["cache_hit"] is True
+    assert cache.stats()["backend"] == "memory"
+    redis_server.start()
+    await wait_until(lambda: cache.backend == "redis", timeout=10)
+    await client.post(PROCESS, json={"prompt": "after the outage"})
+    assert (await (await client.post(PROCESS, json={"prompt": "after the outage"})).json())[
+        "cache_hit"
+    ] is True
+    assert len(await cache.remote.client.keys("gw:intent:*")) == 1

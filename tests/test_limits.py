@@ -1,0 +1,182 @@
+"""Per-user limits: sliding windows, 429 before any stream, cost budget, usage, Redis and memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gateway.appkeys import LIMITER
+from pipeline.limits import Limits, MemoryRateLimiter, RedisRateLimiter
+from tests.conftest import MakeClient
+from tests.redis_servers import RedisServer, needs_redis
+
+PROCESS = "/api/v1/enhanced/process"
+STREAM = "/api/v1/enhanced/stream"
+USAGE = "/api/v1/enhanced/usage"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+def prefix() -> str:
+    return f"gw-test-{os.urandom(4).hex()}:"
+
+
+async def test_memory_windows_slide() -> None:
+    """A request counts for exactly 60 s: the 4th of a 3/min limit waits for the 1st to age out."""
+    clock = Clock()
+    limiter = MemoryRateLimiter(
+        Limits(requests_per_minute=3, requests_per_hour=0, cost_per_hour=0), clock=clock
+    )
+    for step in range(3):
+        clock.now = 1000.0 + step * 10
+        assert (await limiter.admit("u")).allowed
+    clock.now = 1059.0
+    refused = await limiter.admit("u")
+    assert (refused.allowed, refused.kind) == (False, "minute")
+    assert refused.reset_seconds == pytest.approx(1.0)
+    clock.now = 1060.0
+    assert (await limiter.admit("u")).allowed
+    assert (await limiter.admit("someone-else")).allowed
+
+
+async def test_memory_cost_budget() -> None:
+    """Admitted while the hour's charges are under the budget; refused once they reach it."""
+    clock = Clock()
+    limiter = MemoryRateLimiter(
+        Limits(requests_per_minute=0, requests_per_hour=0, cost_per_hour=0.1), clock=clock
+    )
+    first = await limiter.admit("u")
+    await limiter.charge("u", first.token, 0.06)
+    second = await limiter.admit("u")
+    assert second.allowed and second.kind == "cost" and second.remaining == pytest.approx(0.04)
+    await limiter.charge("u", second.token, 0.06)
+    refused = await limiter.admit("u")
+    assert (refused.allowed, refused.kind) == (False, "cost")
+    clock.now += 3600
+    assert (await limiter.admit("u")).allowed
+    assert (await limiter.usage("u")).cost_last_hour == 0.0
+
+
+async def test_429_with_headers_before_the_stream(make_client: MakeClient) -> None:
+    """Past the limit, /process and /stream answer 429 JSON with Retry-After and RateLimit-*."""
+    client = await make_client(rate_limit_requests_per_minute=2)
+    ok = await client.post(PROCESS, json={"prompt": "a red fox"}, headers={"X-User-Id": "ann"})
+    assert ok.status == 200
+    assert (ok.headers["RateLimit-Limit"], ok.headers["RateLimit-Remaining"]) == ("2", "1")
+    assert (await client.post(STREAM, json={"prompt": "a fox"}, headers={"X-User-Id": "ann"})).status == 200
+    for path in (PROCESS, STREAM):
+        refused = await client.post(path, json={"prompt": "a red fox"}, headers={"X-User-Id": "ann"})
+        assert refused.status == 429
+        assert refused.content_type == "application/json"
+        assert (await refused.json())["error"] == "rate_limited"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+        assert refused.headers["RateLimit-Limit"] == "2"
+        assert refused.headers["RateLimit-Remaining"] == "0"
+        assert 1 <= int(refused.headers["RateLimit-Reset"]) <= 60
+    other = await client.post(PROCESS, json={"prompt": "a red fox"}, headers={"X-User-Id": "bob"})
+    assert other.status == 200
+    assert (await client.get("/health")).status == 200  # never limited
+    stats = client.app[LIMITER].stats()
+    assert stats["refused_by_kind"] == {"minute": 2}
+
+
+async def test_usage_reports_counts_and_limits(make_client: MakeClient) -> None:
+    """GET /usage: the caller's requests and estimated spend in the windows, and the limits."""
+    client = await make_client(rate_limit_requests_per_minute=5, cost_limit_per_hour=2.0)
+    result = await (
+        await client.post(PROCESS, json={"prompt": "a red fox"}, headers={"X-User-Id": "ann"})
+    ).json()
+    usage = await (await client.get(USAGE, headers={"X-User-Id": "ann"})).json()
+    assert usage["user_id"] == "ann"
+    assert (usage["requests_last_minute"], usage["requests_last_hour"]) == (1, 1)
+    assert usage["cost_last_hour"] == pytest.approx(result["estimated_cost"])
+    assert usage["limits"] == {"requests_per_minute": 5, "requests_per_hour": 1000, "cost_per_hour": 2.0}
+    assert usage["backend"] == "memory"
+
+
+async def test_compare_is_one_request_and_one_charge(make_client: MakeClient) -> None:
+    """/compare runs two pipelines but counts and charges as one request (the AI arm)."""
+    client = await make_client()
+    body = await (await client.post("/api/v1/enhanced/compare", json={"prompt": "a red fox"})).json()
+    usage = await (await client.get(USAGE)).json()
+    assert usage["requests_last_minute"] == 1
+    assert usage["cost_last_hour"] == pytest.approx(body["ai_classification"]["estimated_cost"])
+
+
+@needs_redis
+async def test_cost_limit_on_redis(make_client: MakeClient, redis_server: RedisServer) -> None:
+    """The estimated cost is charged after model selection; a spent budget refuses with kind cost."""
+    client = await make_client(
+        redis_url=redis_server.url, redis_key_prefix=prefix(), cost_limit_per_hour=0.05
+    )
+    first = await (await client.post(PROCESS, json={"prompt": "a red fox"})).json()
+    assert first["estimated_cost"] > 0
+    statuses = []
+    for _ in range(int(0.05 / first["estimated_cost"]) + 2):
+        statuses.append((await client.post(PROCESS, json={"prompt": "a red fox"})).status)
+    assert statuses[-1] == 429
+    usage = await (await client.get(USAGE)).json()
+    assert usage["backend"] == "redis"
+    assert usage["cost_last_hour"] >= 0.05
+    assert usage["cost_last_hour"] == pytest.approx(first["estimated_cost"] * (1 + statuses.count(200)))
+    assert client.app[LIMITER].stats()["refused_by_kind"] == {"cost": statuses.count(429)}
+
+
+@needs_redis
+async def test_redis_limit_is_exact_under_concurrency(redis_server: RedisServer) -> None:
+    """50 concurrent admissions through two clients against 10/min: exactly 10 admitted."""
+    from gateway.config import Settings
+    from gateway.redis import open_redis
+
+    settings = Settings(redis_url=redis_server.url, redis_key_prefix=prefix())
+    limits = Limits(requests_per_minute=10, requests_per_hour=100, cost_per_hour=0)
+    async with open_redis(settings) as one, open_redis(settings) as two:
+        assert one is not None and two is not None
+        limiters = [RedisRateLimiter(link, limits, fail_mode="open") for link in (one, two)]
+        decisions = await asyncio.gather(*(limiters[i % 2].admit("ann") for i in range(50)))
+        usage = await limiters[0].usage("ann")
+    assert sum(d.allowed for d in decisions) == 10
+    assert (usage.requests_last_minute, usage.requests_last_hour) == (10, 10)
+
+
+@needs_redis
+async def test_redis_down_fails_open_by_default(make_client: MakeClient, redis_server: RedisServer) -> None:
+    """With Redis stopped, limited routes still answer 200 and usage says counts are unknown."""
+    client: Any = await make_client(
+        redis_url=redis_server.url, redis_key_prefix=prefix(), rate_limit_requests_per_minute=1
+    )
+    redis_server.stop()
+    for _ in range(3):
+        assert (await client.post(PROCESS, json={"prompt": "a red fox"})).status == 200
+    usage = await (await client.get(USAGE)).json()
+    assert (usage["backend"], usage["requests_last_minute"]) == ("unavailable", None)
+    assert client.app[LIMITER].stats()["failed_open"] == 3
+
+
+@needs_redis
+async def test_redis_down_fails_closed_when_asked(make_client: MakeClient, redis_server: RedisServer) -> None:
+    """RATE_LIMIT_FAIL_MODE=closed: with Redis stopped, limited routes answer 503, health still 200."""
+    client = await make_client(redis_url=redis_server.url, rate_limit_fail_mode="closed")
+    redis_server.stop()
+    refused = await client.post(STREAM, json={"prompt": "a red fox"})
+    assert refused.status == 503
+    assert (await refused.json())["error"] == "rate_limit_unavailable"
+    assert refused.headers["Retry-After"] == "1"
+    assert (await client.get("/health")).status == 200
