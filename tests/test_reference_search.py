@@ -270,7 +270,7 @@ async def test_with_redis_the_cache_is_shared_between_instances(
         assert second["done"]["references"] == first["done"]["references"]
         redis = first_gateway.app[REDIS]
         assert redis is not None
-        [key] = await redis.client.keys(prefix + "*")
+        [key] = await redis.client.keys(prefix + "refsearch:*")
         assert 0 < await redis.client.ttl(key) <= 86400
     finally:
         redis = first_gateway.app[REDIS]
