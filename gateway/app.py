@@ -23,11 +23,12 @@ from gateway.appkeys import (
     STREAMS,
     TRACING,
 )
+from gateway.auth import auth_ctx, auth_middleware
 from gateway.classifiers import open_classifier
 from gateway.config import Settings
 from gateway.errors import error_middleware
 from gateway.limits import limiter_ctx, rate_limit_middleware
-from gateway.middleware import identity_middleware, request_middleware
+from gateway.middleware import request_middleware
 from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
 from gateway.search import open_reference_lookup
@@ -51,7 +52,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     """Build the gateway. `classifier` replaces the configured one (tests inject slow ones)."""
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[request_middleware, error_middleware, identity_middleware, rate_limit_middleware],
+        middlewares=[request_middleware, error_middleware, auth_middleware, rate_limit_middleware],
     )
     app[SETTINGS] = settings
     app[STATS] = RequestStats()
@@ -77,6 +78,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             yield
 
     app.cleanup_ctx.append(telemetry_ctx)  # first: later contexts register metrics on it
+    app.cleanup_ctx.append(auth_ctx)  # refuses to start open off loopback
     app.cleanup_ctx.append(redis_ctx)  # before the rest: they may share its connection
     app.cleanup_ctx.append(intent_cache_ctx)
     app.cleanup_ctx.append(limiter_ctx)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.apikeys import Authenticator
 from gateway.config import Settings
 from gateway.sse import EventStream
 from gateway.urlpolicy import ImageUrlPolicy
@@ -49,6 +50,7 @@ REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
 IMAGE_URL_POLICY = web.AppKey("image_url_policy", ImageUrlPolicy)
 INTENT_CACHE = web.AppKey("intent_cache", IntentCache)
 LIMITER = web.AppKey("limiter", RateLimiter)
+AUTH = web.AppKey("auth", Authenticator)
 
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)

@@ -1,4 +1,4 @@
-"""Command line: serve, classify one prompt, evaluate a classifier on a labeled file."""
+"""Command line: serve, classify one prompt, evaluate a classifier on a labeled file, manage keys."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from gateway import keyscli
 from gateway.classifiers import open_classifier
 from gateway.config import ClassifierName, ConfigError, Settings
 from pipeline.evaluation import evaluate, load_examples, render_report
@@ -41,6 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate_cmd.add_argument("--classifier", choices=CLASSIFIERS)
     evaluate_cmd.add_argument("--json", action="store_true", help="one JSON object on the last line")
 
+    keyscli.add_parser(commands)
+
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -53,7 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         from gateway.server import serve
 
-        return serve(settings, host=args.host, port=args.port, workers=args.workers)
+        try:
+            return serve(settings, host=args.host, port=args.port, workers=args.workers)
+        except ConfigError as exc:  # e.g. no API keys on a public address
+            parser.error(str(exc))
+    if args.command == "keys":
+        return asyncio.run(keyscli.run(settings, args))
     if args.command == "classify":
         return asyncio.run(_classify(settings, args.prompt, tuple(args.image), as_json=args.json))
     return asyncio.run(_eval(settings, args.file, as_json=args.json))

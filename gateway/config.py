@@ -81,6 +81,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Security (issue 10): image URL policy
     image_url_allowed_hosts: str = "supabase.co"  # comma-separated; exact or dot-suffix match
     image_url_allow_http: bool = False  # development only: accept http:// image URLs
+    # Authentication: "user:key[:admin]" comma-separated; HS256 JWTs; open mode off loopback
+    gateway_api_keys: str | None = None
+    gateway_jwt_secret: str | None = None
+    gateway_jwt_audience: str | None = None
+    gateway_allow_anonymous: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +120,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(OTEL_SAMPLERS)}")
         if self.redis_timeout <= 0 or self.redis_health_interval <= 0:
             raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
+        if self.gateway_jwt_secret is not None and len(self.gateway_jwt_secret.encode()) < 32:
+            raise ConfigError("GATEWAY_JWT_SECRET must be at least 32 bytes (HS256, RFC 7518 3.2)")
         if self.intent_classifier in ("llm", "cascade") and not self.openai_api_key:
             raise ConfigError(f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY")
         if self.reference_search_provider == "searxng" and not self.searxng_url:

@@ -54,6 +54,24 @@ class ValidationFailed(GatewayError):
     code = "validation_error"
 
 
+class Unauthorized(GatewayError):
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, detail: str, *, invalid: bool = False) -> None:
+        super().__init__(detail)
+        self.invalid = invalid
+
+    def headers(self) -> dict[str, str]:
+        challenge = 'Bearer realm="intent-gateway"'
+        return {"WWW-Authenticate": challenge + (', error="invalid_token"' if self.invalid else "")}
+
+
+class Forbidden(GatewayError):
+    status = 403
+    code = "forbidden"
+
+
 class ServiceOverloaded(GatewayError):
     status = 503
     code = "overloaded"

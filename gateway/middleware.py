@@ -1,7 +1,7 @@
-"""Per-request plumbing: the server span, trace id, metrics and one JSON log line, then identity.
+"""Per-request plumbing: the server span, trace id, metrics and one JSON log line.
 
 Order on the app: request_middleware (outermost, sees the final status), error_middleware,
-identity_middleware (its errors become JSON like any other).
+auth_middleware (gateway/auth.py; its errors become JSON like any other).
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.appkeys import METRICS, STATS, TRACE_ID, TRACING, USER_ID
-from gateway.errors import Handler, ValidationFailed
+from gateway.errors import Handler
 from observability.tracing import format_span_id, format_trace_id
 
 log = logging.getLogger("gateway.request")
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_USER_ID = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
 # Scrapes and probes: a trace each would push the requests out of the /debug/traces buffer.
 _UNTRACED = frozenset({"/metrics", "/health"})
 _NO_TRACER = trace.NoOpTracer()
@@ -120,12 +119,3 @@ def _end_span(span: trace.Span, status: int) -> None:
             span.set_attribute("error.type", str(status))
     span.end()
 
-
-@web.middleware
-async def identity_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Until authentication lands, the caller says who they are.
-    user_id = request.headers.get("X-User-Id", "anonymous")
-    if not _USER_ID.match(user_id):
-        raise ValidationFailed("X-User-Id must be 1-128 letters, digits or _.@:-", field="X-User-Id")
-    request[USER_ID] = user_id
-    return await handler(request)

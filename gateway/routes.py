@@ -24,6 +24,7 @@ from gateway.appkeys import (
 )
 from gateway.debug import add_debug_routes
 from gateway.errors import UnsupportedMediaType, as_gateway_error
+from gateway.keyroutes import add_key_routes
 from gateway.limits import charge_cost, usage
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
@@ -206,4 +207,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus_metrics)
     add_debug_routes(app)  # /debug/*: operator-only
+    add_key_routes(app)
 

@@ -9,6 +9,7 @@ import os
 import signal
 from collections.abc import Callable
 
+import msgspec
 from aiohttp import web
 
 from gateway.app import create_app
@@ -25,6 +26,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     configure_logging(settings.log_level)
     host = host or settings.host
     port = port or settings.port
+    # The app checks where it is bound (no keys + not loopback = refuse to start).
+    settings = msgspec.structs.replace(settings, host=host, port=port)
     if workers <= 1:
         return _run_worker(settings, host, port, reuse_port=False)
     return _supervise(settings, host, port, workers)

@@ -1,0 +1,234 @@
+"""API keys: generated once, stored only as SHA-256 hashes (env list and Postgres table).
+
+Keys are 256-bit random tokens, so a plain SHA-256 is enough: there is no password to guess
+offline, and a fast hash keeps the per-request check cheap. A leaked table or env dump of
+hashes does not let anyone authenticate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from datetime import datetime
+
+import asyncpg
+import jwt
+import msgspec
+
+from gateway.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "igw_"
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+
+# Idempotent, so the CLI and start-up can both run it; the analytics migrations carry the same.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS gateway_api_keys (
+    key_hash   TEXT PRIMARY KEY,            -- sha256 hex of the key; the key itself is never stored
+    user_id    TEXT NOT NULL,
+    admin      BOOLEAN NOT NULL DEFAULT FALSE,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    revoked_at TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS gateway_api_keys_user ON gateway_api_keys (user_id);
+"""
+
+
+class Principal(msgspec.Struct, frozen=True, kw_only=True):
+    """Who a request is from and what it may do."""
+
+    user_id: str
+    admin: bool = False
+    via: str = "key"  # key | jwt | open
+
+
+class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    key_id: str  # the first 12 hex digits of the hash: names a key without revealing it
+    user_id: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class NewKey(msgspec.Struct, frozen=True, kw_only=True):
+    key: str  # shown once
+    key_id: str
+    user_id: str
+    admin: bool
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def parse_static_keys(value: str) -> tuple[tuple[bytes, Principal], ...]:
+    """GATEWAY_API_KEYS: "user:key" or "user:key:admin", comma-separated; kept only as hashes."""
+    keys: list[tuple[bytes, Principal]] = []
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1] or parts[2:] not in ([], ["admin"]):
+            raise ConfigError("GATEWAY_API_KEYS entries are user:key or user:key:admin")
+        if len(parts[1]) < 16:
+            raise ConfigError(f"GATEWAY_API_KEYS: the key of {parts[0]!r} is shorter than 16 characters")
+        keys.append((hash_key(parts[1]), Principal(user_id=parts[0], admin=len(parts) == 3)))
+    return tuple(keys)
+
+
+class PgKeyStore:
+    """Keys in Postgres, with a short positive cache so most requests never touch the database.
+
+    Revocation takes effect within CACHE_SECONDS. While Postgres is down, a key seen within
+    STALE_SECONDS still authenticates (stale-if-error), so an outage is not a lock-out.
+    """
+
+    CACHE_SECONDS = 60.0
+    STALE_SECONDS = 3600.0
+    MAX_CACHED = 10_000
+    LOOKUP_TIMEOUT = 1.0
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._cache: dict[bytes, tuple[Principal, float]] = {}
+
+    async def ensure_schema(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(SCHEMA)
+
+    async def count_active(self) -> int:
+        try:
+            value = await self.pool.fetchval(
+                "SELECT count(*) FROM gateway_api_keys WHERE revoked_at IS NULL", timeout=self.LOOKUP_TIMEOUT
+            )
+        except asyncpg.UndefinedTableError:
+            return 0
+        return int(value or 0)
+
+    async def lookup(self, digest: bytes) -> Principal | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[1] < self.CACHE_SECONDS:
+            return cached[0]
+        try:
+            row = await self.pool.fetchrow(
+                "SELECT user_id, admin FROM gateway_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                digest.hex(),
+                timeout=self.LOOKUP_TIMEOUT,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("key store unavailable: %r", exc)
+            if cached is not None and now - cached[1] < self.STALE_SECONDS:
+                return cached[0]
+            return None
+        if row is None:
+            self._cache.pop(digest, None)
+            return None
+        principal = Principal(user_id=row["user_id"], admin=row["admin"])
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache.clear()
+        self._cache[digest] = (principal, now)
+        return principal
+
+    async def create(self, user_id: str, *, admin: bool = False) -> NewKey:
+        key = generate_key()
+        digest = hash_key(key).hex()
+        await self.pool.execute(
+            "INSERT INTO gateway_api_keys (key_hash, user_id, admin) VALUES ($1, $2, $3)",
+            digest,
+            user_id,
+            admin,
+        )
+        return NewKey(key=key, key_id=digest[:12], user_id=user_id, admin=admin)
+
+    async def list(self) -> list[KeyInfo]:
+        rows = await self.pool.fetch(
+            "SELECT key_hash, user_id, admin, created_at, revoked_at FROM gateway_api_keys ORDER BY created_at"
+        )
+        return [
+            KeyInfo(
+                key_id=row["key_hash"][:12],
+                user_id=row["user_id"],
+                admin=row["admin"],
+                created_at=row["created_at"],
+                revoked_at=row["revoked_at"],
+            )
+            for row in rows
+        ]
+
+    async def revoke(self, key_id: str) -> int:
+        """Revoke every active key whose id (hash prefix, at least 12 hex digits) matches."""
+        if len(key_id) < 12 or any(c not in "0123456789abcdef" for c in key_id):
+            return 0
+        result = await self.pool.execute(
+            "UPDATE gateway_api_keys SET revoked_at = now() WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
+            key_id,
+        )
+        self._cache.clear()
+        return int(result.split()[-1])
+
+
+class Authenticator:
+    """Checks a bearer credential against the env keys, the Postgres keys and the JWT secret."""
+
+    def __init__(
+        self,
+        *,
+        static_keys: tuple[tuple[bytes, Principal], ...] = (),
+        store: PgKeyStore | None = None,
+        jwt_secret: str | None = None,
+        jwt_audience: str | None = None,
+        open_access: bool = False,
+    ) -> None:
+        self.static_keys = static_keys
+        self.store = store
+        self.jwt_secret = jwt_secret
+        self.jwt_audience = jwt_audience
+        self.open = open_access
+
+    async def authenticate(self, token: str) -> Principal | None:
+        if self.jwt_secret and token.count(".") == 2:
+            return self._verify_jwt(token)
+        digest = hash_key(token)
+        principal = self.match_static(digest)
+        if principal is None and self.store is not None:
+            principal = await self.store.lookup(digest)
+        return principal
+
+    def match_static(self, digest: bytes) -> Principal | None:
+        """Compare against EVERY configured hash, in constant time, with no early exit.
+
+        Comparing hashes (not keys) also means the time cannot depend on a shared prefix.
+        """
+        found: Principal | None = None
+        for candidate, principal in self.static_keys:
+            if hmac.compare_digest(candidate, digest):
+                found = principal
+        return found
+
+    def _verify_jwt(self, token: str) -> Principal | None:
+        assert self.jwt_secret is not None
+        try:
+            claims = jwt.decode(
+                token,
+                self.jwt_secret,
+                algorithms=["HS256"],  # never "none", never an algorithm the token picks
+                audience=self.jwt_audience,
+                options={"require": ["exp", "sub"], "verify_aud": self.jwt_audience is not None},
+                leeway=30,
+            )
+        except jwt.InvalidTokenError as exc:
+            log.info("rejected JWT: %s", exc)
+            return None
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not USER_ID_PATTERN.match(subject):
+            return None
+        # The auth provider's tokens carry users; admin scope comes only from admin API keys.
+        return Principal(user_id=subject, via="jwt")

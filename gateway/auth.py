@@ -1,0 +1,143 @@
+"""Authentication and scopes: `Authorization: Bearer <API key or HS256 JWT>`.
+
+Scopes by path: public (/health, /openapi.json, the web UI), admin (metrics, analytics,
+traces, key management) and user (everything else, so a new route is protected by default).
+With no key source configured the gateway is open (the caller may name itself with X-User-Id)
+and only allowed on loopback; see `auth_ctx`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import asyncpg
+from aiohttp import web
+
+from gateway.apikeys import USER_ID_PATTERN, Authenticator, PgKeyStore, Principal, parse_static_keys
+from gateway.appkeys import AUTH, SETTINGS, USER_ID
+from gateway.config import ConfigError, Settings
+from gateway.errors import Forbidden, Handler, Unauthorized, ValidationFailed
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["public", "user", "admin"]
+
+PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+ADMIN_PATHS = frozenset({"/metrics", "/api/v1/enhanced/metrics"})
+ADMIN_PREFIXES = ("/api/v1/enhanced/analytics", "/debug/", "/api/v1/admin/")
+
+_BEARER = re.compile(r"^Bearer +(\S+) *$", re.IGNORECASE)
+
+
+def scope_for(path: str) -> Scope:
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return "public"
+    if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIXES):
+        return "admin"
+    return "user"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[AUTH]
+    scope = scope_for(request.path)
+    if auth.open:
+        request[USER_ID] = _claimed_user(request)
+    elif scope == "public":
+        request[USER_ID] = "anonymous"
+    else:
+        principal = await _principal(auth, request)
+        if scope == "admin" and not principal.admin:
+            raise Forbidden("this endpoint needs an admin key")
+        request[USER_ID] = principal.user_id
+    return await handler(request)
+
+
+async def _principal(auth: Authenticator, request: web.Request) -> Principal:
+    header = request.headers.get("Authorization")
+    if header is None:
+        raise Unauthorized("send Authorization: Bearer <API key>")
+    match = _BEARER.match(header)
+    principal = await auth.authenticate(match.group(1)) if match else None
+    if principal is None:
+        raise Unauthorized("invalid or revoked credentials", invalid=True)
+    return principal
+
+
+def _claimed_user(request: web.Request) -> str:
+    # Open mode only (loopback development): the caller says who they are.
+    user_id = request.headers.get("X-User-Id", "anonymous")
+    if not USER_ID_PATTERN.match(user_id):
+        raise ValidationFailed("X-User-Id must be 1-128 letters, digits or _.@:-", field="X-User-Id")
+    return user_id
+
+
+async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Build the authenticator; refuse to start open on a non-loopback address."""
+    settings = app[SETTINGS]
+    static_keys = parse_static_keys(settings.gateway_api_keys or "")
+    pool: asyncpg.Pool | None = None
+    store: PgKeyStore | None = None
+    db_keys = 0
+    if settings.database_url:
+        # min_size=0: no connection at start-up, so an unreachable Postgres does not stop the gateway.
+        pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=2)
+        store = PgKeyStore(pool)
+        db_keys = await _count_db_keys(store)
+    configured = bool(static_keys or settings.gateway_jwt_secret or db_keys)
+    _check_exposure(settings, configured=configured, database=store is not None)
+    app[AUTH] = Authenticator(
+        static_keys=static_keys,
+        store=store,
+        jwt_secret=settings.gateway_jwt_secret,
+        jwt_audience=settings.gateway_jwt_audience,
+        open_access=not configured,
+    )
+    try:
+        yield
+    finally:
+        if pool is not None:
+            await pool.close()
+
+
+async def _count_db_keys(store: PgKeyStore) -> int:
+    try:
+        return await store.count_active()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("cannot read API keys from Postgres at start-up: %r", exc)
+        return 0
+
+
+def _check_exposure(settings: Settings, *, configured: bool, database: bool) -> None:
+    if configured:
+        log.info("authentication on: Bearer API keys%s", " and JWTs" if settings.gateway_jwt_secret else "")
+        return
+    if is_loopback(settings.host):
+        log.warning(
+            "no API keys configured: the gateway is OPEN (any caller, admin included) on %s",
+            settings.host,
+        )
+        return
+    if settings.gateway_allow_anonymous:
+        log.warning("no API keys configured and GATEWAY_ALLOW_ANONYMOUS=true: OPEN on %s", settings.host)
+        return
+    hint = " (the keys table has no active key)" if database else ""
+    raise ConfigError(
+        f"refusing to serve on {settings.host} without authentication{hint}: set GATEWAY_API_KEYS, "
+        "GATEWAY_JWT_SECRET or create a key (python -m gateway keys create), "
+        "or set GATEWAY_ALLOW_ANONYMOUS=true"
+    )

@@ -1,0 +1,283 @@
+"""Authentication: Bearer keys (env and Postgres) and HS256 JWTs; 401, 403, admin scope."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import jwt
+import msgspec
+import pytest
+from aiohttp import web
+
+import gateway.apikeys
+from gateway.apikeys import Authenticator, hash_key, parse_static_keys
+from gateway.app import create_app
+from gateway.config import ConfigError, Settings
+from tests.sse import parse_events
+
+PROCESS = "/api/v1/enhanced/process"
+ALICE = "alice-key-0123456789abcdef"
+ROOT = "root-key-0123456789abcdef0"
+KEYS = f"alice:{ALICE},root:{ROOT}:admin"
+SECRET = "jwt-shared-secret-for-tests-0123456789"
+ADMIN_ENDPOINTS = [
+    "/metrics",
+    "/api/v1/enhanced/metrics",
+    "/api/v1/enhanced/analytics/intents",
+    "/debug/traces",
+    "/api/v1/admin/keys",
+]
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def token(sub: str = "carol", *, secret: str = SECRET, exp: float | None = None, **claims: Any) -> str:
+    payload = {"sub": sub, "exp": int(exp if exp is not None else time.time() + 300), **claims}
+    return jwt.encode(payload, secret, algorithm="HS256")
+
+
+@pytest.fixture
+async def secured(make_client: Any) -> Any:
+    return await make_client(gateway_api_keys=KEYS, gateway_jwt_secret=SECRET)
+
+
+async def test_no_key_is_401_with_a_bearer_challenge(secured: Any) -> None:
+    """No Authorization header: 401 JSON and WWW-Authenticate: Bearer."""
+    resp = await secured.post(PROCESS, json={"prompt": "a cat"})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert (await resp.json())["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer wrong-key-0123456789abcdef", f"Basic {ALICE}", "Bearer", f"Bearer {ALICE[:-1]}", ALICE],
+)
+async def test_invalid_credentials_are_401(secured: Any, header: str) -> None:
+    """Wrong, truncated or non-Bearer credentials: 401."""
+    resp = await secured.post(PROCESS, json={"prompt": "a cat"}, headers={"Authorization": header})
+    assert resp.status == 401
+    assert "Bearer" in resp.headers["WWW-Authenticate"]
+
+
+async def test_user_key_is_accepted_and_x_user_id_ignored(secured: Any) -> None:
+    """A user key works; with keys configured, X-User-Id cannot impersonate anyone."""
+    resp = await secured.post(
+        "/api/v1/enhanced/stream", json={"prompt": "a cat"}, headers={**bearer(ALICE), "X-User-Id": "root"}
+    )
+    assert resp.status == 200
+    context = next(e for e in parse_events(await resp.read()) if e.event == "context")
+    assert context.data["user_id"] == "alice"
+
+
+@pytest.mark.parametrize("path", ADMIN_ENDPOINTS)
+async def test_admin_endpoints_are_403_for_users_and_open_to_admins(secured: Any, path: str) -> None:
+    """Metrics, analytics, traces and key management need the admin scope."""
+    assert (await secured.get(path)).status == 401
+    assert (await secured.get(path, headers=bearer(ALICE))).status == 403
+    assert (await secured.get(path, headers=bearer(token("carol")))).status == 403
+    admin = await secured.get(path, headers=bearer(ROOT))
+    assert admin.status not in (401, 403)
+
+
+async def test_admin_reads_metrics(secured: Any) -> None:
+    """The admin key gets the JSON metrics and the Prometheus text."""
+    await secured.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(ALICE))
+    metrics = await secured.get("/api/v1/enhanced/metrics", headers=bearer(ROOT))
+    assert metrics.status == 200 and (await metrics.json())["classifications"] == 1
+    prometheus = await secured.get("/metrics", headers=bearer(ROOT))
+    assert prometheus.status == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/openapi.json"])
+async def test_public_paths_need_no_key(secured: Any, path: str) -> None:
+    """Health and the API description stay public."""
+    resp = await secured.get(path)
+    assert resp.status not in (401, 403)
+
+
+async def test_valid_jwt_authenticates_its_subject(secured: Any) -> None:
+    """An HS256 JWT from the auth provider: the subject is the user id."""
+    resp = await secured.get(
+        "/api/v1/enhanced/stream", params={"prompt": "a cat"}, headers=bearer(token("carol"))
+    )
+    assert resp.status == 200
+    context = next(e for e in parse_events(await resp.read()) if e.event == "context")
+    assert context.data["user_id"] == "carol"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: token(exp=time.time() - 3600), id="expired"),
+        pytest.param(lambda: token(secret="another-secret-0123456789abcdef-xyz"), id="wrong-secret"),
+        pytest.param(lambda: jwt.encode({"sub": "carol", "exp": time.time() + 60}, None, algorithm="none"), id="alg-none"),
+        pytest.param(lambda: jwt.encode({"sub": "carol"}, SECRET, algorithm="HS256"), id="no-exp"),
+        pytest.param(lambda: jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256"), id="no-sub"),
+        pytest.param(lambda: token("bad user id"), id="bad-sub"),
+        pytest.param(lambda: jwt.encode({"sub": "carol", "exp": time.time() + 60}, SECRET * 2, algorithm="HS512"), id="HS512"),
+    ],
+)
+async def test_bad_jwts_are_401(secured: Any, bad: Any) -> None:
+    """Expired, forged, unsigned, incomplete or other-algorithm tokens are refused."""
+    resp = await secured.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(bad()))
+    assert resp.status == 401
+
+
+async def test_jwt_audience_is_checked_when_configured(make_client: Any) -> None:
+    """With GATEWAY_JWT_AUDIENCE, a token for another audience is refused."""
+    client = await make_client(gateway_jwt_secret=SECRET, gateway_jwt_audience="authenticated")
+    ok = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(token(aud="authenticated")))
+    assert ok.status == 200
+    other = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(token(aud="service_role")))
+    assert other.status == 401
+
+
+@pytest.mark.parametrize("presented", [ALICE, ROOT, "nobody-key-0123456789abcdef"])
+async def test_every_configured_key_is_compared_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch, presented: str
+) -> None:
+    """hmac.compare_digest over hashes runs once per configured key, match or not, first or last."""
+    calls: list[tuple[bytes, bytes]] = []
+    real = gateway.apikeys.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(gateway.apikeys.hmac, "compare_digest", spy)
+    keys = parse_static_keys(KEYS + ",bob:bob-key-0123456789abcdef")
+    principal = await Authenticator(static_keys=keys).authenticate(presented)
+    assert len(calls) == 3
+    assert all(len(a) == len(b) == 32 for a, b in calls)  # fixed-length digests, never raw keys
+    assert {b for _, b in calls} == {hash_key(presented)}
+    assert (principal is None) == presented.startswith("nobody")
+
+
+def test_short_jwt_secret_is_a_config_error() -> None:
+    """An HS256 secret under 32 bytes is refused at start-up (RFC 7518 3.2)."""
+    with pytest.raises(ConfigError, match="GATEWAY_JWT_SECRET"):
+        Settings.from_env({"GATEWAY_JWT_SECRET": "too-short"})
+
+
+def test_env_keys_are_kept_only_as_hashes() -> None:
+    """The parsed key list holds digests, not the keys themselves."""
+    keys = parse_static_keys(KEYS)
+    assert ALICE.encode() not in repr(keys).encode() and ALICE not in repr(keys)
+    assert [(p.user_id, p.admin) for _, p in keys] == [("alice", False), ("root", True)]
+
+
+@pytest.mark.parametrize("value", ["alice", "alice:short", ":k0123456789abcdef", "a:k0123456789abcdef:root"])
+def test_malformed_env_keys_are_a_config_error(value: str) -> None:
+    """GATEWAY_API_KEYS entries must be user:key[:admin] with a long enough key."""
+    with pytest.raises(ConfigError):
+        parse_static_keys(value)
+
+
+async def test_open_on_loopback_with_a_warning(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """No keys on 127.0.0.1: open, X-User-Id honoured, and a start-up warning says so."""
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        client = await make_client()
+    assert any("OPEN" in r.getMessage() for r in caplog.records)
+    resp = await client.get("/api/v1/enhanced/stream", params={"prompt": "a cat"}, headers={"X-User-Id": "dev"})
+    context = next(e for e in parse_events(await resp.read()) if e.event == "context")
+    assert context.data["user_id"] == "dev"
+
+
+async def test_refuses_to_start_open_on_a_public_address(make_client: Any) -> None:
+    """No keys and bound to 0.0.0.0: start-up fails unless GATEWAY_ALLOW_ANONYMOUS=true."""
+    runner = web.AppRunner(create_app(msgspec.structs.replace(Settings.from_env({}), host="0.0.0.0")))
+    try:
+        with pytest.raises(ConfigError, match="GATEWAY_ALLOW_ANONYMOUS"):
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+    assert (await (await make_client(host="0.0.0.0", gateway_allow_anonymous=True)).get("/health")).status == 200
+    assert (await (await make_client(host="0.0.0.0", gateway_api_keys=KEYS)).get("/health")).status == 200
+
+
+def test_serve_cli_refuses_public_bind_without_keys() -> None:
+    """`python -m gateway serve --host 0.0.0.0` with no keys exits with the reason."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--host", "0.0.0.0", "--port", "0"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "refusing to serve on 0.0.0.0" in proc.stderr
+
+
+# --- keys in Postgres -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    name = f"test_auth_{secrets.token_hex(6)}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+def run_cli(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+async def test_cli_creates_a_key_stored_only_as_its_hash(make_client: Any, pg_url: str) -> None:
+    """`keys create` prints the key once; the table holds its SHA-256; the gateway accepts it."""
+    created = run_cli("keys", "create", "--user", "dana", "--admin", database_url=pg_url)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("igw_") and len(key) > 40
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM gateway_api_keys")
+    finally:
+        await conn.close()
+    assert len(rows) == 1 and rows[0]["key_hash"] == hash_key(key).hex()
+    assert all(key not in str(value) for value in rows[0].values())
+
+    client = await make_client(database_url=pg_url)
+    assert (await client.post(PROCESS, json={"prompt": "a cat"})).status == 401  # a key exists: closed
+    assert (await client.get("/api/v1/enhanced/metrics", headers=bearer(key))).status == 200
+    listed = run_cli("keys", "list", database_url=pg_url)
+    assert "dana" in listed.stdout and key not in listed.stdout
+
+
+async def test_admin_api_creates_and_revokes_keys(make_client: Any, pg_url: str) -> None:
+    """An admin creates a user key over HTTP, the key works, and revoking it locks it out."""
+    client = await make_client(database_url=pg_url, gateway_api_keys=KEYS)
+    created = await client.post("/api/v1/admin/keys", json={"user_id": "erin"}, headers=bearer(ROOT))
+    assert created.status == 201
+    new = await created.json()
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(new["key"]))).status == 200
+    assert (await client.get("/api/v1/admin/keys", headers=bearer(new["key"]))).status == 403
+    listing = await (await client.get("/api/v1/admin/keys", headers=bearer(ROOT))).json()
+    assert [k["user_id"] for k in listing["keys"]] == ["erin"] and "key" not in listing["keys"][0]
+    revoked = await client.delete(f"/api/v1/admin/keys/{new['key_id']}", headers=bearer(ROOT))
+    assert (await revoked.json())["revoked"] == 1
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(new["key"]))).status == 401
+
+
+async def test_unreachable_postgres_does_not_stop_env_keys(make_client: Any) -> None:
+    """With Postgres down, the gateway starts and env keys still work; unknown keys are 401."""
+    client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/none", gateway_api_keys=KEYS)
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(ALICE))).status == 200
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer("igw_unknown"))).status == 401
