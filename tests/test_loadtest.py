@@ -63,28 +63,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_serve_with_workers_shares_one_port_and_stops_on_sigterm() -> None:
+def test_serve_with_workers_shares_one_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     """`serve --workers 2` answers on one port from two processes and exits cleanly on SIGTERM."""
     port = free_port()
     env = {**os.environ, "INTENT_CLASSIFIER": "rules"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+        )
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "workers did not start"
-                time.sleep(0.2)
+        # Both workers must be listening before the SIGTERM, or the test measures start-up speed.
+        while log_path.read_text().count('"gateway listening"') < 2:
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+            assert response.status == 200
         children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) >= 2
     finally:
         server.send_signal(signal.SIGTERM)
-        _, stderr = server.communicate(timeout=30)
+        server.wait(timeout=30)
     assert server.returncode == 0
-    assert stderr.count('"gateway listening"') == 2
+    assert log_path.read_text().count('"gateway listening"') == 2

@@ -256,7 +256,7 @@ async def test_request_log_line_and_stage_warning_carry_trace_and_span(
     assert server is not None
     assert requests[0]["trace_id"] == trace_id and requests[0]["span_id"] == f"{server.span_id:016x}"
     assert requests[0]["status"] == 200 and requests[0]["route"] == PROCESS
-    (warning,) = [line for line in lines if line["level"] == "warning"]
+    (warning,) = [line for line in lines if line["level"] == "warning" and line["logger"] == "pipeline.runner"]
     intent = named["stage.intent"].context
     assert intent is not None
     assert warning["trace_id"] == trace_id and warning["span_id"] == f"{intent.span_id:016x}"
