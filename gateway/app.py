@@ -13,6 +13,7 @@ from gateway.appkeys import (
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
     INTENT_CACHE,
+    METRICS,
     REDIS,
     REFERENCE_LOOKUP,
     REFERENCES,
@@ -31,7 +32,7 @@ from gateway.limits import limiter_ctx, rate_limit_middleware
 from gateway.middleware import request_middleware
 from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
-from gateway.search import open_reference_lookup
+from gateway.search import observe_reference_search, open_reference_lookup
 from gateway.telemetry import telemetry_ctx
 from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
 from gateway.wire import MAX_BODY_BYTES
@@ -115,6 +116,7 @@ async def reference_search_ctx(app: web.Application) -> AsyncIterator[None]:
         if lookup is not None:
             app[REFERENCE_LOOKUP] = lookup
             app[HEALTH_PROBES]["reference_search"] = lookup.health
+            observe_reference_search(app[METRICS], lookup)
         yield
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from gateway.config import Settings
+from observability.metrics import Metrics
 from pipeline.breaker import CircuitBreaker
 from pipeline.redis_link import RedisLink
 from pipeline.search.brave import BraveImageSearch
@@ -58,3 +59,17 @@ async def open_reference_lookup(
             cache_ttl=settings.reference_search_cache_ttl,
             timeout=settings.reference_search_timeout,
         )
+
+
+def observe_reference_search(metrics: Metrics, lookup: ReferenceLookup) -> None:
+    """Lookups by outcome and the circuit's state, read when /metrics is scraped."""
+    metrics.counter(
+        "gateway.reference_search.lookups",
+        lambda: [(n, {"outcome": outcome}) for outcome, n in lookup.lookups.items()],
+        description="Reference searches by outcome (found, cache_hit, failed, circuit_open)",
+    )
+    metrics.gauge(
+        "gateway.reference_search.circuit_open",
+        lambda: int(lookup.breaker.state != "closed"),
+        description="1 while the search provider's circuit breaker is open or half-open",
+    )

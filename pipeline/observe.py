@@ -27,6 +27,9 @@ def stage_span_attributes(stage: str, state: RequestState) -> dict[str, Attribut
         )
     elif stage == "prompt":
         attributes["enhancement_applied"] = state.enhancement_applied
+    elif stage == "references" and state.reference_search is not None:
+        attributes["reference_search"] = state.reference_search
+        attributes["references"] = len(state.references)
     elif stage == "context" and state.context is not None:
         attributes["mentions"] = len(state.context.mentions)
     return attributes

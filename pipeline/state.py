@@ -43,6 +43,7 @@ class RequestState(msgspec.Struct, kw_only=True):
     enhancement_applied: bool = False
     references: list[Reference] = msgspec.field(default_factory=list)
     unknown_tags: list[str] = msgspec.field(default_factory=list)
+    reference_search: str | None = None  # "skipped" | "failed" | "found N" when that step ran
     fallback_used: bool = False
 
     def elapsed_ms(self) -> float:

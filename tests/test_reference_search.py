@@ -8,9 +8,12 @@ import uuid
 from typing import Any
 
 from aioresponses import aioresponses
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client.parser import text_string_to_metric_families
 from yarl import URL
 
-from gateway.appkeys import REDIS, REFERENCE_LOOKUP, REFERENCES
+from gateway.appkeys import REDIS, REFERENCE_LOOKUP, REFERENCES, TRACING
 from tests.conftest import MakeClient
 from tests.redis_servers import free_port, needs_redis
 from tests.sse import parse_events
@@ -132,7 +135,7 @@ async def test_server_errors_open_the_breaker(make_client: MakeClient, upstream:
 
     got = await stream(client, LOOK)
     assert got["references"]["outcome"] == "failed"
-    assert got["references"]["reason"] == "searxng circuit open"
+    assert got["references"]["reason"] == "circuit open"
     assert len(upstream.requests[("GET", call)]) == 2  # no third call
     assert got["done"]["success"] is True
 
@@ -291,3 +294,23 @@ async def test_with_redis_unreachable_the_cache_lives_in_memory(
     second = await stream(client, LOOK)
     assert first["references"]["summary"] == second["references"]["summary"] == "found 1"
     assert second["references"]["cache_hit"] is True
+
+
+async def test_the_step_is_traced_and_counted(make_client: MakeClient, upstream: aioresponses) -> None:
+    """The references span carries the outcome; /metrics counts lookups and shows the circuit."""
+    upstream.get(SEARX_SEARCH, payload={"results": [searx_result(1), searx_result(2)]})
+    client = await make_client(searxng_url=SEARX)
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    await stream(client, LOOK)
+    await stream(client, LOOK)
+    spans = [s for s in exporter.get_finished_spans() if s.name == "stage.references"]
+    assert [(s.attributes or {}).get("reference_search") for s in spans] == ["found 2", "found 2"]
+    assert (spans[0].attributes or {}).get("references") == 2
+
+    text = await (await client.get("/metrics")).text()
+    parsed = {family.name: family for family in text_string_to_metric_families(text)}
+    lookups = {s.labels["outcome"]: s.value for s in parsed["gateway_reference_search_lookups"].samples}
+    assert lookups == {"found": 1, "cache_hit": 1}
+    [circuit] = parsed["gateway_reference_search_circuit_open"].samples
+    assert circuit.value == 0

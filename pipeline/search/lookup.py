@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Literal
 
 import msgspec
@@ -26,6 +27,7 @@ Outcome = Literal["skipped", "failed", "found"]
 MIN_CANDIDATES = 20
 CANDIDATES_PER_RESULT = 5
 EMPTY_RESULT_TTL = 300.0
+CIRCUIT_OPEN = "circuit open"
 
 
 class LookupResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,14 +59,21 @@ class ReferenceLookup:
         self.max_results = max_results
         self.cache_ttl = cache_ttl
         self.timeout = timeout
+        # By how each lookup ended: found, cache_hit, failed, circuit_open (read by /metrics).
+        self.lookups: Counter[str] = Counter()
 
     async def find(self, query: str) -> LookupResult:
+        result = await self._find(query)
+        self.lookups[_kind(result)] += 1
+        return result
+
+    async def _find(self, query: str) -> LookupResult:
         key = f"refsearch:{self.provider.name}:{self.max_results}:{' '.join(query.lower().split())}"
         cached = await self._cached(key)
         if cached is not None:
             return LookupResult(outcome="found", references=cached, cache_hit=True)
         if not self.breaker.allow():
-            return LookupResult(outcome="failed", reason=f"{self.provider.name} circuit open")
+            return LookupResult(outcome="failed", reason=CIRCUIT_OPEN)
         candidates = max(MIN_CANDIDATES, self.max_results * CANDIDATES_PER_RESULT)
         try:
             # The whole call, body included, within one deadline, whatever the transport does.
@@ -121,6 +130,12 @@ class ReferenceLookup:
         breaker = self.breaker.snapshot()
         state = "ok" if breaker["state"] == "closed" else "degraded"
         return {"state": state, "provider": self.provider.name, "breaker": breaker}
+
+
+def _kind(result: LookupResult) -> str:
+    if result.cache_hit:
+        return "cache_hit"
+    return "circuit_open" if result.reason == CIRCUIT_OPEN else result.outcome
 
 
 def _clip(title: str | None, limit: int = 200) -> str | None:

@@ -23,18 +23,22 @@ class ReferencesStage:
         intent = state.intent
         assert intent is not None
         if intent.workflow_type is not WorkflowType.REFERENCE_STYLING:
-            return self._event(LookupResult(outcome="skipped", reason="not a reference_styling request"))
+            return self._skipped(state, "not a reference_styling request")
         query = search_query(state.request.prompt, intent)
         if query is None:
-            return self._event(LookupResult(outcome="skipped", reason="no person, event or look named"))
+            return self._skipped(state, "no person, event or look named")
         result = await self.lookup.find(query)
         state.references.extend(result.references)
-        return self._event(result, query)
+        return self._event(state, result, query)
 
     def fallback(self, state: RequestState) -> ReferencesEvent:
-        return self._event(LookupResult(outcome="failed", reason="reference search failed"))
+        return self._event(state, LookupResult(outcome="failed", reason="reference search failed"))
 
-    def _event(self, result: LookupResult, query: str | None = None) -> ReferencesEvent:
+    def _skipped(self, state: RequestState, reason: str) -> ReferencesEvent:
+        return self._event(state, LookupResult(outcome="skipped", reason=reason))
+
+    def _event(self, state: RequestState, result: LookupResult, query: str | None = None) -> ReferencesEvent:
+        state.reference_search = result.summary
         return ReferencesEvent(
             outcome=result.outcome,
             summary=result.summary,
