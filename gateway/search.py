@@ -70,6 +70,6 @@ def observe_reference_search(metrics: Metrics, lookup: ReferenceLookup) -> None:
     )
     metrics.gauge(
         "gateway.reference_search.circuit_open",
-        lambda: int(lookup.breaker.state != "closed"),
+        lambda: int(lookup.breaker.snapshot()["state"] != "closed"),  # sync: read at scrape time
         description="1 while the search provider's circuit breaker is open or half-open",
     )
