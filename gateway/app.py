@@ -22,6 +22,7 @@ from gateway.appkeys import (
     STAGES,
     STATS,
     STREAMS,
+    TIMELINE,
     TRACING,
 )
 from gateway.auth import auth_ctx, auth_middleware
@@ -35,8 +36,10 @@ from gateway.routes import add_routes
 from gateway.search import observe_reference_search, open_reference_lookup
 from gateway.telemetry import telemetry_ctx
 from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
+from gateway.web import add_web_routes
 from gateway.wire import MAX_BODY_BYTES
 from observability.stats import RequestStats
+from observability.timeline import Timeline
 from pipeline.catalog import Catalog
 from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
@@ -57,6 +60,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     )
     app[SETTINGS] = settings
     app[STATS] = RequestStats()
+    app[TIMELINE] = Timeline()
     app[CATALOG] = Catalog.load()
     app[REFERENCES] = MemoryReferenceStore()
     app[SLOTS] = ClassificationSlots(
@@ -88,6 +92,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app.cleanup_ctx.append(stages_ctx)
     app.on_shutdown.append(stop_streams)
     add_routes(app)
+    add_web_routes(app)
     return app
 
 

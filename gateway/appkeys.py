@@ -15,6 +15,7 @@ from gateway.urlpolicy import ImageUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
 from observability.tracing import StageInstruments, Tracing
+from observability.timeline import Timeline
 from pipeline.cache import IntentCache
 from pipeline.catalog import Catalog
 from pipeline.limits import Admission, RateLimiter
@@ -33,6 +34,7 @@ METRICS = web.AppKey("metrics", Metrics)
 # The app's tracer provider (app[TRACING].provider for contrib instrumentations) and ring buffer.
 TRACING = web.AppKey("tracing", Tracing)
 STAGE_INSTRUMENTS = web.AppKey("stage_instruments", StageInstruments)
+TIMELINE = web.AppKey("timeline", Timeline)  # hourly/daily buckets for the dashboard
 CLASSIFIER = web.AppKey("classifier", Classifier)
 CATALOG = web.AppKey("catalog", Catalog)
 SLOTS = web.AppKey("slots", ClassificationSlots)

@@ -19,6 +19,7 @@ from gateway.appkeys import (
     STAGES,
     STATS,
     STREAMS,
+    TIMELINE,
     TRACE_ID,
     USER_ID,
 )
@@ -84,6 +85,13 @@ def record_result(request: web.Request, result: ProcessResult) -> None:
         workflow=result.workflow_type.value,
         cache_hit=result.cache_hit,
         fallback_used=result.fallback_used,
+    )
+    request.app[TIMELINE].record(
+        workflow=result.workflow_type.value,
+        confidence=result.intent_confidence,
+        estimated_cost=result.estimated_cost,
+        fallback_used=result.fallback_used,
+        cache_hit=result.cache_hit,
     )
 
 
@@ -180,6 +188,7 @@ async def metrics_json(request: web.Request) -> web.Response:
     snapshot["classification_slots"] = {"limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting}
     snapshot["intent_cache"] = request.app[INTENT_CACHE].stats()
     snapshot["rate_limits"] = request.app[LIMITER].stats()
+    snapshot["timeline"] = request.app[TIMELINE].snapshot()
     return json_response(snapshot)
 
 

@@ -1,0 +1,159 @@
+// Talking to the gateway: JSON calls, the SSE stream read through fetch, errors in words.
+
+const KEY_STORAGE = "intent-gateway.api-key";
+
+export function apiKey() {
+  return sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+export function setApiKey(value) {
+  if (value) sessionStorage.setItem(KEY_STORAGE, value);
+  else sessionStorage.removeItem(KEY_STORAGE);
+}
+
+function headers(extra = {}) {
+  const key = apiKey();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+/** A non-2xx answer, keeping what the gateway said (`{error, detail, field}`). */
+export class ApiError extends Error {
+  constructor(status, body, retryAfter) {
+    super(body.detail || body.error || `HTTP ${status}`);
+    this.status = status;
+    this.code = body.error || "";
+    this.field = body.field || null;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function failure(response) {
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    body = { detail: response.statusText };
+  }
+  const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+  return new ApiError(response.status, body, Number.isFinite(retry) ? retry : null);
+}
+
+export async function getJSON(path, { signal } = {}) {
+  const response = await fetch(path, { headers: headers({ Accept: "application/json" }), signal });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+export async function postJSON(path, body, { signal } = {}) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json", Accept: "application/json" }),
+    body: JSON.stringify(body),
+    signal,
+  });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+/** GET a text resource; null when it does not exist (an endpoint not deployed yet). */
+export async function getText(path, { signal } = {}) {
+  const response = await fetch(path, { headers: headers(), signal });
+  if (response.status === 404) return null;
+  if (!response.ok) throw await failure(response);
+  return response.text();
+}
+
+/**
+ * POST to an SSE endpoint and yield {id, event, data} as each event arrives.
+ * fetch rather than EventSource: EventSource cannot POST and hides 4xx JSON bodies.
+ */
+export async function* streamEvents(path, body, { signal } = {}) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+    body: JSON.stringify(body),
+    signal,
+  });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value.replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = parseEvent(buffer.slice(0, end));
+      buffer = buffer.slice(end + 2);
+      if (event) yield event;
+    }
+  }
+}
+
+/** One SSE block to {id, event, data}; comments (heartbeats) give null. */
+export function parseEvent(block) {
+  let id = null;
+  let event = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "id") id = value;
+    else if (field === "event") event = value;
+    else if (field === "data") data.push(value);
+  }
+  if (!data.length) return null;
+  return { id, event, data: JSON.parse(data.join("\n")) };
+}
+
+const FIELD_NAMES = {
+  prompt: "Prompt",
+  working_image_url: "Working image URL",
+  quality: "Quality",
+  "user_preferences.quality": "Quality",
+  "X-User-Id": "User id",
+};
+
+/** What went wrong, in words a person can act on. */
+export function describeError(error) {
+  if (error.name === "AbortError") return "Stopped.";
+  if (!(error instanceof ApiError)) {
+    return `Could not reach the gateway (${error.message}). Check your connection and try again.`;
+  }
+  const wait = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : " Try again shortly.";
+  switch (error.status) {
+    case 400:
+      return `The gateway could not read the request: ${error.message}`;
+    case 401:
+    case 403:
+      return `Not allowed: ${error.message}. Check the API key (top right).`;
+    case 413:
+      return "The request is too large (limit 64 KiB).";
+    case 422: {
+      const field = FIELD_NAMES[error.field] || error.field;
+      return field ? `${field}: ${error.message}` : `Invalid request: ${error.message}`;
+    }
+    case 429:
+      return `Rate limit reached: ${error.message}.${wait}`;
+    case 503:
+      return `The gateway is overloaded right now.${wait}`;
+    default:
+      return `The gateway answered ${error.status}: ${error.message}`;
+  }
+}
+
+/** The form's fields as the JSON body of /process, /stream and /compare. */
+export function requestBody(form, { ai = true } = {}) {
+  const data = new FormData(form);
+  const body = {
+    prompt: String(data.get("prompt") || ""),
+    user_preferences: { quality: String(data.get("quality") || "balanced") },
+    use_ai_classification: ai,
+  };
+  const image = String(data.get("working_image_url") || "").trim();
+  if (image) body.working_image_url = image;
+  return body;
+}

@@ -1,0 +1,68 @@
+// Compare: the AI path and the existing keyword rules for one prompt, differences marked.
+
+import { describeError, postJSON, requestBody } from "./api.js";
+import { $, formatCost, h, markField, percent, say } from "./dom.js";
+
+const COMPARE = "/api/v1/enhanced/compare";
+
+const ROWS = [
+  ["Workflow", (r) => r.workflow_type],
+  ["Model", (r) => r.model_selection.model_id],
+  ["Fallback models", (r) => r.model_selection.fallback_models.join(", ") || "none"],
+  ["Intent source", (r) => r.intent_source],
+  ["Confidence", (r) => percent(r.intent_confidence)],
+  ["Estimated cost", (r) => formatCost(r.estimated_cost)],
+  ["Estimated time", (r) => `${r.estimated_time} s`],
+  ["Final prompt", (r) => r.final_prompt],
+  ["Reasoning", (r) => r.reasoning],
+];
+
+function row(label, ai, existing) {
+  const differs = ai !== existing;
+  return h(
+    "tr",
+    { class: differs ? "differs" : null },
+    h("th", { scope: "row" }, label, differs ? h("span", { class: "badge" }, "differs") : null),
+    h("td", {}, ai),
+    h("td", {}, existing),
+  );
+}
+
+function summary(differences) {
+  const changed = [
+    differences.workflow_type && "workflow",
+    differences.model_selection && "model",
+    differences.prompt_changes && "prompt",
+  ].filter(Boolean);
+  return changed.length
+    ? `The AI and the existing rules differ on: ${changed.join(", ")}.`
+    : "The AI and the existing rules agree on workflow, model and prompt.";
+}
+
+export function setupCompare() {
+  const form = $("#compare-form");
+  const status = $("#c-status");
+  const alert = $("#c-error");
+  const section = $("#c-result");
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    markField(form, "c", null);
+    say(alert, "");
+    say(status, "Comparing…");
+    section.hidden = true;
+    try {
+      const result = await postJSON(COMPARE, requestBody(form));
+      const ai = result.ai_classification;
+      const existing = result.existing_system;
+      $("#c-table tbody").replaceChildren(...ROWS.map(([label, get]) => row(label, get(ai), get(existing))));
+      $("#c-summary").textContent = summary(result.differences);
+      section.hidden = false;
+      say(status, "");
+    } catch (error) {
+      say(status, "");
+      markField(form, "c", error.field, describeError(error));
+      say(alert, describeError(error));
+    }
+  });
+}

@@ -1,0 +1,167 @@
+// Generate: stream one request and show each stage as its event arrives, then the result.
+
+import { describeError, requestBody, streamEvents } from "./api.js";
+import { $, formatCost, formatMs, h, markField, percent, say } from "./dom.js";
+import { recordRun } from "./latency.js";
+
+const STREAM = "/api/v1/enhanced/stream";
+
+const STAGE_TITLES = {
+  context: "Context",
+  intent: "Intent",
+  model: "Model",
+  prompt: "Enhanced prompt",
+  error: "Error",
+};
+
+function facts(pairs) {
+  return h(
+    "dl",
+    { class: "facts" },
+    pairs.filter(([, value]) => value !== null && value !== undefined && value !== "").flatMap(([term, value]) => [
+      h("dt", {}, term),
+      h("dd", {}, value),
+    ]),
+  );
+}
+
+function list(items) {
+  return items.length ? items.join(", ") : "none";
+}
+
+const STAGE_FACTS = {
+  context: (d) => [
+    ["User", d.user_id],
+    ["Working images", String(d.working_images.length)],
+    ["Mentions", list(d.mentions.map((m) => `@${m}`))],
+    ["Quality", d.preferences.quality],
+    ["Words", String(d.word_count)],
+  ],
+  intent: (d) => [
+    ["Workflow", d.workflow_type],
+    ["Confidence", percent(d.confidence)],
+    ["Source", d.source + (d.cache_hit ? " (cached)" : "")],
+    ["Reasoning", d.reasoning],
+  ],
+  model: (d) => [
+    ["Model", `${d.model_id} (${d.provider})`],
+    ["Fallbacks", list(d.fallback_models)],
+    ["Estimated", `${formatCost(d.estimated_cost)}, ${d.estimated_time} s`],
+  ],
+  prompt: (d) => [
+    ["Prompt", d.final_prompt],
+    ["Enhanced", d.enhancement_applied ? "yes" : "no"],
+    ["References", String(d.references.length)],
+    ["Unknown tags", d.unknown_tags.length ? list(d.unknown_tags.map((t) => `@${t}`)) : null],
+  ],
+  error: (d) => [
+    ["Code", d.code],
+    ["Message", d.message],
+    ["Stage", d.stage],
+  ],
+};
+
+function stageCard(name, data) {
+  const describe = STAGE_FACTS[name] || (() => []);
+  return h(
+    "li",
+    { class: `stage stage-${name}`, "data-stage": name },
+    h(
+      "div",
+      { class: "stage-head" },
+      h("h3", {}, STAGE_TITLES[name] || name),
+      h("span", { class: "elapsed" }, `at ${formatMs(data.elapsed_ms || 0)}`),
+    ),
+    facts(describe(data)),
+  );
+}
+
+function referenceList(references) {
+  if (!references.length) return "none";
+  return h(
+    "ul",
+    { class: "refs" },
+    references.map((ref) =>
+      h(
+        "li",
+        {},
+        ref.tag ? `@${ref.tag}: ` : ref.title ? `${ref.title}: ` : "",
+        h("a", { href: ref.image_url, rel: "noopener noreferrer", target: "_blank" }, ref.image_url),
+      ),
+    ),
+  );
+}
+
+function resultFacts(result, prompt) {
+  const selection = result.model_selection;
+  return [
+    ["Workflow", result.workflow_type],
+    ["Model", `${selection.model_id} (${selection.provider})`],
+    ["Fallback models", list(selection.fallback_models)],
+    ["Confidence", percent(result.intent_confidence)],
+    ["Intent source", result.intent_source + (result.cache_hit ? " (cache hit)" : "")],
+    ["Reasoning", result.reasoning],
+    ["Estimated cost", formatCost(result.estimated_cost)],
+    ["Estimated time", `${result.estimated_time} s`],
+    ["Enhanced prompt", result.final_prompt !== prompt ? result.final_prompt : null],
+    ["References", referenceList(result.references)],
+    ["Fallback used", result.fallback_used ? "yes: a stage failed and a safe default was used" : "no"],
+    ["Processing time", formatMs(result.processing_time * 1000)],
+    ["Trace", h("a", { href: `/debug/traces/${encodeURIComponent(result.trace_id)}` }, result.trace_id)],
+  ];
+}
+
+function showResult(data, prompt) {
+  const fields = facts(resultFacts(data, prompt));
+  $("#g-result-fields").replaceChildren(...fields.childNodes);
+  $("#g-result").hidden = false;
+}
+
+export function setupGenerate() {
+  const form = $("#generate-form");
+  const stages = $("#g-stages");
+  const result = $("#g-result");
+  const status = $("#g-status");
+  const alert = $("#g-error");
+  const stop = $("#g-stop");
+  let controller = null;
+
+  stop.addEventListener("click", () => controller?.abort());
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    controller?.abort();
+    controller = new AbortController();
+    const body = requestBody(form, { ai: $("#g-ai").checked });
+    markField(form, "g", null);
+    say(alert, "");
+    stages.replaceChildren();
+    result.hidden = true;
+    say(status, "Streaming…");
+    stop.disabled = false;
+    const elapsed = {};
+    let finished = false;
+    try {
+      for await (const { event: name, data } of streamEvents(STREAM, body, { signal: controller.signal })) {
+        if (name === "done") {
+          finished = true;
+          recordRun(elapsed);
+          showResult(data, body.prompt.trim());
+          say(status, `Done in ${formatMs(data.elapsed_ms)}.`);
+        } else {
+          elapsed[name] = data.elapsed_ms;
+          stages.append(stageCard(name, data));
+          // A stage error is followed by its safe default; an error without a stage ends the stream.
+          if (name === "error" && !data.stage) say(alert, `The request stopped: ${data.message} (${data.code}).`);
+        }
+      }
+      if (!finished) say(status, "The stream ended without a result.");
+    } catch (error) {
+      say(status, "");
+      markField(form, "g", error.field, describeError(error));
+      say(alert, describeError(error));
+    } finally {
+      stop.disabled = true;
+    }
+  });
+}

@@ -1,0 +1,255 @@
+"""The web frontend in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The gateway runs in the test's own event loop (aiohttp test server on a free port), so a
+test can hold a classification open and watch the page show the stages that came before.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway.app import create_app
+from gateway.config import Settings
+from pipeline.classifiers.rules import RulesClassifier
+from pipeline.protocols import Classifier
+from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
+from tests.conftest import GatedClassifier
+
+playwright_api = pytest.importorskip("playwright.async_api")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--headless",
+]
+STAGES = ["context", "intent", "model", "prompt"]
+TIMEOUT_MS = 10_000
+
+
+class Browser:
+    """A page on the gateway, and everything the browser complained about meanwhile."""
+
+    def __init__(self, page: Any, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.console_errors: list[str] = []
+        self.failed: list[tuple[int, str]] = []  # (status, path) of every non-2xx response
+        self.requests: list[Any] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.console_errors.append(f"uncaught: {exc}"))
+        page.on("response", self._response)
+        page.on("request", lambda request: self.requests.append(request))
+
+    def _console(self, message: Any) -> None:
+        # Chromium logs every non-2xx fetch as a console error; those are checked in `failed`.
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            self.console_errors.append(message.text)
+
+    def _response(self, response: Any) -> None:
+        if response.status >= 400:
+            self.failed.append((response.status, response.url.removeprefix(self.base_url)))
+
+    async def goto(self, fragment: str = "") -> None:
+        await self.page.goto(f"{self.base_url}/{fragment}")
+
+    def unexpected_failures(self, *allowed: tuple[int, str]) -> list[tuple[int, str]]:
+        # /metrics (Prometheus) arrives with the telemetry issue; until then the dashboard gets a 404.
+        return [f for f in self.failed if f not in allowed and f != (404, "/metrics")]
+
+
+OpenBrowser = Callable[..., Awaitable[Browser]]
+
+
+@pytest.fixture
+async def open_browser(aiohttp_server: Any) -> AsyncIterator[OpenBrowser]:
+    """Start the real gateway and a headless Chromium page on it; no console errors allowed."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)")
+    async with playwright_api.async_playwright() as pw:
+        try:
+            chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        except playwright_api.Error as exc:
+            pytest.skip(f"Chromium cannot start here: {exc.message.splitlines()[0]}")
+        opened: list[Browser] = []
+
+        async def open_(
+            classifier: Classifier | None = None, *, width: int = 1100, **overrides: Any
+        ) -> Browser:
+            settings = msgspec.structs.replace(Settings.from_env({}), **overrides)
+            server: TestServer = await aiohttp_server(create_app(settings, classifier=classifier))
+            page = await chromium.new_page(viewport={"width": width, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            browser = Browser(page, str(server.make_url("")).rstrip("/"))
+            opened.append(browser)
+            return browser
+
+        yield open_
+        await chromium.close()
+    for browser in opened:
+        assert browser.console_errors == []
+
+
+def expect(locator: Any) -> Any:
+    return playwright_api.expect(locator)
+
+
+async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_browser: OpenBrowser) -> None:
+    """Context shows while intent is still classifying; then four cards in order and the result."""
+    gated = GatedClassifier(RulesClassifier())
+    browser = await open_browser(gated)
+    page = browser.page
+    await browser.goto()
+    await page.click(".apikey summary")
+    await page.fill("#api-key", "k-123")
+    await page.press("#api-key", "Enter")
+    await page.fill("#g-prompt", "change my hair to blonde with bangs")
+    await page.click("#g-submit")
+
+    cards = page.locator("#g-stages > li")
+    await expect(cards).to_have_count(1)  # the classifier is held: only context has arrived
+    await gated.entered.wait()
+    await expect(cards.first).to_have_attribute("data-stage", "context")
+    await expect(cards.first.locator(".elapsed")).to_have_text(re.compile(r"^at \d+\.\d ms$"))
+    assert await page.locator("#g-result").is_hidden()
+    gated.gate.set()
+
+    await expect(page.locator("#g-result")).to_be_visible()
+    assert [await card.get_attribute("data-stage") for card in await cards.all()] == STAGES
+    result = page.locator("#g-result-fields")
+    await expect(result).to_contain_text("hair_styling")
+    await expect(result).to_contain_text("flux-kontext-apps/change-haircut")
+    trace = result.locator("a[href^='/debug/traces/']")
+    assert re.fullmatch(r"/debug/traces/[0-9a-f]{32}", await trace.get_attribute("href") or "")
+    await expect(page.locator("#g-status")).to_contain_text("Done in")
+    streams = [r for r in browser.requests if r.url.endswith("/api/v1/enhanced/stream")]
+    assert streams[0].headers["authorization"] == "Bearer k-123"
+    assert browser.unexpected_failures() == []
+
+
+async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: OpenBrowser) -> None:
+    """The gateway's 422 is shown next to the prompt field, which is marked invalid."""
+    browser = await open_browser()
+    page = browser.page
+    await browser.goto()
+    await page.fill("#g-prompt", "   ")
+    await page.click("#g-submit")
+    error = page.locator("#g-prompt-error")
+    await expect(error).to_have_text("Prompt: prompt must not be empty")
+    await expect(page.locator("#g-prompt")).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator("#g-error")).to_contain_text("must not be empty")
+    await expect(page.locator("#g-stages > li")).to_have_count(0)
+    assert browser.unexpected_failures((422, "/api/v1/enhanced/stream")) == []
+    assert (422, "/api/v1/enhanced/stream") in browser.failed
+
+
+class ImageEverything:
+    """An 'AI' classifier that disagrees with the rules: everything is image generation."""
+
+    name = "stub"
+    version = "stub-1"
+
+    async def classify(self, query: ClassifierInput) -> IntentClassification:
+        return IntentClassification(
+            workflow_type=WorkflowType.IMAGE_GENERATION,
+            confidence=0.91,
+            reasoning="stub says image",
+            source=IntentSource.LOCAL,
+        )
+
+
+async def test_compare_puts_ai_and_rules_side_by_side_with_differences_marked(
+    open_browser: OpenBrowser,
+) -> None:
+    """Rows where the AI and the rules disagree are highlighted and labelled 'differs'."""
+    browser = await open_browser(ImageEverything())
+    page = browser.page
+    await browser.goto("#compare")
+    await page.fill("#c-prompt", "change my hair to blonde with bangs")
+    await page.click("#c-submit")
+    await expect(page.locator("#c-result")).to_be_visible()
+    workflow = page.locator("#c-table tbody tr", has_text="Workflow").first
+    await expect(workflow.locator("td")).to_have_text(["image_generation", "hair_styling"])
+    await expect(workflow).to_have_class("differs")
+    await expect(workflow.locator(".badge")).to_have_text("differs")
+    model = page.locator("#c-table tbody tr", has=page.locator("th", has_text=re.compile("^Model")))
+    await expect(model).to_have_class("differs")
+    await expect(page.locator("#c-summary")).to_contain_text("differ on: workflow, model")
+    assert browser.unexpected_failures() == []
+
+
+async def bar_values(page: Any, chart: str) -> dict[str, float]:
+    bars = page.locator(f"#{chart} svg rect.bar")
+    return {
+        await bar.get_attribute("data-label"): float(await bar.get_attribute("data-value"))
+        for bar in await bars.all()
+    }
+
+
+async def test_dashboard_draws_its_charts_and_refreshes_by_itself(open_browser: OpenBrowser) -> None:
+    """Every chart is an SVG with bars carrying the gateway's numbers; a timer redraws them."""
+    browser = await open_browser()
+    page = browser.page
+    await page.clock.install()
+    await browser.goto()
+    for prompt in ("change my hair to blonde", "a cat playing in the garden"):
+        await page.fill("#g-prompt", prompt)
+        await page.click("#g-submit")
+        await expect(page.locator("#g-status")).to_contain_text("Done in")
+
+    await page.click("nav a[data-page=dashboard]")
+    await expect(page.locator("#d-source")).to_contain_text("in-memory metrics")
+    for chart in ("chart-hourly", "chart-mix", "chart-rates", "chart-cost", "chart-latency"):
+        await expect(page.locator(f"#{chart} svg[role=img] rect.bar").first).to_be_attached()
+    assert await bar_values(page, "chart-mix") == {"hair_styling": 1.0, "image_generation": 1.0}
+    assert sum((await bar_values(page, "chart-hourly")).values()) == 2
+    assert sum((await bar_values(page, "chart-cost")).values()) > 0
+    assert set(await bar_values(page, "chart-rates")) == {"Fallback rate", "Cache-hit rate"}
+    assert set(await bar_values(page, "chart-latency")) == set(STAGES)
+
+    answer = await page.request.post(
+        f"{browser.base_url}/api/v1/enhanced/process", data={"prompt": "a red fox in the snow"}
+    )
+    assert answer.ok
+    await page.clock.run_for(10_500)  # the dashboard's own refresh interval, no click
+    await expect(page.locator("#chart-mix rect.bar[data-label=image_generation]")).to_have_attribute(
+        "data-value", "2"
+    )
+    assert browser.unexpected_failures() == []
+
+
+async def test_phone_width_and_keyboard_only(open_browser: OpenBrowser) -> None:
+    """At 375 px nothing scrolls sideways; every control is labelled; Tab and Enter run a stream."""
+    browser = await open_browser(width=375)
+    page = browser.page
+    for fragment in ("#generate", "#compare", "#dashboard"):
+        await browser.goto(fragment)
+        await page.wait_for_load_state("networkidle")
+        overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, fragment
+    unlabelled = await page.evaluate(
+        """[...document.querySelectorAll('input, textarea, select')]
+             .filter(el => !el.labels.length && !el.getAttribute('aria-label')).map(el => el.id)"""
+    )
+    assert unlabelled == []
+
+    await browser.goto("#generate")
+    await page.focus("#g-prompt")
+    await page.keyboard.type("animate this sunset")
+    for _ in range(4):  # image URL, the quality radio group, the AI toggle, Generate
+        await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.id") == "g-submit"
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#g-stages > li")).to_have_count(4)
+    await expect(page.locator("#g-stages")).to_have_attribute("aria-live", "polite")
+    assert browser.unexpected_failures() == []
