@@ -22,8 +22,9 @@ from observability.tracing import format_span_id, format_trace_id
 log = logging.getLogger("gateway.request")
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-# Scrapes and probes: a trace each would push the requests out of the /debug/traces buffer.
-_UNTRACED = frozenset({"/metrics", "/health"})
+# Scrapes, probes and the web UI's files and dashboard polling: a trace each would push the
+# requests out of the /debug/traces buffer.
+_UNTRACED = frozenset({"/metrics", "/health", "/", "/static/{name}", "/api/v1/enhanced/metrics"})
 _NO_TRACER = trace.NoOpTracer()
 
 

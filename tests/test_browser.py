@@ -130,7 +130,9 @@ async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_brow
     await expect(result).to_contain_text("hair_styling")
     await expect(result).to_contain_text("flux-kontext-apps/change-haircut")
     trace = result.locator("a[href^='/debug/traces/']")
-    assert re.fullmatch(r"/debug/traces/[0-9a-f]{32}", await trace.get_attribute("href") or "")
+    href = await trace.get_attribute("href") or ""
+    assert re.fullmatch(r"/debug/traces/[0-9a-f]{32}", href)
+    assert (await page.request.get(browser.base_url + href)).ok  # the trace of this very request
     await expect(page.locator("#g-status")).to_contain_text("Done in")
     streams = [r for r in browser.requests if r.url.endswith("/api/v1/enhanced/stream")]
     assert streams[0].headers["authorization"] == "Bearer k-123"
@@ -225,6 +227,24 @@ async def test_dashboard_draws_its_charts_and_refreshes_by_itself(open_browser: 
     await expect(page.locator("#chart-mix rect.bar[data-label=image_generation]")).to_have_attribute(
         "data-value", "2"
     )
+    assert browser.unexpected_failures() == []
+
+
+async def test_without_prometheus_latency_is_the_median_of_this_tabs_streams(
+    open_browser: OpenBrowser,
+) -> None:
+    """No /metrics on the server: the latency chart uses the elapsed_ms of streams run here."""
+    browser = await open_browser()
+    page = browser.page
+    await page.route(f"{browser.base_url}/metrics", lambda route: route.fulfill(status=404))
+    await browser.goto()
+    await page.fill("#g-prompt", "a lighthouse at dusk")
+    await page.click("#g-submit")
+    await expect(page.locator("#g-status")).to_contain_text("Done in")
+    await browser.goto("#dashboard")
+    latency = page.locator("#chart-latency svg[role=img]")
+    await expect(latency).to_have_attribute("aria-label", re.compile("median of streams run in this tab"))
+    assert list(await bar_values(page, "chart-latency")) == STAGES
     assert browser.unexpected_failures() == []
 
 

@@ -53,3 +53,12 @@ def test_every_static_file_is_loaded() -> None:
     names = set(load_assets())
     assert {"index.html", "app.js", "app.css"} <= names
     assert names == {p.name for p in STATIC_DIR.iterdir() if p.suffix in (".html", ".js", ".css")}
+
+
+async def test_page_loads_and_dashboard_polls_start_no_traces(client: Any) -> None:
+    """The UI's files and its metrics polling stay out of the /debug/traces buffer."""
+    for path in ("/", "/static/app.js", "/api/v1/enhanced/metrics"):
+        assert (await client.get(path)).status == 200
+    await client.post("/api/v1/enhanced/process", json={"prompt": "a cat in the garden"})
+    traces = await (await client.get("/debug/traces")).json()
+    assert [t["root"] for t in traces] == ["POST /api/v1/enhanced/process"]

@@ -4,7 +4,7 @@
 import { describeError, getJSON, getText } from "./api.js";
 import { barList, columnChart } from "./charts.js";
 import { $, formatCost, formatMs, percent, say } from "./dom.js";
-import { STAGES, loadRuns, summarize } from "./latency.js";
+import { loadRuns, ordered, summarize } from "./latency.js";
 
 const REFRESH_MS = 10_000;
 const HOUR_MS = 3_600_000;
@@ -72,17 +72,16 @@ export function stageMeansFromPrometheus(text) {
   if (!text) return null;
   const sums = {};
   const counts = {};
-  const line = /^gateway_stage_duration_seconds_(sum|count)\{([^}]*)\}\s+(\S+)/;
+  const line = /^gateway_stage_duration_seconds_(sum|count)\{(?:[^}]*,)?stage="([^"]+)"[^}]*\}\s+(\S+)/;
   for (const row of text.split("\n")) {
     const match = line.exec(row);
     if (!match) continue;
-    const stage = STAGES.find((name) => match[2].includes(`="${name}"`));
-    if (!stage) continue;
     const target = match[1] === "sum" ? sums : counts;
-    target[stage] = (target[stage] || 0) + Number(match[3]);
+    target[match[2]] = (target[match[2]] || 0) + Number(match[3]); // summed over outcomes
   }
-  if (!STAGES.some((stage) => counts[stage])) return null;
-  return STAGES.map((stage) => ({
+  const stages = ordered(Object.keys(counts).filter((stage) => counts[stage]));
+  if (!stages.length) return null;
+  return stages.map((stage) => ({
     label: stage,
     value: counts[stage] ? (1000 * sums[stage]) / counts[stage] : 0,
     note: `mean of ${counts[stage] || 0}`,
@@ -94,7 +93,7 @@ function latencyRows(prometheus) {
   if (server) return { rows: server, label: "Latency per stage, server mean (ms)" };
   const summary = summarize(loadRuns());
   return {
-    rows: STAGES.filter((stage) => summary[stage].n).map((stage) => ({
+    rows: Object.keys(summary).map((stage) => ({
       label: stage,
       value: summary[stage].p50,
       note: `p95 ${formatMs(summary[stage].p95)}, ${summary[stage].n} ${summary[stage].n === 1 ? "run" : "runs"} in this tab`,

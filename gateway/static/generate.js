@@ -11,6 +11,7 @@ const STAGE_TITLES = {
   intent: "Intent",
   model: "Model",
   prompt: "Enhanced prompt",
+  references: "Reference search",
   error: "Error",
 };
 
@@ -53,6 +54,13 @@ const STAGE_FACTS = {
     ["Enhanced", d.enhancement_applied ? "yes" : "no"],
     ["References", String(d.references.length)],
     ["Unknown tags", d.unknown_tags.length ? list(d.unknown_tags.map((t) => `@${t}`)) : null],
+  ],
+  references: (d) => [
+    ["Outcome", d.summary + (d.cache_hit ? " (cached)" : "")],
+    ["Query", d.query],
+    ["Provider", d.provider],
+    ["Reason", d.reason],
+    ["Found", d.references.length ? referenceList(d.references) : null],
   ],
   error: (d) => [
     ["Code", d.code],
@@ -139,17 +147,17 @@ export function setupGenerate() {
     result.hidden = true;
     say(status, "Streaming…");
     stop.disabled = false;
-    const elapsed = {};
+    const arrivals = []; // [stage, elapsed_ms], for the dashboard's latency view
     let finished = false;
     try {
       for await (const { event: name, data } of streamEvents(STREAM, body, { signal: controller.signal })) {
         if (name === "done") {
           finished = true;
-          recordRun(elapsed);
+          recordRun(arrivals);
           showResult(data, body.prompt.trim());
           say(status, `Done in ${formatMs(data.elapsed_ms)}.`);
         } else {
-          elapsed[name] = data.elapsed_ms;
+          if (name !== "error") arrivals.push([name, data.elapsed_ms]);
           stages.append(stageCard(name, data));
           // A stage error is followed by its safe default; an error without a stage ends the stream.
           if (name === "error" && !data.stage) say(alert, `The request stopped: ${data.message} (${data.code}).`);

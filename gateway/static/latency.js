@@ -3,23 +3,28 @@
 
 const STORAGE = "intent-gateway.stage-latency";
 const KEEP = 50;
-export const STAGES = ["context", "intent", "model", "prompt"];
+// The pipeline's order; a stage not listed here (a new one) is shown after these.
+export const STAGES = ["context", "intent", "model", "prompt", "references"];
 
-/** Per-stage durations from one stream's cumulative elapsed_ms values. */
-export function stageDurations(elapsedByStage) {
+/** Stage names in pipeline order. */
+export function ordered(names) {
+  const known = STAGES.filter((stage) => names.includes(stage));
+  return [...known, ...names.filter((name) => !STAGES.includes(name)).sort()];
+}
+
+/** Per-stage durations from one stream's [stage, cumulative elapsed_ms] in arrival order. */
+export function stageDurations(arrivals) {
   const durations = {};
   let previous = 0;
-  for (const stage of STAGES) {
-    const at = elapsedByStage[stage];
-    if (typeof at !== "number") return null;
+  for (const [stage, at] of arrivals) {
     durations[stage] = Math.max(0, at - previous);
     previous = at;
   }
-  return durations;
+  return arrivals.length ? durations : null;
 }
 
-export function recordRun(elapsedByStage) {
-  const durations = stageDurations(elapsedByStage);
+export function recordRun(arrivals) {
+  const durations = stageDurations(arrivals);
   if (!durations) return;
   const runs = loadRuns();
   runs.push(durations);
@@ -44,7 +49,7 @@ function quantile(sorted, q) {
 /** {stage: {p50, p95, n}} over the runs recorded in this tab. */
 export function summarize(runs = loadRuns()) {
   const summary = {};
-  for (const stage of STAGES) {
+  for (const stage of ordered([...new Set(runs.flatMap((run) => Object.keys(run)))])) {
     const values = runs.map((run) => run[stage]).filter((v) => typeof v === "number");
     values.sort((a, b) => a - b);
     summary[stage] = { p50: quantile(values, 0.5), p95: quantile(values, 0.95), n: values.length };
