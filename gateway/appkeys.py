@@ -14,8 +14,8 @@ from gateway.sse import EventStream
 from gateway.urlpolicy import ImageUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
-from observability.tracing import StageInstruments, Tracing
 from observability.timeline import Timeline
+from observability.tracing import StageInstruments, Tracing
 from pipeline.cache import IntentCache
 from pipeline.catalog import Catalog
 from pipeline.limits import Admission, RateLimiter
