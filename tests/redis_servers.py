@@ -22,6 +22,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+
+
 class RedisServer:
     """One redis-server on 127.0.0.1:port that a test can stop and start again on that port."""
 
@@ -77,7 +91,7 @@ class RedisClusterServers:
     def __init__(self, nodes: int = 3) -> None:
         self.servers = [
             RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-node-timeout", "2000")
+                        "--cluster-node-timeout", "2000", port=free_cluster_port())
             for _ in range(nodes)
         ]
 

@@ -180,3 +180,18 @@ async def test_redis_down_fails_closed_when_asked(make_client: MakeClient, redis
     assert (await refused.json())["error"] == "rate_limit_unavailable"
     assert refused.headers["Retry-After"] == "1"
     assert (await client.get("/health")).status == 200
+
+
+async def test_refusals_and_cache_lookups_in_metrics(make_client: MakeClient) -> None:
+    """Prometheus and JSON metrics count refusals by limit kind and cache hits/misses."""
+    client = await make_client(rate_limit_requests_per_minute=1)
+    for _ in range(2):
+        await client.post(PROCESS, json={"prompt": "a red fox"})
+    await client.post(PROCESS, json={"prompt": "a red fox"}, headers={"X-User-Id": "bob"})
+    text = await (await client.get("/metrics")).text()
+    assert 'gateway_rate_limited_total{kind="minute"} 1' in text
+    assert 'gateway_cache_lookups_total{result="hit"} 1' in text
+    assert 'gateway_cache_lookups_total{result="miss"} 1' in text
+    snapshot = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert snapshot["rate_limits"]["refused_by_kind"] == {"minute": 1}
+    assert (snapshot["intent_cache"]["hits"], snapshot["intent_cache"]["misses"]) == (1, 1)
