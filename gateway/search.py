@@ -9,7 +9,7 @@ import aiohttp
 
 from gateway.config import Settings
 from observability.metrics import Metrics
-from pipeline.breaker import CircuitBreaker
+from pipeline.breaker import BreakerPolicy, CircuitBreaker
 from pipeline.redis_link import RedisLink
 from pipeline.search.brave import BraveImageSearch
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, SearchCache
@@ -52,8 +52,12 @@ async def open_reference_lookup(
             provider,
             cache,
             CircuitBreaker(
-                failure_threshold=settings.circuit_breaker_failure_threshold,
-                reset_timeout=settings.circuit_breaker_timeout,
+                "reference_search",
+                BreakerPolicy(
+                    failure_threshold=settings.circuit_breaker_failure_threshold,
+                    reset_timeout=settings.circuit_breaker_timeout,
+                    success_threshold=settings.circuit_breaker_success_threshold,
+                ),
             ),
             max_results=settings.reference_search_results,
             cache_ttl=settings.reference_search_cache_ttl,

@@ -14,7 +14,7 @@ from aioresponses import aioresponses
 from redis.asyncio import Redis
 
 from gateway.config import ConfigError, Settings
-from pipeline.breaker import CircuitBreaker
+from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, decode, encode
 from pipeline.search.lookup import ReferenceLookup
 from pipeline.search.searxng import SearxngSearch
@@ -50,7 +50,7 @@ def lookup(session: aiohttp.ClientSession, cache: Any = None, **kwargs: Any) -> 
     return ReferenceLookup(
         SearxngSearch(session, "http://searx.test/"),
         cache if cache is not None else MemorySearchCache(),
-        CircuitBreaker(failure_threshold=2, reset_timeout=60),
+        CircuitBreaker("reference_search", BreakerPolicy(failure_threshold=2, reset_timeout=60)),
         **kwargs,
     )
 
@@ -118,7 +118,7 @@ async def test_cancellation_propagates_and_frees_the_half_open_trial(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert finder.breaker.state == "closed" and finder.breaker.allow()
+    assert await finder.breaker.state() is BreakerState.CLOSED and await finder.breaker.allow()
 
 
 def test_cached_references_round_trip_as_bytes() -> None:

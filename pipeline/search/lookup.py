@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from pipeline.breaker import CircuitBreaker
+from pipeline.breaker import BreakerState, CircuitBreaker
 from pipeline.search.cache import SearchCache
 from pipeline.search.protocol import ImageHit, ImageSearch, SearchFailed
 from pipeline.types import Reference
@@ -72,7 +72,7 @@ class ReferenceLookup:
         cached = await self._cached(key)
         if cached is not None:
             return LookupResult(outcome="found", references=cached, cache_hit=True)
-        if not self.breaker.allow():
+        if not await self.breaker.allow():
             return LookupResult(outcome="failed", reason=CIRCUIT_OPEN)
         candidates = max(MIN_CANDIDATES, self.max_results * CANDIDATES_PER_RESULT)
         try:
@@ -80,18 +80,18 @@ class ReferenceLookup:
             async with asyncio.timeout(self.timeout):
                 hits = await self.provider.search(query, limit=candidates)
         except TimeoutError:
-            self.breaker.record_failure()
+            await self.breaker.record_failure()
             log.warning("reference search timed out after %gs", self.timeout)
             reason = f"{self.provider.name} timed out after {self.timeout:g}s"
             return LookupResult(outcome="failed", reason=reason)
         except SearchFailed as exc:
-            self.breaker.record_failure()
+            await self.breaker.record_failure()
             log.warning("reference search failed: %s", exc)
             return LookupResult(outcome="failed", reason=str(exc))
         except asyncio.CancelledError:
             self.breaker.release()
             raise
-        self.breaker.record_success()
+        await self.breaker.record_success()
         references = self.select(hits)
         await self._store(key, references)
         return LookupResult(outcome="found", references=references)
@@ -127,8 +127,9 @@ class ReferenceLookup:
             log.warning("reference cache write failed: %r", exc)
 
     async def health(self) -> dict[str, object]:
+        closed = await self.breaker.state() is BreakerState.CLOSED
         breaker = self.breaker.snapshot()
-        state = "ok" if breaker["state"] == "closed" else "degraded"
+        state = "ok" if closed else "degraded"
         return {"state": state, "provider": self.provider.name, "breaker": breaker}
 
 
