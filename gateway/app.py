@@ -13,6 +13,8 @@ from gateway.appkeys import (
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
     INTENT_CACHE,
+    LLM_BREAKER,
+    LLM_USAGE,
     METRICS,
     REDIS,
     REFERENCE_LOOKUP,
@@ -30,6 +32,7 @@ from gateway.classifiers import open_classifier
 from gateway.config import Settings
 from gateway.errors import error_middleware
 from gateway.limits import limiter_ctx, rate_limit_middleware
+from gateway.llm import llm_ctx
 from gateway.middleware import request_middleware
 from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
@@ -78,13 +81,14 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             app[CLASSIFIER] = classifier
             yield
             return
-        async with open_classifier(settings) as opened:
+        async with open_classifier(settings, breaker=app[LLM_BREAKER], usage=app[LLM_USAGE]) as opened:
             app[CLASSIFIER] = opened
             yield
 
     app.cleanup_ctx.append(telemetry_ctx)  # first: later contexts register metrics on it
     app.cleanup_ctx.append(auth_ctx)  # refuses to start open off loopback
     app.cleanup_ctx.append(redis_ctx)  # before the rest: they may share its connection
+    app.cleanup_ctx.append(llm_ctx)  # the breaker shares Redis; the classifier uses both
     app.cleanup_ctx.append(intent_cache_ctx)
     app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(classifier_ctx)

@@ -16,9 +16,11 @@ from observability.metrics import Metrics
 from observability.stats import RequestStats
 from observability.timeline import Timeline
 from observability.tracing import StageInstruments, Tracing
+from pipeline.breaker import CircuitBreaker
 from pipeline.cache import IntentCache
 from pipeline.catalog import Catalog
 from pipeline.limits import Admission, RateLimiter
+from pipeline.llm_usage import LLMUsage
 from pipeline.protocols import Classifier, Stage
 from pipeline.references import MemoryReferenceStore
 from pipeline.search.lookup import ReferenceLookup
@@ -53,6 +55,9 @@ IMAGE_URL_POLICY = web.AppKey("image_url_policy", ImageUrlPolicy)
 INTENT_CACHE = web.AppKey("intent_cache", IntentCache)
 LIMITER = web.AppKey("limiter", RateLimiter)
 AUTH = web.AppKey("auth", Authenticator)
+# The LLM path (gateway/llm.py): its circuit breaker and its calls, tokens and spend.
+LLM_BREAKER = web.AppKey("llm_breaker", CircuitBreaker)
+LLM_USAGE = web.AppKey("llm_usage", LLMUsage)
 
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)

@@ -4,16 +4,80 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from gateway.config import Settings
+from gateway.llm import breaker_policy, llm_usage
+from pipeline.breaker import CircuitBreaker
 from pipeline.classifiers.rules import RulesClassifier
+from pipeline.llm_usage import LLMUsage
 from pipeline.protocols import Classifier
+
+if TYPE_CHECKING:
+    from pipeline.classifiers.llm import LLMClassifier
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 
 
 @asynccontextmanager
-async def open_classifier(settings: Settings) -> AsyncIterator[Classifier]:
-    """The configured classifier, open for the app's lifetime (LLM clients hold connections)."""
+async def open_classifier(
+    settings: Settings,
+    *,
+    breaker: CircuitBreaker | None = None,
+    usage: LLMUsage | None = None,
+) -> AsyncIterator[Classifier]:
+    """The configured classifier, open for the app's lifetime (LLM clients hold connections).
+
+    The app passes its shared breaker and usage counters; the CLI gets fresh ones.
+    """
     if settings.intent_classifier == "rules":
         yield RulesClassifier()
         return
+    if settings.intent_classifier in ("llm", "cascade"):
+        # Imported here: the SDK (and pydantic) cost start-up time only when used.
+        from pipeline.classifiers.cascade import CascadeClassifier, FallbackClassifier
+
+        usage = usage or llm_usage(settings)
+        breaker = breaker or CircuitBreaker("llm", breaker_policy(settings))
+        async with open_llm(settings, breaker, usage) as llm:
+            if settings.intent_classifier == "llm":
+                yield FallbackClassifier(llm, usage=usage, fallbacks=embedded(settings))
+            else:
+                first, *_ = (*embedded(settings), RulesClassifier())
+                threshold = settings.local_confidence_threshold
+                yield CascadeClassifier(first, llm, threshold=threshold, usage=usage)
+        return
     raise NotImplementedError(f"INTENT_CLASSIFIER={settings.intent_classifier} is not available yet")
+
+
+def embedded(settings: Settings) -> tuple[Classifier, ...]:
+    """The embedded classifier the LLM path falls back to, before the rules (none yet)."""
+    return ()
+
+
+@asynccontextmanager
+async def open_llm(
+    settings: Settings, breaker: CircuitBreaker, usage: LLMUsage
+) -> AsyncIterator[LLMClassifier]:
+    from openai import AsyncOpenAI, DefaultAioHttpClient
+
+    from pipeline.classifiers.llm import LLMClassifier
+
+    # The SDK's aiohttp transport: one HTTP stack for the gateway, and aioresponses mocks it.
+    # max_retries=0: retries, backoff and the deadline are the classifier's own.
+    async with AsyncOpenAI(
+        api_key=settings.openai_api_key or "not-needed",  # local servers ignore the key
+        base_url=settings.openai_base_url or OPENAI_BASE_URL,
+        max_retries=0,
+        timeout=settings.classification_timeout,
+        http_client=DefaultAioHttpClient(),
+    ) as client:
+        yield LLMClassifier(
+            client,
+            model=settings.openai_model,
+            breaker=breaker,
+            usage=usage,
+            timeout=settings.classification_timeout,
+            backoff_base=settings.llm_backoff_base,
+            max_tokens=settings.llm_max_tokens,
+        )

@@ -37,9 +37,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     ai_classification_enabled: bool = True
     ai_classification_rollout_percentage: int = 100
 
+    # LLM client (any OpenAI-compatible server; see README)
+    llm_backoff_base: float = 0.5  # seconds: first retry waits up to this (full jitter), then 2x
+    llm_max_tokens: int = 300
+    llm_price_input_per_million: float = 0.15  # USD per 1M tokens, for the spend estimate
+    llm_price_output_per_million: float = 0.60
+
     # LLM circuit breaker
     circuit_breaker_failure_threshold: int = 5
     circuit_breaker_timeout: float = 60.0
+    circuit_breaker_success_threshold: int = 2  # half-open probe successes that close it
 
     # Redis: cache and limits (unset: in-process memory, limits per instance)
     redis_url: str | None = None  # redis+cluster://host:port (or REDIS_CLUSTER=true) for a cluster
@@ -97,8 +104,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             if value is not None and value != "":
                 raw[field.name] = value
         if "intent_classifier" not in raw:
+            # With an API key the cascade pays for the LLM only when the local answer is unsure.
             # The embedded classifier lands with its own issue; until then the rules serve.
-            raw["intent_classifier"] = "rules"
+            raw["intent_classifier"] = "cascade" if "openai_api_key" in raw else "rules"
         if "max_concurrent_classifications" not in raw:
             raw["max_concurrent_classifications"] = max(4, 4 * (os.cpu_count() or 1))
         if "port" not in raw and env.get("PORT"):
@@ -122,8 +130,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
         if self.gateway_jwt_secret is not None and len(self.gateway_jwt_secret.encode()) < 32:
             raise ConfigError("GATEWAY_JWT_SECRET must be at least 32 bytes (HS256, RFC 7518 3.2)")
-        if self.intent_classifier in ("llm", "cascade") and not self.openai_api_key:
-            raise ConfigError(f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY")
+        if self.intent_classifier in ("llm", "cascade") and not (
+            self.openai_api_key or self.openai_base_url
+        ):
+            # A local server (vLLM, Ollama, llama.cpp) needs a base URL but usually no key.
+            raise ConfigError(
+                f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY or OPENAI_BASE_URL"
+            )
+        if self.circuit_breaker_failure_threshold < 1 or self.circuit_breaker_success_threshold < 1:
+            raise ConfigError("CIRCUIT_BREAKER_*_THRESHOLD must be at least 1")
         if self.reference_search_provider == "searxng" and not self.searxng_url:
             raise ConfigError("REFERENCE_SEARCH_PROVIDER=searxng needs SEARXNG_URL")
         if self.reference_search_provider == "brave" and not self.brave_search_api_key:

@@ -27,6 +27,7 @@ from gateway.debug import add_debug_routes
 from gateway.errors import UnsupportedMediaType, as_gateway_error
 from gateway.keyroutes import add_key_routes
 from gateway.limits import charge_cost, usage
+from gateway.llm import llm_metrics
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
@@ -185,6 +186,7 @@ async def metrics_json(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/metrics: counters and rates of this instance."""
     slots = request.app[SLOTS]
     snapshot = request.app[STATS].snapshot()
+    snapshot["llm"] = llm_metrics(request.app)
     snapshot["classification_slots"] = {"limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting}
     snapshot["intent_cache"] = request.app[INTENT_CACHE].stats()
     snapshot["rate_limits"] = request.app[LIMITER].stats()

@@ -43,6 +43,8 @@ class IntentStage:
             )
         else:
             state.intent = await self._classify(classifier, query)
+        # The LLM failed and a fallback classifier answered: still a 200, but say so.
+        state.fallback_used |= bool(state.intent.metadata.get("fallback_used"))
         return self._event(state)
 
     async def _classify(self, classifier: Classifier, query: ClassifierInput) -> IntentClassification:

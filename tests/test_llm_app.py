@@ -1,0 +1,111 @@
+"""The LLM path through the real app: fallbacks, breaker, /health, metrics (upstream mocked)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aioresponses import aioresponses
+from redis.asyncio import Redis
+from yarl import URL
+
+from tests.conftest import MakeClient
+from tests.test_llm import BASE_URL, ENDPOINT, ERROR, answer, completion
+
+LLM = {"openai_api_key": "sk-test", "openai_base_url": BASE_URL, "llm_backoff_base": 0.001}
+
+
+def upstream_calls(upstream: aioresponses) -> int:
+    return len(upstream.requests.get(("POST", URL(ENDPOINT)), []))
+
+
+async def process(client: Any, prompt: str) -> dict[str, Any]:
+    response = await client.post("/api/v1/enhanced/process", json={"prompt": prompt})
+    assert response.status == 200
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_dead_upstream_costs_a_handful_of_calls(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """Upstream answering 500: 30 requests all get 200, the upstream sees only 5 calls."""
+    upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)
+    client = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=5, **LLM)
+    for _ in range(30):
+        body = await process(client, "make my hair blonde with bangs")
+        assert body["intent_source"] == "rules"
+        assert body["workflow_type"] == "hair_styling"
+        assert body["fallback_used"] is True
+    assert upstream_calls(upstream) == 5  # 3 attempts, then 2 more open the circuit
+
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "degraded"
+    assert health["dependencies"]["llm"]["state"] == "degraded"
+    assert health["dependencies"]["llm"]["breaker"] == "open"
+    metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+    llm = metrics["llm"]
+    assert llm["calls"] == 5 and llm["retries"] == 3
+    assert llm["fallbacks"] == 30 and llm["short_circuited"] == 28
+    assert llm["failures_by_reason"] == {"status_500": 2, "circuit_open": 28}
+    assert llm["breaker"]["state"] == "open"
+    assert metrics["fallbacks"] == 30
+
+
+async def test_cascade_pays_only_for_unsure_prompts(make_client: MakeClient, upstream: aioresponses) -> None:
+    """Keyword-confident prompts stay local; the rest go to the LLM, whose usage is counted."""
+    upstream.post(ENDPOINT, payload=completion(answer("image_generation", 0.88)), repeat=True)
+    client = await make_client(intent_classifier="cascade", **LLM)
+    kept = await process(client, "make my hair blonde with bangs")
+    escalated = await process(client, "a cat playing in the garden")
+    assert kept["intent_source"] == "rules" and kept["fallback_used"] is False
+    assert escalated["intent_source"] == "llm" and escalated["fallback_used"] is False
+    assert escalated["intent_confidence"] == 0.88
+    assert upstream_calls(upstream) == 1
+
+    llm = (await (await client.get("/api/v1/enhanced/metrics")).json())["llm"]
+    assert llm["calls"] == 1 and llm["answers"] == 1
+    assert llm["tokens"] == {"prompt": 120, "completion": 30}
+    assert llm["estimated_spend_usd"] > 0
+    assert llm["cascade"]["kept_local_share"] == 0.5
+    health = await (await client.get("/health")).json()
+    assert health["dependencies"]["llm"]["state"] == "ok"
+    prometheus = await (await client.get("/metrics")).text()
+    assert "gateway_llm_calls_total 1" in prometheus
+    assert "gateway_llm_breaker_state 0" in prometheus
+    assert 'gateway_llm_cascade_total{decision="kept_local"} 1' in prometheus
+
+
+async def test_stream_reports_the_fallback(make_client: MakeClient, upstream: aioresponses) -> None:
+    """On the stream too, the done event says the rules answered because the LLM failed."""
+    upstream.post(ENDPOINT, status=400, payload=ERROR, repeat=True)
+    client = await make_client(intent_classifier="llm", **LLM)
+    response = await client.post("/api/v1/enhanced/stream", json={"prompt": "animate this sunset"})
+    text = await response.text()
+    assert response.status == 200
+    assert '"fallback_used":true' in text and '"intent_source":"rules"' in text
+    assert upstream_calls(upstream) == 1  # a 400 is not retried
+
+
+async def test_breaker_is_shared_through_redis(make_client: MakeClient, upstream: aioresponses) -> None:
+    """Two instances on one Redis: once one opens the circuit, the other makes no calls."""
+    prefix = f"gw-test-{secrets.token_hex(6)}:"
+    upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)
+    shared = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix, **LLM}
+    first = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3, **shared)
+    second = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3, **shared)
+    try:
+        await process(first, "a cat playing in the garden")
+        assert upstream_calls(upstream) == 3
+        body = await process(second, "a cat playing in the garden")
+        assert body["fallback_used"] is True
+        assert upstream_calls(upstream) == 3
+        health = await (await second.get("/health")).json()
+        assert health["dependencies"]["llm"]["breaker"] == "open"
+        assert health["dependencies"]["llm"]["breaker_shared"] is True
+    finally:
+        redis = Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = [key async for key in redis.scan_iter(match=prefix + "*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
