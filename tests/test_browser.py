@@ -1,18 +1,21 @@
 """The web frontend in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-The gateway runs in the test's own event loop (aiohttp test server on a free port), so a
+The gateway runs in the tests' own event loop (aiohttp test server on a free port), so a
 test can hold a classification open and watch the page show the stages that came before.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import pytest
+import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
@@ -35,6 +38,9 @@ CHROMIUM_ARGS = [
 ]
 STAGES = ["context", "intent", "model", "prompt"]
 TIMEOUT_MS = 10_000
+
+# The browser is shared by the module, so its tests and fixtures share the module's event loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 class Browser:
@@ -71,31 +77,43 @@ class Browser:
 OpenBrowser = Callable[..., Awaitable[Browser]]
 
 
-@pytest.fixture
-async def open_browser(aiohttp_server: Any) -> AsyncIterator[OpenBrowser]:
-    """Start the real gateway and a headless Chromium page on it; no console errors allowed."""
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chromium() -> AsyncIterator[Any]:
+    """One headless Chromium for the module (a launch costs a second or more); pages are per test."""
     if shutil.which(CHROMIUM) is None:
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)")
     async with playwright_api.async_playwright() as pw:
         try:
-            chromium = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         except playwright_api.Error as exc:
             pytest.skip(f"Chromium cannot start here: {exc.message.splitlines()[0]}")
-        opened: list[Browser] = []
+        yield browser
+        await browser.close()
 
-        async def open_(
-            classifier: Classifier | None = None, *, width: int = 1100, **overrides: Any
-        ) -> Browser:
-            settings = msgspec.structs.replace(Settings.from_env({}), **overrides)
-            server: TestServer = await aiohttp_server(create_app(settings, classifier=classifier))
-            page = await chromium.new_page(viewport={"width": width, "height": 900})
-            page.set_default_timeout(TIMEOUT_MS)
-            browser = Browser(page, str(server.make_url("")).rstrip("/"))
-            opened.append(browser)
-            return browser
 
-        yield open_
-        await chromium.close()
+@pytest_asyncio.fixture(loop_scope="module")
+async def open_browser(chromium: Any) -> AsyncIterator[OpenBrowser]:
+    """Start the real gateway and a fresh browser context on it; no console errors allowed."""
+    servers: list[TestServer] = []
+    opened: list[Browser] = []
+
+    async def open_(classifier: Classifier | None = None, *, width: int = 1100, **overrides: Any) -> Browser:
+        settings = msgspec.structs.replace(Settings.from_env({}), **overrides)
+        server = TestServer(create_app(settings, classifier=classifier))
+        servers.append(server)
+        await server.start_server()
+        context = await chromium.new_context(viewport={"width": width, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        browser = Browser(page, str(server.make_url("")).rstrip("/"))
+        opened.append(browser)
+        return browser
+
+    yield open_
+    for browser in opened:
+        await browser.page.context.close()
+    for server in servers:
+        await server.close()
     for browser in opened:
         assert browser.console_errors == []
 
@@ -153,6 +171,38 @@ async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: Op
     await expect(page.locator("#g-stages > li")).to_have_count(0)
     assert browser.unexpected_failures((422, "/api/v1/enhanced/stream")) == []
     assert (422, "/api/v1/enhanced/stream") in browser.failed
+
+
+async def test_overload_and_rate_limit_are_shown_in_words(open_browser: OpenBrowser) -> None:
+    """An in-band `overloaded` event and a 429 with Retry-After each become a readable alert."""
+    gated = GatedClassifier(RulesClassifier())
+    browser = await open_browser(
+        gated,
+        max_concurrent_classifications=1,
+        classification_queue_timeout=0.1,
+        rate_limit_requests_per_minute=2,
+    )
+    holder, page = browser.page, await browser.page.context.new_page()
+    await browser.goto()
+    await holder.fill("#g-prompt", "a cat playing in the garden")
+    await holder.click("#g-submit")
+    await gated.entered.wait()  # the only classification slot is taken
+
+    await page.goto(browser.base_url + "/")
+    await page.fill("#g-prompt", "a dog on the beach")
+    await page.click("#g-submit")
+    alert = page.locator("#g-error")
+    await expect(alert).to_have_text(
+        "The request stopped: The gateway is overloaded right now; try again shortly. (overloaded)."
+    )
+    await expect(page.locator("#g-status")).to_have_text("The stream ended without a result.")
+    gated.gate.set()
+    await expect(holder.locator("#g-result")).to_be_visible()
+
+    await page.click("#g-submit")  # the third request this minute, over the limit of two
+    await expect(alert).to_have_text(re.compile(r"^Rate limit reached \(.+\)\. Try again in \d+ s\.$"))
+    assert browser.unexpected_failures() == []
+    await page.close()
 
 
 class ImageEverything:
@@ -217,6 +267,8 @@ async def test_dashboard_draws_its_charts_and_refreshes_by_itself(open_browser: 
     assert sum((await bar_values(page, "chart-hourly")).values()) == 2
     assert sum((await bar_values(page, "chart-cost")).values()) > 0
     assert set(await bar_values(page, "chart-rates")) == {"Fallback rate", "Cache-hit rate"}
+    latency = page.locator("#chart-latency svg[role=img]")
+    await expect(latency).to_have_attribute("aria-label", re.compile("server mean"))
     assert set(await bar_values(page, "chart-latency")) == set(STAGES)
 
     answer = await page.request.post(
@@ -227,24 +279,73 @@ async def test_dashboard_draws_its_charts_and_refreshes_by_itself(open_browser: 
     await expect(page.locator("#chart-mix rect.bar[data-label=image_generation]")).to_have_attribute(
         "data-value", "2"
     )
-    assert browser.unexpected_failures() == []
 
-
-async def test_without_prometheus_latency_is_the_median_of_this_tabs_streams(
-    open_browser: OpenBrowser,
-) -> None:
-    """No /metrics on the server: the latency chart uses the elapsed_ms of streams run here."""
-    browser = await open_browser()
-    page = browser.page
+    # Without the server's stage histogram (/metrics), latency is the median of this tab's streams.
     await page.route(f"{browser.base_url}/metrics", lambda route: route.fulfill(status=404))
-    await browser.goto()
-    await page.fill("#g-prompt", "a lighthouse at dusk")
-    await page.click("#g-submit")
-    await expect(page.locator("#g-status")).to_contain_text("Done in")
-    await browser.goto("#dashboard")
+    await page.click("#d-refresh")
     latency = page.locator("#chart-latency svg[role=img]")
     await expect(latency).to_have_attribute("aria-label", re.compile("median of streams run in this tab"))
     assert list(await bar_values(page, "chart-latency")) == STAGES
+    assert browser.unexpected_failures() == []
+
+
+INTENT_VIEW = {
+    "hours": 24,
+    "refreshed_at": None,
+    "buckets": [
+        {"classified_workflow": "hair_styling", "hour": "{h0}", "total_requests": 6, "avg_confidence": 0.9,
+         "avg_processing_time": 4.0, "fallback_count": 3, "cache_hits": 1, "rate_limited_count": 0},
+        {"classified_workflow": "image_generation", "hour": "{h1}", "total_requests": 2,
+         "avg_confidence": 0.8, "avg_processing_time": 3.0, "fallback_count": 1, "cache_hits": 1,
+         "rate_limited_count": 0},
+    ],
+}  # fmt: skip
+COST_VIEW = {
+    "days": 7,
+    "refreshed_at": None,
+    "buckets": [
+        {"user_id": "u1", "day": "{d0}", "total_generations": 3, "total_cost": None,
+         "avg_cost_per_generation": None, "successful_generations": 3, "total_estimated_cost": 0.5,
+         "avg_estimated_cost": 0.1},
+        {"user_id": "u2", "day": "{d0}", "total_generations": 1, "total_cost": None,
+         "avg_cost_per_generation": None, "successful_generations": 1, "total_estimated_cost": 0.25,
+         "avg_estimated_cost": 0.25},
+    ],
+}  # fmt: skip
+
+
+async def test_dashboard_reads_the_postgres_analytics_views_when_configured(
+    open_browser: OpenBrowser,
+) -> None:
+    """With Postgres up, the charts come from /analytics/intents and /analytics/costs rows."""
+    browser = await open_browser()
+    page = browser.page
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    stamps = {
+        "{h0}": now.isoformat(),
+        "{h1}": (now - timedelta(hours=1)).isoformat(),
+        "{d0}": now.replace(hour=0).isoformat(),
+    }
+
+    def body(view: dict[str, Any]) -> str:
+        text = json.dumps(view)
+        for placeholder, stamp in stamps.items():
+            text = text.replace(placeholder, stamp)
+        return text
+
+    # The analytics views belong to the Postgres issue; the page must read their rows as served.
+    health = {"status": "ok", "dependencies": {"postgres": {"state": "ok"}}}
+    await page.route(f"{browser.base_url}/health", lambda r: r.fulfill(json=health))
+    await page.route(
+        re.compile(r"/analytics/intents\?hours=24$"), lambda r: r.fulfill(body=body(INTENT_VIEW))
+    )
+    await page.route(re.compile(r"/analytics/costs\?days=7$"), lambda r: r.fulfill(body=body(COST_VIEW)))
+    await browser.goto("#dashboard")
+    await expect(page.locator("#d-source")).to_contain_text("Source: Postgres analytics")
+    assert await bar_values(page, "chart-mix") == {"hair_styling": 6.0, "image_generation": 2.0}
+    assert list((await bar_values(page, "chart-hourly")).values())[-2:] == [2.0, 6.0]
+    assert await bar_values(page, "chart-rates") == {"Fallback rate": 0.5, "Cache-hit rate": 0.25}
+    assert list((await bar_values(page, "chart-cost")).values())[-1] == 0.75
     assert browser.unexpected_failures() == []
 
 

@@ -137,7 +137,7 @@ export function describeError(error) {
       return field ? `${field}: ${error.message}` : `Invalid request: ${error.message}`;
     }
     case 429:
-      return `Rate limit reached: ${error.message}.${wait}`;
+      return `Rate limit reached (${error.message}).${wait}`;
     case 503:
       return `The gateway is overloaded right now.${wait}`;
     default:

@@ -119,6 +119,12 @@ function resultFacts(result, prompt) {
   ];
 }
 
+/** An `error` event without a stage ended the stream (overload after it started, say). */
+function inBandError(data) {
+  const what = data.code === "overloaded" ? "The gateway is overloaded right now; try again shortly." : data.message;
+  return `The request stopped: ${what} (${data.code}).`;
+}
+
 function showResult(data, prompt) {
   const fields = facts(resultFacts(data, prompt));
   $("#g-result-fields").replaceChildren(...fields.childNodes);
@@ -160,7 +166,7 @@ export function setupGenerate() {
           if (name !== "error") arrivals.push([name, data.elapsed_ms]);
           stages.append(stageCard(name, data));
           // A stage error is followed by its safe default; an error without a stage ends the stream.
-          if (name === "error" && !data.stage) say(alert, `The request stopped: ${data.message} (${data.code}).`);
+          if (name === "error" && !data.stage) say(alert, inBandError(data));
         }
       }
       if (!finished) say(status, "The stream ended without a result.");
