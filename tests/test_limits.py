@@ -195,3 +195,53 @@ async def test_refusals_and_cache_lookups_in_metrics(make_client: MakeClient) ->
     snapshot = await (await client.get("/api/v1/enhanced/metrics")).json()
     assert snapshot["rate_limits"]["refused_by_kind"] == {"minute": 1}
     assert (snapshot["intent_cache"]["hits"], snapshot["intent_cache"]["misses"]) == (1, 1)
+
+
+@needs_redis
+async def test_redis_cost_ledger_forgets_charges_older_than_an_hour(redis_server: RedisServer) -> None:
+    """The script subtracts charges that left the hour window from the running total."""
+    from gateway.config import Settings
+    from gateway.redis import open_redis
+
+    settings = Settings(redis_url=redis_server.url, redis_key_prefix=prefix())
+    async with open_redis(settings) as link:
+        assert link is not None
+        limiter = RedisRateLimiter(
+            link, Limits(requests_per_minute=0, requests_per_hour=0, cost_per_hour=1.0), fail_mode="open"
+        )
+        _, _, cost_log, spent = limiter.keys("ann")
+        seconds, micros = await link.client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        await link.client.zadd(cost_log, {"old-token:900000": now_ms - 3_600_001})
+        await link.client.set(spent, 900000)
+        await limiter.charge("ann", "new-token", 0.25)
+        await limiter.charge("ann", "new-token", 0.25)  # a retried charge counts once
+        decision = await limiter.admit("ann")
+        usage = await limiter.usage("ann")
+        assert await link.client.zcard(cost_log) == 1
+    assert decision.allowed and decision.remaining == pytest.approx(0.75)
+    assert usage.cost_last_hour == pytest.approx(0.25)
+
+
+async def test_hung_redis_costs_a_timeout_not_a_request(make_client: MakeClient) -> None:
+    """A Redis that accepts connections and never answers: requests still 200, health degraded."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = await make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.2)
+        for _ in range(3):
+            assert (await client.post(PROCESS, json={"prompt": "a red fox"})).status == 200
+        health = await (await client.get("/health")).json()
+        assert health["status"] == "degraded"
+        assert "Timeout" in health["dependencies"]["redis"]["error"]
+        assert client.app[LIMITER].stats()["failed_open"] == 3
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
