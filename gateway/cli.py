@@ -12,8 +12,9 @@ import msgspec
 from gateway import keyscli
 from gateway.classifiers import open_classifier
 from gateway.config import ClassifierName, ConfigError, Settings
-from pipeline.evaluation import evaluate, load_examples, render_report
+from gateway.llm import llm_usage
 from pipeline.classifiers.rules import RulesClassifier
+from pipeline.evaluation import evaluate, load_examples, render_report
 from pipeline.references import find_mentions
 from pipeline.types import ClassifierInput
 
@@ -83,8 +84,16 @@ async def _classify(settings: Settings, prompt: str, images: tuple[str, ...], *,
 
 async def _eval(settings: Settings, path: str, *, as_json: bool) -> int:
     examples = load_examples(path)
-    async with open_classifier(settings) as classifier:
+    usage = llm_usage(settings)
+    async with open_classifier(settings, usage=usage) as classifier:
         report = await evaluate(classifier, examples)
+    if usage.calls or usage.fallbacks:
+        # What the run cost, beside (not inside) the report: stdout's format is fixed.
+        sys.stderr.write(
+            f"llm: {usage.calls} calls, {usage.prompt_tokens}+{usage.completion_tokens} tokens, "
+            f"~${usage.spend_usd:.6f}, {usage.fallbacks} fallbacks, "
+            f"{usage.cascade_local} kept local / {usage.cascade_escalated} escalated\n"
+        )
     baseline = None
     if not as_json and classifier.name != "rules":
         baseline = await evaluate(RulesClassifier(), examples)

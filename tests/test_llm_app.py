@@ -73,6 +73,7 @@ async def test_cascade_pays_only_for_unsure_prompts(make_client: MakeClient, ups
     prometheus = await (await client.get("/metrics")).text()
     assert "gateway_llm_calls_total 1" in prometheus
     assert "gateway_llm_breaker_state 0" in prometheus
+    assert "gateway_llm_spend_usd_total" in prometheus
     assert 'gateway_llm_cascade_total{decision="kept_local"} 1' in prometheus
 
 
