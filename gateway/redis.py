@@ -115,6 +115,7 @@ class RedisConnection:
 
     def stats(self) -> dict[str, object]:
         return {
+            "configured": True,
             "available": self.available,
             "mode": "cluster" if self.cluster else "standalone",
             "failures": self.failures,
@@ -160,6 +161,11 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
             app[TRACING].instrument_redis(connection.client)
             app[METRICS].gauge(
                 "gateway.redis.available", lambda: int(connection.available), description="1: Redis answers"
+            )
+            app[METRICS].counter(
+                "gateway.redis.failures",
+                lambda: connection.failures,
+                description="Redis calls that found it unreachable or timed out",
             )
         yield
 

@@ -13,6 +13,7 @@ from gateway.appkeys import (
     IMAGE_URL_POLICY,
     INTENT_CACHE,
     LIMITER,
+    REDIS,
     SETTINGS,
     SLOTS,
     STAGE_INSTRUMENTS,
@@ -190,6 +191,8 @@ async def metrics_json(request: web.Request) -> web.Response:
     snapshot["classification_slots"] = {"limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting}
     snapshot["intent_cache"] = request.app[INTENT_CACHE].stats()
     snapshot["rate_limits"] = request.app[LIMITER].stats()
+    redis = request.app[REDIS]
+    snapshot["redis"] = redis.stats() if redis is not None else {"configured": False}
     snapshot["timeline"] = request.app[TIMELINE].snapshot()
     return json_response(snapshot)
 

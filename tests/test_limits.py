@@ -240,6 +240,8 @@ async def test_hung_redis_costs_a_timeout_not_a_request(make_client: MakeClient)
         assert health["status"] == "degraded"
         assert "Timeout" in health["dependencies"]["redis"]["error"]
         assert client.app[LIMITER].stats()["failed_open"] == 3
+        metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+        assert metrics["redis"]["available"] is False and metrics["redis"]["failures"] >= 1
     finally:
         for writer in held:
             writer.close()
