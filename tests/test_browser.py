@@ -151,10 +151,15 @@ async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_brow
     href = await trace.get_attribute("href") or ""
     assert re.fullmatch(r"/debug/traces/[0-9a-f]{32}", href)
     assert (await page.request.get(browser.base_url + href)).ok  # the trace of this very request
+    await result.get_by_role("button", name="Show trace here").click()
+    await expect(page.locator("#g-trace-note")).to_contain_text("spans")
+    spans = await bar_values(page, "g-trace")
+    assert {f"stage.{stage}" for stage in STAGES} <= set(spans)
     await expect(page.locator("#g-status")).to_contain_text("Done in")
     streams = [r for r in browser.requests if r.url.endswith("/api/v1/enhanced/stream")]
     assert streams[0].headers["authorization"] == "Bearer k-123"
-    assert browser.unexpected_failures() == []
+    # The page asks once more if the trace was still open when the button was pressed.
+    assert browser.unexpected_failures((404, href)) == []
 
 
 async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: OpenBrowser) -> None:

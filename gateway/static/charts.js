@@ -3,7 +3,7 @@
 
 import { svg } from "./dom.js";
 
-const WIDTH = 360;
+const WIDTH = 340;
 
 function frame(height, label, ...children) {
   return svg(
@@ -66,7 +66,7 @@ export function columnChart(points, { label, format = String }) {
 /** Labelled horizontal bars: rows = [{label, value, note?}]; max defaults to the largest value. */
 export function barList(rows, { label, format = String, max }) {
   if (!rows.length) return empty(label);
-  const rowHeight = 34;
+  const rowHeight = 38;
   const height = rows.length * rowHeight + 6;
   const scale = max ?? Math.max(...rows.map((r) => r.value), 0);
   const barWidth = WIDTH - 16;
@@ -77,14 +77,14 @@ export function barList(rows, { label, format = String, max }) {
     return svg(
       "g",
       {},
-      svg("text", { x: 8, y: y + 12, class: "bar-label" }, text),
-      svg("rect", { class: "track", x: 8, y: y + 17, width: barWidth, height: 10, rx: 2 }),
+      svg("text", { x: 8, y: y + 14, class: "bar-label" }, text),
+      svg("rect", { class: "track", x: 8, y: y + 20, width: barWidth, height: 10, rx: 2 }),
       svg(
         "rect",
         {
           class: "bar",
           x: 8,
-          y: y + 17,
+          y: y + 20,
           width: width.toFixed(1),
           height: 10,
           rx: 2,
@@ -97,4 +97,40 @@ export function barList(rows, { label, format = String, max }) {
   });
   const summary = rows.map((r) => `${r.label} ${format(r.value)}`).join(", ");
   return frame(height, `${label}: ${summary}`, ...items);
+}
+
+/** A trace's spans as a waterfall: spans = [{name, offset_ms, duration_ms, depth}], in start order. */
+export function waterfall(spans, { label, format = String }) {
+  if (!spans.length) return empty(label);
+  const rowHeight = 36;
+  const height = spans.length * rowHeight + 6;
+  const end = Math.max(...spans.map((s) => s.offset_ms + s.duration_ms), 0.001);
+  const span = WIDTH - 16;
+  const rows = spans.map((s, i) => {
+    const y = i * rowHeight + 4;
+    const x = 8 + (s.offset_ms / end) * span;
+    const width = Math.max(1, (s.duration_ms / end) * span);
+    const text = `${s.name}: ${format(s.duration_ms)}`;
+    const detail = `${text}, starting at +${format(s.offset_ms)}`;
+    return svg(
+      "g",
+      {},
+      svg("text", { x: 8 + s.depth * 10, y: y + 13, class: "bar-label" }, text),
+      svg(
+        "rect",
+        {
+          class: s.error ? "bar bar-error" : "bar",
+          x: x.toFixed(1),
+          y: y + 19,
+          width: width.toFixed(1),
+          height: 10,
+          rx: 2,
+          "data-label": s.name,
+          "data-value": s.duration_ms,
+        },
+        svg("title", {}, detail),
+      ),
+    );
+  });
+  return frame(height, `${label}: ${spans.length} spans over ${format(end)}`, ...rows);
 }

@@ -23,8 +23,8 @@ function row(label, ai, existing) {
     "tr",
     { class: differs ? "differs" : null },
     h("th", { scope: "row" }, label, differs ? h("span", { class: "badge" }, "differs") : null),
-    h("td", {}, ai),
-    h("td", {}, existing),
+    h("td", { "data-label": "AI" }, ai),
+    h("td", { "data-label": "Existing rules" }, existing),
   );
 }
 

@@ -1,6 +1,7 @@
 // Generate: stream one request and show each stage as its event arrives, then the result.
 
-import { describeError, requestBody, streamEvents } from "./api.js";
+import { describeError, getJSON, requestBody, streamEvents } from "./api.js";
+import { waterfall } from "./charts.js";
 import { $, formatCost, formatMs, h, markField, percent, say } from "./dom.js";
 import { recordRun } from "./latency.js";
 
@@ -115,8 +116,62 @@ function resultFacts(result, prompt) {
     ["References", referenceList(result.references)],
     ["Fallback used", result.fallback_used ? "yes: a stage failed and a safe default was used" : "no"],
     ["Processing time", formatMs(result.processing_time * 1000)],
-    ["Trace", h("a", { href: `/debug/traces/${encodeURIComponent(result.trace_id)}` }, result.trace_id)],
+    ["Trace", traceLinks(result.trace_id)],
   ];
+}
+
+/** The trace page link, and a button that draws it here (a link cannot send the API key). */
+function traceLinks(traceId) {
+  const button = h("button", { type: "button", class: "secondary small", "aria-controls": "g-trace" }, "Show trace here");
+  button.addEventListener("click", () => showTrace(traceId));
+  return h("span", { class: "trace-links" }, h("a", { href: `/debug/traces/${encodeURIComponent(traceId)}` }, traceId), " ", button);
+}
+
+/** Parents before children, each with its depth, in start order among siblings. */
+function spanTree(spans) {
+  const children = new Map();
+  for (const span of spans) {
+    const siblings = children.get(span.parent_span_id) || [];
+    siblings.push(span);
+    children.set(span.parent_span_id, siblings);
+  }
+  const ids = new Set(spans.map((span) => span.span_id));
+  const roots = spans.filter((span) => !ids.has(span.parent_span_id));
+  const ordered = [];
+  const visit = (span, depth) => {
+    ordered.push({ name: span.name, offset_ms: span.offset_ms, duration_ms: span.duration_ms, depth, error: span.status === "ERROR" });
+    for (const child of (children.get(span.span_id) || []).sort((a, b) => a.offset_ms - b.offset_ms)) visit(child, depth + 1);
+  };
+  for (const root of roots.sort((a, b) => a.offset_ms - b.offset_ms)) visit(root, 0);
+  return ordered;
+}
+
+/** The trace's JSON; a stream's trace closes just after its `done` event, so a 404 is retried once. */
+async function fetchTrace(traceId) {
+  const path = `/debug/traces/${encodeURIComponent(traceId)}`;
+  try {
+    return await getJSON(path);
+  } catch (error) {
+    if (error.status !== 404) throw error;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    return getJSON(path);
+  }
+}
+
+async function showTrace(traceId) {
+  const section = $("#g-trace");
+  const note = $("#g-trace-note");
+  section.hidden = false;
+  say(note, "Loading the trace…");
+  try {
+    const trace = await fetchTrace(traceId);
+    $("#g-trace .plot").replaceChildren(waterfall(spanTree(trace.spans || []), { label: `Trace ${traceId}`, format: formatMs }));
+    say(note, `${trace.root}: ${trace.span_count} spans, ${formatMs(trace.duration_ms)}.`);
+  } catch (error) {
+    $("#g-trace .plot").replaceChildren();
+    const missing = error.status === 404 ? "The trace is not in the gateway's buffer (evicted, unsampled or still open)." : describeError(error);
+    say(note, missing);
+  }
 }
 
 /** An `error` event without a stage ended the stream (overload after it started, say). */
@@ -151,6 +206,7 @@ export function setupGenerate() {
     say(alert, "");
     stages.replaceChildren();
     result.hidden = true;
+    $("#g-trace").hidden = true;
     say(status, "Streaming…");
     stop.disabled = false;
     const arrivals = []; // [stage, elapsed_ms], for the dashboard's latency view
