@@ -50,6 +50,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
+        """Start (or start again, on the same port) and wait until it answers PING."""
         assert REDIS_SERVER is not None
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -57,7 +58,11 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._wait_until_answering()
+        try:
+            self._wait_until_answering()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -101,17 +106,21 @@ class RedisClusterServers:
 
     def start(self) -> RedisClusterServers:
         assert REDIS_CLI is not None
-        for server in self.servers:
-            server.start()
-        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-        )
-        self._wait_until_ok()
+        try:
+            for server in self.servers:
+                server.start()
+            addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+            subprocess.run(
+                [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
+            self._wait_until_ok()
+        except BaseException:
+            self.cleanup()  # no redis-server outlives a failed start
+            raise
         return self
 
     def _wait_until_ok(self, timeout: float = 20.0) -> None:
