@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.analytics.service import postgres_ctx
 from gateway.appkeys import (
     CATALOG,
     CLASSIFIER,
@@ -93,6 +94,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app.cleanup_ctx.append(limiter_ctx)
     app.cleanup_ctx.append(classifier_ctx)
     app.cleanup_ctx.append(reference_search_ctx)
+    app.cleanup_ctx.append(postgres_ctx)  # before the stages: it may replace app[REFERENCES]
     app.cleanup_ctx.append(stages_ctx)
     app.on_shutdown.append(stop_streams)
     add_routes(app)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from gateway.analytics.views import Analytics
+from gateway.analytics.writer import LogWriter
 from gateway.apikeys import Authenticator
 from gateway.config import Settings
 from gateway.sse import EventStream
@@ -22,7 +24,7 @@ from pipeline.catalog import Catalog
 from pipeline.limits import Admission, RateLimiter
 from pipeline.llm_usage import LLMUsage
 from pipeline.protocols import Classifier, Stage
-from pipeline.references import MemoryReferenceStore
+from pipeline.references import UserTagStore
 from pipeline.search.lookup import ReferenceLookup
 from pipeline.slots import ClassificationSlots
 
@@ -40,7 +42,10 @@ TIMELINE = web.AppKey("timeline", Timeline)  # hourly/daily buckets for the dash
 CLASSIFIER = web.AppKey("classifier", Classifier)
 CATALOG = web.AppKey("catalog", Catalog)
 SLOTS = web.AppKey("slots", ClassificationSlots)
-REFERENCES = web.AppKey("references", MemoryReferenceStore)
+REFERENCES = web.AppKey("references", UserTagStore)
+# Set only with DATABASE_URL: the request log writer and the analytics views.
+REQUEST_LOG = web.AppKey("request_log", LogWriter)
+ANALYTICS = web.AppKey("analytics", Analytics)
 STAGES = web.AppKey("stages", tuple[Stage, ...])
 # Present only when an image search provider is configured.
 REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+import asyncpg
 import msgspec
 
 from gateway import keyscli
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     evaluate_cmd.add_argument("--json", action="store_true", help="one JSON object on the last line")
 
     keyscli.add_parser(commands)
+    commands.add_parser("migrate", help="apply the Postgres migrations (needs DATABASE_URL)")
 
     args = parser.parse_args(argv)
     try:
@@ -63,9 +65,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
     if args.command == "keys":
         return asyncio.run(keyscli.run(settings, args))
+    if args.command == "migrate":
+        if not settings.database_url:
+            parser.error("migrate needs DATABASE_URL")
+        return asyncio.run(_migrate(settings.database_url))
     if args.command == "classify":
         return asyncio.run(_classify(settings, args.prompt, tuple(args.image), as_json=args.json))
     return asyncio.run(_eval(settings, args.file, as_json=args.json))
+
+
+async def _migrate(url: str) -> int:
+    from gateway.analytics.schema import migrate
+
+    conn = await asyncpg.connect(url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    sys.stdout.write("".join(f"applied {name}\n" for name in applied) or "schema is up to date\n")
+    return 0
 
 
 async def _classify(settings: Settings, prompt: str, images: tuple[str, ...], *, as_json: bool) -> int:

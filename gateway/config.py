@@ -62,6 +62,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Postgres analytics (unset: no logging to a database)
     database_url: str | None = None
+    database_migrate_on_start: bool = True
+    analytics_refresh_seconds: float = 60.0
+    log_prompts: Literal["full", "hash", "none"] = "full"
+    analytics_spill_path: str = "var/analytics-spill.jsonl"
+    analytics_buffer_rows: int = 10_000  # rows held in memory while Postgres is away; beyond: spill
+    analytics_batch_rows: int = 500
+    analytics_flush_seconds: float = 0.25
 
     # Reference search (auto: SearXNG when SEARXNG_URL is set, else Brave with a key, else off)
     reference_search_provider: SearchProviderName = "auto"
@@ -130,6 +137,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
         if self.gateway_jwt_secret is not None and len(self.gateway_jwt_secret.encode()) < 32:
             raise ConfigError("GATEWAY_JWT_SECRET must be at least 32 bytes (HS256, RFC 7518 3.2)")
+        if not 1 <= self.analytics_batch_rows <= self.analytics_buffer_rows:
+            raise ConfigError("ANALYTICS_BATCH_ROWS must be 1..ANALYTICS_BUFFER_ROWS")
         if self.intent_classifier in ("llm", "cascade") and not (
             self.openai_api_key or self.openai_base_url
         ):

@@ -115,6 +115,18 @@ class RateLimitUnavailable(ServiceOverloaded):
     code = "rate_limit_unavailable"
 
 
+class AnalyticsNotConfigured(GatewayError):
+    """No DATABASE_URL: the analytics endpoints have nothing to read."""
+
+    status = 503
+    code = "analytics_not_configured"
+
+
+class DatabaseUnavailable(GatewayError):
+    status = 503
+    code = "database_unavailable"
+
+
 def as_gateway_error(exc: PipelineError) -> GatewayError:
     """Pipeline errors that end a request, in HTTP terms."""
     if isinstance(exc, Overloaded):

@@ -8,12 +8,14 @@ import logging
 import msgspec
 from aiohttp import web
 
+from gateway.analytics import handlers as analytics
 from gateway.appkeys import (
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
     INTENT_CACHE,
     LIMITER,
     REDIS,
+    REQUEST_LOG,
     SETTINGS,
     SLOTS,
     STAGE_INSTRUMENTS,
@@ -71,7 +73,7 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
     ):
         if name == "done":
             assert isinstance(event, ProcessResult)
-            record_result(request, event)
+            record_result(request, preq, event)
             return event
         if isinstance(event, ModelEvent):
             await charge_cost(request, event.estimated_cost)
@@ -80,7 +82,7 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
     raise AssertionError("pipeline ended without a done event")
 
 
-def record_result(request: web.Request, result: ProcessResult) -> None:
+def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:
     request.app[STATS].record_result(
         source=result.intent_source.value,
         arm=result.metadata.arm,
@@ -95,6 +97,8 @@ def record_result(request: web.Request, result: ProcessResult) -> None:
         fallback_used=result.fallback_used,
         cache_hit=result.cache_hit,
     )
+    if (request_log := request.app.get(REQUEST_LOG)) is not None:
+        request_log.record(preq, result, route=request.path.rsplit("/", 1)[-1])
 
 
 async def process(request: web.Request) -> web.Response:
@@ -130,7 +134,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                 async for name, event in events:
                     if name == "done":
                         assert isinstance(event, ProcessResult)
-                        record_result(request, event)
+                        record_result(request, preq, event)
                     elif isinstance(event, ModelEvent):
                         await charge_cost(request, event.estimated_cost)
                     elif isinstance(event, ErrorEvent):
@@ -194,6 +198,8 @@ async def metrics_json(request: web.Request) -> web.Response:
     redis = request.app[REDIS]
     snapshot["redis"] = redis.stats() if redis is not None else {"configured": False}
     snapshot["timeline"] = request.app[TIMELINE].snapshot()
+    if (request_log := request.app.get(REQUEST_LOG)) is not None:
+        snapshot["request_log"] = request_log.snapshot()
     return json_response(snapshot)
 
 
@@ -218,6 +224,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/enhanced/compare", compare)
     app.router.add_get("/api/v1/enhanced/metrics", metrics_json)
     app.router.add_get("/api/v1/enhanced/usage", usage)
+    app.router.add_get("/api/v1/enhanced/analytics/intents", analytics.intent_analytics)
+    app.router.add_get("/api/v1/enhanced/analytics/costs", analytics.cost_analytics)
+    app.router.add_post("/api/v1/references", analytics.save_reference)
+    app.router.add_get("/api/v1/references", analytics.list_references)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus_metrics)
     add_debug_routes(app)  # /debug/*: operator-only

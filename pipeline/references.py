@@ -22,6 +22,14 @@ class ReferenceStore(Protocol):
         ...
 
 
+class UserTagStore(ReferenceStore, Protocol):
+    """Where users save their tags: memory by default, Postgres with DATABASE_URL."""
+
+    async def save(self, user_id: str, tag: str, image_url: str) -> None: ...
+
+    async def list(self, user_id: str) -> dict[str, str]: ...
+
+
 class MemoryReferenceStore:
     """Per-process tags: the default when no database is configured."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -15,6 +15,8 @@ from gateway.app import create_app
 from gateway.config import Settings
 from pipeline.protocols import Classifier
 from tests.upstream import mock_upstream
+from tests.pg import SERVER as PG_SERVER
+from tests.pg import fresh_database
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -75,3 +77,14 @@ def upstream() -> Iterator[aioresponses]:
     """The outside world (LLM, search providers): mocked; the test server itself passes through."""
     with mock_upstream() as mocked:
         yield mocked
+
+
+@pytest.fixture
+async def postgres_db() -> AsyncIterator[str]:
+    """A fresh database on the machine's PostgreSQL for this test; yields its URL.
+
+    List it before `make_client` in a test's arguments, so the gateway stops (and flushes its
+    log) before the database is dropped.
+    """
+    async with fresh_database() as name:
+        yield f"{PG_SERVER}/{name}"

@@ -1,0 +1,1 @@
+"""Postgres: request logs, analytics views and user @tag references (asyncpg)."""

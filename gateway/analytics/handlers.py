@@ -1,0 +1,116 @@
+"""HTTP: the analytics endpoints (from the views) and the user's @tag references."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+import msgspec
+from aiohttp import web
+
+from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
+from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
+from gateway.errors import AnalyticsNotConfigured, MalformedJSON, UnsupportedMediaType, ValidationFailed
+from gateway.wire import check_image_url
+
+# The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(payload: object, *, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(payload), status=status, content_type="application/json")
+
+
+class IntentReport(msgspec.Struct, kw_only=True):
+    hours: int
+    refreshed_at: datetime | None  # the views lag the logs by up to ANALYTICS_REFRESH_SECONDS
+    buckets: list[IntentBucket]
+
+
+class CostReport(msgspec.Struct, kw_only=True):
+    days: int
+    refreshed_at: datetime | None
+    buckets: list[CostBucket]
+
+
+def _analytics(request: web.Request) -> Analytics:
+    analytics = request.app.get(ANALYTICS)
+    if analytics is None:
+        raise AnalyticsNotConfigured("analytics is not configured: set DATABASE_URL")
+    return analytics
+
+
+def _int_query(request: web.Request, name: str, *, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise ValidationFailed(f"{name} must be a whole number from 1 to {high}", field=name)
+    return int(raw)
+
+
+async def intent_analytics(request: web.Request) -> web.Response:
+    """GET /api/v1/enhanced/analytics/intents?hours=N: per workflow and hour."""
+    analytics = _analytics(request)
+    hours = _int_query(request, "hours", default=24, high=MAX_HOURS)
+    buckets = await analytics.intents(hours)
+    return _json(IntentReport(hours=hours, refreshed_at=analytics.refreshed_at, buckets=buckets))
+
+
+async def cost_analytics(request: web.Request) -> web.Response:
+    """GET /api/v1/enhanced/analytics/costs?days=N: per user and day."""
+    analytics = _analytics(request)
+    days = _int_query(request, "days", default=7, high=MAX_DAYS)
+    buckets = await analytics.costs(days)
+    return _json(CostReport(days=days, refreshed_at=analytics.refreshed_at, buckets=buckets))
+
+
+class ReferenceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tag: str
+    image_url: str
+
+
+class UserReference(msgspec.Struct, kw_only=True):
+    tag: str
+    image_url: str
+
+
+class ReferenceList(msgspec.Struct, kw_only=True):
+    references: list[UserReference]
+
+
+_reference_decoder = msgspec.json.Decoder(ReferenceBody)
+
+
+def _decode_reference(request: web.Request, raw: bytes) -> UserReference:
+    """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(f"send Content-Type: application/json, not {request.content_type!r}")
+    try:
+        body = _reference_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    tag = body.tag.strip().removeprefix("@").lower()
+    if not _TAG.match(tag) or tag.endswith("."):
+        raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")
+    url = body.image_url.strip()
+    check_image_url(url, field="image_url", policy=request.app[IMAGE_URL_POLICY])
+    return UserReference(tag=tag, image_url=url)
+
+
+async def save_reference(request: web.Request) -> web.Response:
+    """POST /api/v1/references {tag, image_url}: save (or replace) one of the caller's @tags."""
+    ref = _decode_reference(request, await request.read())
+    await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url)
+    return _json(ref, status=201)
+
+
+async def list_references(request: web.Request) -> web.Response:
+    """GET /api/v1/references: the caller's @tags."""
+    saved = await request.app[REFERENCES].list(request[USER_ID])
+    references = [UserReference(tag=t, image_url=u) for t, u in sorted(saved.items())]
+    return _json(ReferenceList(references=references))

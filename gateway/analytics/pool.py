@@ -1,0 +1,54 @@
+"""The asyncpg pool, and Postgres failures as the gateway's own error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from gateway.errors import DatabaseUnavailable
+
+CONNECT_TIMEOUT = 2.0  # seconds: an unreachable database is noticed quickly
+QUERY_TIMEOUT = 2.0  # reads on the request path (references, analytics endpoints)
+
+
+async def create_pool(url: str) -> asyncpg.Pool:
+    # min_size=0: creating the pool connects to nothing, so a database that is down at
+    # start-up delays nothing; connections open on first use and after a network cut.
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=0,
+        max_size=4,
+        timeout=CONNECT_TIMEOUT,
+        command_timeout=30.0,
+        max_inactive_connection_lifetime=60.0,
+    )
+    assert pool is not None
+    return pool
+
+
+async def close_pool(pool: asyncpg.Pool, grace: float = 5.0) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), grace)
+    except TimeoutError:
+        pool.terminate()
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The database cannot be reached (yet): worth waiting for, unlike a failing statement."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state.startswith("08") or state in ("57P01", "57P02", "57P03", "3D000")
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+
+
+@contextlib.asynccontextmanager
+async def database_errors(what: str, seconds: float = QUERY_TIMEOUT) -> AsyncIterator[None]:
+    """Bound a read on the request path and turn driver failures into DatabaseUnavailable."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot {what}: the database is unavailable") from exc

@@ -1,0 +1,103 @@
+"""One log entry per finished request, and its rows in the two log tables."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+from pipeline.events import ProcessResult
+from pipeline.types import PipelineRequest
+
+LogPrompts = Literal["full", "hash", "none"]
+Route = Literal["process", "stream", "compare"]
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """What the gateway knows when a request finishes; also the spill file's line format."""
+
+    request_id: uuid.UUID  # with created_at, the key that makes a second write a no-op
+    created_at: datetime
+    user_id: str
+    trace_id: str
+    prompt: str | None
+    prompt_sha256: str | None
+    route: str | None
+    classified_workflow: str
+    confidence: float
+    processing_time_ms: int
+    used_fallback: bool
+    cache_hit: bool
+    rate_limited: bool
+    intent_source: str | None
+    arm: str | None
+    selected_model: str
+    fallback_models: list[str]
+    estimated_cost: float | None
+    estimated_time: int | None
+    success: bool
+    circuit_breaker_state: str | None = None
+    error_message: str | None = None
+
+
+def log_entry(preq: PipelineRequest, result: ProcessResult, *, prompts: LogPrompts, route: str) -> LogEntry:
+    text, digest = prompt_columns(preq.prompt, prompts)
+    return LogEntry(
+        request_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        user_id=preq.user_id,
+        trace_id=preq.trace_id,
+        prompt=text,
+        prompt_sha256=digest,
+        route=route,
+        classified_workflow=result.workflow_type.value,
+        confidence=result.intent_confidence,
+        processing_time_ms=round(result.processing_time * 1000),
+        used_fallback=result.fallback_used,
+        cache_hit=result.cache_hit,
+        rate_limited=False,
+        intent_source=result.intent_source.value,
+        arm=result.metadata.arm,
+        selected_model=result.model_selection.model_id,
+        fallback_models=list(result.model_selection.fallback_models),
+        estimated_cost=result.estimated_cost,
+        estimated_time=result.estimated_time,
+        success=result.success,
+    )
+
+
+def prompt_columns(prompt: str, policy: LogPrompts) -> tuple[str | None, str | None]:
+    """(prompt, prompt_sha256) as LOG_PROMPTS allows: both, the digest only, or neither."""
+    if policy == "none":
+        return None, None
+    digest = hashlib.sha256(prompt.encode()).hexdigest()
+    return (prompt if policy == "full" else None), digest
+
+
+INTENT_COLUMNS = (
+    "request_id", "created_at", "user_id", "trace_id", "prompt", "prompt_sha256", "route",
+    "classified_workflow", "confidence", "processing_time_ms", "used_fallback", "cache_hit",
+    "circuit_breaker_state", "rate_limited", "intent_source", "arm",
+)
+MODEL_COLUMNS = (
+    "request_id", "created_at", "user_id", "trace_id", "workflow_type", "selected_model",
+    "fallback_models", "estimated_cost", "estimated_time", "success", "error_message", "arm",
+)
+
+
+def intent_record(e: LogEntry) -> tuple[object, ...]:
+    return (
+        e.request_id, e.created_at, e.user_id, e.trace_id, e.prompt, e.prompt_sha256, e.route,
+        e.classified_workflow, e.confidence, e.processing_time_ms, e.used_fallback, e.cache_hit,
+        e.circuit_breaker_state, e.rate_limited, e.intent_source, e.arm,
+    )
+
+
+def model_record(e: LogEntry) -> tuple[object, ...]:
+    return (
+        e.request_id, e.created_at, e.user_id, e.trace_id, e.classified_workflow, e.selected_model,
+        e.fallback_models, e.estimated_cost, e.estimated_time, e.success, e.error_message, e.arm,
+    )

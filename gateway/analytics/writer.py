@@ -1,0 +1,296 @@
+"""The background log writer: requests only enqueue; one task copies batches into Postgres.
+
+Durability: a batch is written in one transaction (staged with COPY, then inserted with
+ON CONFLICT DO NOTHING on its request ids), so a COPY that fails halfway leaves nothing and a
+batch written twice (commit acknowledged too late, spill replayed again) is stored once.
+While Postgres is unreachable rows wait in memory up to `buffer_rows`; the rest go to a JSONL
+spill file, replayed once Postgres answers again. On shutdown what is left is written or spilled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+from gateway.analytics.rows import (
+    INTENT_COLUMNS,
+    MODEL_COLUMNS,
+    LogEntry,
+    LogPrompts,
+    intent_record,
+    log_entry,
+    model_record,
+)
+from pipeline.events import ProcessResult
+from pipeline.types import PipelineRequest
+
+log = logging.getLogger(__name__)
+
+_STAGE_INTENT = "_gw_intent_log_stage_v1"
+_STAGE_MODEL = "_gw_model_log_stage_v1"
+# Per connection and emptied at each commit, so a batch never sees another's rows.
+_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS {_STAGE_INTENT} ON COMMIT DELETE ROWS AS
+    SELECT {", ".join(INTENT_COLUMNS)} FROM intent_classification_logs WITH NO DATA;
+CREATE TEMP TABLE IF NOT EXISTS {_STAGE_MODEL} ON COMMIT DELETE ROWS AS
+    SELECT {", ".join(MODEL_COLUMNS)} FROM model_selection_logs WITH NO DATA;
+"""
+_INSERT_INTENT = (
+    f"INSERT INTO intent_classification_logs ({', '.join(INTENT_COLUMNS)}) "
+    f"SELECT {', '.join(INTENT_COLUMNS)} FROM {_STAGE_INTENT} ON CONFLICT DO NOTHING"
+)
+_INSERT_MODEL = (
+    f"INSERT INTO model_selection_logs ({', '.join(MODEL_COLUMNS)}) "
+    f"SELECT {', '.join(MODEL_COLUMNS)} FROM {_STAGE_MODEL} ON CONFLICT DO NOTHING"
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """False only for rows Postgres will never accept (data or integrity errors, SQLSTATE 22/23).
+
+    Anything else (unreachable, restarting, schema not migrated yet, credentials) may pass with
+    time, so the rows wait rather than being set aside.
+    """
+    if isinstance(exc, asyncpg.PostgresError):
+        return not (exc.sqlstate or "").startswith(("22", "23"))
+    if isinstance(exc, asyncpg.DataError):  # the driver could not encode a value
+        return False
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+
+
+class WriterStats(msgspec.Struct, kw_only=True):
+    enqueued: int = 0
+    written: int = 0  # rows stored, once each
+    duplicates: int = 0  # rows already stored, skipped on a repeated write
+    spilled: int = 0  # rows moved to the spill file
+    replayed: int = 0  # spilled rows read back and written
+    rejected: int = 0  # rows Postgres refused outright, kept in the .rejected file
+    dropped: int = 0  # rows lost: the spill file could not be written
+    failed_writes: int = 0
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(LogEntry).decode
+
+
+class LogWriter:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        spill_path: Path,
+        prompts: LogPrompts = "full",
+        batch_rows: int = 500,
+        flush_seconds: float = 0.25,
+        buffer_rows: int = 10_000,
+        write_timeout: float = 5.0,
+        max_backoff: float = 5.0,
+    ) -> None:
+        self._pool = pool
+        self.spill_path = spill_path
+        self.prompts = prompts
+        self.batch_rows = batch_rows
+        self.flush_seconds = flush_seconds
+        self.buffer_rows = buffer_rows
+        self.write_timeout = write_timeout
+        self.max_backoff = max_backoff
+        self.stats = WriterStats()
+        self.connected: bool | None = None  # None until the first write
+        self._pending: deque[LogEntry] = deque()
+        self._inflight: list[LogEntry] = []  # the batch being written, kept until committed
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._spill_waiting = True  # a previous run may have left a spill file
+
+    # The request path: O(1), never waits.
+    def record(self, preq: PipelineRequest, result: ProcessResult, *, route: str) -> None:
+        self.enqueue(log_entry(preq, result, prompts=self.prompts, route=route))
+
+    def enqueue(self, entry: LogEntry) -> None:
+        self._pending.append(entry)
+        self.stats.enqueued += 1
+        if len(self._pending) >= self.batch_rows or self.buffered > self.buffer_rows:
+            self._wake.set()
+
+    @property
+    def buffered(self) -> int:
+        return len(self._pending) + len(self._inflight)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            **msgspec.structs.asdict(self.stats),
+            "buffered": self.buffered,
+            "spill_pending": self._spill_waiting,
+            "connected": self.connected,
+        }
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="analytics-log-writer")
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop the task, write what is buffered within `grace` seconds, spill the rest."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            async with asyncio.timeout(grace):
+                await self._drain()
+        except TimeoutError:
+            pass
+        left = [*self._inflight, *self._pending]
+        self._inflight.clear()
+        self._pending.clear()
+        if left:
+            await self._spill(left)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            delay = self._backoff(failures) if failures else self.flush_seconds
+            await self._sleep(delay, wake_on_batch=not failures)
+            try:
+                ok = await self._drain() and await self._replay()
+            except Exception:  # a bug here must not stop logging for good
+                log.exception("log writer failed")
+                ok = False
+            failures = 0 if ok else failures + 1
+
+    def _backoff(self, failures: int) -> float:
+        return min(self.max_backoff, 0.2 * 2.0 ** (failures - 1)) * random.uniform(0.8, 1.2)
+
+    async def _sleep(self, seconds: float, *, wake_on_batch: bool) -> None:
+        """Wait `seconds`, spilling overflow as it comes; end early on a full batch if asked."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            if self._overflow() > 0:
+                await self._spill_overflow()
+                continue
+            if wake_on_batch and len(self._pending) >= self.batch_rows:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._wake.wait()
+
+    async def _drain(self) -> bool:
+        """Write every buffered row; False when Postgres is unreachable (rows kept)."""
+        while self._inflight or self._pending:
+            if not self._inflight:
+                count = min(self.batch_rows, len(self._pending))
+                self._inflight = [self._pending.popleft() for _ in range(count)]
+            if not await self._write_batch(self._inflight):
+                return False
+            self._inflight = []
+        return True
+
+    async def _write_batch(self, batch: list[LogEntry]) -> bool:
+        """True once the batch is stored (or set aside as rejected); False to retry later."""
+        try:
+            inserted = await self._write(batch)
+        except Exception as exc:
+            if not is_transient(exc):
+                log.error("postgres refused %d log rows: %r", len(batch), exc)
+                self.stats.rejected += len(batch)
+                await self._append(self._rejected_path(), batch)
+                return True
+            self.stats.failed_writes += 1
+            if self.connected is not False:
+                log.warning("postgres unreachable, buffering log rows: %r", exc)
+            self.connected = False
+            return False
+        if self.connected is False:
+            log.info("postgres reachable again, %d rows buffered", self.buffered)
+        self.connected = True
+        self.stats.written += inserted
+        self.stats.duplicates += len(batch) - inserted
+        return True
+
+    async def _write(self, batch: list[LogEntry]) -> int:
+        async with asyncio.timeout(self.write_timeout):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(_STAGE)
+                await conn.copy_records_to_table(
+                    _STAGE_INTENT, records=[intent_record(e) for e in batch], columns=INTENT_COLUMNS
+                )
+                await conn.copy_records_to_table(
+                    _STAGE_MODEL, records=[model_record(e) for e in batch], columns=MODEL_COLUMNS
+                )
+                status = await conn.execute(_INSERT_INTENT)
+                await conn.execute(_INSERT_MODEL)
+        return int(status.rsplit(" ", 1)[-1])
+
+    # Spill file: JSONL, one LogEntry a line.
+    def _overflow(self) -> int:
+        return min(self.buffered - self.buffer_rows, len(self._pending))
+
+    async def _spill_overflow(self) -> None:
+        if (excess := self._overflow()) > 0:
+            newest = [self._pending.pop() for _ in range(excess)]
+            newest.reverse()
+            await self._spill(newest)
+
+    async def _spill(self, entries: list[LogEntry]) -> None:
+        if await self._append(self.spill_path, entries):
+            self.stats.spilled += len(entries)
+            self._spill_waiting = True
+        else:
+            self.stats.dropped += len(entries)
+
+    async def _append(self, path: Path, entries: list[LogEntry]) -> bool:
+        data = b"".join(_encode(e) + b"\n" for e in entries)
+        try:
+            await asyncio.to_thread(_append_durably, path, data)
+        except OSError:
+            log.exception("cannot write %d log rows to %s: they are lost", len(entries), path)
+            return False
+        return True
+
+    def _rejected_path(self) -> Path:
+        return self.spill_path.with_name(self.spill_path.name + ".rejected")
+
+    async def _replay(self) -> bool:
+        """Write spilled rows back; False (files kept) when Postgres fails midway."""
+        if not self._spill_waiting:
+            return True
+        if self.spill_path.exists():
+            # New spills go to a fresh file while this one is read back.
+            self.spill_path.rename(self.spill_path.with_name(f"{self.spill_path.name}.{time.time_ns()}.replay"))
+        for path in sorted(self.spill_path.parent.glob(f"{self.spill_path.name}.*.replay")):
+            entries = await asyncio.to_thread(_read_entries, path)
+            for start in range(0, len(entries), self.batch_rows):
+                # Rows already written by an interrupted replay are skipped by their request id.
+                if not await self._write_batch(entries[start : start + self.batch_rows]):
+                    return False
+            self.stats.replayed += len(entries)
+            path.unlink()
+            log.info("replayed %d spilled log rows from %s", len(entries), path.name)
+        self._spill_waiting = self.spill_path.exists()
+        return True
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_entries(path: Path) -> list[LogEntry]:
+    entries = []
+    for number, line in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            entries.append(_decode(line))
+        except msgspec.DecodeError:  # a line torn by a crash mid-write
+            log.warning("skipping unreadable line %d of %s", number, path.name)
+    return entries

@@ -1,0 +1,261 @@
+"""Every request logged once in each table, through outages, spills, restarts and shutdowns."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.analytics.pool import create_pool
+from gateway.analytics.rows import LogEntry
+from gateway.analytics.schema import migrate
+from gateway.analytics.writer import LogWriter
+from gateway.appkeys import REQUEST_LOG
+from tests.conftest import MakeClient, wait_until
+from tests.pg import TcpProxy
+
+PROCESS = "/api/v1/enhanced/process"
+STREAM = "/api/v1/enhanced/stream"
+
+
+async def _count(url: str, table: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        count: int = await conn.fetchval(f"SELECT count(*) FROM {table}")
+        return count
+    finally:
+        await conn.close()
+
+
+async def _counts(url: str) -> tuple[int, int]:
+    return await _count(url, "intent_classification_logs"), await _count(url, "model_selection_logs")
+
+
+async def _db_client(make_client: MakeClient, url: str, tmp_path: Path, **overrides: Any) -> Any:
+    settings: dict[str, Any] = {
+        "database_url": url,
+        "analytics_spill_path": str(tmp_path / "spill.jsonl"),
+        "analytics_flush_seconds": 0.05,
+        # These tests send hundreds of requests as one user: the limits are not what they test.
+        "rate_limit_requests_per_minute": 100_000,
+        "rate_limit_requests_per_hour": 100_000,
+        **overrides,
+    }
+    return await make_client(**settings)
+
+
+async def _process(client: Any, prompt: str = "a cat playing in the garden", **headers: str) -> Any:
+    resp = await client.post(PROCESS, json={"prompt": prompt}, headers=headers)
+    assert resp.status == 200
+    return resp
+
+
+async def test_n_requests_make_n_rows_in_each_table(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """/process and both streams each leave exactly one row per table, with source, arm and trace id."""
+    client = await _db_client(make_client, postgres_db, tmp_path)
+    traces = []
+    for i in range(12):
+        traces.append((await _process(client, f"change my hair to blonde {i}")).headers["X-Trace-Id"])
+    for _ in range(4):
+        resp = await client.post(STREAM, json={"prompt": "animate this sunset"})
+        await resp.read()
+        traces.append(resp.headers["X-Trace-Id"])
+    for _ in range(4):
+        resp = await client.get(STREAM, params={"prompt": "cinematic video of waves"})
+        await resp.read()
+        traces.append(resp.headers["X-Trace-Id"])
+    writer = client.app[REQUEST_LOG]
+    await wait_until(lambda: writer.stats.written == 20, timeout=10)
+    assert await _counts(postgres_db) == (20, 20)
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        rows = await conn.fetch("SELECT * FROM intent_classification_logs")
+        models = await conn.fetch("SELECT * FROM model_selection_logs")
+    finally:
+        await conn.close()
+    assert sorted(r["trace_id"] for r in rows) == sorted(traces)
+    assert {r["route"] for r in rows} == {"process", "stream"}
+    assert {r["intent_source"] for r in rows} == {"rules"} and {r["arm"] for r in rows} == {"ai"}
+    assert all(r["prompt"] and len(r["prompt_sha256"]) == 64 for r in rows)
+    hair = [r for r in rows if r["classified_workflow"] == "hair_styling"]
+    assert len(hair) == 12 and all(r["user_id"] == "anonymous" for r in hair)
+    assert {m["request_id"] for m in models} == {r["request_id"] for r in rows}
+    assert all(m["estimated_cost"] is not None and m["selected_model"] for m in models)
+
+
+@pytest.mark.parametrize(("policy", "stored", "hashed"), [("hash", False, True), ("none", False, False)])
+async def test_log_prompts_policy(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, policy: str, stored: bool, hashed: bool
+) -> None:
+    """LOG_PROMPTS=hash keeps only a digest; none keeps neither."""
+    client = await _db_client(make_client, postgres_db, tmp_path, log_prompts=policy)
+    await _process(client, "my secret prompt")
+    await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 1, timeout=10)
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        row = await conn.fetchrow("SELECT prompt, prompt_sha256 FROM intent_classification_logs")
+    finally:
+        await conn.close()
+    assert (row["prompt"] is not None) is stored
+    assert (row["prompt_sha256"] is not None) is hashed
+
+
+async def test_network_cut_loses_nothing(postgres_db: str, make_client: MakeClient, tmp_path: Path) -> None:
+    """During a 3-second cut requests are answered without waiting; afterwards every row is there."""
+    proxy = TcpProxy()
+    await proxy.start()
+    via_proxy = postgres_db.replace(":5432/", f":{proxy.port}/")
+    client = await _db_client(make_client, via_proxy, tmp_path)
+    writer = client.app[REQUEST_LOG]
+    for _ in range(5):
+        await _process(client)
+    await wait_until(lambda: writer.stats.written == 5, timeout=10)
+
+    await proxy.stop()
+    loop = asyncio.get_running_loop()
+    cut_ends = loop.time() + 3.0
+    during = 0
+    while loop.time() < cut_ends:
+        await _process(client)
+        during += 1
+        await asyncio.sleep(0.02)
+    # All answered while Postgres was still unreachable, and the rows are waiting, not lost.
+    health = await (await client.get("/health")).json()
+    assert health["dependencies"]["postgres"]["state"] == "down"
+    assert writer.connected is False and writer.buffered == during and during > 20
+
+    await proxy.start()
+    await wait_until(lambda: writer.buffered == 0 and writer.stats.written == 5 + during, timeout=20)
+    assert await _counts(postgres_db) == (5 + during, 5 + during)
+    assert writer.stats.spilled == 0 and writer.stats.dropped == 0
+    await client.close()
+    await proxy.stop()
+
+
+async def test_overflow_spills_to_file_and_replays(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Beyond the buffer bound rows go to the spill file; once Postgres is back they are written."""
+    proxy = TcpProxy()
+    await proxy.start()
+    via_proxy = postgres_db.replace(":5432/", f":{proxy.port}/")
+    client = await _db_client(
+        make_client, via_proxy, tmp_path, analytics_buffer_rows=5, analytics_batch_rows=4
+    )
+    writer = client.app[REQUEST_LOG]
+    await _process(client)
+    await wait_until(lambda: writer.stats.written == 1, timeout=10)
+    await proxy.stop()
+    for _ in range(30):
+        await _process(client)
+    await wait_until(lambda: writer.stats.spilled >= 25, timeout=10)
+    assert writer.buffered <= 5
+    assert (tmp_path / "spill.jsonl").exists()
+
+    await proxy.start()
+    try:
+        await wait_until(lambda: writer.stats.written == 31, timeout=20)
+    except TimeoutError:
+        raise AssertionError(writer.snapshot()) from None
+    assert await _counts(postgres_db) == (31, 31)
+    assert writer.stats.replayed == writer.stats.spilled and writer.stats.duplicates == 0
+    assert not any(os.scandir(tmp_path))  # no spill file left, none rejected
+    metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert metrics["request_log"]["written"] == 31 and metrics["request_log"]["spilled"] >= 25
+    prometheus = await (await client.get("/metrics")).text()
+    assert 'gateway_request_log_rows_total{outcome="written"} 31' in prometheus
+    await client.close()
+    await proxy.stop()
+
+
+async def test_shutdown_flushes_the_buffer(postgres_db: str, make_client: MakeClient, tmp_path: Path) -> None:
+    """Rows still buffered when the gateway stops are written before it exits."""
+    client = await _db_client(make_client, postgres_db, tmp_path, analytics_flush_seconds=60.0)
+    for _ in range(7):
+        await _process(client)
+    assert client.app[REQUEST_LOG].buffered == 7
+    await client.close()
+    assert await _counts(postgres_db) == (7, 7)
+
+
+async def test_shutdown_without_postgres_spills_and_next_start_replays(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Stopping during an outage keeps the rows in the spill file; the next gateway writes them."""
+    proxy = TcpProxy()
+    await proxy.start()
+    via_proxy = postgres_db.replace(":5432/", f":{proxy.port}/")
+    first = await _db_client(make_client, via_proxy, tmp_path, analytics_flush_seconds=60.0)
+    await proxy.stop()
+    for _ in range(6):
+        await _process(first)
+    await first.close()
+    assert len((tmp_path / "spill.jsonl").read_bytes().splitlines()) == 6
+
+    second = await _db_client(make_client, postgres_db, tmp_path)
+    await wait_until(lambda: second.app[REQUEST_LOG].stats.replayed == 6, timeout=10)
+    assert await _counts(postgres_db) == (6, 6)
+    assert not (tmp_path / "spill.jsonl").exists()
+
+
+def _entry(**overrides: Any) -> LogEntry:
+    fields: dict[str, Any] = {
+        "request_id": uuid.uuid4(), "created_at": datetime.now(UTC), "user_id": "u", "trace_id": "t",
+        "prompt": "p", "prompt_sha256": None, "route": "process", "classified_workflow": "image_generation",
+        "confidence": 0.9, "processing_time_ms": 2, "used_fallback": False, "cache_hit": False,
+        "rate_limited": False, "intent_source": "rules", "arm": "ai", "selected_model": "m",
+        "fallback_models": ["a", "b"], "estimated_cost": 0.01, "estimated_time": 5, "success": True,
+    }
+    return LogEntry(**(fields | overrides))
+
+
+async def test_replaying_rows_already_written_stores_them_once(postgres_db: str, tmp_path: Path) -> None:
+    """A spill file replayed after its rows were committed (crash before unlink) adds nothing."""
+    pool = await create_pool(postgres_db)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        entries = [_entry() for _ in range(5)]
+        writer = LogWriter(pool, spill_path=tmp_path / "spill.jsonl", flush_seconds=0.02)
+        for e in entries:
+            writer.enqueue(e)
+        await writer.close()
+        await writer._spill([*entries, _entry()])  # the same five again, plus one new row
+        writer = LogWriter(pool, spill_path=tmp_path / "spill.jsonl", flush_seconds=0.02)
+        writer.start()
+        await wait_until(lambda: writer.stats.replayed == 6, timeout=10)
+        await writer.close()
+    finally:
+        await pool.close()
+    assert (writer.stats.written, writer.stats.duplicates) == (1, 5)
+    assert await _counts(postgres_db) == (6, 6)
+
+
+async def test_a_batch_failing_halfway_writes_nothing(postgres_db: str, tmp_path: Path) -> None:
+    """The second COPY of a batch fails: the first table keeps none of its rows; the rows are set aside."""
+    pool = await create_pool(postgres_db)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        writer = LogWriter(pool, spill_path=tmp_path / "spill.jsonl", batch_rows=10)
+        good = [_entry() for _ in range(3)]
+        poisoned = [_entry(), _entry(error_message="NUL \x00 is not text to Postgres")]
+        for e in poisoned:
+            writer.enqueue(e)
+        await writer.close()
+        for e in good:
+            writer.enqueue(e)
+        await writer.close()
+    finally:
+        await pool.close()
+    assert await _counts(postgres_db) == (3, 3)
+    assert writer.stats.rejected == 2 and writer.stats.written == 3
+    assert len((tmp_path / "spill.jsonl.rejected").read_bytes().splitlines()) == 2

@@ -1,0 +1,71 @@
+"""Users' @tags: saved with POST /api/v1/references, resolved by the prompt stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import MakeClient
+
+REFS = "/api/v1/references"
+PROCESS = "/api/v1/enhanced/process"
+SARAH = "https://demo.supabase.co/storage/v1/object/public/images/sarah.jpg"
+
+
+async def _save_and_use(client: Any) -> dict[str, Any]:
+    resp = await client.post(REFS, json={"tag": "@Sarah", "image_url": SARAH}, headers={"X-User-Id": "u1"})
+    assert resp.status == 201
+    assert await resp.json() == {"tag": "sarah", "image_url": SARAH}
+    prompt = {"prompt": "put @sarah in this red dress"}
+    resp = await client.post(PROCESS, json=prompt, headers={"X-User-Id": "u1"})
+    result: dict[str, Any] = await resp.json()
+    return result
+
+
+async def test_saved_tag_is_resolved_in_memory(client: Any) -> None:
+    """Without a database the endpoints work on the in-process store."""
+    result = await _save_and_use(client)
+    refs = [(r["kind"], r["tag"], r["image_url"]) for r in result["references"]]
+    assert refs == [("user_tag", "sarah", SARAH)]
+    assert result["metadata"]["unknown_tags"] == []
+    listed = await (await client.get(REFS, headers={"X-User-Id": "u1"})).json()
+    assert listed == {"references": [{"tag": "sarah", "image_url": SARAH}]}
+    other = await (await client.get(REFS, headers={"X-User-Id": "u2"})).json()
+    assert other == {"references": []}
+
+
+async def test_saved_tag_lives_in_postgres(postgres_db: str, make_client: MakeClient, tmp_path: Path) -> None:
+    """With DATABASE_URL tags are stored in user_references and outlive the gateway."""
+    settings = {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "spill.jsonl")}
+    first = await make_client(**settings)
+    result = await _save_and_use(first)
+    assert result["references"][0]["image_url"] == SARAH
+    await first.close()
+    second = await make_client(**settings)
+    again = await (
+        await second.post(PROCESS, json={"prompt": "@sarah at the beach"}, headers={"X-User-Id": "u1"})
+    ).json()
+    assert [(r["tag"], r["image_url"]) for r in again["references"]] == [("sarah", SARAH)]
+    replaced = "https://demo.supabase.co/storage/v1/object/public/images/sarah2.jpg"
+    await second.post(REFS, json={"tag": "sarah", "image_url": replaced}, headers={"X-User-Id": "u1"})
+    listed = await (await second.get(REFS, headers={"X-User-Id": "u1"})).json()
+    assert listed == {"references": [{"tag": "sarah", "image_url": replaced}]}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"tag": "sarah", "image_url": "ftp://x/y.jpg"}, "image_url"),
+        ({"tag": "sarah", "image_url": "https:///nohost"}, "image_url"),
+        ({"tag": "sa rah", "image_url": SARAH}, "tag"),
+        ({"tag": "", "image_url": SARAH}, "tag"),
+        ({"tag": "x" * 65, "image_url": SARAH}, "tag"),
+    ],
+)
+async def test_invalid_reference_is_refused(client: Any, body: dict[str, str], field: str) -> None:
+    """Only tags a prompt can mention, and http(s) image URLs, are saved."""
+    resp = await client.post(REFS, json=body)
+    assert resp.status == 422
+    assert (await resp.json())["field"] == field
