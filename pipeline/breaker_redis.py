@@ -13,6 +13,8 @@ from typing import Any
 from pipeline.breaker import BreakerPolicy, BreakerRecord
 from pipeline.redis_link import UNAVAILABLE, RedisLink
 
+Args = list[str | float]
+
 # A record nobody touched for a day is stale: let Redis drop it.
 RECORD_TTL_SECONDS = 86_400
 
@@ -97,11 +99,11 @@ class RedisBreakerStore:
         )
 
     async def failure(self, name: str, now: float, policy: BreakerPolicy) -> BreakerRecord:
-        args = [repr(now), policy.reset_timeout, policy.failure_threshold, RECORD_TTL_SECONDS]
+        args: Args = [repr(now), policy.reset_timeout, policy.failure_threshold, RECORD_TTL_SECONDS]
         return _record(await self._call(lambda: self._failure(keys=[self.key(name)], args=args)))
 
     async def success(self, name: str, now: float, policy: BreakerPolicy) -> BreakerRecord:
-        args = [repr(now), policy.reset_timeout, policy.success_threshold, RECORD_TTL_SECONDS]
+        args: Args = [repr(now), policy.reset_timeout, policy.success_threshold, RECORD_TTL_SECONDS]
         return _record(await self._call(lambda: self._success(keys=[self.key(name)], args=args)))
 
     async def _call(self, start: Callable[[], Awaitable[Any]]) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -303,3 +305,14 @@ async def test_half_open_recovery(harness: Harness, upstream: aioresponses) -> N
 def test_parse_answer_fences(wrap: Callable[[str], str]) -> None:
     """Fenced or bare, the same object decodes."""
     assert parse_answer(wrap(answer())).workflow_type is WorkflowType.HAIR_STYLING
+
+
+async def test_retry_after_as_http_date_or_garbage(harness: Harness, upstream: aioresponses) -> None:
+    """Retry-After as an HTTP date is honoured; an unreadable one falls back to the backoff."""
+    soon = email.utils.formatdate(time.time() + 4, usegmt=True)
+    upstream.post(ENDPOINT, status=429, headers={"Retry-After": soon}, payload=ERROR)
+    upstream.post(ENDPOINT, status=429, headers={"Retry-After": "soon-ish"}, payload=ERROR)
+    upstream.post(ENDPOINT, payload=completion(answer()))
+    await harness.llm.classify(QUERY)
+    assert 2.0 < harness.sleeps[0] <= 4.0  # whole seconds in the header
+    assert harness.sleeps[1] == 1.0  # the second backoff step

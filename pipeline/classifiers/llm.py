@@ -14,11 +14,13 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import openai
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from pipeline.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from pipeline.llm_usage import LLMUsage
@@ -56,7 +58,7 @@ requires_web_search is true only when the look depends on a named celebrity or e
 and web_search_query is then a short image search query, else null."""
 
 
-def response_format() -> dict[str, Any]:
+def response_format() -> ResponseFormatJSONSchema:
     """A strict JSON schema: the server itself keeps workflow_type inside the enum."""
     return {
         "type": "json_schema",
@@ -153,8 +155,12 @@ def retry_after(error: openai.APIStatusError) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        when = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, when.timestamp() - time.time()) if when else None
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # unreadable: the backoff alone decides
+    return max(0.0, when.timestamp() - time.time())
 
 
 class _Call:
@@ -254,11 +260,8 @@ class LLMClassifier:
         try:
             completion = await self.client.chat.completions.create(
                 model=self.model,
-                messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": user_message(query)},
-                ],
-                response_format=response_format(),  # type: ignore[arg-type]
+                messages=self._messages(query),
+                response_format=response_format(),
                 temperature=0,
                 max_tokens=self.max_tokens,
                 timeout=self.timeout,
@@ -280,6 +283,13 @@ class LLMClassifier:
         if not completion.choices:
             raise LLMFailed("unparsable", "no choices")
         return parse_answer(completion.choices[0].message.content)
+
+    @staticmethod
+    def _messages(query: ClassifierInput) -> list[ChatCompletionMessageParam]:
+        return [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": user_message(query)},
+        ]
 
     def _failed(self, reason: str) -> None:
         self.usage.failures[reason] += 1
