@@ -17,6 +17,7 @@ from gateway.config import ConfigError, Settings
 from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, decode, encode
 from pipeline.search.lookup import ReferenceLookup
+from pipeline.search.protocol import ImageHit
 from pipeline.search.searxng import SearxngSearch
 from pipeline.types import Reference
 from tests.redis_servers import needs_redis
@@ -171,3 +172,17 @@ async def test_redis_cache_round_trip_and_unreadable_entries() -> None:
         for key in await client.keys(link.prefix + "*"):
             await client.delete(key)
         await client.aclose()
+
+
+def test_titles_are_one_short_line_of_plain_text(session: aiohttp.ClientSession) -> None:
+    """Control and bidi characters go, whitespace collapses, long titles are clipped."""
+    finder = lookup(session)
+    hits = [
+        ImageHit(image_url="https://img.example.com/a.jpg", title="Zendaya\x00 at\n the \u202eMet\x9b Gala"),
+        ImageHit(image_url="https://img.example.com/b.jpg", title="x" * 500),
+        ImageHit(image_url="https://img.example.com/c.jpg", title=" \t "),
+    ]
+    titles = [ref.title for ref in finder.select(hits)]
+    assert titles[0] == "Zendaya at the Met Gala"
+    assert titles[1] is not None and len(titles[1]) == 200 and titles[1].endswith("\u2026")
+    assert titles[2] is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter
 from typing import Literal
 
@@ -28,6 +29,8 @@ MIN_CANDIDATES = 20
 CANDIDATES_PER_RESULT = 5
 EMPTY_RESULT_TTL = 300.0
 CIRCUIT_OPEN = "circuit open"
+# C0 and C1 controls, DEL and bidirectional overrides: a title is shown to people as plain text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class LookupResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,7 +143,10 @@ def _kind(result: LookupResult) -> str:
 
 
 def _clip(title: str | None, limit: int = 200) -> str | None:
+    """A provider's title as one short line of text: controls gone, whitespace collapsed."""
     if not title:
         return None
-    title = " ".join(title.split())
-    return title if len(title) <= limit else title[: limit - 1] + "…"
+    title = " ".join(_CONTROL.sub(" ", title).split())
+    if len(title) > limit:
+        return title[: limit - 1] + "\u2026"
+    return title or None
