@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import msgspec
 from aiohttp import web
 
-from gateway.appkeys import ADMISSION, LIMITER, METRICS, REDIS, SETTINGS, USER_ID
+from gateway.appkeys import ADMISSION, LIMITER, METRICS, REDIS, REQUEST_LOG, SETTINGS, TRACE_ID, USER_ID
 from gateway.config import Settings
 from gateway.errors import Handler, RateLimited, rate_limit_headers
 from pipeline.limits import Admission, Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -56,6 +56,9 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     user_id = request[USER_ID]
     decision = await request.app[LIMITER].admit(user_id)
     if not decision.allowed:
+        if (request_log := request.app.get(REQUEST_LOG)) is not None:  # Postgres analytics
+            route = request.path.rsplit("/", 1)[-1]
+            request_log.record_refused(user_id=user_id, trace_id=request[TRACE_ID], route=route)
         raise RateLimited(decision)
     request[ADMISSION] = Admission(user_id=user_id, token=decision.token)
     response = await handler(request)

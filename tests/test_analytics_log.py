@@ -16,7 +16,7 @@ from gateway.analytics.pool import create_pool
 from gateway.analytics.rows import LogEntry
 from gateway.analytics.schema import migrate
 from gateway.analytics.writer import LogWriter
-from gateway.appkeys import REQUEST_LOG
+from gateway.appkeys import ANALYTICS, REQUEST_LOG
 from tests.conftest import MakeClient, wait_until
 from tests.pg import TcpProxy
 
@@ -89,6 +89,27 @@ async def test_n_requests_make_n_rows_in_each_table(
     assert len(hair) == 12 and all(r["user_id"] == "anonymous" for r in hair)
     assert {m["request_id"] for m in models} == {r["request_id"] for r in rows}
     assert all(m["estimated_cost"] is not None and m["selected_model"] for m in models)
+
+
+async def test_rate_limited_requests_are_logged(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A 429 leaves one intent row flagged rate_limited (no prompt, no model), counted by the view."""
+    client = await _db_client(make_client, postgres_db, tmp_path, rate_limit_requests_per_minute=3)
+    statuses = [(await client.post(PROCESS, json={"prompt": "a red fox"})).status for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 5, timeout=10)
+    assert await _counts(postgres_db) == (5, 3)
+    await client.app[ANALYTICS].refresh()
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        refused = await conn.fetch("SELECT * FROM intent_classification_logs WHERE rate_limited")
+        limited = await conn.fetchval("SELECT sum(rate_limited_count) FROM intent_analytics")
+    finally:
+        await conn.close()
+    assert len(refused) == 2 and limited == 2
+    described = {(r["classified_workflow"], r["route"], r["prompt"]) for r in refused}
+    assert described == {("unclassified", "process", None)}
 
 
 @pytest.mark.parametrize(("policy", "stored", "hashed"), [("hash", False, True), ("none", False, False)])

@@ -34,7 +34,7 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     rate_limited: bool
     intent_source: str | None
     arm: str | None
-    selected_model: str
+    selected_model: str | None  # None: refused before a model was chosen (no model_selection_logs row)
     fallback_models: list[str]
     estimated_cost: float | None
     estimated_time: int | None
@@ -66,6 +66,37 @@ def log_entry(preq: PipelineRequest, result: ProcessResult, *, prompts: LogPromp
         estimated_cost=result.estimated_cost,
         estimated_time=result.estimated_time,
         success=result.success,
+    )
+
+
+# The workflow of a request refused before classification (rate limited).
+UNCLASSIFIED = "unclassified"
+
+
+def refused_entry(*, user_id: str, trace_id: str, route: str) -> LogEntry:
+    """A request the rate limiter refused: logged with rate_limited, no prompt, no model."""
+    return LogEntry(
+        request_id=uuid.uuid4(),
+        created_at=datetime.now(UTC),
+        user_id=user_id,
+        trace_id=trace_id,
+        prompt=None,
+        prompt_sha256=None,
+        route=route,
+        classified_workflow=UNCLASSIFIED,
+        confidence=0.0,
+        processing_time_ms=0,
+        used_fallback=False,
+        cache_hit=False,
+        rate_limited=True,
+        intent_source=None,
+        arm=None,
+        selected_model=None,
+        fallback_models=[],
+        estimated_cost=None,
+        estimated_time=None,
+        success=False,
+        error_message="rate_limited",
     )
 
 

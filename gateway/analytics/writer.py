@@ -29,6 +29,7 @@ from gateway.analytics.rows import (
     intent_record,
     log_entry,
     model_record,
+    refused_entry,
 )
 from pipeline.events import ProcessResult
 from pipeline.types import PipelineRequest
@@ -114,6 +115,9 @@ class LogWriter:
     # The request path: O(1), never waits.
     def record(self, preq: PipelineRequest, result: ProcessResult, *, route: str) -> None:
         self.enqueue(log_entry(preq, result, prompts=self.prompts, route=route))
+
+    def record_refused(self, *, user_id: str, trace_id: str, route: str) -> None:
+        self.enqueue(refused_entry(user_id=user_id, trace_id=trace_id, route=route))
 
     def enqueue(self, entry: LogEntry) -> None:
         self._pending.append(entry)
@@ -222,9 +226,9 @@ class LogWriter:
                 await conn.copy_records_to_table(
                     _STAGE_INTENT, records=[intent_record(e) for e in batch], columns=INTENT_COLUMNS
                 )
-                await conn.copy_records_to_table(
-                    _STAGE_MODEL, records=[model_record(e) for e in batch], columns=MODEL_COLUMNS
-                )
+                models = [model_record(e) for e in batch if e.selected_model is not None]
+                if models:
+                    await conn.copy_records_to_table(_STAGE_MODEL, records=models, columns=MODEL_COLUMNS)
                 status = await conn.execute(_INSERT_INTENT)
                 await conn.execute(_INSERT_MODEL)
         return int(status.rsplit(" ", 1)[-1])
