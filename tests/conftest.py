@@ -14,9 +14,9 @@ from aioresponses import aioresponses
 from gateway.app import create_app
 from gateway.config import Settings
 from pipeline.protocols import Classifier
-from tests.upstream import mock_upstream
 from tests.pg import SERVER as PG_SERVER
 from tests.pg import fresh_database
+from tests.upstream import mock_upstream
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
