@@ -135,6 +135,7 @@ class CircuitBreaker:
         self._local = MemoryBreakerStore()  # used while the shared store is failing
         self._clock = clock
         self._probing = False  # one half-open probe at a time per instance
+        self._store_ok = True
         self.last_state = BreakerState.CLOSED
         self.opened = 0  # times this instance saw the circuit open
         self.rejected = 0  # calls refused while open
@@ -212,10 +213,16 @@ class CircuitBreaker:
     async def _run(self, op: str) -> BreakerRecord:
         now = self._clock()
         try:
-            return await _apply(self._store, op, self.name, now, self.policy)
+            record = await _apply(self._store, op, self.name, now, self.policy)
         except Exception as exc:  # a shared store that is down must not take the caller down
-            log.warning("breaker store failed for %s (%r); using local state", self.name, exc)
+            if self._store_ok:  # once per outage, not once per call
+                log.warning("breaker %s: store failed (%r); using local state", self.name, exc)
+            self._store_ok = False
             return await _apply(self._local, op, self.name, now, self.policy)
+        if not self._store_ok:
+            log.warning("breaker %s: store is back; using shared state", self.name)
+            self._store_ok = True
+        return record
 
 
 async def _apply(

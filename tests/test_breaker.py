@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 
 from pipeline.breaker import (
     BreakerPolicy,
+    BreakerRecord,
     BreakerState,
     BreakerStore,
     CircuitBreaker,
@@ -222,3 +223,25 @@ async def test_manual_release_frees_the_next_trial() -> None:
     assert await breaker.allow()
     breaker.release()
     assert await breaker.allow()
+
+
+async def test_store_outage_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A failing store is reported when it fails and when it is back, not on every call."""
+
+    class Flaky(MemoryBreakerStore):
+        down = True
+
+        async def load(self, name: str) -> BreakerRecord:
+            if self.down:
+                raise ConnectionError("store unreachable")
+            return await super().load(name)
+
+    store = Flaky()
+    breaker = CircuitBreaker("llm", POLICY, store=store, clock=Clock())
+    for _ in range(5):
+        assert await breaker.allow()
+    store.down = False
+    assert await breaker.allow()
+    messages = [r.getMessage() for r in caplog.records if r.name == "pipeline.breaker"]
+    assert len(messages) == 2
+    assert "store failed" in messages[0] and "store is back" in messages[1]
