@@ -63,6 +63,13 @@ def test_an_llm_query_is_trusted_and_tidied() -> None:
     assert len(got.split()) == 12
 
 
+def test_an_llm_that_sees_no_search_needed_is_believed() -> None:
+    """A capitalised name the LLM judged private ("my friend Anna's") gets no search."""
+    prompt = "put me in my friend Anna's wedding dress"
+    assert local_query(prompt) == "Anna dress"
+    assert search_query(prompt, intent(IntentSource.LLM)) is None
+
+
 def test_the_rules_query_is_used_only_when_local_detection_finds_nothing() -> None:
     """The keyword join of the rules is a last resort behind the local detector."""
     assert search_query("Taylor Swift at the Grammys", intent(query="grammys taylor swift look")) == (

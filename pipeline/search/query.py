@@ -87,12 +87,13 @@ _YEAR = re.compile(r"\b(19[5-9]\d|20\d\d)\b")
 def search_query(prompt: str, intent: IntentClassification) -> str | None:
     """The query for this prompt's look, or None when it names no person or event.
 
-    An LLM's own query is trusted (it read the whole prompt); otherwise the local detection
-    below, and the classifier's query only when the local detection finds nothing.
+    An LLM read the whole prompt: its verdict stands, a query or no search at all ("my friend
+    Anna's look" names nobody to search for). Otherwise the local detection below, and the
+    classifier's query only when the local detection finds nothing.
     """
     classifier_query = _tidy(intent.web_search_query) if intent.web_search_query else None
-    if intent.source is IntentSource.LLM and classifier_query:
-        return classifier_query
+    if intent.source is IntentSource.LLM:
+        return classifier_query if intent.requires_web_search else None
     local = local_query(prompt)
     if local:
         return local
