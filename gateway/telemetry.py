@@ -35,7 +35,7 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     tracing = tracing_of(settings, resource, metrics)
     app[METRICS] = metrics
     app[TRACING] = tracing
-    app[STAGE_INSTRUMENTS] = StageInstruments(tracer=tracing.tracer, duration=metrics.stage_duration)
+    app[STAGE_INSTRUMENTS] = StageInstruments(tracing, metrics.stage_duration)
     try:
         yield
     finally:

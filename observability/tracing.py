@@ -9,15 +9,15 @@ also batched to it over HTTP/protobuf from the SDK's background thread.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
     ALWAYS_ON,
@@ -27,10 +27,21 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, NoOpTracer, SpanKind, Tracer, TraceState, get_current_span
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    Link,
+    NoOpTracer,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    Tracer,
+    TraceState,
+    get_current_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
+from observability.spans import NO_SPAN, AttributeValue, LightSpan, NoSpan
 from observability.traces import TraceBuffer
 
 if TYPE_CHECKING:
@@ -106,12 +117,19 @@ def otlp_traces_url(endpoint: str | None, traces_endpoint: str | None) -> str | 
     return None
 
 
-@dataclass(frozen=True, slots=True)
 class StageInstruments:
-    """What the pipeline runner needs: a tracer for stage spans and the stage latency histogram."""
+    """What the pipeline runner needs: light stage spans and the stage latency histogram."""
 
-    tracer: Tracer
-    duration: Histogram | None = None
+    def __init__(self, tracing: Tracing | None = None, duration: Histogram | None = None) -> None:
+        self.duration = duration
+        self._tracing = tracing if tracing is not None and tracing.enabled else None
+
+    def span(self, name: str) -> LightSpan | NoSpan:
+        """A child of the current span when that one is sampled; else a span that does nothing."""
+        parent = get_current_span().get_span_context()
+        if self._tracing is None or not parent.trace_flags.sampled or not parent.is_valid:
+            return NO_SPAN
+        return self._tracing.child_span(name, parent)
 
 
 class Tracing:
@@ -132,11 +150,16 @@ class Tracing:
         self.propagator = TraceContextTextMapPropagator()
         self.buffer = TraceBuffer(buffer_limit)
         self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
-        self.provider.add_span_processor(self.buffer)
+        self._processors: list[SpanProcessor] = []
+        self.add_span_processor(self.buffer)
         if exporter is not None:
-            self.provider.add_span_processor(BatchSpanProcessor(exporter))
+            self.add_span_processor(BatchSpanProcessor(exporter))
         # OTEL_SDK_DISABLED: spans cost nothing; trace ids still flow from traceparent headers.
         self.tracer: Tracer = self.provider.get_tracer("intent-gateway") if enabled else NoOpTracer()
+        self.sampler = sampler
+        self._ids = RandomIdGenerator()
+        self._scope = InstrumentationScope("intent-gateway")
+        self._resource = resource
 
     @classmethod
     def from_options(
@@ -184,8 +207,74 @@ class Tracing:
 
         return [create_trace_config(tracer_provider=self.provider, meter_provider=self.meter_provider)]
 
+    def server_span(
+        self,
+        name: str,
+        headers: Mapping[str, str],
+        attributes: dict[str, AttributeValue],
+        *,
+        traced: bool = True,
+    ) -> LightSpan:
+        """The request's SERVER span, continuing the headers' traceparent; the sampler decides.
+
+        Not traced (scrapes, probes) or tracing off: it still has ids, for X-Trace-Id and logs.
+        """
+        parent_context = self.propagator.extract(headers)
+        parent = get_current_span(parent_context).get_span_context()
+        trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
+        recording, flags, trace_state = False, parent.trace_flags, parent.trace_state
+        if traced and self.enabled:
+            sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
+            recording = sampling.decision.is_recording()
+            flags = TraceFlags(TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT)
+            trace_state = sampling.trace_state
+        context = SpanContext(
+            trace_id,
+            self._ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=flags,
+            trace_state=trace_state,
+        )
+        return LightSpan(
+            name,
+            context,
+            parent=parent if parent.is_valid else None,
+            kind=SpanKind.SERVER,
+            recording=recording,
+            emit=self.end_span,
+            resource=self._resource,
+            scope=self._scope,
+            attributes=attributes,
+        )
+
+    def child_span(self, name: str, parent: SpanContext) -> LightSpan:
+        """An INTERNAL span under `parent`, sharing its sampling decision."""
+        context = SpanContext(
+            parent.trace_id,
+            self._ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=parent.trace_flags,
+            trace_state=parent.trace_state,
+        )
+        return LightSpan(
+            name,
+            context,
+            parent=parent,
+            kind=SpanKind.INTERNAL,
+            recording=True,
+            emit=self.end_span,
+            resource=self._resource,
+            scope=self._scope,
+        )
+
     def add_span_processor(self, processor: SpanProcessor) -> None:
         self.provider.add_span_processor(processor)
+        self._processors.append(processor)
+
+    def end_span(self, span: ReadableSpan) -> None:
+        """Hand a span built outside the SDK's Tracer (a LightSpan) to the same processors."""
+        for processor in self._processors:
+            processor.on_end(span)
 
     async def flush(self) -> None:
         # The exporter posts synchronously; off the loop, so a receiver on this loop can answer.

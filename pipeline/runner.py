@@ -6,8 +6,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from opentelemetry.trace import NoOpTracer, StatusCode
-
 from observability.tracing import StageInstruments
 from pipeline.errors import PipelineError
 from pipeline.events import ErrorEvent, ProcessResult, ResultMetadata, StageEvent
@@ -17,7 +15,7 @@ from pipeline.state import RequestState
 
 log = logging.getLogger(__name__)
 
-_UNOBSERVED = StageInstruments(tracer=NoOpTracer())
+_UNOBSERVED = StageInstruments()
 
 
 async def run_pipeline(
@@ -35,7 +33,7 @@ async def run_pipeline(
         failure: ErrorEvent | None = None
         outcome, started = "error", time.perf_counter()
         # Never yield inside the span: the consumer's code would run as the stage's child.
-        with instruments.tracer.start_as_current_span(f"stage.{stage.name}") as span:
+        with instruments.span(f"stage.{stage.name}") as span:
             try:
                 try:
                     event = await stage.run(state)
@@ -44,16 +42,15 @@ async def run_pipeline(
                     raise
                 except Exception as exc:  # any other stage bug or dependency failure
                     log.warning("stage %s failed: %r", stage.name, exc, exc_info=exc)
-                    span.record_exception(exc)
-                    span.set_status(StatusCode.ERROR, f"{stage.name} stage failed")
+                    span.fail(exc, f"{stage.name} stage failed")
                     state.fallback_used = True
                     failure = ErrorEvent(
                         code="stage_failed", message=f"{stage.name} stage failed", stage=stage.name
                     )
                     event = stage.fallback(state)
                     outcome = "fallback"
-                if span.is_recording():
-                    span.set_attributes(stage_span_attributes(stage.name, state))
+                if span.recording:
+                    span.attributes.update(stage_span_attributes(stage.name, state))
             finally:
                 if instruments.duration is not None:
                     instruments.duration.record(

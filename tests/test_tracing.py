@@ -286,3 +286,18 @@ async def test_scrapes_and_probes_are_not_traced(make_client: MakeClient) -> Non
         response = await client.get(path)
         assert response.status == 200 and len(response.headers["X-Trace-Id"]) == 32
     assert exporter.get_finished_spans() == ()
+
+
+async def test_parent_based_sampler_follows_the_callers_decision(make_client: MakeClient) -> None:
+    """parentbased_traceidratio at 0: only requests whose traceparent says sampled are recorded."""
+    client, exporter = await traced(
+        make_client, otel_traces_sampler="parentbased_traceidratio", otel_traces_sampler_arg=0.0
+    )
+    await client.post(PROCESS, json={"prompt": "a red bicycle"})
+    unsampled = f"00-{'1' * 32}-{PARENT_ID}-00"
+    await client.post(PROCESS, json={"prompt": "a red bicycle"}, headers={"traceparent": unsampled})
+    assert exporter.get_finished_spans() == ()
+    sampled = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    await client.post(PROCESS, json={"prompt": "a red bicycle"}, headers={"traceparent": sampled})
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 5 and {hex_trace(s) for s in spans} == {TRACE_ID}
