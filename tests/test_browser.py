@@ -210,6 +210,59 @@ async def test_overload_and_rate_limit_are_shown_in_words(open_browser: OpenBrow
     await page.close()
 
 
+USER_KEY = "alice-key-0123456789abcdef"
+ADMIN_KEY = "root-key-0123456789abcdef0"
+
+
+async def set_api_key(page: Any, key: str) -> None:
+    details = page.locator(".apikey")
+    if await details.get_attribute("open") is None:
+        await details.locator("summary").click()
+    await page.fill("#api-key", key)
+    await page.press("#api-key", "Enter")
+
+
+async def test_with_authentication_on_the_page_sends_the_key_it_is_given(open_browser: OpenBrowser) -> None:
+    """The page itself is public; the API answers with the key from the field, per scope."""
+    browser = await open_browser(gateway_api_keys=f"alice:{USER_KEY},root:{ADMIN_KEY}:admin")
+    page = browser.page
+    await browser.goto()
+    await page.fill("#g-prompt", "a cat playing in the garden")
+    await page.click("#g-submit")
+    await expect(page.locator("#g-error")).to_contain_text("Not allowed")
+    await expect(page.locator("#g-error")).to_contain_text("Check the API key")
+
+    await set_api_key(page, USER_KEY)
+    await page.click("#g-submit")
+    await expect(page.locator("#g-result")).to_be_visible()
+    await expect(page.locator("#g-stages > li")).to_have_count(4)
+    await expect(page.locator("#g-error")).to_be_hidden()
+
+    await page.click("nav a[data-page=dashboard]")  # metrics need an admin key
+    await expect(page.locator("#d-error")).to_contain_text("needs an admin key")
+    await set_api_key(page, ADMIN_KEY)
+    await page.click("#d-refresh")
+    await expect(page.locator("#d-error")).to_be_hidden()
+    assert await bar_values(page, "chart-mix") == {"image_generation": 1.0}
+
+    # A plain link to the trace cannot carry the key; the button can.
+    await page.click("nav a[data-page=generate]")
+    href = await page.locator("#g-result-fields a[href^='/debug/traces/']").get_attribute("href") or ""
+    assert (await page.request.get(browser.base_url + href)).status == 401
+    await page.get_by_role("button", name="Show trace here").click()
+    await expect(page.locator("#g-trace-note")).to_contain_text("spans")
+    assert (
+        browser.unexpected_failures(
+            (401, "/api/v1/enhanced/stream"),
+            (403, "/api/v1/enhanced/metrics"),
+            (403, "/metrics"),
+            (401, href),
+            (404, href),
+        )
+        == []
+    )
+
+
 class ImageEverything:
     """An 'AI' classifier that disagrees with the rules: everything is image generation."""
 
