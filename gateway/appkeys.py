@@ -67,4 +67,5 @@ LLM_USAGE = web.AppKey("llm_usage", LLMUsage)
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)
 USER_ID = web.RequestKey("user_id", str)
+ARM = web.RequestKey("arm", str)  # the A/B arm that answered, for the request log line
 ADMISSION = web.RequestKey("admission", Admission)  # set by rate_limit_middleware

@@ -11,7 +11,7 @@ import time
 
 from aiohttp import web
 
-from gateway.appkeys import METRICS, STATS, TRACE_ID, TRACING, USER_ID
+from gateway.appkeys import ARM, METRICS, STATS, TRACE_ID, TRACING, USER_ID
 from gateway.errors import Handler
 from observability.spans import LightSpan
 
@@ -66,6 +66,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
                     "trace_id": trace_id,
                     "span_id": span.span_id,
                     "user_id": request.get(USER_ID),
+                    "arm": request.get(ARM),
                     "route": route,
                     "status": status,
                     "duration_ms": round(duration * 1000, 3),

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.analytics import handlers as analytics
 from gateway.appkeys import (
+    ARM,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
     INTENT_CACHE,
@@ -83,6 +84,8 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
 
 
 def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:
+    arm = result.metadata.arm
+    request[ARM] = arm if request.get(ARM, arm) == arm else "both"  # /compare runs both arms
     request.app[STATS].record_result(
         source=result.intent_source.value,
         arm=result.metadata.arm,

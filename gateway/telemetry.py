@@ -70,6 +70,11 @@ def observe_gateway(metrics: Metrics, stats: RequestStats, slots: Classification
         description="Classifications by the classifier that decided",
     )
     metrics.counter(
+        "gateway.rollout.arm",
+        lambda: [(n, {"arm": arm}) for arm, n in stats.arms.items()],
+        description="Answers by A/B arm (ai or existing), to compare the two",
+    )
+    metrics.counter(
         "gateway.workflows",
         lambda: [(n, {"workflow_type": workflow}) for workflow, n in stats.workflows.items()],
         description="Answers by workflow type",
