@@ -35,6 +35,7 @@ from gateway.errors import error_middleware
 from gateway.limits import limiter_ctx, rate_limit_middleware
 from gateway.llm import llm_ctx
 from gateway.middleware import request_middleware
+from gateway.openapi import add_openapi_route
 from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
 from gateway.search import observe_reference_search, open_reference_lookup
@@ -99,6 +100,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app.on_shutdown.append(stop_streams)
     add_routes(app)
     add_web_routes(app)
+    add_openapi_route(app)
     return app
 
 

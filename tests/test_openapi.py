@@ -1,0 +1,115 @@
+"""/openapi.json describes every route; schemathesis finds no 5xx and no schema violations."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+EXAMPLES_PER_OPERATION = 12  # bounded: the whole run stays a few seconds
+
+
+async def test_document_lists_every_route(client: Any) -> None:
+    """Each route on the router (HEAD aside) is in the document, with its responses."""
+    doc = await (await client.get("/openapi.json")).json()
+    assert doc["openapi"].startswith("3.0")
+    for route in client.app.router.routes():
+        if route.method == "HEAD":
+            continue
+        operation = doc["paths"][route.resource.canonical][route.method.lower()]
+        assert operation["responses"]
+    process = doc["paths"]["/api/v1/enhanced/process"]["post"]
+    assert process["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ProcessBody")
+    assert process["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/ProcessResult")
+    assert doc["paths"]["/health"]["get"]["security"] == []
+    assert "403" in doc["paths"]["/metrics"]["get"]["responses"]
+
+
+async def test_document_is_public_with_auth_on(make_client: Any) -> None:
+    """The document itself needs no key, and it declares the bearer scheme."""
+    client = await make_client(gateway_api_keys="a:0123456789abcdef0123")
+    resp = await client.get("/openapi.json")
+    assert resp.status == 200
+    assert (await resp.json())["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """The real gateway in a subprocess (open on loopback, limits out of the way)."""
+    port = _free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_", "REDIS_"))},
+        "INTENT_CLASSIFIER": "rules",
+        "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000",
+        "RATE_LIMIT_REQUESTS_PER_HOUR": "1000000",
+        "COST_LIMIT_PER_HOUR": "1000000",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_schemathesis_finds_no_server_error_or_schema_violation(server: str) -> None:
+    """Generated requests to every operation: no 5xx, statuses, content types and bodies as documented."""
+    with urllib.request.urlopen(f"{server}/openapi.json", timeout=5) as resp:
+        schema = schemathesis.openapi.from_dict(json.loads(resp.read()))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 10
+    tested = 0
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case: Any) -> None:
+            response = case.call(base_url=server, timeout=10)
+            case.validate_response(response, checks=CHECKS)
+
+        check()
+        tested += 1
+    assert tested == len(operations)
