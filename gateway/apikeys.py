@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "igw_"
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
 
-# Idempotent, so the CLI and start-up can both run it; the analytics migrations carry the same.
+# Idempotent, so the CLI can run it before the gateway has migrated; the same SQL is migration
+# gateway/analytics/migrations/0004_api_keys.sql.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_api_keys (
     key_hash   TEXT PRIMARY KEY,            -- sha256 hex of the key; the key itself is never stored

@@ -7,11 +7,19 @@ document never silently misses an endpoint (tests check that against the router)
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiohttp import web
 
+from gateway.analytics.handlers import (
+    CostReport,
+    IntentReport,
+    ReferenceBody,
+    ReferenceList,
+    UserReference,
+)
+from gateway.analytics.views import MAX_DAYS, MAX_HOURS
 from gateway.apikeys import NewKey
 from gateway.auth import scope_for
 from gateway.errors import ErrorBody
@@ -81,6 +89,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         request=CreateKey, response=NewKey, status="201", errors=("400", "409", "422")
     ),
     ("DELETE", "/api/v1/admin/keys/{key_id}"): Operation(response=Revoked, errors=("409",)),
+    ("POST", "/api/v1/references"): Operation(
+        request=ReferenceBody, response=UserReference, status="201", errors=_BODY_ERRORS
+    ),
+    ("GET", "/api/v1/references"): Operation(response=ReferenceList),
+    ("GET", "/api/v1/enhanced/analytics/intents"): Operation(
+        query={"hours": (Annotated[int, msgspec.Meta(ge=1, le=MAX_HOURS)], False)},
+        response=IntentReport,
+        errors=("422",),
+    ),
+    ("GET", "/api/v1/enhanced/analytics/costs"): Operation(
+        query={"days": (Annotated[int, msgspec.Meta(ge=1, le=MAX_DAYS)], False)},
+        response=CostReport,
+        errors=("422",),
+    ),
     ("GET", "/openapi.json"): Operation(),
     ("GET", "/api/v1/enhanced/metrics"): Operation(),
     ("GET", "/health"): Operation(),
@@ -145,6 +167,9 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
         statuses += ["401", "429", "503"] + (["403"] if scope == "admin" else [])
     elif path != "/health":
         statuses += ["503"]
+    if not known:
+        # A route added elsewhere without an entry here: listed, any status allowed, still no 5xx.
+        responses["default"] = {"description": "Any status; errors are ErrorBody JSON"}
     for status in sorted(set(statuses)):
         responses[status] = {
             "description": ERROR_STATUSES.get(status, "Conflict: not configured"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -22,6 +23,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+from tests.pg import SERVER as PG_SERVER
+from tests.pg import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -59,11 +63,24 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[str]:
+def database() -> Iterator[str]:
+    """A throwaway Postgres database, so the analytics and reference endpoints run for real."""
+    loop = asyncio.new_event_loop()
+    context = fresh_database()
+    try:
+        yield f"{PG_SERVER}/{loop.run_until_complete(context.__aenter__())}"
+    finally:
+        loop.run_until_complete(context.__aexit__(None, None, None))
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def server(database: str) -> Iterator[str]:
     """The real gateway in a subprocess (open on loopback, limits out of the way)."""
     port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_", "REDIS_"))},
+        "DATABASE_URL": database,
         "INTENT_CLASSIFIER": "rules",
         "RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000",
         "RATE_LIMIT_REQUESTS_PER_HOUR": "1000000",
@@ -110,6 +127,10 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(server: str) -> 
             response = case.call(base_url=server, timeout=10)
             case.validate_response(response, checks=CHECKS)
 
-        check()
+        try:
+            check()
+        except Exception as exc:
+            exc.add_note(f"operation: {operation.label}")
+            raise
         tested += 1
     assert tested == len(operations)
