@@ -84,10 +84,14 @@ class LightSpan:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         end = time.time_ns()
         otel_context.detach(self._token)
-        if not self.recording:
-            return
         if exc is not None:
             self.fail(exc, type(exc).__qualname__)
+        self.report(self._start, end)
+
+    def report(self, start: int, end: int) -> None:
+        """Hand the finished span to the processors (times in ns since the epoch)."""
+        if not self.recording:
+            return
         self._emit(
             ReadableSpan(
                 self._name,
@@ -98,7 +102,7 @@ class LightSpan:
                 events=self._events,
                 kind=self._kind,
                 status=self._status,
-                start_time=self._start,
+                start_time=start,
                 end_time=end,
                 instrumentation_scope=self._scope,
             )

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -59,3 +60,34 @@ async def test_client_session_spans_inject_traceparent(make_client: MakeClient, 
     assert call.parent is not None and call.parent.span_id == parent.get_span_context().span_id
     assert call.context is not None
     assert [header[:-2] for header in seen] == [f"00-{trace_id}-{call.context.span_id:016x}-"]
+
+
+async def test_postgres_queries_are_client_spans_of_the_current_trace(make_client: MakeClient) -> None:
+    """A query on a connection with the tracing hook is a CLIENT span under the current span only."""
+    import asyncio
+
+    import asyncpg
+
+    client = await make_client()
+    tracing = client.server.app[TRACING]
+    exporter = InMemorySpanExporter()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    connection = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await tracing.instrument_postgres(connection)
+        await connection.fetchval("SELECT 1")  # no current span: background work, not kept
+        with tracing.tracer.start_as_current_span("request") as parent:
+            assert await connection.fetchval("SELECT $1::int + 1", 41) == 42
+            with pytest.raises(asyncpg.PostgresError):
+                await connection.execute("SELECT * FROM no_such_table_here")
+        await asyncio.sleep(0)  # asyncpg calls its query loggers soon, not at once
+    finally:
+        await connection.close()
+    queries = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in queries] == ["SELECT", "SELECT"]
+    ok, failed = queries
+    assert ok.attributes is not None and ok.attributes["db.system"] == "postgresql"
+    assert ok.attributes["db.statement"] == "SELECT $1::int + 1" and ok.attributes["db.name"] == "postgres"
+    assert ok.parent is not None and ok.parent.span_id == parent.get_span_context().span_id
+    assert ok.end_time is not None and ok.start_time is not None and ok.end_time >= ok.start_time
+    assert failed.status.status_code.name == "ERROR" and failed.events[0].name == "exception"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 
@@ -14,7 +14,9 @@ CONNECT_TIMEOUT = 2.0  # seconds: an unreachable database is noticed quickly
 QUERY_TIMEOUT = 2.0  # reads on the request path (references, analytics endpoints)
 
 
-async def create_pool(url: str) -> asyncpg.Pool:
+async def create_pool(
+    url: str, *, init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+) -> asyncpg.Pool:
     # min_size=0: creating the pool connects to nothing, so a database that is down at
     # start-up delays nothing; connections open on first use and after a network cut.
     pool = await asyncpg.create_pool(
@@ -24,6 +26,7 @@ async def create_pool(url: str) -> asyncpg.Pool:
         timeout=CONNECT_TIMEOUT,
         command_timeout=30.0,
         max_inactive_connection_lifetime=60.0,
+        init=init,  # per connection: the tracing query logger
     )
     assert pool is not None
     return pool

@@ -16,7 +16,15 @@ from gateway.analytics.references import PostgresReferenceStore
 from gateway.analytics.schema import ensure_partitions, migrate
 from gateway.analytics.views import Analytics
 from gateway.analytics.writer import LogWriter
-from gateway.appkeys import ANALYTICS, HEALTH_PROBES, METRICS, REFERENCES, REQUEST_LOG, SETTINGS
+from gateway.appkeys import (
+    ANALYTICS,
+    HEALTH_PROBES,
+    METRICS,
+    REFERENCES,
+    REQUEST_LOG,
+    SETTINGS,
+    TRACING,
+)
 from gateway.config import Settings
 from observability.metrics import Metrics
 
@@ -32,7 +40,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.database_url:
         yield
         return
-    pool = await create_pool(settings.database_url)
+    pool = await create_pool(settings.database_url, init=app[TRACING].instrument_postgres)
     try:
         migrated = settings.database_migrate_on_start and await _try_migrate(pool)
         writer = LogWriter(
