@@ -6,11 +6,11 @@ test can hold a classification open and watch the page show the stages that came
 
 from __future__ import annotations
 
-import json
+import asyncio
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,6 +24,8 @@ from pipeline.classifiers.rules import RulesClassifier
 from pipeline.protocols import Classifier
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
 from tests.conftest import GatedClassifier
+from tests.pg import SERVER as PG_SERVER
+from tests.pg import fresh_database
 
 playwright_api = pytest.importorskip("playwright.async_api")
 
@@ -347,63 +349,47 @@ async def test_dashboard_draws_its_charts_and_refreshes_by_itself(open_browser: 
     assert browser.unexpected_failures() == []
 
 
-INTENT_VIEW = {
-    "hours": 24,
-    "refreshed_at": None,
-    "buckets": [
-        {"classified_workflow": "hair_styling", "hour": "{h0}", "total_requests": 6, "avg_confidence": 0.9,
-         "avg_processing_time": 4.0, "fallback_count": 3, "cache_hits": 1, "rate_limited_count": 0},
-        {"classified_workflow": "image_generation", "hour": "{h1}", "total_requests": 2,
-         "avg_confidence": 0.8, "avg_processing_time": 3.0, "fallback_count": 1, "cache_hits": 1,
-         "rate_limited_count": 0},
-    ],
-}  # fmt: skip
-COST_VIEW = {
-    "days": 7,
-    "refreshed_at": None,
-    "buckets": [
-        {"user_id": "u1", "day": "{d0}", "total_generations": 3, "total_cost": None,
-         "avg_cost_per_generation": None, "successful_generations": 3, "total_estimated_cost": 0.5,
-         "avg_estimated_cost": 0.1},
-        {"user_id": "u2", "day": "{d0}", "total_generations": 1, "total_cost": None,
-         "avg_cost_per_generation": None, "successful_generations": 1, "total_estimated_cost": 0.25,
-         "avg_estimated_cost": 0.25},
-    ],
-}  # fmt: skip
+@pytest_asyncio.fixture(loop_scope="module")
+async def database() -> AsyncIterator[str]:
+    """A fresh database on the machine's PostgreSQL; list it before open_browser (drop after stop)."""
+    async with fresh_database() as name:
+        yield f"{PG_SERVER}/{name}"
 
 
-async def test_dashboard_reads_the_postgres_analytics_views_when_configured(
-    open_browser: OpenBrowser,
+async def test_dashboard_reads_the_postgres_analytics_views(
+    database: str, open_browser: OpenBrowser, tmp_path: Path
 ) -> None:
-    """With Postgres up, the charts come from /analytics/intents and /analytics/costs rows."""
-    browser = await open_browser()
-    page = browser.page
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    stamps = {
-        "{h0}": now.isoformat(),
-        "{h1}": (now - timedelta(hours=1)).isoformat(),
-        "{d0}": now.replace(hour=0).isoformat(),
-    }
-
-    def body(view: dict[str, Any]) -> str:
-        text = json.dumps(view)
-        for placeholder, stamp in stamps.items():
-            text = text.replace(placeholder, stamp)
-        return text
-
-    # The analytics views belong to the Postgres issue; the page must read their rows as served.
-    health = {"status": "ok", "dependencies": {"postgres": {"state": "ok"}}}
-    await page.route(f"{browser.base_url}/health", lambda r: r.fulfill(json=health))
-    await page.route(
-        re.compile(r"/analytics/intents\?hours=24$"), lambda r: r.fulfill(body=body(INTENT_VIEW))
+    """With DATABASE_URL set, the charts come from the refreshed analytics views, per user and day."""
+    browser = await open_browser(
+        database_url=database,
+        analytics_spill_path=str(tmp_path / "spill.jsonl"),
+        analytics_flush_seconds=0.05,
+        analytics_refresh_seconds=0.2,
     )
-    await page.route(re.compile(r"/analytics/costs\?days=7$"), lambda r: r.fulfill(body=body(COST_VIEW)))
+    page = browser.page
+    answers = []
+    for user, prompt in [("sarah", "change my hair to blonde with bangs")] * 3 + [("omar", "a red fox")]:
+        url = f"{browser.base_url}/api/v1/enhanced/process"
+        answer = await page.request.post(url, data={"prompt": prompt}, headers={"X-User-Id": user})
+        answers.append(await answer.json())
+
+    for _ in range(100):  # the writer's batch, then the views' periodic refresh
+        view = await page.request.get(f"{browser.base_url}/api/v1/enhanced/analytics/intents?hours=1")
+        if sum(b["total_requests"] for b in (await view.json())["buckets"]) == 4:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail("the analytics views never showed the four requests")
+
     await browser.goto("#dashboard")
-    await expect(page.locator("#d-source")).to_contain_text("Source: Postgres analytics")
-    assert await bar_values(page, "chart-mix") == {"hair_styling": 6.0, "image_generation": 2.0}
-    assert list((await bar_values(page, "chart-hourly")).values())[-2:] == [2.0, 6.0]
-    assert await bar_values(page, "chart-rates") == {"Fallback rate": 0.5, "Cache-hit rate": 0.25}
-    assert list((await bar_values(page, "chart-cost")).values())[-1] == 0.75
+    await expect(page.locator("#d-source")).to_contain_text("Source: Postgres analytics, views refreshed")
+    assert await bar_values(page, "chart-mix") == {"hair_styling": 3.0, "image_generation": 1.0}
+    assert list((await bar_values(page, "chart-hourly")).values())[-1] == 4.0
+    hits = sum(a["cache_hit"] for a in answers) / 4
+    assert await bar_values(page, "chart-rates") == {"Fallback rate": 0.0, "Cache-hit rate": hits}
+    # Cost per day sums the users' rows.
+    total = sum(a["estimated_cost"] for a in answers)
+    assert list((await bar_values(page, "chart-cost")).values())[-1] == pytest.approx(total)
     assert browser.unexpected_failures() == []
 
 
