@@ -36,8 +36,12 @@ class EventStream(web.StreamResponse):
         self._beat: asyncio.Task[None] | None = None
 
     async def prepare(self, request: web.BaseRequest) -> object:
+        # aiohttp calls prepare() again on the response a handler returns: arm the heartbeat
+        # only the first time, or a finished stream keeps a timer (and itself) alive.
+        first = not self.prepared
         writer = await super().prepare(request)
-        self._schedule_heartbeat()
+        if first:
+            self._schedule_heartbeat()
         return writer
 
     async def send(self, event: str, data: bytes) -> None:
