@@ -173,7 +173,8 @@ export function setupDashboard() {
 
   function schedule(active) {
     clearInterval(timer);
-    timer = active && auto.checked ? setInterval(refresh, REFRESH_MS) : null;
+    // A hidden browser tab skips its turns: nobody is looking, and the gateway is spared the polls.
+    timer = active && auto.checked ? setInterval(() => document.hidden || refresh(), REFRESH_MS) : null;
   }
 
   hoursSelect.addEventListener("change", refresh);
