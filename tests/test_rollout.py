@@ -7,11 +7,15 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
+from gateway.appkeys import REQUEST_LOG
 from pipeline.rollout import Rollout
+from tests.conftest import wait_until
 
 USERS = [f"user-{i}" for i in range(300)]
 ARMS_SCRIPT = """
@@ -88,3 +92,30 @@ async def test_compare_logs_both_arms(make_client: Any, caplog: pytest.LogCaptur
         await client.post("/api/v1/enhanced/compare", json={"prompt": "a red bicycle"})
     (line,) = [r for r in caplog.records if r.name == "gateway.request"]
     assert line.arm == "both"  # type: ignore[attr-defined]
+
+
+async def test_arm_is_in_the_analytics_rows(postgres_db: str, make_client: Any, tmp_path: Path) -> None:
+    """Both log tables record each request's arm, so the two arms can be compared in SQL."""
+    client = await make_client(
+        database_url=postgres_db,
+        analytics_spill_path=str(tmp_path / "spill.jsonl"),
+        analytics_flush_seconds=0.05,
+        ai_classification_rollout_percentage=50,
+    )
+    rollout = Rollout(True, 50)
+    users = [next(u for u in USERS if rollout.arm(u) == arm) for arm in ("ai", "existing")]
+    for user in users:
+        resp = await client.post(
+            "/api/v1/enhanced/process", json={"prompt": "a red bicycle"}, headers={"X-User-Id": user}
+        )
+        assert resp.status == 200
+    writer = client.app[REQUEST_LOG]
+    await wait_until(lambda: writer.stats.written == 2, timeout=10)
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        for table in ("intent_classification_logs", "model_selection_logs"):
+            rows = await conn.fetch(f"SELECT user_id, arm FROM {table}")
+            assert {r["user_id"]: r["arm"] for r in rows} == {users[0]: "ai", users[1]: "existing"}
+    finally:
+        await conn.close()
+    await client.close()
