@@ -32,7 +32,7 @@ class SpanView(msgspec.Struct, kw_only=True):
     events: list[dict[str, object]]
 
 
-class TraceView(msgspec.Struct, kw_only=True):
+class TraceView(msgspec.Struct, kw_only=True, omit_defaults=True):
     trace_id: str
     root: str  # name of the earliest span: the HTTP server span for requests
     started: str  # ISO 8601, UTC
