@@ -151,7 +151,8 @@ class PgKeyStore:
 
     async def list(self) -> list[KeyInfo]:
         rows = await self.pool.fetch(
-            "SELECT key_hash, user_id, admin, created_at, revoked_at FROM gateway_api_keys ORDER BY created_at"
+            "SELECT key_hash, user_id, admin, created_at, revoked_at"
+            " FROM gateway_api_keys ORDER BY created_at"
         )
         return [
             KeyInfo(
@@ -169,7 +170,8 @@ class PgKeyStore:
         if len(key_id) < 12 or any(c not in "0123456789abcdef" for c in key_id):
             return 0
         result = await self.pool.execute(
-            "UPDATE gateway_api_keys SET revoked_at = now() WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
+            "UPDATE gateway_api_keys SET revoked_at = now()"
+            " WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
             key_id,
         )
         self._cache.clear()

@@ -47,7 +47,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
             for info in await store.list():
                 state = "revoked" if info.revoked_at else "active"
                 admin = "admin" if info.admin else "user"
-                sys.stdout.write(f"{info.key_id}  {info.user_id}  {admin}  {state}  {info.created_at:%Y-%m-%d}\n")
+                created = f"{info.created_at:%Y-%m-%d}"
+                sys.stdout.write(f"{info.key_id}  {info.user_id}  {admin}  {state}  {created}\n")
             return 0
         revoked = await store.revoke(args.key_id)
         sys.stdout.write(f"revoked {revoked} key(s)\n")

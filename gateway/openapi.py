@@ -74,14 +74,18 @@ _STREAM_QUERY: dict[str, Any] = {
 }
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("POST", "/api/v1/enhanced/process"): Operation(request=ProcessBody, response=ProcessResult, errors=_BODY_ERRORS),
+    ("POST", "/api/v1/enhanced/process"): Operation(
+        request=ProcessBody, response=ProcessResult, errors=_BODY_ERRORS
+    ),
     ("POST", "/api/v1/enhanced/stream"): Operation(
         request=ProcessBody, response=SSE_EVENT, content_type="text/event-stream", errors=_BODY_ERRORS
     ),
     ("GET", "/api/v1/enhanced/stream"): Operation(
         query=_STREAM_QUERY, response=SSE_EVENT, content_type="text/event-stream", errors=("422",)
     ),
-    ("POST", "/api/v1/enhanced/compare"): Operation(request=ProcessBody, response=Comparison, errors=_BODY_ERRORS),
+    ("POST", "/api/v1/enhanced/compare"): Operation(
+        request=ProcessBody, response=Comparison, errors=_BODY_ERRORS
+    ),
     ("GET", "/api/v1/enhanced/usage"): Operation(response=Usage),
     ("GET", "/metrics"): Operation(response=str, content_type="text/plain"),
     ("GET", "/api/v1/admin/keys"): Operation(response=KeyList, errors=("409",)),
@@ -112,7 +116,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 def build_document(app: web.Application) -> dict[str, Any]:
     types: list[Any] = [ErrorBody]
     for op in OPERATIONS.values():
-        types += [t for t in (op.request, op.response) if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+        types += [t for t in (op.request, op.response) if _is_struct(t)]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
@@ -162,7 +166,7 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
     if known:
         success["content"] = {op.content_type: {"schema": body_schema}}
     responses: dict[str, Any] = {op.status: success}
-    statuses = list(op.errors) + ["404", "405"] if _path_params(path) else list(op.errors) + ["405"]
+    statuses = [*op.errors, "405", *(["404"] if _path_params(path) else [])]
     if scope != "public":
         statuses += ["401", "429", "503"] + (["403"] if scope == "admin" else [])
     elif path != "/health":
@@ -179,10 +183,14 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
     return result
 
 
+def _is_struct(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+
+
 def _schema_of(kind: Any) -> dict[str, Any]:
     if isinstance(kind, dict):
         return kind
-    if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+    if _is_struct(kind):
         return {"$ref": _REF.format(name=kind.__name__)}
     schema: dict[str, Any] = _openapi30(msgspec.json.schema(kind))
     return schema

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class EventStream(web.StreamResponse):
         self._timer: asyncio.TimerHandle | None = None
         self._beat: asyncio.Task[None] | None = None
 
-    async def prepare(self, request: web.BaseRequest) -> object:
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # aiohttp calls prepare() again on the response a handler returns: arm the heartbeat
         # only the first time, or a finished stream keeps a timer (and itself) alive.
         first = not self.prepared

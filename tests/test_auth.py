@@ -35,6 +35,7 @@ ADMIN_ENDPOINTS = [
     "/debug/traces",
     "/api/v1/admin/keys",
 ]
+CLAIMS = {"sub": "carol", "exp": int(time.time()) + 3600}
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -122,11 +123,11 @@ async def test_valid_jwt_authenticates_its_subject(secured: Any) -> None:
     [
         pytest.param(lambda: token(exp=time.time() - 3600), id="expired"),
         pytest.param(lambda: token(secret="another-secret-0123456789abcdef-xyz"), id="wrong-secret"),
-        pytest.param(lambda: jwt.encode({"sub": "carol", "exp": time.time() + 60}, None, algorithm="none"), id="alg-none"),
+        pytest.param(lambda: jwt.encode(CLAIMS, None, algorithm="none"), id="alg-none"),
         pytest.param(lambda: jwt.encode({"sub": "carol"}, SECRET, algorithm="HS256"), id="no-exp"),
         pytest.param(lambda: jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256"), id="no-sub"),
         pytest.param(lambda: token("bad user id"), id="bad-sub"),
-        pytest.param(lambda: jwt.encode({"sub": "carol", "exp": time.time() + 60}, SECRET * 2, algorithm="HS512"), id="HS512"),
+        pytest.param(lambda: jwt.encode(CLAIMS, SECRET * 2, algorithm="HS512"), id="HS512"),
     ],
 )
 async def test_bad_jwts_are_401(secured: Any, bad: Any) -> None:
@@ -190,7 +191,9 @@ async def test_open_on_loopback_with_a_warning(make_client: Any, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="gateway.auth"):
         client = await make_client()
     assert any("OPEN" in r.getMessage() for r in caplog.records)
-    resp = await client.get("/api/v1/enhanced/stream", params={"prompt": "a cat"}, headers={"X-User-Id": "dev"})
+    resp = await client.get(
+        "/api/v1/enhanced/stream", params={"prompt": "a cat"}, headers={"X-User-Id": "dev"}
+    )
     context = next(e for e in parse_events(await resp.read()) if e.event == "context")
     assert context.data["user_id"] == "dev"
 
@@ -203,8 +206,10 @@ async def test_refuses_to_start_open_on_a_public_address(make_client: Any) -> No
             await runner.setup()
     finally:
         await runner.cleanup()
-    assert (await (await make_client(host="0.0.0.0", gateway_allow_anonymous=True)).get("/health")).status == 200
-    assert (await (await make_client(host="0.0.0.0", gateway_api_keys=KEYS)).get("/health")).status == 200
+    anonymous = await make_client(host="0.0.0.0", gateway_allow_anonymous=True)
+    assert (await anonymous.get("/health")).status == 200
+    keyed = await make_client(host="0.0.0.0", gateway_api_keys=KEYS)
+    assert (await keyed.get("/health")).status == 200
 
 
 def test_serve_cli_refuses_public_bind_without_keys() -> None:

@@ -76,7 +76,7 @@ async def test_dns_rebinding_is_caught_on_the_second_lookup(local_server: Any) -
     checker = SafeResolver(resolver)
     first = await checker.resolve("rebind.example", 80)
     assert first[0]["host"] == "93.184.216.34"
-    with pytest.raises(BlockedAddress, match="169.254.169.254"):
+    with pytest.raises(BlockedAddress, match=r"169\.254\.169\.254"):
         await checker.resolve("rebind.example", 80)
 
 
