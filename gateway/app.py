@@ -83,7 +83,9 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             app[CLASSIFIER] = classifier
             yield
             return
-        async with open_classifier(settings, breaker=app[LLM_BREAKER], usage=app[LLM_USAGE]) as opened:
+        async with open_classifier(
+            settings, breaker=app[LLM_BREAKER], usage=app[LLM_USAGE], spans=app[TRACING].client_span
+        ) as opened:
             app[CLASSIFIER] = opened
             yield
 

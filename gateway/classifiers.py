@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from gateway.config import Settings
 from gateway.llm import breaker_policy, llm_usage
+from observability.spans import ClientSpans, no_client_spans
 from pipeline.breaker import CircuitBreaker
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.llm_usage import LLMUsage
@@ -25,6 +26,7 @@ async def open_classifier(
     *,
     breaker: CircuitBreaker | None = None,
     usage: LLMUsage | None = None,
+    spans: ClientSpans = no_client_spans,
 ) -> AsyncIterator[Classifier]:
     """The configured classifier, open for the app's lifetime (LLM clients hold connections).
 
@@ -39,7 +41,7 @@ async def open_classifier(
 
         usage = usage or llm_usage(settings)
         breaker = breaker or CircuitBreaker("llm", breaker_policy(settings))
-        async with open_llm(settings, breaker, usage) as llm:
+        async with open_llm(settings, breaker, usage, spans=spans) as llm:
             if settings.intent_classifier == "llm":
                 yield FallbackClassifier(llm, usage=usage, fallbacks=embedded(settings))
             else:
@@ -57,7 +59,7 @@ def embedded(settings: Settings) -> tuple[Classifier, ...]:
 
 @asynccontextmanager
 async def open_llm(
-    settings: Settings, breaker: CircuitBreaker, usage: LLMUsage
+    settings: Settings, breaker: CircuitBreaker, usage: LLMUsage, *, spans: ClientSpans = no_client_spans
 ) -> AsyncIterator[LLMClassifier]:
     from openai import AsyncOpenAI, DefaultAioHttpClient
 
@@ -80,4 +82,5 @@ async def open_llm(
             timeout=settings.classification_timeout,
             backoff_base=settings.llm_backoff_base,
             max_tokens=settings.llm_max_tokens,
+            spans=spans,
         )

@@ -32,6 +32,8 @@ from opentelemetry.trace import (
 
 AttributeValue = str | bool | int | float
 Emit = Callable[[ReadableSpan], None]
+# Tracing.client_span, as passed to code that makes outside calls (the LLM classifier).
+ClientSpans = Callable[[str, dict[str, AttributeValue]], "LightSpan | NoSpan"]
 _UNSET = Status(StatusCode.UNSET)
 
 
@@ -153,3 +155,7 @@ class NoSpan:
 
 
 NO_SPAN = NoSpan()
+
+
+def no_client_spans(name: str, attributes: dict[str, AttributeValue]) -> NoSpan:
+    return NO_SPAN

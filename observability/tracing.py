@@ -201,6 +201,16 @@ class Tracing:
 
             RedisInstrumentor.instrument_client(client, tracer_provider=self.provider)
 
+    def client_span(self, name: str, attributes: dict[str, AttributeValue]) -> LightSpan | NoSpan:
+        """A CLIENT span under the current span when it is sampled (a call to an outside service
+        made through a client no contrib instrumentation reaches, e.g. the openai SDK's)."""
+        parent = get_current_span().get_span_context()
+        if not self.enabled or not parent.is_valid or not parent.trace_flags.sampled:
+            return NO_SPAN
+        span = self.child_span(name, parent, kind=SpanKind.CLIENT)
+        span.attributes.update(attributes)
+        return span
+
     async def instrument_postgres(self, connection: Any) -> None:
         """asyncpg pool `init=` hook: a CLIENT span per query run inside a sampled request.
 
@@ -298,7 +308,7 @@ class Tracing:
             attributes=attributes,
         )
 
-    def child_span(self, name: str, parent: SpanContext) -> LightSpan:
+    def child_span(self, name: str, parent: SpanContext, *, kind: SpanKind = SpanKind.INTERNAL) -> LightSpan:
         """An INTERNAL span under `parent`, sharing its sampling decision."""
         context = SpanContext(
             parent.trace_id,
@@ -311,7 +321,7 @@ class Tracing:
             name,
             context,
             parent=parent,
-            kind=SpanKind.INTERNAL,
+            kind=kind,
             recording=True,
             emit=self.end_span,
             resource=self._resource,

@@ -91,3 +91,26 @@ async def test_postgres_queries_are_client_spans_of_the_current_trace(make_clien
     assert ok.parent is not None and ok.parent.span_id == parent.get_span_context().span_id
     assert ok.end_time is not None and ok.start_time is not None and ok.end_time >= ok.start_time
     assert failed.status.status_code.name == "ERROR" and failed.events[0].name == "exception"
+
+
+async def test_llm_calls_are_client_spans_under_the_intent_stage(
+    make_client: MakeClient, upstream: Any
+) -> None:
+    """Each upstream chat call is a CLIENT span under stage.intent, with model and token counts."""
+    from tests.test_llm import ENDPOINT, answer, completion
+    from tests.test_llm_app import LLM
+
+    upstream.post(ENDPOINT, payload=completion(answer("hair_styling", 0.93)), repeat=True)
+    client = await make_client(intent_classifier="llm", **LLM)
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
+    assert (await response.json())["intent_source"] == "llm"
+    named = {s.name: s for s in exporter.get_finished_spans()}
+    chat, intent = named["chat gpt-4o-mini"], named["stage.intent"]
+    assert chat.kind is SpanKind.CLIENT and intent.context is not None
+    assert chat.parent is not None and chat.parent.span_id == intent.context.span_id
+    assert chat.attributes is not None
+    assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+    assert chat.attributes["gen_ai.usage.input_tokens"] == 120
+    assert chat.attributes["gen_ai.usage.output_tokens"] == 30

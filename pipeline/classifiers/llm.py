@@ -22,6 +22,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 
+from observability.spans import AttributeValue, ClientSpans, no_client_spans
 from pipeline.breaker import BreakerState, CircuitBreaker, CircuitOpen
 from pipeline.llm_usage import LLMUsage
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
@@ -190,8 +191,10 @@ class LLMClassifier:
         max_tokens: int = 300,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        spans: ClientSpans = no_client_spans,
     ) -> None:
         self.client = client
+        self._spans = spans  # a CLIENT span per upstream call, under the intent stage
         self.model = model
         self.version = f"llm-{model}-p{PROMPT_VERSION}"
         self.breaker = breaker
@@ -201,6 +204,12 @@ class LLMClassifier:
         self.max_tokens = max_tokens
         self._sleep = sleep
         self._jitter = jitter
+        # GenAI semantic conventions' names.
+        self._span_attributes: dict[str, AttributeValue] = {
+            "gen_ai.system": "openai",
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": model,
+        }
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         call = _Call()
@@ -258,14 +267,18 @@ class LLMClassifier:
     async def _attempt(self, query: ClassifierInput) -> LLMAnswer:
         self.usage.calls += 1
         try:
-            completion = await self.client.chat.completions.create(
-                model=self.model,
-                messages=self._messages(query),
-                response_format=response_format(),
-                temperature=0,
-                max_tokens=self.max_tokens,
-                timeout=self.timeout,
-            )
+            with self._spans(f"chat {self.model}", self._span_attributes) as span:
+                completion = await self.client.chat.completions.create(
+                    model=self.model,
+                    messages=self._messages(query),
+                    response_format=response_format(),
+                    temperature=0,
+                    max_tokens=self.max_tokens,
+                    timeout=self.timeout,
+                )
+                if span.recording and completion.usage is not None:
+                    span.attributes["gen_ai.usage.input_tokens"] = completion.usage.prompt_tokens
+                    span.attributes["gen_ai.usage.output_tokens"] = completion.usage.completion_tokens
         except openai.RateLimitError as exc:
             raise _Retry("rate_limited", retry_after(exc)) from exc
         except openai.InternalServerError as exc:
