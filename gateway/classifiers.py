@@ -35,6 +35,9 @@ async def open_classifier(
     if settings.intent_classifier == "rules":
         yield RulesClassifier()
         return
+    if settings.intent_classifier == "local":
+        yield local_classifier(settings)
+        return
     if settings.intent_classifier in ("llm", "cascade"):
         # Imported here: the SDK (and pydantic) cost start-up time only when used.
         from pipeline.classifiers.cascade import CascadeClassifier, FallbackClassifier
@@ -53,8 +56,18 @@ async def open_classifier(
 
 
 def embedded(settings: Settings) -> tuple[Classifier, ...]:
-    """The embedded classifier the LLM path falls back to, before the rules (none yet)."""
-    return ()
+    """The embedded classifier the LLM path falls back to, before the rules."""
+    return (local_classifier(settings),)
+
+
+def local_classifier(settings: Settings) -> Classifier:
+    """The embedded classifier; its artifact is built by `make install`, else at first start."""
+    # Imported here: numpy and the tokenizer cost start-up time only when used.
+    from pipeline.classifiers.local import LocalClassifier
+
+    return LocalClassifier.load(
+        build_if_missing=True, low_confidence_below=settings.local_confidence_threshold
+    )
 
 
 @asynccontextmanager

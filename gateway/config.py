@@ -111,9 +111,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             if value is not None and value != "":
                 raw[field.name] = value
         if "intent_classifier" not in raw:
-            # With an API key the cascade pays for the LLM only when the local answer is unsure.
-            # The embedded classifier lands with its own issue; until then the rules serve.
-            raw["intent_classifier"] = "cascade" if "openai_api_key" in raw else "rules"
+            # With an API key the cascade pays for the LLM only when the local answer is unsure;
+            # without one the embedded classifier answers on its own.
+            raw["intent_classifier"] = "cascade" if "openai_api_key" in raw else "local"
         if "max_concurrent_classifications" not in raw:
             raw["max_concurrent_classifications"] = max(4, 4 * (os.cpu_count() or 1))
         if "port" not in raw and env.get("PORT"):

@@ -83,8 +83,20 @@ def _layer_norm(x: FloatArray, weight: FloatArray, bias: FloatArray) -> FloatArr
 class _Layer:
     """One transformer layer with Q, K and V fused into a single matmul."""
 
-    __slots__ = ("qkv_w", "qkv_b", "out_w", "out_b", "ln1_w", "ln1_b",
-                 "up_w", "up_b", "down_w", "down_b", "ln2_w", "ln2_b")
+    __slots__ = (
+        "down_b",
+        "down_w",
+        "ln1_b",
+        "ln1_w",
+        "ln2_b",
+        "ln2_w",
+        "out_b",
+        "out_w",
+        "qkv_b",
+        "qkv_w",
+        "up_b",
+        "up_w",
+    )
 
     def __init__(self, w: dict[str, FloatArray], i: int) -> None:
         p = f"encoder.layer.{i}."

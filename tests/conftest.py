@@ -26,6 +26,9 @@ def make_client(aiohttp_client: Any) -> MakeClient:
     """Start the gateway with `Settings` overrides and, optionally, an injected classifier."""
 
     async def make(classifier: Classifier | None = None, **overrides: Any) -> TestClient[Any, Any]:
+        # The API tests pin the rules (deterministic keyword answers, no model load per app);
+        # tests/test_local_classifier.py covers the embedded default through the app.
+        overrides.setdefault("intent_classifier", "rules")
         settings = msgspec.structs.replace(Settings.from_env({}), **overrides)
         app = create_app(settings, classifier=classifier)
         # As in production: a client that disconnects cancels its handler.

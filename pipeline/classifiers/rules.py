@@ -54,6 +54,15 @@ _COMPILED: tuple[tuple[WorkflowType, str, re.Pattern[str]], ...] = tuple(
 )
 
 
+_LOOK_PATTERNS = tuple((name, _pattern(name)) for name in NAMED_LOOKS)
+
+
+def named_looks(prompt: str) -> list[str]:
+    """Celebrity and event names in the prompt whose look a web search can find."""
+    text = prompt.lower()
+    return [name for name, pattern in _LOOK_PATTERNS if pattern.search(text)]
+
+
 class RulesClassifier:
     name = "rules"
     version = "rules-2"
