@@ -286,9 +286,11 @@ class Tracing:
         recording, flags, trace_state = False, parent.trace_flags, parent.trace_state
         if traced and self.enabled:
             sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
-            recording = sampling.decision.is_recording()
-            flags = TraceFlags(TraceFlags.SAMPLED if sampling.decision.is_sampled() else TraceFlags.DEFAULT)
-            trace_state = sampling.trace_state
+            recording = sampling.decision.is_recording()  # type: ignore[no-untyped-call]
+            sampled = sampling.decision.is_sampled()  # type: ignore[no-untyped-call]
+            flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+            if sampling.trace_state is not None:
+                trace_state = sampling.trace_state
         context = SpanContext(
             trace_id,
             self._ids.generate_span_id(),

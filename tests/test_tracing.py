@@ -256,7 +256,9 @@ async def test_request_log_line_and_stage_warning_carry_trace_and_span(
     assert server is not None
     assert requests[0]["trace_id"] == trace_id and requests[0]["span_id"] == f"{server.span_id:016x}"
     assert requests[0]["status"] == 200 and requests[0]["route"] == PROCESS
-    (warning,) = [line for line in lines if line["level"] == "warning" and line["logger"] == "pipeline.runner"]
+    (warning,) = [
+        line for line in lines if line["level"] == "warning" and line["logger"] == "pipeline.runner"
+    ]
     intent = named["stage.intent"].context
     assert intent is not None
     assert warning["trace_id"] == trace_id and warning["span_id"] == f"{intent.span_id:016x}"
@@ -301,3 +303,21 @@ async def test_parent_based_sampler_follows_the_callers_decision(make_client: Ma
     await client.post(PROCESS, json={"prompt": "a red bicycle"}, headers={"traceparent": sampled})
     spans = exporter.get_finished_spans()
     assert len(spans) == 5 and {hex_trace(s) for s in spans} == {TRACE_ID}
+
+
+def test_otel_variables_are_read_and_checked() -> None:
+    """The standard OTEL_* variables land in Settings; an unknown sampler is refused at start-up."""
+    from gateway.config import ConfigError, Settings
+
+    settings = Settings.from_env(
+        {
+            "OTEL_SERVICE_NAME": "gw",
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.25",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        }
+    )
+    assert settings.otel_service_name == "gw" and settings.otel_traces_sampler_arg == 0.25
+    assert settings.otel_exporter_otlp_endpoint == "http://collector:4318"
+    with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER"):
+        Settings.from_env({"OTEL_TRACES_SAMPLER": "sometimes"})
