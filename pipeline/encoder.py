@@ -66,7 +66,8 @@ def _erf(x: FloatArray) -> FloatArray:
         0.254829592
         + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
     )
-    return (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32, copy=False)
+    out: FloatArray = (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32, copy=False)
+    return out
 
 
 def _gelu(x: FloatArray) -> FloatArray:
@@ -77,7 +78,8 @@ def _layer_norm(x: FloatArray, weight: FloatArray, bias: FloatArray) -> FloatArr
     mean = x.mean(axis=-1, keepdims=True)
     centred = x - mean
     var = (centred * centred).mean(axis=-1, keepdims=True)
-    return (centred / np.sqrt(var + LN_EPS)) * weight + bias
+    out: FloatArray = (centred / np.sqrt(var + LN_EPS)) * weight + bias
+    return out
 
 
 class _Layer:
@@ -171,11 +173,17 @@ class MiniLMEncoder:
 
     @property
     def cls_id(self) -> int:
-        return int(self._tokenizer.token_to_id("[CLS]"))
+        return self._special("[CLS]")
 
     @property
     def sep_id(self) -> int:
-        return int(self._tokenizer.token_to_id("[SEP]"))
+        return self._special("[SEP]")
+
+    def _special(self, token: str) -> int:
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token} token")
+        return int(token_id)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts)]
@@ -196,7 +204,8 @@ class MiniLMEncoder:
 
     def encode_one(self, text: str) -> FloatArray:
         """Single-prompt fast path: no padding, no mask."""
-        return self._encode_ids([self._tokenizer.encode(text).ids])[0]
+        out: FloatArray = self._encode_ids([self._tokenizer.encode(text).ids])[0]
+        return out
 
     def _encode_ids(self, batch: list[list[int]]) -> FloatArray:
         n = max(len(ids) for ids in batch)
@@ -213,7 +222,8 @@ class MiniLMEncoder:
             x = layer.forward(x, bias)
         pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        out: FloatArray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+        return out
 
 
 class StaticEncoder:
@@ -233,12 +243,17 @@ class StaticEncoder:
     def dim(self) -> int:
         return int(self._table.shape[1])
 
+    @property
+    def table(self) -> FloatArray:
+        return self._table
+
     def encode_ids(self, ids: list[int]) -> FloatArray:
         inner = ids[1:-1]  # drop [CLS]/[SEP]: identical in every prompt
         if not inner:
             return np.zeros(self.dim, dtype=np.float32)
         v = self._table[inner].astype(np.float32).mean(axis=0)
-        return v / max(float(np.linalg.norm(v)), 1e-12)
+        out: FloatArray = v / max(float(np.linalg.norm(v)), 1e-12)
+        return out
 
     def encode_batch_ids(self, batch: list[list[int]]) -> FloatArray:
         return np.stack([self.encode_ids(ids) for ids in batch])

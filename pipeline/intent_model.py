@@ -145,7 +145,7 @@ class Tfidf:
         idx = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
         tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         val = (1.0 + np.log(tf)) * self.idf[idx]
-        return idx, val / np.float32(np.linalg.norm(val))
+        return idx, (val / np.linalg.norm(val)).astype(np.float32)
 
     def dense(self, texts: Sequence[str]) -> FloatArray:
         out = np.zeros((len(texts), len(self)), dtype=np.float32)
@@ -220,7 +220,8 @@ def _context(ex: IntentExample) -> FloatArray:
 def _softmax(z: FloatArray) -> FloatArray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    out: FloatArray = e / e.sum(axis=-1, keepdims=True)
+    return out
 
 
 def _fit_logreg(x: _Design, y: npt.NDArray[np.intp], k: int) -> tuple[FloatArray, FloatArray]:
@@ -340,7 +341,7 @@ class IntentModel:
         np.savez(
             tmp,
             labels=np.array(self.labels),
-            static_table=self.static_table.astype(np.float16),
+            static_table=self.static.table.astype(np.float16),
             tfidf_vocab=np.array(self.tfidf.vocab),
             tfidf_idf=self.tfidf.idf,
             fast_w=self._fast_w, fast_b=self._fast_b, fast_t=np.float32(self._fast_t),
