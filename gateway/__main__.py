@@ -10,6 +10,6 @@ if sys.argv[1:2] != ["train"]:
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
 
-from gateway.cli import main  # noqa: E402
+from gateway.cli import main
 
 raise SystemExit(main())
