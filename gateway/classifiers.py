@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ from pipeline.protocols import Classifier
 
 if TYPE_CHECKING:
     from pipeline.classifiers.llm import LLMClassifier
+
+log = logging.getLogger(__name__)
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 
@@ -56,8 +59,16 @@ async def open_classifier(
 
 
 def embedded(settings: Settings) -> tuple[Classifier, ...]:
-    """The embedded classifier the LLM path falls back to, before the rules."""
-    return (local_classifier(settings),)
+    """The embedded classifier the LLM path falls back to, before the rules.
+
+    Without its model package the LLM path still starts (on the rules), loudly: only
+    INTENT_CLASSIFIER=local makes the missing model fatal.
+    """
+    try:
+        return (local_classifier(settings),)
+    except FileNotFoundError as exc:
+        log.error("embedded classifier unavailable, LLM path falls back to the rules: %s", exc)
+        return ()
 
 
 def local_classifier(settings: Settings) -> Classifier:
