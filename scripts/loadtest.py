@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import sys
 import time
@@ -59,7 +60,12 @@ PROMPTS: list[tuple[str, str | None]] = [
     ("brighten the exposure a bit", "dark"),
     ("add a rainbow over the lake", "lake"),
 ]
-ADJECTIVES = ["bright", "moody", "tiny", "vintage", "neon", "misty", "quiet", "golden", "wild", "soft"]
+# Cache misses are natural variations (who writes "prompt #1234"?): opener x prompt x detail x
+# closer gives 30 x 8 x 10 x 8 = 19,200 distinct prompts, walked in a shuffled order without repeats.
+OPENERS = ["", "please ", "can you ", "hey, ", "i want to see ", "quick one: ", "pls ", "could you do "]
+DETAILS = ["", ", soft light", ", in high detail", ", warm colors", ", at golden hour", ", moody",
+           ", for my portfolio", ", keep it natural", ", very realistic", ", bold and bright"]
+CLOSERS = ["", " thanks", " :)", " asap", " for instagram", " please", "!", " - looks great so far"]
 
 
 @dataclass
@@ -72,13 +78,34 @@ class Stats:
     measuring: bool = True
 
 
-def make_body(rng: random.Random, repeat_share: float, hot: int) -> bytes:
-    """A request body: a repeated hot prompt (cache hit) or a fresh variation (cache miss)."""
-    if rng.random() < repeat_share:
-        prompt, image = PROMPTS[rng.randrange(min(hot, len(PROMPTS)))]
-    else:
-        prompt, image = rng.choice(PROMPTS)
-        prompt = f"{prompt}, {rng.choice(ADJECTIVES)} {rng.randrange(1_000_000)}"
+class PromptMix:
+    """Request bodies: a repeated hot prompt (cache hit) or a fresh variation (cache miss)."""
+
+    def __init__(self, rng: random.Random, repeat_share: float, hot: int) -> None:
+        self.rng, self.repeat_share, self.hot = rng, repeat_share, min(hot, len(PROMPTS))
+        sizes = (len(OPENERS), len(PROMPTS), len(DETAILS), len(CLOSERS))
+        self.total = sizes[0] * sizes[1] * sizes[2] * sizes[3]
+        self.sizes = sizes
+        # An affine walk k -> (a*k + b) mod total visits every variation once, in scrambled order.
+        self.step = next(a for a in range(self.total // 3, self.total) if math.gcd(a, self.total) == 1)
+        self.offset = rng.randrange(self.total)
+        self.drawn = 0
+
+    def body(self) -> bytes:
+        if self.rng.random() < self.repeat_share:
+            prompt, image = PROMPTS[self.rng.randrange(self.hot)]
+        else:
+            index = (self.step * self.drawn + self.offset) % self.total
+            self.drawn += 1
+            index, opener = divmod(index, self.sizes[0])
+            index, base = divmod(index, self.sizes[1])
+            closer, detail = divmod(index, self.sizes[2])
+            prompt, image = PROMPTS[base]
+            prompt = f"{OPENERS[opener]}{prompt}{DETAILS[detail]}{CLOSERS[closer]}"
+        return make_body(prompt, image)
+
+
+def make_body(prompt: str, image: str | None) -> bytes:
     body: dict[str, object] = {"prompt": prompt}
     if image:
         body["working_image_url"] = IMAGE.format(image)
@@ -196,7 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     host, port = url.hostname or "127.0.0.1", url.port or 80
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     stats = Stats(measuring=args.warmup <= 0)
-    rng = random.Random(args.seed)
+    mix = PromptMix(random.Random(args.seed), args.repeat_share, args.hot)
     deadline = time.perf_counter() + args.warmup + (args.duration or 1e9)
     budget = [args.requests or 0]
 
@@ -216,7 +243,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if interval:
                     await asyncio.sleep(max(0.0, next_start - time.perf_counter()))
                     next_start += interval
-                await client.request(make_body(rng, args.repeat_share, args.hot), stats)
+                await client.request(mix.body(), stats)
         finally:
             await client.close()
 
