@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from pipeline.cache import IntentCache
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.events import IntentEvent
@@ -50,6 +52,9 @@ class IntentStage:
     async def _classify(self, classifier: Classifier, query: ClassifierInput) -> IntentClassification:
         # Only real classifications take a slot: cache hits and coalesced waiters do not.
         async with self.slots.hold():
+            # Let the loop turn end first, so the events already produced reach the client
+            # before a classifier that may compute for milliseconds without awaiting.
+            await asyncio.sleep(0)
             return await classifier.classify(query)
 
     def fallback(self, state: RequestState) -> IntentEvent:
