@@ -37,8 +37,10 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Style and strict types; CI runs it after the tests.
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check gateway pipeline observability tests scripts
+	$(PY) -m mypy gateway pipeline observability
 
 clean:
 	rm -rf $(VENV) .pytest_cache

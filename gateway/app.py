@@ -39,6 +39,7 @@ from gateway.openapi import add_openapi_route
 from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
 from gateway.search import observe_reference_search, open_reference_lookup
+from gateway.sse import EventStream
 from gateway.telemetry import telemetry_ctx
 from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
 from gateway.web import add_web_routes
@@ -143,5 +144,6 @@ def reference_stages(app: web.Application) -> tuple[Stage, ...]:
 
 async def stop_streams(app: web.Application) -> None:
     """On shutdown, stop heartbeats so open streams end with their pipelines."""
-    for stream in set(app[STREAMS]):
+    streams: weakref.WeakSet[EventStream] = app[STREAMS]
+    for stream in set(streams):
         stream.stop()

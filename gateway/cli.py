@@ -28,10 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP gateway")
-    serve.add_argument("--host", help="bind address (default HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default PORT or 8000)")
-    serve.add_argument(
+    serve_cmd = commands.add_parser("serve", help="run the HTTP gateway")
+    serve_cmd.add_argument("--host", help="bind address (default HOST or 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port (default PORT or 8000)")
+    serve_cmd.add_argument(
         "--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default 1)"
     )
 

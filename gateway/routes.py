@@ -37,6 +37,7 @@ from gateway.telemetry import prometheus_metrics
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
 from pipeline.errors import PipelineError
 from pipeline.events import ErrorEvent, ModelEvent, ProcessResult, StageEvent
+from pipeline.protocols import Stage
 from pipeline.runner import run_pipeline
 from pipeline.state import RequestState
 from pipeline.types import PipelineRequest
@@ -69,8 +70,9 @@ def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest
 
 async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
     """Run every stage and return the final answer (the `done` event)."""
+    stages: tuple[Stage, ...] = request.app[STAGES]
     async for name, event in run_pipeline(
-        request.app[STAGES], RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
+        stages, RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
     ):
         if name == "done":
             assert isinstance(event, ProcessResult)
@@ -128,8 +130,9 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     )
     await stream.prepare(request)
     request.app[STREAMS].add(stream)
+    stages: tuple[Stage, ...] = request.app[STAGES]
     events = run_pipeline(
-        request.app[STAGES], RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
+        stages, RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
     )
     try:
         async with contextlib.aclosing(events):
@@ -195,7 +198,9 @@ async def metrics_json(request: web.Request) -> web.Response:
     slots = request.app[SLOTS]
     snapshot = request.app[STATS].snapshot()
     snapshot["llm"] = llm_metrics(request.app)
-    snapshot["classification_slots"] = {"limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting}
+    snapshot["classification_slots"] = {
+        "limit": slots.limit, "in_use": slots.in_use, "waiting": slots.waiting
+    }
     snapshot["intent_cache"] = request.app[INTENT_CACHE].stats()
     snapshot["rate_limits"] = request.app[LIMITER].stats()
     redis = request.app[REDIS]

@@ -91,8 +91,8 @@ def _score(
     for label in labels:
         tp = confusion[label][label]
         support = sum(confusion[label].values())
-        predicted = sum(row[label] for row in confusion.values())
-        precision = tp / predicted if predicted else 0.0
+        predicted_as = sum(row[label] for row in confusion.values())
+        precision = tp / predicted_as if predicted_as else 0.0
         recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[label] = ClassScores(round(precision, 4), round(recall, 4), round(f1, 4), support)
@@ -143,7 +143,8 @@ def render_report(report: Report, baseline: Report | None = None) -> str:
     lines.append("-" * len(head))
     summary = (
         f"n={report.n}  accuracy={report.accuracy:.4f}  macro_f1={report.macro_f1:.4f}  "
-        f"ece={report.ece:.4f}  latency p50={report.latency_ms.p50:.3f} ms  p95={report.latency_ms.p95:.3f} ms"
+        f"ece={report.ece:.4f}  latency p50={report.latency_ms.p50:.3f} ms  "
+        f"p95={report.latency_ms.p95:.3f} ms"
     )
     lines.append(summary)
     if baseline:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-import msgspec
-
 if TYPE_CHECKING:
+    from pipeline.events import StageEvent
     from pipeline.state import RequestState
     from pipeline.types import ClassifierInput, IntentClassification
 
@@ -23,8 +22,8 @@ class Stage(Protocol):
 
     name: str
 
-    async def run(self, state: RequestState) -> msgspec.Struct: ...
+    async def run(self, state: RequestState) -> StageEvent: ...
 
-    def fallback(self, state: RequestState) -> msgspec.Struct:
+    def fallback(self, state: RequestState) -> StageEvent:
         """Fill `state` with a safe default after `run` failed, and describe it."""
         ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from observability.tracing import StageInstruments
 from pipeline.errors import PipelineError
@@ -20,7 +20,7 @@ _UNOBSERVED = StageInstruments()
 
 async def run_pipeline(
     stages: Sequence[Stage], state: RequestState, *, instruments: StageInstruments | None = None
-) -> AsyncIterator[tuple[str, StageEvent]]:
+) -> AsyncGenerator[tuple[str, StageEvent], None]:
     """Yield (event name, payload) per stage, then ("done", ProcessResult).
 
     A stage that fails yields an `error` event and then its safe default, flagged
