@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.llm import breaker_policy, llm_usage
 from observability.spans import ClientSpans, no_client_spans
 from pipeline.breaker import CircuitBreaker
@@ -55,7 +55,7 @@ async def open_classifier(
                 threshold = settings.local_confidence_threshold
                 yield CascadeClassifier(first, llm, threshold=threshold, usage=usage)
         return
-    raise NotImplementedError(f"INTENT_CLASSIFIER={settings.intent_classifier} is not available yet")
+    raise ConfigError(f"unknown INTENT_CLASSIFIER={settings.intent_classifier!r}")
 
 
 def embedded(settings: Settings) -> tuple[Classifier, ...]:

@@ -5,20 +5,18 @@ Operator-only endpoints: every route here starts with /debug/ so one guard can c
 
 from __future__ import annotations
 
-import msgspec
 from aiohttp import web
 
 from gateway.appkeys import TRACING
+from gateway.responses import json_response
 from observability.traces import render_waterfall
-
-_encode = msgspec.json.Encoder().encode
 
 
 async def list_traces(request: web.Request) -> web.Response:
     """GET /debug/traces[?limit=N]: summaries of the recent traces, newest first."""
     limit = request.query.get("limit", "")
     traces = request.app[TRACING].buffer.recent(int(limit) if limit.isdigit() else None)
-    return web.Response(body=_encode(traces), content_type="application/json")
+    return json_response(traces)
 
 
 async def show_trace(request: web.Request) -> web.Response:
@@ -28,7 +26,7 @@ async def show_trace(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text="no such trace in the buffer (evicted, unsampled or unknown)")
     if request.query.get("format") == "html" or _prefers_html(request):
         return web.Response(text=render_waterfall(trace), content_type="text/html")
-    return web.Response(body=_encode(trace), content_type="application/json")
+    return json_response(trace)
 
 
 def _prefers_html(request: web.Request) -> bool:

@@ -24,6 +24,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+# One rule for "public" everywhere: the URL checks of search results use it too.
+from pipeline.urls import is_public_address
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -33,25 +36,6 @@ class BlockedAddress(OSError):
     def __init__(self, message: str) -> None:
         # With an errno, aiohttp's ClientConnectorError shows the message instead of "[None]".
         super().__init__(errno.EACCES, message)
-
-
-def is_public_address(address: IPAddress) -> bool:
-    """True only for globally routable unicast addresses (IPv4-mapped IPv6 unwrapped)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif address.sixtofour is not None:
-            address = address.sixtofour
-        elif address.teredo is not None:
-            address = address.teredo[1]
-    return address.is_global and not (
-        address.is_multicast
-        or address.is_loopback
-        or address.is_private
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_unspecified
-    )
 
 
 def check_address(host: str) -> None:

@@ -8,8 +8,7 @@ from aiohttp import web
 from gateway.apikeys import USER_ID_PATTERN, KeyInfo, NewKey, PgKeyStore
 from gateway.appkeys import AUTH
 from gateway.errors import GatewayError, MalformedJSON, ValidationFailed
-
-_encode = msgspec.json.Encoder().encode
+from gateway.responses import json_response
 
 
 class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -37,10 +36,6 @@ def _store(request: web.Request) -> PgKeyStore:
     return store
 
 
-def _json(payload: object, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(payload), status=status, content_type="application/json")
-
-
 async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/admin/keys {user_id, admin}: a new key, shown in this answer only."""
     try:
@@ -54,17 +49,17 @@ async def create_key(request: web.Request) -> web.Response:
     store = _store(request)
     await store.ensure_schema()
     new: NewKey = await store.create(body.user_id, admin=body.admin)
-    return _json(new, status=201)
+    return json_response(new, status=201)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     """GET /api/v1/admin/keys: ids, owners and states, never keys or hashes."""
-    return _json(KeyList(keys=await _store(request).list()))
+    return json_response(KeyList(keys=await _store(request).list()))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/admin/keys/{key_id}: revoke; cached copies expire within a minute."""
-    return _json(Revoked(revoked=await _store(request).revoke(request.match_info["key_id"])))
+    return json_response(Revoked(revoked=await _store(request).revoke(request.match_info["key_id"])))
 
 
 def add_key_routes(app: web.Application) -> None:

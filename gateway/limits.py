@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import msgspec
 from aiohttp import web
 
 from gateway.appkeys import ADMISSION, LIMITER, METRICS, REDIS, REQUEST_LOG, SETTINGS, TRACE_ID, USER_ID
 from gateway.config import Settings
 from gateway.errors import Handler, RateLimited, rate_limit_headers
+from gateway.responses import json_response
 from pipeline.limits import Admission, Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
 
 # Requests that run the pipeline; health, metrics and usage are never limited.
 LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})
-
-_encode = msgspec.json.Encoder().encode
-
 
 def limits_of(settings: Settings) -> Limits:
     return Limits(
@@ -79,4 +76,4 @@ async def charge_cost(request: web.Request, estimated_cost: float) -> None:
 async def usage(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/usage: the caller's counts in the sliding windows, and the limits."""
     result = await request.app[LIMITER].usage(request[USER_ID])
-    return web.Response(body=_encode(result), content_type="application/json")
+    return json_response(result)

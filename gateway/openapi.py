@@ -24,13 +24,13 @@ from gateway.apikeys import NewKey
 from gateway.auth import scope_for
 from gateway.errors import ErrorBody
 from gateway.keyroutes import CreateKey, KeyList, Revoked
+from gateway.responses import json_response
 from gateway.routes import Comparison
 from gateway.wire import ProcessBody
 from pipeline.events import ProcessResult
 from pipeline.limits import Usage
 from pipeline.types import Format, Quality, Style
 
-_encode = msgspec.json.Encoder().encode
 _REF = "#/components/schemas/{name}"
 
 ERROR_STATUSES = {
@@ -234,7 +234,7 @@ def _openapi30(schema: Any) -> Any:
 
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: this document (public)."""
-    return web.Response(body=_encode(build_document(request.app)), content_type="application/json")
+    return json_response(build_document(request.app))
 
 
 def add_openapi_route(app: web.Application) -> None:

@@ -32,6 +32,7 @@ from gateway.errors import UnsupportedMediaType, as_gateway_error
 from gateway.keyroutes import add_key_routes
 from gateway.limits import charge_cost, usage
 from gateway.llm import llm_metrics
+from gateway.responses import encode_json, json_response
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
@@ -43,13 +44,6 @@ from pipeline.state import RequestState
 from pipeline.types import PipelineRequest
 
 log = logging.getLogger(__name__)
-
-_encode = msgspec.json.Encoder().encode
-
-
-def json_response(payload: object, *, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(payload), status=status, content_type="application/json")
-
 
 async def read_body(request: web.Request) -> ProcessBody:
     if request.content_type != "application/json":
@@ -145,12 +139,12 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                         await charge_cost(request, event.estimated_cost)
                     elif isinstance(event, ErrorEvent):
                         request.app[STATS].record_error(event.code)
-                    await stream.send(name, _encode(event))
+                    await stream.send(name, encode_json(event))
             except PipelineError as exc:
                 # Overload after the stream started: say so in-band, then end the stream.
                 error = as_gateway_error(exc)
                 request.app[STATS].record_error(error.code)
-                await stream.send("error", _encode(_error_event(error.code, error.detail, preq)))
+                await stream.send("error", encode_json(_error_event(error.code, error.detail, preq)))
         await stream.write_eof()
     except ConnectionResetError:
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})

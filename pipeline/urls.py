@@ -70,7 +70,7 @@ def _check_host(host: str) -> None:
 def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Globally routable unicast only; IPv4 inside IPv6 (mapped, 6to4, Teredo) is unwrapped.
 
-    The same rule as the gateway's connect-time egress guard (gateway/egress.py).
+    The gateway's connect-time egress guard (gateway/egress.py) applies this same function.
     """
     if isinstance(address, ipaddress.IPv6Address):
         embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]

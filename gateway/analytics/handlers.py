@@ -11,17 +11,11 @@ from aiohttp import web
 from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
 from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
 from gateway.errors import AnalyticsNotConfigured, MalformedJSON, UnsupportedMediaType, ValidationFailed
+from gateway.responses import json_response
 from gateway.wire import check_image_url
 
 # The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-
-_encode = msgspec.json.Encoder().encode
-
-
-def _json(payload: object, *, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(payload), status=status, content_type="application/json")
-
 
 class IntentReport(msgspec.Struct, kw_only=True):
     hours: int
@@ -56,7 +50,7 @@ async def intent_analytics(request: web.Request) -> web.Response:
     analytics = _analytics(request)
     hours = _int_query(request, "hours", default=24, high=MAX_HOURS)
     buckets = await analytics.intents(hours)
-    return _json(IntentReport(hours=hours, refreshed_at=analytics.refreshed_at, buckets=buckets))
+    return json_response(IntentReport(hours=hours, refreshed_at=analytics.refreshed_at, buckets=buckets))
 
 
 async def cost_analytics(request: web.Request) -> web.Response:
@@ -64,7 +58,7 @@ async def cost_analytics(request: web.Request) -> web.Response:
     analytics = _analytics(request)
     days = _int_query(request, "days", default=7, high=MAX_DAYS)
     buckets = await analytics.costs(days)
-    return _json(CostReport(days=days, refreshed_at=analytics.refreshed_at, buckets=buckets))
+    return json_response(CostReport(days=days, refreshed_at=analytics.refreshed_at, buckets=buckets))
 
 
 class ReferenceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -106,11 +100,11 @@ async def save_reference(request: web.Request) -> web.Response:
     """POST /api/v1/references {tag, image_url}: save (or replace) one of the caller's @tags."""
     ref = _decode_reference(request, await request.read())
     await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url)
-    return _json(ref, status=201)
+    return json_response(ref, status=201)
 
 
 async def list_references(request: web.Request) -> web.Response:
     """GET /api/v1/references: the caller's @tags."""
     saved = await request.app[REFERENCES].list(request[USER_ID])
     references = [UserReference(tag=t, image_url=u) for t, u in sorted(saved.items())]
-    return _json(ReferenceList(references=references))
+    return json_response(ReferenceList(references=references))
