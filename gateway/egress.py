@@ -27,8 +27,6 @@ from aiohttp.resolver import DefaultResolver
 # One rule for "public" everywhere: the URL checks of search results use it too.
 from pipeline.urls import is_public_address
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 class BlockedAddress(OSError):
     """A connection to a loopback, private, link-local, reserved or multicast address."""
