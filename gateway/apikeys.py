@@ -19,6 +19,7 @@ import asyncpg
 import jwt
 import msgspec
 
+from gateway.analytics.schema import migrate
 from gateway.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -26,18 +27,6 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "igw_"
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
 
-# Idempotent, so the CLI can run it before the gateway has migrated; the same SQL is migration
-# gateway/analytics/migrations/0004_api_keys.sql.
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS gateway_api_keys (
-    key_hash   TEXT PRIMARY KEY,            -- sha256 hex of the key; the key itself is never stored
-    user_id    TEXT NOT NULL,
-    admin      BOOLEAN NOT NULL DEFAULT FALSE,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    revoked_at TIMESTAMPTZ
-);
-CREATE INDEX IF NOT EXISTS gateway_api_keys_user ON gateway_api_keys (user_id);
-"""
 
 
 class Principal(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,8 +90,9 @@ class PgKeyStore:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
 
     async def ensure_schema(self) -> None:
+        """Apply the migrations (the keys table is 0004), so the CLI works before the gateway ran."""
         async with self.pool.acquire() as conn:
-            await conn.execute(SCHEMA)
+            await migrate(conn)
 
     async def count_active(self) -> int:
         try:
