@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -65,18 +66,37 @@ def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest
 async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
     """Run every stage and return the final answer (the `done` event)."""
     stages: tuple[Stage, ...] = request.app[STAGES]
-    async for name, event in run_pipeline(
-        stages, RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
-    ):
-        if name == "done":
-            assert isinstance(event, ProcessResult)
-            record_result(request, preq, event)
-            return event
-        if isinstance(event, ModelEvent):
-            await charge_cost(request, event.estimated_cost)
-        if isinstance(event, ErrorEvent):
-            request.app[STATS].record_error(event.code)
+    state = RequestState(request=preq)
+    unfinished: str | None = "aborted"  # why no result was logged, until there is one
+    try:
+        async for name, event in run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS]):
+            if name == "done":
+                assert isinstance(event, ProcessResult)
+                unfinished = None
+                record_result(request, preq, event)
+                return event
+            if isinstance(event, ModelEvent):
+                await charge_cost(request, event.estimated_cost)
+            if isinstance(event, ErrorEvent):
+                request.app[STATS].record_error(event.code)
+    except PipelineError as exc:
+        unfinished = exc.code
+        raise
+    except asyncio.CancelledError:  # the client went away (handler cancellation)
+        unfinished = "client_disconnected"
+        raise
+    finally:
+        if unfinished is not None:
+            record_unfinished(request, state, unfinished)
     raise AssertionError("pipeline ended without a done event")
+
+
+def record_unfinished(request: web.Request, state: RequestState, reason: str) -> None:
+    """Every request leaves a log row: one that ended without a result says why."""
+    if (request_log := request.app.get(REQUEST_LOG)) is not None:
+        route = request.path.rsplit("/", 1)[-1]
+        elapsed_ms = state.elapsed_ms()
+        request_log.record_unfinished(state.request, reason=reason, route=route, elapsed_ms=elapsed_ms)
 
 
 def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:
@@ -125,15 +145,16 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     await stream.prepare(request)
     request.app[STREAMS].add(stream)
     stages: tuple[Stage, ...] = request.app[STAGES]
-    events = run_pipeline(
-        stages, RequestState(request=preq), instruments=request.app[STAGE_INSTRUMENTS]
-    )
+    state = RequestState(request=preq)
+    events = run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS])
+    unfinished: str | None = "client_disconnected"  # why no result was logged, until there is one
     try:
         async with contextlib.aclosing(events):
             try:
                 async for name, event in events:
                     if name == "done":
                         assert isinstance(event, ProcessResult)
+                        unfinished = None
                         record_result(request, preq, event)
                     elif isinstance(event, ModelEvent):
                         await charge_cost(request, event.estimated_cost)
@@ -142,6 +163,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                     await stream.send(name, encode_json(event))
             except PipelineError as exc:
                 # Overload after the stream started: say so in-band, then end the stream.
+                unfinished = exc.code
                 error = as_gateway_error(exc)
                 request.app[STATS].record_error(error.code)
                 await stream.send("error", encode_json(_error_event(error.code, error.detail, preq)))
@@ -150,6 +172,8 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})
     finally:
         stream.stop()
+        if unfinished is not None:
+            record_unfinished(request, state, unfinished)
     return stream
 
 

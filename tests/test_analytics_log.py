@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -17,7 +18,8 @@ from gateway.analytics.rows import LogEntry
 from gateway.analytics.schema import migrate
 from gateway.analytics.writer import LogWriter
 from gateway.appkeys import ANALYTICS, REQUEST_LOG
-from tests.conftest import MakeClient, wait_until
+from pipeline.classifiers.rules import RulesClassifier
+from tests.conftest import GatedClassifier, MakeClient, wait_until
 from tests.pg import TcpProxy
 
 PROCESS = "/api/v1/enhanced/process"
@@ -83,12 +85,44 @@ async def test_n_requests_make_n_rows_in_each_table(
         await conn.close()
     assert sorted(r["trace_id"] for r in rows) == sorted(traces)
     assert {r["route"] for r in rows} == {"process", "stream"}
+    assert {r["outcome"] for r in rows} == {"ok"}
     assert {r["intent_source"] for r in rows} == {"rules"} and {r["arm"] for r in rows} == {"ai"}
     assert all(r["prompt"] and len(r["prompt_sha256"]) == 64 for r in rows)
     hair = [r for r in rows if r["classified_workflow"] == "hair_styling"]
     assert len(hair) == 12 and all(r["user_id"] == "anonymous" for r in hair)
     assert {m["request_id"] for m in models} == {r["request_id"] for r in rows}
     assert all(m["estimated_cost"] is not None and m["selected_model"] for m in models)
+
+
+async def test_requests_that_end_without_a_result_are_logged_with_the_reason(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A stream whose client leaves mid-classification and an overloaded /process each leave a row."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await _db_client(
+        make_client, postgres_db, tmp_path, classifier=gated,
+        max_concurrent_classifications=1, classification_queue_timeout=0.1,
+    )
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url(STREAM), json={"prompt": "walk away from me"})
+        await resp.content.readuntil(b"\n\n")  # the context event
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        overloaded = await client.post(PROCESS, json={"prompt": "no slot for me"})
+        assert overloaded.status == 503
+        resp.close()
+    writer = client.app[REQUEST_LOG]
+    await wait_until(lambda: writer.stats.written == 2, timeout=10)
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        rows = await conn.fetch("SELECT * FROM intent_classification_logs ORDER BY outcome")
+    finally:
+        await conn.close()
+    assert [(r["outcome"], r["route"], r["prompt"]) for r in rows] == [
+        ("client_disconnected", "stream", "walk away from me"),
+        ("overloaded", "process", "no slot for me"),
+    ]
+    assert all(r["classified_workflow"] == "unclassified" and not r["rate_limited"] for r in rows)
+    assert await _count(postgres_db, "model_selection_logs") == 0
 
 
 async def test_rate_limited_requests_are_logged(

@@ -41,6 +41,7 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     success: bool
     circuit_breaker_state: str | None = None
     error_message: str | None = None
+    outcome: str = "ok"  # or why there is no result: rate_limited, overloaded, client_disconnected
 
 
 def log_entry(preq: PipelineRequest, result: ProcessResult, *, prompts: LogPrompts, route: str) -> LogEntry:
@@ -69,26 +70,42 @@ def log_entry(preq: PipelineRequest, result: ProcessResult, *, prompts: LogPromp
     )
 
 
-# The workflow of a request refused before classification (rate limited).
+# The workflow of a request that ended before a result (rate limited, overloaded, client gone).
 UNCLASSIFIED = "unclassified"
 
 
 def refused_entry(*, user_id: str, trace_id: str, route: str) -> LogEntry:
     """A request the rate limiter refused: logged with rate_limited, no prompt, no model."""
+    return unfinished_entry(
+        user_id=user_id, trace_id=trace_id, route=route, reason="rate_limited", rate_limited=True
+    )
+
+
+def unfinished_entry(
+    *,
+    user_id: str,
+    trace_id: str,
+    route: str,
+    reason: str,
+    rate_limited: bool = False,
+    prompt: tuple[str | None, str | None] = (None, None),
+    processing_time_ms: int = 0,
+) -> LogEntry:
+    """A request that ended without a result: no workflow, no model, `reason` says why."""
     return LogEntry(
         request_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
         user_id=user_id,
         trace_id=trace_id,
-        prompt=None,
-        prompt_sha256=None,
+        prompt=prompt[0],
+        prompt_sha256=prompt[1],
         route=route,
         classified_workflow=UNCLASSIFIED,
         confidence=0.0,
-        processing_time_ms=0,
+        processing_time_ms=processing_time_ms,
         used_fallback=False,
         cache_hit=False,
-        rate_limited=True,
+        rate_limited=rate_limited,
         intent_source=None,
         arm=None,
         selected_model=None,
@@ -96,7 +113,8 @@ def refused_entry(*, user_id: str, trace_id: str, route: str) -> LogEntry:
         estimated_cost=None,
         estimated_time=None,
         success=False,
-        error_message="rate_limited",
+        error_message=reason,
+        outcome=reason,
     )
 
 
@@ -111,7 +129,7 @@ def prompt_columns(prompt: str, policy: LogPrompts) -> tuple[str | None, str | N
 INTENT_COLUMNS = (
     "request_id", "created_at", "user_id", "trace_id", "prompt", "prompt_sha256", "route",
     "classified_workflow", "confidence", "processing_time_ms", "used_fallback", "cache_hit",
-    "circuit_breaker_state", "rate_limited", "intent_source", "arm",
+    "circuit_breaker_state", "rate_limited", "intent_source", "arm", "outcome",
 )
 MODEL_COLUMNS = (
     "request_id", "created_at", "user_id", "trace_id", "workflow_type", "selected_model",
@@ -123,7 +141,7 @@ def intent_record(e: LogEntry) -> tuple[object, ...]:
     return (
         e.request_id, e.created_at, e.user_id, e.trace_id, e.prompt, e.prompt_sha256, e.route,
         e.classified_workflow, e.confidence, e.processing_time_ms, e.used_fallback, e.cache_hit,
-        e.circuit_breaker_state, e.rate_limited, e.intent_source, e.arm,
+        e.circuit_breaker_state, e.rate_limited, e.intent_source, e.arm, e.outcome,
     )
 
 

@@ -29,15 +29,19 @@ from gateway.analytics.rows import (
     intent_record,
     log_entry,
     model_record,
+    prompt_columns,
     refused_entry,
+    unfinished_entry,
 )
 from pipeline.events import ProcessResult
 from pipeline.types import PipelineRequest
 
 log = logging.getLogger(__name__)
 
-_STAGE_INTENT = "_gw_intent_log_stage_v1"
-_STAGE_MODEL = "_gw_model_log_stage_v1"
+# Versioned names: a connection that made its stage table before a migration added a column
+# must not reuse the old shape.
+_STAGE_INTENT = "_gw_intent_log_stage_v2"
+_STAGE_MODEL = "_gw_model_log_stage_v2"
 # Per connection and emptied at each commit, so a batch never sees another's rows.
 _STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE_INTENT} ON COMMIT DELETE ROWS AS
@@ -118,6 +122,19 @@ class LogWriter:
 
     def record_refused(self, *, user_id: str, trace_id: str, route: str) -> None:
         self.enqueue(refused_entry(user_id=user_id, trace_id=trace_id, route=route))
+
+    def record_unfinished(self, preq: PipelineRequest, *, reason: str, route: str, elapsed_ms: float) -> None:
+        """A request that ended before its result: overloaded, or its client went away."""
+        self.enqueue(
+            unfinished_entry(
+                user_id=preq.user_id,
+                trace_id=preq.trace_id,
+                route=route,
+                reason=reason,
+                prompt=prompt_columns(preq.prompt, self.prompts),
+                processing_time_ms=round(elapsed_ms),
+            )
+        )
 
     def enqueue(self, entry: LogEntry) -> None:
         self._pending.append(entry)
