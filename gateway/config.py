@@ -65,6 +65,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     database_migrate_on_start: bool = True
     analytics_refresh_seconds: float = 60.0
     log_prompts: Literal["full", "hash", "none"] = "full"
+    # With a key, LOG_PROMPTS=hash stores HMAC-SHA256(key, prompt): a plain digest of a short
+    # prompt can be reversed by hashing guesses.
+    log_prompt_hash_key: str | None = None
     analytics_spill_path: str = "var/analytics-spill.jsonl"
     analytics_buffer_rows: int = 10_000  # rows held in memory while Postgres is away; beyond: spill
     analytics_batch_rows: int = 500

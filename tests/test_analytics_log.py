@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import os
 import uuid
 from datetime import UTC, datetime
@@ -14,7 +16,7 @@ import asyncpg
 import pytest
 
 from gateway.analytics.pool import create_pool
-from gateway.analytics.rows import LogEntry
+from gateway.analytics.rows import LogEntry, prompt_columns
 from gateway.analytics.schema import migrate
 from gateway.analytics.writer import LogWriter
 from gateway.appkeys import ANALYTICS, REQUEST_LOG
@@ -314,3 +316,12 @@ async def test_a_batch_failing_halfway_writes_nothing(postgres_db: str, tmp_path
     assert await _counts(postgres_db) == (3, 3)
     assert writer.stats.rejected == 2 and writer.stats.written == 3
     assert len((tmp_path / "spill.jsonl.rejected").read_bytes().splitlines()) == 2
+
+
+def test_prompt_digest_is_keyed_when_a_key_is_configured() -> None:
+    """With LOG_PROMPT_HASH_KEY the digest is an HMAC: hashing guesses no longer finds the prompt."""
+    plain = prompt_columns("a cat", "hash")
+    keyed = prompt_columns("a cat", "hash", b"secret")
+    assert plain == (None, hashlib.sha256(b"a cat").hexdigest())
+    assert keyed == (None, hmac.new(b"secret", b"a cat", hashlib.sha256).hexdigest())
+    assert keyed != plain and prompt_columns("a cat", "full", b"secret")[0] == "a cat"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from datetime import UTC, datetime
 from typing import Literal
@@ -44,8 +45,15 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str = "ok"  # or why there is no result: rate_limited, overloaded, client_disconnected
 
 
-def log_entry(preq: PipelineRequest, result: ProcessResult, *, prompts: LogPrompts, route: str) -> LogEntry:
-    text, digest = prompt_columns(preq.prompt, prompts)
+def log_entry(
+    preq: PipelineRequest,
+    result: ProcessResult,
+    *,
+    prompts: LogPrompts,
+    route: str,
+    hash_key: bytes | None = None,
+) -> LogEntry:
+    text, digest = prompt_columns(preq.prompt, prompts, hash_key)
     return LogEntry(
         request_id=uuid.uuid4(),
         created_at=datetime.now(UTC),
@@ -118,11 +126,19 @@ def unfinished_entry(
     )
 
 
-def prompt_columns(prompt: str, policy: LogPrompts) -> tuple[str | None, str | None]:
-    """(prompt, prompt_sha256) as LOG_PROMPTS allows: both, the digest only, or neither."""
+def prompt_columns(
+    prompt: str, policy: LogPrompts, hash_key: bytes | None = None
+) -> tuple[str | None, str | None]:
+    """(prompt, prompt_sha256) as LOG_PROMPTS allows: both, the digest only, or neither.
+
+    The digest is HMAC-SHA256 under `hash_key` when one is configured, else plain SHA-256.
+    """
     if policy == "none":
         return None, None
-    digest = hashlib.sha256(prompt.encode()).hexdigest()
+    if hash_key:
+        digest = hmac.new(hash_key, prompt.encode(), hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(prompt.encode()).hexdigest()
     return (prompt if policy == "full" else None), digest
 
 

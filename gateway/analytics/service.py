@@ -43,10 +43,13 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(settings.database_url, init=app[TRACING].instrument_postgres)
     try:
         migrated = settings.database_migrate_on_start and await _try_migrate(pool)
+        if settings.log_prompts == "hash" and not settings.log_prompt_hash_key:
+            log.warning("LOG_PROMPTS=hash without LOG_PROMPT_HASH_KEY: short prompts can be guessed back")
         writer = LogWriter(
             pool,
             spill_path=Path(settings.analytics_spill_path),
             prompts=settings.log_prompts,
+            prompt_hash_key=settings.log_prompt_hash_key.encode() if settings.log_prompt_hash_key else None,
             batch_rows=settings.analytics_batch_rows,
             flush_seconds=settings.analytics_flush_seconds,
             buffer_rows=settings.analytics_buffer_rows,

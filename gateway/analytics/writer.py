@@ -94,6 +94,7 @@ class LogWriter:
         *,
         spill_path: Path,
         prompts: LogPrompts = "full",
+        prompt_hash_key: bytes | None = None,
         batch_rows: int = 500,
         flush_seconds: float = 0.25,
         buffer_rows: int = 10_000,
@@ -103,6 +104,7 @@ class LogWriter:
         self._pool = pool
         self.spill_path = spill_path
         self.prompts = prompts
+        self.prompt_hash_key = prompt_hash_key
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.buffer_rows = buffer_rows
@@ -118,7 +120,9 @@ class LogWriter:
 
     # The request path: O(1), never waits.
     def record(self, preq: PipelineRequest, result: ProcessResult, *, route: str) -> None:
-        self.enqueue(log_entry(preq, result, prompts=self.prompts, route=route))
+        self.enqueue(
+            log_entry(preq, result, prompts=self.prompts, route=route, hash_key=self.prompt_hash_key)
+        )
 
     def record_refused(self, *, user_id: str, trace_id: str, route: str) -> None:
         self.enqueue(refused_entry(user_id=user_id, trace_id=trace_id, route=route))
@@ -131,7 +135,7 @@ class LogWriter:
                 trace_id=preq.trace_id,
                 route=route,
                 reason=reason,
-                prompt=prompt_columns(preq.prompt, self.prompts),
+                prompt=prompt_columns(preq.prompt, self.prompts, self.prompt_hash_key),
                 processing_time_ms=round(elapsed_ms),
             )
         )
