@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from gateway.config import Settings
+from gateway.llm import breaker_policy
 from observability.metrics import Metrics
-from pipeline.breaker import BreakerPolicy, CircuitBreaker
+from pipeline.breaker import CircuitBreaker
+from pipeline.breaker_redis import RedisBreakerStore
 from pipeline.redis_link import RedisLink
 from pipeline.search.brave import BraveImageSearch
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, SearchCache
@@ -51,13 +53,11 @@ async def open_reference_lookup(
         yield ReferenceLookup(
             provider,
             cache,
+            # Shared through Redis like the LLM's: every instance stops calling a dead provider.
             CircuitBreaker(
                 "reference_search",
-                BreakerPolicy(
-                    failure_threshold=settings.circuit_breaker_failure_threshold,
-                    reset_timeout=settings.circuit_breaker_timeout,
-                    success_threshold=settings.circuit_breaker_success_threshold,
-                ),
+                breaker_policy(settings),
+                store=RedisBreakerStore(redis) if redis is not None else None,
             ),
             max_results=settings.reference_search_results,
             cache_ttl=settings.reference_search_cache_ttl,

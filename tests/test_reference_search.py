@@ -282,6 +282,32 @@ async def test_with_redis_the_cache_is_shared_between_instances(
             await redis.client.delete(key)
 
 
+async def test_with_redis_the_breaker_is_shared_between_instances(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """Once one gateway opens the circuit, the other calls the failing provider no more."""
+    prefix = f"gw-test-{uuid.uuid4().hex[:8]}:"
+    settings = {
+        "searxng_url": SEARX, "redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix,
+        "circuit_breaker_failure_threshold": 2,
+    }
+    upstream.get(SEARX_SEARCH, status=500, body="oops", repeat=True)
+    first_gateway = await make_client(**settings)
+    second_gateway = await make_client(**settings)
+    try:
+        for _ in range(2):
+            assert (await stream(first_gateway, LOOK))["references"]["outcome"] == "failed"
+        [call] = provider_calls(upstream)
+        got = await stream(second_gateway, LOOK)
+        assert got["references"]["reason"] == "circuit open"
+        assert len(upstream.requests[("GET", call)]) == 2  # the second gateway made no call
+    finally:
+        redis = first_gateway.app[REDIS]
+        assert redis is not None
+        for key in await redis.client.keys(prefix + "*"):
+            await redis.client.delete(key)
+
+
 async def test_with_redis_unreachable_the_cache_lives_in_memory(
     make_client: MakeClient, upstream: aioresponses
 ) -> None:
