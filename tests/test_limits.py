@@ -145,7 +145,9 @@ async def test_redis_limit_is_exact_under_concurrency(redis_server: RedisServer)
     from gateway.config import Settings
     from gateway.redis import open_redis
 
-    settings = Settings(redis_url=redis_server.url, redis_key_prefix=prefix())
+    # A generous command timeout: on a loaded machine one of 50 concurrent scripts can pass the 0.5 s
+    # default and fail open, admitting an 11th; the timeout is not what this test is about.
+    settings = Settings(redis_url=redis_server.url, redis_key_prefix=prefix(), redis_timeout=30.0)
     limits = Limits(requests_per_minute=10, requests_per_hour=100, cost_per_hour=0)
     async with open_redis(settings) as one, open_redis(settings) as two:
         assert one is not None and two is not None

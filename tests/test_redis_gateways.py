@@ -56,6 +56,9 @@ def start_gateways(redis_url: str, count: int = 2) -> list[Gateway]:
         "REDIS_URL": redis_url,
         "REDIS_KEY_PREFIX": f"gw-test-{os.urandom(4).hex()}:",
         "REDIS_HEALTH_INTERVAL": "0.1",
+        # The 0.5 s default can pass on a loaded machine: a timed-out admission fails open and an
+        # 11th request gets through. A stopped Redis refuses connections at once, so this costs nothing.
+        "REDIS_TIMEOUT": "5",
         "RATE_LIMIT_REQUESTS_PER_MINUTE": "10",
         "INTENT_CLASSIFIER": "rules",
     }
