@@ -53,9 +53,7 @@ async def run_pipeline(
                     span.attributes.update(stage_span_attributes(stage.name, state))
             finally:
                 if instruments.duration is not None:
-                    instruments.duration.record(
-                        time.perf_counter() - started, {"stage": stage.name, "outcome": outcome}
-                    )
+                    instruments.duration.record(time.perf_counter() - started, stage.name, outcome)
         if failure is not None:
             yield "error", _stamp(failure, state)
         yield stage.name, _stamp(event, state)

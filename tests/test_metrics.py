@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.appkeys import METRICS
@@ -72,5 +73,27 @@ def test_label_values_are_escaped() -> None:
         (family,) = text_string_to_metric_families(metrics.render_prometheus())
         assert family.samples[0].labels == {"v": 'a"b\\c\nd'}
         assert family.samples[0].value == 2
+    finally:
+        metrics.close()
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive() -> None:
+    """A value equal to a bound counts in that bucket ("le"); sum and count cover every record."""
+    metrics = Metrics()
+    try:
+        latency = metrics.histogram("job.latency", ("queue",), unit="s", buckets=(0.1, 1.0))
+        for value in (0.05, 0.1, 0.5, 3.0):
+            latency.record(value, "fast")
+        latency.record(0.2, "slow")
+        parsed = families(metrics.render_prometheus())["job_latency_seconds"]
+        fast = {(s.name, s.labels.get("le")): s.value for s in parsed.samples if s.labels["queue"] == "fast"}
+        assert fast[("job_latency_seconds_bucket", "0.1")] == 2
+        assert fast[("job_latency_seconds_bucket", "1.0")] == 3
+        assert fast[("job_latency_seconds_bucket", "+Inf")] == 4
+        assert fast[("job_latency_seconds_count", None)] == 4
+        assert abs(fast[("job_latency_seconds_sum", None)] - 3.65) < 1e-9
+        assert {s.labels["queue"] for s in parsed.samples} == {"fast", "slow"}
+        with pytest.raises(ValueError, match="takes labels"):
+            latency.record(1.0, "fast", "extra")
     finally:
         metrics.close()
