@@ -4,9 +4,10 @@ Why not the SDK's `tracer.start_as_current_span`: its Span (a lock, attribute cl
 checks, a ReadableSpan copy at end, context-manager plumbing) cost ~20 us each in isolation and
 far more in situ; five per request doubled the gateway's CPU per request. These spans keep the
 SDK's semantics where they matter: the configured sampler decides for the request span, stage
-spans inherit its decision, W3C ids and flags are the SDK's, and a finished span is a plain
-`ReadableSpan` handed to the provider's span processors' `on_end` (ring buffer, batch exporter,
-test exporters). `on_start` is not called. While open, a span is the current span, so contrib
+spans inherit its decision, and W3C ids and flags are the SDK's. A finished span goes into the
+/debug/traces ring buffer as it is, and as the SDK's `ReadableSpan` to any other span processor's
+`on_end` (batch exporter, test exporters): built only when there is one, since it is the priciest
+part of a span. `on_start` is not called. While open, a span is the current span, so contrib
 instrumentations (Redis, aiohttp client) nest under it and log lines carry its ids.
 """
 
@@ -31,7 +32,7 @@ from opentelemetry.trace import (
 )
 
 AttributeValue = str | bool | int | float
-Emit = Callable[[ReadableSpan], None]
+Emit = Callable[["LightSpan"], None]
 # Tracing.client_span, as passed to code that makes outside calls (the LLM classifier).
 ClientSpans = Callable[[str, dict[str, AttributeValue]], "LightSpan | NoSpan"]
 _UNSET = Status(StatusCode.UNSET)
@@ -40,8 +41,8 @@ _UNSET = Status(StatusCode.UNSET)
 class LightSpan:
     """A span that is current between `__enter__` and `__exit__`, and reported at exit if recording."""
 
-    __slots__ = ("_emit", "_events", "_kind", "_name", "_parent", "_resource", "_scope", "_start",
-                 "_status", "_token", "attributes", "context", "recording")  # fmt: skip
+    __slots__ = ("_emit", "_resource", "_scope", "_token", "attributes", "context", "end_time", "events",
+                 "kind", "name", "parent", "recording", "start_time", "status")  # fmt: skip
 
     def __init__(
         self,
@@ -56,18 +57,19 @@ class LightSpan:
         scope: InstrumentationScope,
         attributes: dict[str, AttributeValue] | None = None,
     ) -> None:
-        self._name = name
+        self.name = name
         self.context = context
-        self._parent = parent
-        self._kind = kind
+        self.parent = parent
+        self.kind = kind
         self.recording = recording
         self._emit = emit
         self._resource = resource
         self._scope = scope
         self.attributes: dict[str, AttributeValue] = attributes if attributes is not None else {}
-        self._events: list[Event] = []
-        self._status = _UNSET
-        self._start = 0
+        self.events: list[Event] = []
+        self.status = _UNSET
+        self.start_time = 0  # ns since the epoch
+        self.end_time = 0
         self._token: Any = None
 
     @property
@@ -79,7 +81,7 @@ class LightSpan:
         return f"{self.context.span_id:016x}"
 
     def __enter__(self) -> LightSpan:
-        self._start = time.time_ns()
+        self.start_time = time.time_ns()
         self._token = otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
         return self
 
@@ -88,30 +90,33 @@ class LightSpan:
         otel_context.detach(self._token)
         if exc is not None:
             self.fail(exc, type(exc).__qualname__)
-        self.report(self._start, end)
+        self.report(self.start_time, end)
 
     def report(self, start: int, end: int) -> None:
-        """Hand the finished span to the processors (times in ns since the epoch)."""
+        """Hand the finished span on (times in ns since the epoch), if it is recording."""
         if not self.recording:
             return
-        self._emit(
-            ReadableSpan(
-                self._name,
-                context=self.context,
-                parent=self._parent,
-                resource=self._resource,
-                attributes=self.attributes,
-                events=self._events,
-                kind=self._kind,
-                status=self._status,
-                start_time=start,
-                end_time=end,
-                instrumentation_scope=self._scope,
-            )
+        self.start_time, self.end_time = start, end
+        self._emit(self)
+
+    def readable(self) -> ReadableSpan:
+        """The SDK's form of the finished span, for span processors and exporters."""
+        return ReadableSpan(
+            self.name,
+            context=self.context,
+            parent=self.parent,
+            resource=self._resource,
+            attributes=self.attributes,
+            events=self.events,
+            kind=self.kind,
+            status=self.status,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            instrumentation_scope=self._scope,
         )
 
     def set_error(self, description: str) -> None:
-        self._status = Status(StatusCode.ERROR, description)
+        self.status = Status(StatusCode.ERROR, description)
 
     def fail(self, exc: BaseException, description: str) -> None:
         """ERROR status and the exception as an event, with the SDK's attribute names."""
@@ -121,7 +126,7 @@ class LightSpan:
         module = cls.__module__
         name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
         self.set_error(description)
-        self._events.append(
+        self.events.append(
             Event(
                 "exception",
                 {

@@ -9,12 +9,14 @@ from __future__ import annotations
 import html
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import StatusCode
+from opentelemetry.sdk.trace import Event, ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 MAX_SPANS_PER_TRACE = 500  # a long stream with many Redis calls must not grow without bound
 
@@ -42,17 +44,43 @@ class TraceView(msgspec.Struct, kw_only=True, omit_defaults=True):
     spans: list[SpanView] | None = None
 
 
+class FinishedSpan(Protocol):
+    """What the buffer reads of a span: the SDK's ReadableSpan and our LightSpan both have it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def context(self) -> SpanContext | None: ...
+    @property
+    def parent(self) -> SpanContext | None: ...
+    @property
+    def kind(self) -> SpanKind: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def start_time(self) -> int | None: ...
+    @property
+    def end_time(self) -> int | None: ...
+    @property
+    def attributes(self) -> Mapping[str, AttributeValue] | None: ...
+    @property
+    def events(self) -> Sequence[Event]: ...
+
+
 class TraceBuffer(SpanProcessor):
     """Keeps the spans of the last `limit` traces, oldest dropped first."""
 
     def __init__(self, limit: int = 200) -> None:
         self.limit = max(1, limit)
-        self._traces: OrderedDict[int, list[ReadableSpan]] = OrderedDict()
+        self._traces: OrderedDict[int, list[FinishedSpan]] = OrderedDict()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
+        self.keep(span)
+
+    def keep(self, span: FinishedSpan) -> None:
         trace_id = span.context.trace_id if span.context is not None else 0
         spans = self._traces.get(trace_id)
         if spans is None:
@@ -81,7 +109,7 @@ class TraceBuffer(SpanProcessor):
         return None if spans is None else _view(int(trace_id, 16), spans, with_spans=True)
 
 
-def _view(trace_id: int, spans: Sequence[ReadableSpan], *, with_spans: bool) -> TraceView:
+def _view(trace_id: int, spans: Sequence[FinishedSpan], *, with_spans: bool) -> TraceView:
     ordered = sorted(spans, key=lambda s: s.start_time or 0)
     origin = ordered[0].start_time or 0
     end = max((s.end_time or origin) for s in ordered)
@@ -96,7 +124,7 @@ def _view(trace_id: int, spans: Sequence[ReadableSpan], *, with_spans: bool) -> 
     )
 
 
-def _span_view(span: ReadableSpan, origin: int) -> SpanView:
+def _span_view(span: FinishedSpan, origin: int) -> SpanView:
     start = span.start_time or origin
     return SpanView(
         span_id=f"{span.context.span_id:016x}" if span.context is not None else "",

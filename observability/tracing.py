@@ -14,9 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from opentelemetry.metrics import Histogram
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
@@ -42,6 +41,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
+from observability.metrics import Histogram
 from observability.spans import NO_SPAN, AttributeValue, LightSpan, NoSpan
 from observability.traces import TraceBuffer
 
@@ -153,8 +153,10 @@ class Tracing:
         self.propagator = TraceContextTextMapPropagator()
         self.buffer = TraceBuffer(buffer_limit)
         self.provider = TracerProvider(sampler=sampler, resource=resource, shutdown_on_exit=False)
+        # The SDK's own spans (contrib instrumentations) reach the buffer through the provider;
+        # light spans through end_span, which also hands them to _processors.
+        self.provider.add_span_processor(self.buffer)
         self._processors: list[SpanProcessor] = []
-        self.add_span_processor(self.buffer)
         if exporter is not None:
             self.add_span_processor(BatchSpanProcessor(exporter))
         # OTEL_SDK_DISABLED: spans cost nothing; trace ids still flow from traceparent headers.
@@ -334,10 +336,13 @@ class Tracing:
         self.provider.add_span_processor(processor)
         self._processors.append(processor)
 
-    def end_span(self, span: ReadableSpan) -> None:
-        """Hand a span built outside the SDK's Tracer (a LightSpan) to the same processors."""
-        for processor in self._processors:
-            processor.on_end(span)
+    def end_span(self, span: LightSpan) -> None:
+        """File a finished light span in the ring buffer and hand it to the other processors."""
+        self.buffer.keep(span)
+        if self._processors:
+            readable = span.readable()
+            for processor in self._processors:
+                processor.on_end(readable)
 
     async def flush(self) -> None:
         # The exporter posts synchronously; off the loop, so a receiver on this loop can answer.

@@ -62,6 +62,8 @@ async def test_one_trace_per_request_with_a_span_per_stage(make_client: MakeClie
     assert server.attributes["http.route"] == PROCESS
     assert server.attributes["http.request.method"] == "POST"
     assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["server.address"] == "127.0.0.1"
+    assert server.attributes["server.port"] == client.port
     for stage in STAGES:
         span = named[f"stage.{stage}"]
         assert span.parent is not None and span.parent.span_id == server.context.span_id
