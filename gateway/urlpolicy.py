@@ -25,6 +25,8 @@ MAX_URL_CHARS = 2048
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
 _UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
+# Every IP notation (IPv4 in any base, IPv6) is written with these characters only.
+_NOT_IP_CHAR = re.compile(r"[^0-9a-fA-FxX.:]")
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -82,6 +84,8 @@ class ImageUrlPolicy(msgspec.Struct, frozen=True, kw_only=True):
 def _is_ip_literal(host: str) -> bool:
     """Any notation a resolver accepts as an address: dotted, short, decimal, hex, octal."""
     bare = host.removesuffix(".")
+    if _NOT_IP_CHAR.search(bare):
+        return False  # a name; the parsers below cost an exception each for every name
     try:
         ipaddress.ip_address(bare)
         return True
