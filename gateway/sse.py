@@ -17,7 +17,7 @@ class EventStream(web.StreamResponse):
     Events sent in one turn of the event loop leave in one write, at the end of that turn:
     before the handler awaits anything slow (an LLM, Redis), so nothing sits in a buffer
     while the client waits, but a pipeline that runs through without waiting costs one
-    syscall instead of one per event (and its last events ride with the end of the stream).
+    syscall instead of one per event (its headers and last events ride along).
 
     A comment heartbeat goes out every `heartbeat_seconds` so load balancers do not cut
     slow streams at their idle timeout. Sending on a closed connection raises
@@ -25,6 +25,10 @@ class EventStream(web.StreamResponse):
     """
 
     HEARTBEAT = b": keep-alive\n\n"
+    # Headers leave with the first frames rather than in a write of their own (aiohttp's knob,
+    # off for StreamResponse): the context event follows prepare() in the same loop turn, so
+    # the client waits no longer, and a pipeline that runs through is one write in all.
+    _send_headers_immediately = False
 
     def __init__(self, *, heartbeat_seconds: float, headers: dict[str, str] | None = None) -> None:
         super().__init__(
