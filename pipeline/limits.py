@@ -16,6 +16,7 @@ overshot by at most the requests in flight when it is crossed.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -93,8 +94,19 @@ class RateLimiter(Protocol):
     def stats(self) -> dict[str, object]: ...
 
 
-def new_token() -> str:
-    return os.urandom(8).hex()
+class TokenSource:
+    """Admission tokens unique across instances: a random prefix per limiter and a counter.
+
+    They are members of shared Redis sets, so they must never collide between processes;
+    a 64-bit random prefix does that without a getrandom syscall per request.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._next = itertools.count().__next__
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{self._next():x}"
 
 
 def micros(dollars: float) -> int:
@@ -253,6 +265,7 @@ class RedisRateLimiter:
         self.limits = limits
         self.fail_mode = fail_mode
         self.counters = LimiterStats()
+        self._new_token = TokenSource()
         self._admit = AsyncScript(redis.client, ADMIT_SCRIPT)
         self._charge = AsyncScript(redis.client, CHARGE_SCRIPT)
 
@@ -276,7 +289,7 @@ class RedisRateLimiter:
         return _Counts(*(int(value) for value in reply))
 
     async def admit(self, user_id: str) -> Decision:
-        token = new_token()
+        token = self._new_token()
         if self.redis.available:
             try:
                 counts = await self._counts(user_id, token, record=True)
@@ -305,7 +318,7 @@ class RedisRateLimiter:
     async def usage(self, user_id: str) -> Usage:
         if self.redis.available:
             try:
-                counts = await self._counts(user_id, new_token(), record=False)
+                counts = await self._counts(user_id, self._new_token(), record=False)
                 return _usage(user_id, self.limits, counts, "redis")
             except UNAVAILABLE as exc:
                 self.redis.failed(exc)
@@ -371,6 +384,7 @@ class MemoryRateLimiter:
         self.counters = LimiterStats()
         self._users: dict[str, _UserLog] = {}
         self._since_sweep = 0
+        self._new_token = TokenSource()
 
     def _log(self, user_id: str, now: float) -> _UserLog:
         entry = self._users.get(user_id)
@@ -382,7 +396,7 @@ class MemoryRateLimiter:
     async def admit(self, user_id: str) -> Decision:
         now = self.clock()
         entry = self._log(user_id, now)
-        decision = decide(self.limits, entry.counts(now), new_token())
+        decision = decide(self.limits, entry.counts(now), self._new_token())
         if decision.allowed:
             entry.minute.append(now)
             entry.hour.append(now)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.appkeys import LIMITER
-from pipeline.limits import Limits, MemoryRateLimiter, RedisRateLimiter
+from pipeline.limits import Limits, MemoryRateLimiter, RedisRateLimiter, TokenSource
 from tests.conftest import MakeClient
 from tests.redis_servers import RedisServer, needs_redis
 
@@ -249,3 +249,10 @@ async def test_hung_redis_costs_a_timeout_not_a_request(make_client: MakeClient)
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def test_admission_tokens_never_repeat_within_or_across_limiters() -> None:
+    """Tokens are shared Redis set members: two instances' tokens must not collide."""
+    first, second = TokenSource(), TokenSource()
+    tokens = [first() for _ in range(1000)] + [second() for _ in range(1000)]
+    assert len(set(tokens)) == len(tokens)
