@@ -48,6 +48,7 @@ class EventStream(web.StreamResponse):
         self._flush_scheduled = False
         self._flushing: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._stopped = False
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # aiohttp calls prepare() again on the response a handler returns: arm the heartbeat
@@ -55,7 +56,7 @@ class EventStream(web.StreamResponse):
         first = not self.prepared
         writer = await super().prepare(request)
         if first:
-            self._schedule_heartbeat()
+            self._schedule_flush()  # which arms the heartbeat, unless the stream ends first
         return writer
 
     async def send(self, event: str, data: bytes) -> None:
@@ -63,9 +64,7 @@ class EventStream(web.StreamResponse):
             raise ConnectionResetError("client went away") from self._failed
         self._last_id += 1
         self._pending.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (self._last_id, event.encode(), data))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._start_flush)
+        self._schedule_flush()
 
     async def write_eof(self, data: bytes = b"") -> None:
         """End the stream; frames still pending go out with the terminating chunk."""
@@ -76,9 +75,20 @@ class EventStream(web.StreamResponse):
         pending, self._pending = self._pending, []
         await super().write_eof(b"".join(pending) + data)
 
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flush)
+
     def _start_flush(self) -> None:
         # The handler has yielded to the loop: write what it sent, unless it already ended.
+        # A stream still open now may be slow, so it gets its heartbeat (one that ran
+        # through in a single turn never paid for a timer).
         self._flush_scheduled = False
+        if self._stopped:
+            return
+        if self._timer is None:
+            self._schedule_heartbeat()
         if self._pending and self._flushing is None:
             self._flushing = asyncio.ensure_future(self._flush())
 
@@ -94,6 +104,7 @@ class EventStream(web.StreamResponse):
 
     def stop(self) -> None:
         """Stop heartbeats; call when the stream is finished or abandoned."""
+        self._stopped = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
