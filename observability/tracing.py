@@ -197,11 +197,34 @@ class Tracing:
         )
 
     def instrument_redis(self, client: Any) -> None:
-        """A CLIENT span per command of this one redis.asyncio client (no global patching)."""
-        if self.enabled:
-            from opentelemetry.instrumentation.redis import RedisInstrumentor
+        """A CLIENT span per command of this one redis.asyncio client (no global patching).
 
-            RedisInstrumentor.instrument_client(client, tracer_provider=self.provider)
+        Light spans with the contrib instrumentation's names (span named after the command,
+        db.system, sanitized db.statement, peer address): its SDK spans cost ~70 us each in
+        situ, and a request with Redis limits and cache makes three commands.
+        """
+        if not self.enabled:
+            return
+        execute = client.execute_command
+        peer: dict[str, AttributeValue] = {"db.system": "redis"}
+        pool = getattr(client, "connection_pool", None)  # RedisCluster has none: many peers
+        if pool is not None:
+            kwargs = pool.connection_kwargs
+            if "host" in kwargs:
+                peer["net.peer.name"] = str(kwargs["host"])
+                peer["net.peer.port"] = int(kwargs.get("port", 6379))
+            peer["db.redis.database_index"] = int(kwargs.get("db", 0))
+
+        async def execute_command(*args: Any, **options: Any) -> Any:
+            span = self.client_span(str(args[0]), peer)
+            if not span.recording:  # outside a sampled request: nothing to record
+                return await execute(*args, **options)
+            span.attributes["db.statement"] = " ".join([str(args[0]), *("?" * (len(args) - 1))])
+            span.attributes["db.redis.args_length"] = len(args)
+            with span:
+                return await execute(*args, **options)
+
+        client.execute_command = execute_command
 
     def client_span(self, name: str, attributes: dict[str, AttributeValue]) -> LightSpan | NoSpan:
         """A CLIENT span under the current span when it is sampled (a call to an outside service

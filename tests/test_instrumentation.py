@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
+from redis.exceptions import ResponseError
 
 from gateway.appkeys import REDIS, TRACING
 from tests.conftest import MakeClient
@@ -32,8 +33,26 @@ async def test_redis_commands_are_client_spans_of_the_current_trace(make_client:
     (request, ping) = sorted(exporter.get_finished_spans(), key=lambda s: s.kind.value)
     assert ping.kind is SpanKind.CLIENT and ping.name == "PING"
     assert ping.attributes is not None and ping.attributes["db.system"] == "redis"
+    assert ping.attributes["db.statement"] == "PING"
+    assert ping.attributes["net.peer.name"] == "127.0.0.1" and ping.attributes["net.peer.port"] == 6379
     assert ping.parent is not None and ping.parent.span_id == parent.get_span_context().span_id
     assert request.name == "request"
+
+
+async def test_a_failed_redis_command_is_an_error_span_without_its_arguments(make_client: MakeClient) -> None:
+    """Arguments (keys, prompts) stay out of the span's attributes; the error is its status."""
+    client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
+    app = client.server.app
+    exporter = InMemorySpanExporter()
+    app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    connection = app[REDIS]
+    assert connection is not None
+    with app[TRACING].tracer.start_as_current_span("request"), pytest.raises(ResponseError):
+        await connection.client.execute_command("NOSUCHCOMMAND", "secret-argument")
+    (failed,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert failed.name == "NOSUCHCOMMAND" and failed.status.status_code is StatusCode.ERROR
+    assert failed.attributes is not None and failed.attributes["db.statement"] == "NOSUCHCOMMAND ?"
+    assert "secret-argument" not in repr(dict(failed.attributes))
 
 
 async def test_client_session_spans_inject_traceparent(make_client: MakeClient, aiohttp_server: Any) -> None:
