@@ -81,7 +81,7 @@ class Stats:
 class PromptMix:
     """Request bodies: a repeated hot prompt (cache hit) or a fresh variation (cache miss)."""
 
-    def __init__(self, rng: random.Random, repeat_share: float, hot: int) -> None:
+    def __init__(self, rng: random.Random, repeat_share: float, hot: int, *, walk_start: int = 0) -> None:
         self.rng, self.repeat_share, self.hot = rng, repeat_share, min(hot, len(PROMPTS))
         sizes = (len(OPENERS), len(PROMPTS), len(DETAILS), len(CLOSERS))
         self.total = sizes[0] * sizes[1] * sizes[2] * sizes[3]
@@ -89,7 +89,7 @@ class PromptMix:
         # An affine walk k -> (a*k + b) mod total visits every variation once, in scrambled order.
         self.step = next(a for a in range(self.total // 3, self.total) if math.gcd(a, self.total) == 1)
         self.offset = rng.randrange(self.total)
-        self.drawn = 0
+        self.drawn = walk_start  # a later run continues where an earlier one stopped
 
     def body(self) -> bytes:
         if self.rng.random() < self.repeat_share:
@@ -223,7 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     host, port = url.hostname or "127.0.0.1", url.port or 80
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     stats = Stats(measuring=args.warmup <= 0)
-    mix = PromptMix(random.Random(args.seed), args.repeat_share, args.hot)
+    mix = PromptMix(random.Random(args.seed), args.repeat_share, args.hot, walk_start=args.walk_start)
     deadline = time.perf_counter() + args.warmup + (args.duration or 1e9)
     budget = [args.requests or 0]
 
@@ -282,6 +282,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "errors": dict(stats.errors),
         "repeat_share": args.repeat_share,
         "target_rate": args.rate,
+        "walk_end": mix.drawn,  # --walk-start for a next run whose misses must be new too
     }
 
 
@@ -313,6 +314,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
     parser.add_argument("--api-key", help="Bearer key when the gateway requires one")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--walk-start", type=int, default=0,
+                        help="skip this many unique prompts (a previous run's walk_end): misses stay misses")
     parser.add_argument("--json", action="store_true", help="only the JSON report")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)

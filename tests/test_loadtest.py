@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -88,3 +89,13 @@ def test_serve_with_workers_shares_one_port_and_stops_on_sigterm(tmp_path: Path)
         server.wait(timeout=30)
     assert server.returncode == 0
     assert log_path.read_text().count('"gateway listening"') == 2
+
+
+def test_a_continued_walk_draws_no_earlier_miss_again() -> None:
+    """The benchmark's paced run continues the saturated run's walk: its misses are new prompts."""
+    loadtest = load_script("loadtest")
+    first = loadtest.PromptMix(random.Random(1), 0.0, 10)
+    earlier = {first.body() for _ in range(5000)}
+    later = loadtest.PromptMix(random.Random(1), 0.0, 10, walk_start=first.drawn)
+    assert len(earlier) == 5000
+    assert not earlier & {later.body() for _ in range(5000)}
