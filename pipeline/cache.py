@@ -178,17 +178,24 @@ class IntentCache:
     ) -> tuple[IntentClassification, bool]:
         """(result, cache_hit). Concurrent identical misses share one `classify()` call.
 
-        The shared work runs in its own task: a waiting request that is cancelled (client
-        gone) leaves it running for the others; when the last waiter has gone, it is
-        cancelled too, so its classification slot frees at once.
+        A hit is answered in the caller's task. On a miss the shared work runs in its own
+        task: a waiting request that is cancelled (client gone) leaves it running for the
+        others; when the last waiter has gone, it is cancelled too, so its classification
+        slot frees at once.
         """
         if not self.enabled:
             return await classify(), False
         key = cache_key(classifier, query)
         flight = self._inflight.get(key)
         if flight is None:
+            cached = await self._get(key)
+            if cached is not None:
+                self.hits += 1
+                return cached, True
+            flight = self._inflight.get(key)  # another miss may have taken off meanwhile
+        if flight is None:
             task = asyncio.create_task(
-                self._lookup(classifier, key, classify), name=f"intent-cache-{key[:8]}"
+                self._classify(classifier, key, classify), name=f"intent-cache-{key[:8]}"
             )
             flight = self._inflight[key] = _Flight(task)
             task.add_done_callback(lambda done: self._finished(key, done))
@@ -209,13 +216,9 @@ class IntentCache:
         if not task.cancelled():
             task.exception()  # retrieved: the waiters re-raise it; no "never retrieved" noise
 
-    async def _lookup(
+    async def _classify(
         self, classifier: Classifier, key: str, classify: Classify
     ) -> tuple[IntentClassification, bool]:
-        cached = await self._get(key)
-        if cached is not None:
-            self.hits += 1
-            return cached, True
         self.misses += 1
         result = await classify()
         if cacheable(classifier, result):

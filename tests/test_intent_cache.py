@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from gateway.appkeys import INTENT_CACHE
-from pipeline.cache import FALLBACK_FLAG, cache_key
+from pipeline.cache import FALLBACK_FLAG, IntentCache, cache_key
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.types import ClassifierInput, IntentClassification
 from tests.conftest import GatedClassifier, MakeClient, wait_until
@@ -199,3 +199,19 @@ async def test_cache_falls_back_to_memory_and_back(
         "cache_hit"
     ] is True
     assert len(await cache.remote.client.keys("gw:intent:*")) == 1
+
+
+async def test_a_memory_hit_is_answered_without_waiting_on_the_loop() -> None:
+    """A hit starts no task and never yields: a cache-hit stream runs through in one loop turn."""
+    cache = IntentCache(ttl=60, redis=None, timeout=1.0)
+    classifier = CountingClassifier()
+    query = ClassifierInput(prompt="animate this sunset")
+    classify = lambda: classifier.classify(query)  # noqa: E731
+    assert (await cache.get_or_classify(classifier, query, classify))[1] is False
+    lookup = cache.get_or_classify(classifier, query, classify)
+    with pytest.raises(StopIteration) as finished:
+        lookup.send(None)  # runs the coroutine until it would wait; a hit never does
+    result, hit = finished.value.value
+    assert hit is True and result.workflow_type.value == "image_to_video"
+    assert classifier.calls == 1
+    await cache.close()
