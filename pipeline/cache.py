@@ -2,7 +2,10 @@
 
 aiocache stores msgpack-encoded results in Redis when a `RedisLink` is given and available,
 and in a bounded in-process memory cache otherwise (no Redis configured, or Redis unreachable:
-the cache then keeps working per instance and goes back to Redis when it answers).
+the cache then keeps working per instance and goes back to Redis when it answers). In front
+of either, a small near cache keeps what this instance saw in the last NEAR_TTL seconds, so a
+hot prompt costs no Redis round trip: an entry never changes under its key (the classifier's
+version is part of it), so serving it from there changes nothing but the cost.
 
 Keys are stable across processes and releases of unrelated code: a blake2b digest of the
 normalized prompt, the context features classifiers look at, and the classifier's name and
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 # Bump when the key's inputs or the stored type change shape: old entries then just miss.
 KEY_SCHEMA = 1
 MEMORY_ENTRIES = 10_000
+NEAR_ENTRIES = 1_000
+NEAR_TTL = 30.0  # seconds
 # A classifier that answers with a fallback (LLM failed, the rules answered) says so here;
 # such answers are never cached, so the next request tries the real classifier again.
 FALLBACK_FLAG = "fallback_used"
@@ -128,6 +134,32 @@ class SharedRedisCache(RedisCache):  # type: ignore[misc]
         return None
 
 
+class NearCache:
+    """Recent results of this instance, for `ttl` seconds, at most `entries` (oldest go first)."""
+
+    def __init__(self, *, entries: int, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.entries, self.ttl, self.clock = entries, ttl, clock
+        self._items: dict[str, tuple[float, IntentClassification]] = {}
+
+    def get(self, key: str) -> IntentClassification | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[0] <= self.clock():
+            del self._items[key]
+            return None
+        return item[1]
+
+    def put(self, key: str, result: IntentClassification) -> None:
+        self._items.pop(key, None)  # re-inserted last: eviction goes by age of the entry
+        if len(self._items) >= self.entries:
+            del self._items[next(iter(self._items))]
+        self._items[key] = (self.clock() + self.ttl, result)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class _Flight:
     """One in-flight lookup-or-classify and how many requests wait for it."""
 
@@ -144,6 +176,7 @@ class IntentCache:
     def __init__(self, *, ttl: int, redis: RedisLink | None, timeout: float) -> None:
         self.ttl = ttl
         self.redis = redis
+        self.near = NearCache(entries=NEAR_ENTRIES, ttl=min(NEAR_TTL, ttl))
         self.memory = BoundedMemoryCache(
             max_entries=MEMORY_ENTRIES, serializer=MsgspecSerializer(), namespace="intent", timeout=None
         )
@@ -161,6 +194,7 @@ class IntentCache:
         self._inflight: dict[str, _Flight] = {}
         # Counters for metrics.
         self.hits = 0
+        self.near_hits = 0  # of which answered by the near cache
         self.misses = 0
         self.coalesced = 0  # requests that waited for an identical in-flight classification
         self.remote_errors = 0
@@ -186,11 +220,17 @@ class IntentCache:
         if not self.enabled:
             return await classify(), False
         key = cache_key(classifier, query)
+        cached = self.near.get(key)
+        if cached is not None:
+            self.hits += 1
+            self.near_hits += 1
+            return cached, True
         flight = self._inflight.get(key)
         if flight is None:
             cached = await self._get(key)
             if cached is not None:
                 self.hits += 1
+                self.near.put(key, cached)
                 return cached, True
             flight = self._inflight.get(key)  # another miss may have taken off meanwhile
         if flight is None:
@@ -222,6 +262,7 @@ class IntentCache:
         self.misses += 1
         result = await classify()
         if cacheable(classifier, result):
+            self.near.put(key, result)
             await self._set(key, result)
         return result, False
 
@@ -255,11 +296,13 @@ class IntentCache:
             "enabled": self.enabled,
             "backend": self.backend,
             "hits": self.hits,
+            "near_hits": self.near_hits,
             "misses": self.misses,
             "hit_rate": self.hits / lookups,
             "coalesced": self.coalesced,
             "remote_errors": self.remote_errors,
             "memory_entries": len(self.memory._cache),
+            "near_entries": len(self.near),
         }
 
     async def close(self) -> None:

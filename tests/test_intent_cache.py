@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.appkeys import INTENT_CACHE
-from pipeline.cache import FALLBACK_FLAG, IntentCache, cache_key
+from gateway.appkeys import INTENT_CACHE, REDIS
+from pipeline.cache import FALLBACK_FLAG, IntentCache, NearCache, cache_key
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.types import ClassifierInput, IntentClassification
 from tests.conftest import GatedClassifier, MakeClient, wait_until
@@ -215,3 +215,34 @@ async def test_a_memory_hit_is_answered_without_waiting_on_the_loop() -> None:
     assert hit is True and result.workflow_type.value == "image_to_video"
     assert classifier.calls == 1
     await cache.close()
+
+
+def test_near_cache_entries_expire_and_the_oldest_go_first() -> None:
+    now = [0.0]
+    near = NearCache(entries=2, ttl=30.0, clock=lambda: now[0])
+    result = RulesClassifier().classify_sync(ClassifierInput(prompt="animate this sunset"))
+    near.put("a", result)
+    near.put("b", result)
+    near.put("a", result)  # refreshed: now the newest
+    near.put("c", result)  # full: "b" is the oldest
+    assert near.get("b") is None and near.get("a") is result and near.get("c") is result
+    now[0] = 30.0
+    assert near.get("a") is None and len(near) == 1
+
+
+@needs_redis
+async def test_a_redis_hit_is_kept_near_and_repeats_skip_redis(
+    make_client: MakeClient, redis_server: RedisServer
+) -> None:
+    """Another instance's first lookup reads Redis; its repeats are answered from near."""
+    prefix = f"gw-test-{os.urandom(4).hex()}:"
+    one = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
+    two = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
+    await one.post(PROCESS, json={"prompt": "a blue heron"})
+    assert (await (await two.post(PROCESS, json={"prompt": "a blue heron"})).json())["cache_hit"] is True
+    redis = two.app[REDIS].client
+    await redis.delete(*await redis.keys(f"{prefix}intent*"))  # Redis no longer has it
+    for _ in range(2):
+        assert (await (await two.post(PROCESS, json={"prompt": "a blue heron"})).json())["cache_hit"] is True
+    assert two.app[INTENT_CACHE].stats()["near_hits"] == 2
+    assert (await (await one.post(PROCESS, json={"prompt": "a blue heron"})).json())["cache_hit"] is True
