@@ -56,22 +56,33 @@ def default_model_dir() -> Path:
     return model_dir
 
 
-def _erf(x: FloatArray) -> FloatArray:
-    """Abramowitz-Stegun 7.1.26 erf (|error| < 1.5e-7): numpy has no erf and
-    BERT's GELU is the exact erf form, not the tanh approximation."""
-    sign = np.sign(x)
-    a = np.abs(x)
-    t = 1.0 / (1.0 + 0.3275911 * a)
-    poly = t * (
-        0.254829592
-        + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429)))
-    )
-    out: FloatArray = (sign * (1.0 - poly * np.exp(-a * a))).astype(np.float32, copy=False)
-    return out
+def _gelu(u: FloatArray) -> FloatArray:
+    """Exact (erf) GELU, in place: ``u`` must be a fresh array the caller owns.
 
-
-def _gelu(x: FloatArray) -> FloatArray:
-    return (0.5 * x * (1.0 + _erf(x * INV_SQRT2))).astype(np.float32, copy=False)
+    BERT's GELU is the erf form, not the tanh approximation, and numpy has no
+    erf, so erf is Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7). This is the
+    costliest elementwise step of a layer (a (seq, 1536) array), so each step
+    writes into one of three buffers rather than allocating a temporary.
+    """
+    # erf is odd, so u * erf(u/sqrt2) = |u| * erf(z) with z = |u|/sqrt2 >= 0, the
+    # range A-S covers without a sign: GELU(u) = 0.5 * (u + |u| * erf(z)).
+    a = np.abs(u)
+    t = a * (0.3275911 * INV_SQRT2)
+    t += 1.0
+    np.divide(1.0, t, out=t)  # t = 1 / (1 + p*z)
+    poly = t * 1.061405429  # Horner, from the highest power of t down
+    for c in (-1.453152027, 1.421413741, -0.284496736, 0.254829592):
+        poly += c
+        poly *= t
+    np.square(a, out=t)  # t is free again: reuse it for exp(-z*z) = exp(-u*u/2)
+    t *= -0.5
+    np.exp(t, out=t)
+    poly *= t  # 1 - erf(z)
+    np.subtract(1.0, poly, out=poly)  # erf(z)
+    poly *= a
+    u += poly
+    u *= 0.5
+    return u
 
 
 def _layer_norm(x: FloatArray, weight: FloatArray, bias: FloatArray) -> FloatArray:
