@@ -77,7 +77,9 @@ def local_classifier(settings: Settings) -> Classifier:
     from pipeline.classifiers.local import LocalClassifier
 
     return LocalClassifier.load(
-        build_if_missing=True, low_confidence_below=settings.local_confidence_threshold
+        build_if_missing=True,
+        low_confidence_below=settings.local_confidence_threshold,
+        escalate_below=settings.local_escalate_below,
     )
 
 

@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_concurrent_classifications: int = 8
     classification_queue_timeout: float = 2.0
     local_confidence_threshold: float = 0.6
+    local_escalate_below: float | None = None  # None: the artifact's threshold (0.8)
     ai_classification_enabled: bool = True
     ai_classification_rollout_percentage: int = 100
 
@@ -132,6 +133,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def check(self) -> None:
         if not 0 <= self.ai_classification_rollout_percentage <= 100:
             raise ConfigError("AI_CLASSIFICATION_ROLLOUT_PERCENTAGE must be 0..100")
+        if self.local_escalate_below is not None and not 0 <= self.local_escalate_below <= 1:
+            raise ConfigError("LOCAL_ESCALATE_BELOW must be 0..1")
         if self.max_concurrent_classifications < 1:
             raise ConfigError("MAX_CONCURRENT_CLASSIFICATIONS must be at least 1")
         if self.otel_traces_sampler not in OTEL_SAMPLERS:

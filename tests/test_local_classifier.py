@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from pipeline.classifiers.local import LocalClassifier, to_example
 from pipeline.evaluation import evaluate, load_examples
 from pipeline.intent_model import expected_calibration_error
@@ -128,6 +128,17 @@ def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
     """ECE is |accuracy - confidence| per bin: 80% right at confidence 0.8 scores 0."""
     assert expected_calibration_error([0.8] * 10, [True] * 8 + [False] * 2) == pytest.approx(0.0)
     assert expected_calibration_error([1.0] * 4, [False] * 4) == pytest.approx(1.0)
+
+
+def test_escalation_threshold_is_configurable_and_part_of_the_version(local: LocalClassifier) -> None:
+    """LOCAL_ESCALATE_BELOW reaches the classifier; another threshold is another cache key."""
+    settings = Settings.from_env({"LOCAL_ESCALATE_BELOW": "0.7"})
+    assert settings.local_escalate_below == 0.7
+    lower = LocalClassifier(local.model, escalate_below=settings.local_escalate_below)
+    assert lower.escalate_below == 0.7 and local.escalate_below == 0.8
+    assert lower.version != local.version
+    with pytest.raises(ConfigError, match="LOCAL_ESCALATE_BELOW"):
+        Settings.from_env({"LOCAL_ESCALATE_BELOW": "1.5"})
 
 
 def test_without_an_api_key_the_local_classifier_is_the_default() -> None:

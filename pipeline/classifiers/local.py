@@ -62,12 +62,14 @@ class LocalClassifier:
         meta_escalate = model.meta.get("escalate_below", DEFAULT_ESCALATE_BELOW)
         self.escalate_below = float(escalate_below if escalate_below is not None
                                     else meta_escalate)  # type: ignore[arg-type]
-        self.version = f"local-{ARTIFACT_VERSION}-{model.fingerprint}"
+        # The threshold changes answers, so it is part of the version (and the cache key).
+        self.version = f"local-{ARTIFACT_VERSION}-{model.fingerprint}-e{self.escalate_below:g}"
         self._workflows = [WorkflowType(label) for label in model.labels]
 
     @classmethod
     def load(cls, path: Path | None = None, *, build_if_missing: bool = False,
-             low_confidence_below: float = DEFAULT_LOW_CONFIDENCE) -> LocalClassifier:
+             low_confidence_below: float = DEFAULT_LOW_CONFIDENCE,
+             escalate_below: float | None = None) -> LocalClassifier:
         """Load the artifact (building it first if asked and absent: the first start)."""
         path = path or default_artifact_path()
         if not path.is_file():
@@ -78,7 +80,7 @@ class LocalClassifier:
         started = time.perf_counter()
         model = IntentModel.load(path)
         log.info("loaded %s in %.2f s", path.name, time.perf_counter() - started)
-        return cls(model, low_confidence_below=low_confidence_below)
+        return cls(model, low_confidence_below=low_confidence_below, escalate_below=escalate_below)
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         # ~0.3 ms on the fast tier, ~6 ms when escalated: cheaper than a thread hop.
