@@ -14,19 +14,26 @@ from opentelemetry.trace import SpanKind, StatusCode
 from redis.exceptions import ResponseError
 
 from gateway.appkeys import REDIS, TRACING
+from gateway.redis import RedisConnection
 from tests.conftest import MakeClient
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-async def test_redis_commands_are_client_spans_of_the_current_trace(make_client: MakeClient) -> None:
-    """A command on app[REDIS] inside a span becomes its CLIENT child; a background ping makes no trace."""
+async def traced_redis(make_client: MakeClient) -> tuple[web.Application, RedisConnection, InMemorySpanExporter]:
+    """An app on the local Redis (its own key prefix) whose finished spans the exporter keeps."""
     client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
     app = client.server.app
     exporter = InMemorySpanExporter()
     app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
     connection = app[REDIS]
     assert connection is not None
+    return app, connection, exporter
+
+
+async def test_redis_commands_are_client_spans_of_the_current_trace(make_client: MakeClient) -> None:
+    """A command on app[REDIS] inside a span becomes its CLIENT child; a background ping makes no trace."""
+    app, connection, exporter = await traced_redis(make_client)
     await connection.client.ping()  # no current span: a background call, not kept
     with app[TRACING].tracer.start_as_current_span("request") as parent:
         await connection.client.ping()
@@ -41,12 +48,7 @@ async def test_redis_commands_are_client_spans_of_the_current_trace(make_client:
 
 async def test_a_failed_redis_command_is_an_error_span_without_its_arguments(make_client: MakeClient) -> None:
     """Arguments (keys, prompts) stay out of the span's attributes; the error is its status."""
-    client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
-    app = client.server.app
-    exporter = InMemorySpanExporter()
-    app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
-    connection = app[REDIS]
-    assert connection is not None
+    app, connection, exporter = await traced_redis(make_client)
     with app[TRACING].tracer.start_as_current_span("request"), pytest.raises(ResponseError):
         await connection.client.execute_command("NOSUCHCOMMAND", "secret-argument")
     (failed,) = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]

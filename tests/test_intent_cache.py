@@ -166,16 +166,27 @@ def redis_server() -> Iterator[RedisServer]:
     server.cleanup()
 
 
+async def two_instances(make_client: MakeClient, redis_server: RedisServer) -> tuple[str, Any, Any]:
+    """Two app instances, each with its own Redis client, sharing one key prefix."""
+    prefix = f"gw-test-{os.urandom(4).hex()}:"
+    one = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
+    two = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
+    return prefix, one, two
+
+
+async def cache_hit(client: Any, prompt: str) -> bool:
+    response = await client.post(PROCESS, json={"prompt": prompt})
+    return bool((await response.json())["cache_hit"])
+
+
 @needs_redis
 async def test_two_instances_share_hits_through_redis(
     make_client: MakeClient, redis_server: RedisServer
 ) -> None:
     """Classified through one app instance, a hit through another with its own client."""
-    prefix = f"gw-test-{os.urandom(4).hex()}:"
-    one = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
-    two = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
-    assert (await (await one.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is False
-    assert (await (await two.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is True
+    _, one, two = await two_instances(make_client, redis_server)
+    assert await cache_hit(one, "a red fox") is False
+    assert await cache_hit(two, "a red fox") is True
     assert two.app[INTENT_CACHE].stats()["backend"] == "redis"
 
 
@@ -235,14 +246,11 @@ async def test_a_redis_hit_is_kept_near_and_repeats_skip_redis(
     make_client: MakeClient, redis_server: RedisServer
 ) -> None:
     """Another instance's first lookup reads Redis; its repeats are answered from near."""
-    prefix = f"gw-test-{os.urandom(4).hex()}:"
-    one = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
-    two = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix)
-    await one.post(PROCESS, json={"prompt": "a blue heron"})
-    assert (await (await two.post(PROCESS, json={"prompt": "a blue heron"})).json())["cache_hit"] is True
+    prefix, one, two = await two_instances(make_client, redis_server)
+    assert await cache_hit(one, "a blue heron") is False
+    assert await cache_hit(two, "a blue heron") is True
     redis = two.app[REDIS].client
     await redis.delete(*await redis.keys(f"{prefix}intent*"))  # Redis no longer has it
-    for _ in range(2):
-        assert (await (await two.post(PROCESS, json={"prompt": "a blue heron"})).json())["cache_hit"] is True
+    assert [await cache_hit(two, "a blue heron") for _ in range(2)] == [True, True]
     assert two.app[INTENT_CACHE].stats()["near_hits"] == 2
-    assert (await (await one.post(PROCESS, json={"prompt": "a blue heron"})).json())["cache_hit"] is True
+    assert await cache_hit(one, "a blue heron") is True
