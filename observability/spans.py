@@ -7,8 +7,9 @@ SDK's semantics where they matter: the configured sampler decides for the reques
 spans inherit its decision, and W3C ids and flags are the SDK's. A finished span goes into the
 /debug/traces ring buffer as it is, and as the SDK's `ReadableSpan` to any other span processor's
 `on_end` (batch exporter, test exporters): built only when there is one, since it is the priciest
-part of a span. `on_start` is not called. While open, a span is the current span, so contrib
-instrumentations (Redis, aiohttp client) nest under it and log lines carry its ids.
+part of a span. `on_start` is not called. While open, a span is the current span, so client
+spans (Redis commands, the contrib aiohttp-client instrumentation, LLM calls) nest under it and
+log lines carry its ids.
 """
 
 from __future__ import annotations
