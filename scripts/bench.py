@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -190,7 +191,39 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
         )
     lines.append("")
     lines.extend(f"{r['scenario']:<13}{r['description']}" for r in reports)
+    lines.append("")
+    lines.extend(verdicts(reports))
     return "\n".join(lines) + "\n"
+
+
+# The load-testing issue's targets: (scenario, least ratio to the floor).
+RATIO_TARGETS = (("hit", 0.5), ("miss", 0.35), ("full-hit", 0.3))
+TTFE_P99_MS, DONE_P99_MS, TRACING_COST = 10.0, 50.0, 0.10
+
+
+def verdicts(reports: list[dict[str, Any]]) -> list[str]:
+    """Each target this run can judge, with the number it judged on: met or missed."""
+    by_name = {r["scenario"]: r for r in reports}
+
+    def line(what: str, value: str, met: bool) -> str:
+        return f"target {what:<40} {value:<22} {'met' if met else 'MISSED'}"
+
+    out = []
+    floor = by_name.get("floor")
+    for name, target in RATIO_TARGETS:
+        if floor and name in by_name:
+            ratio = by_name[name]["requests_per_s"] / floor["requests_per_s"]
+            out.append(line(f"{name} >= {target}x floor", f"{ratio:.2f}x", ratio >= target))
+    if "hit" in by_name:
+        paced = by_name["hit"]["paced"]
+        at = f"at {by_name['hit']['paced_rate']} req/s"
+        ttfe, done = paced["ttfe_ms"]["p99"], paced["ttd_ms"]["p99"]
+        out.append(line(f"hit TTFE p99 <= {TTFE_P99_MS:g} ms", f"{ttfe:.1f} ms {at}", ttfe <= TTFE_P99_MS))
+        out.append(line(f"hit done p99 <= {DONE_P99_MS:g} ms", f"{done:.1f} ms {at}", done <= DONE_P99_MS))
+    if "hit" in by_name and "hit-untraced" in by_name:
+        cost = 1 - by_name["hit"]["requests_per_s"] / by_name["hit-untraced"]["requests_per_s"]
+        out.append(line(f"tracing costs < {TRACING_COST:.0%} (hit vs untraced)", f"{cost:+.0%}", cost < TRACING_COST))
+    return out
 
 
 def main() -> int:
