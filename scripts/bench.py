@@ -98,6 +98,22 @@ def running(scenario: Scenario, port: int, env: dict[str, str]) -> Iterator[None
             process.kill()
 
 
+def settle(port: int, timeout: float = 30.0) -> None:
+    """Wait until the request log has written the saturated run's rows (when there is one),
+    so the paced run measures a server at that load, not one still catching up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = f"http://127.0.0.1:{port}/api/v1/enhanced/metrics"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                backlog = json.load(response).get("request_log", {}).get("buffered", 0)
+        except (OSError, ValueError):
+            return  # the floor has no such endpoint: nothing to wait for
+        if not backlog:
+            return
+        time.sleep(0.2)
+
+
 def services_up() -> bool:
     for port in (6379, 5432):
         try:
@@ -114,6 +130,7 @@ def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, obje
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     with running(scenario, port, env):
         saturated = load(port, env, scenario, args, rate=None, walk_start=0)
+        settle(port)
         rate = round(min(args.latency_rate, 0.7 * float(saturated["requests_per_s"])))
         # The paced run's unique prompts continue the walk: none is a cache hit from the first run.
         paced = load(port, env, scenario, args, rate=rate, walk_start=int(saturated["walk_end"]))
