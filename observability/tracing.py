@@ -263,23 +263,8 @@ class Tracing:
         if isinstance(record.conn_addr, tuple) and len(record.conn_addr) >= 2:
             attributes["server.address"] = str(record.conn_addr[0])
             attributes["server.port"] = int(record.conn_addr[1])
-        span = LightSpan(
-            operation,
-            SpanContext(
-                parent.trace_id,
-                self._ids.generate_span_id(),
-                is_remote=False,
-                trace_flags=parent.trace_flags,
-                trace_state=parent.trace_state,
-            ),
-            parent=parent,
-            kind=SpanKind.CLIENT,
-            recording=True,
-            emit=self.end_span,
-            resource=self._resource,
-            scope=self._scope,
-            attributes=attributes,
-        )
+        span = self.child_span(operation, parent, kind=SpanKind.CLIENT)
+        span.attributes.update(attributes)
         if record.exception is not None:
             span.fail(record.exception, type(record.exception).__qualname__)
         span.report(end - int(record.elapsed * 1e9), end)
