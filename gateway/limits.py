@@ -10,7 +10,17 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.appkeys import ADMISSION, LIMITER, METRICS, REDIS, REQUEST_LOG, SETTINGS, TRACE_ID, USER_ID
+from gateway.appkeys import (
+    ADMISSION,
+    LIMITER,
+    METRICS,
+    REDIS,
+    REQUEST_LOG,
+    SETTINGS,
+    TRACE_ID,
+    TRACING,
+    USER_ID,
+)
 from gateway.config import Settings
 from gateway.errors import Handler, RateLimited, rate_limit_headers
 from gateway.responses import json_response
@@ -18,6 +28,7 @@ from pipeline.limits import Admission, Limits, MemoryRateLimiter, RateLimiter, R
 
 # Requests that run the pipeline; health, metrics and usage are never limited.
 LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})
+
 
 def limits_of(settings: Settings) -> Limits:
     return Limits(
@@ -30,11 +41,10 @@ def limits_of(settings: Settings) -> Limits:
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after redis_ctx): exact limits on Redis, else per instance in memory."""
     settings, redis = app[SETTINGS], app[REDIS]
-    limiter: RateLimiter = (
-        MemoryRateLimiter(limits_of(settings))
-        if redis is None
-        else RedisRateLimiter(redis, limits_of(settings), fail_mode=settings.rate_limit_fail_mode)
-    )
+    limiter: RateLimiter = MemoryRateLimiter(limits_of(settings))
+    if redis is not None:
+        fail_mode, spans = settings.rate_limit_fail_mode, app[TRACING].client_span
+        limiter = RedisRateLimiter(redis, limits_of(settings), fail_mode=fail_mode, spans=spans)
     app[LIMITER] = limiter
     app[METRICS].counter(
         "gateway.rate_limited",

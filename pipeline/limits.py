@@ -1,8 +1,9 @@
 """Per-user limits: requests per minute, requests per hour, estimated cost per hour.
 
 Windows slide (a request counts for exactly 60 s / 3600 s after it was admitted), so a burst
-across a clock-minute boundary gets no second allowance. With Redis every decision is one Lua
-script on the user's keys, on Redis's own clock: exact across any number of instances. Without
+across a clock-minute boundary gets no second allowance. With Redis every decision is made by a
+Lua script on the user's keys, on Redis's own clock: exact across any number of instances (the
+decisions an instance asks for while a script call is in flight share the next call). Without
 Redis, `MemoryRateLimiter` applies the same rules per instance.
 
 Cost is known only after model selection, so the cost limit is a budget checked at admission
@@ -15,6 +16,7 @@ overshot by at most the requests in flight when it is crossed.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import logging
@@ -26,9 +28,13 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 import msgspec
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 
+from observability.spans import AttributeValue, ClientSpans, no_client_spans
 from pipeline.errors import PipelineError
+from pipeline.group_commit import GroupCommit
 from pipeline.redis_link import UNAVAILABLE, RedisLink
 
 log = logging.getLogger(__name__)
@@ -159,36 +165,18 @@ def _decision(
     )  # fmt: skip
 
 
-# Decide and record one request against a user's three windows in one atomic step, on the
-# server's clock. ARGV[5] = '0' only reads (usage). Entries: minute/hour logs are sorted sets
-# of request tokens scored by admission time (ms); the cost log holds "token:micro-dollars"
-# scored by charge time, with its running total in cost_total.
-ADMIT_SCRIPT = """
-local minute_log = KEYS[1]
-local hour_log = KEYS[2]
-local cost_log = KEYS[3]
-local cost_total = KEYS[4]
-local token = ARGV[1]
-local per_minute = tonumber(ARGV[2])
-local per_hour = tonumber(ARGV[3])
-local cost_limit = tonumber(ARGV[4])
-local record = ARGV[5] == '1'
-
+# A batch of operations on users' windows, in one atomic step on the server's clock. KEYS: four
+# per operation (minute log, hour log, cost log, cost total: one user's, one hash tag). ARGV[1..3]:
+# the limits; then three per operation: what ('admit', 'read' for usage, 'charge'), the
+# request's token, the amount to charge in micro-dollars. Minute/hour logs are sorted sets of
+# request tokens scored by admission time (ms); the cost log holds "token:micro-dollars" scored
+# by charge time, with its running total in the cost total key.
+BATCH_SCRIPT = """
+local per_minute = tonumber(ARGV[1])
+local per_hour = tonumber(ARGV[2])
+local cost_limit = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-
-redis.call('ZREMRANGEBYSCORE', minute_log, '-inf', now - 60000)
-redis.call('ZREMRANGEBYSCORE', hour_log, '-inf', now - 3600000)
-local spent = tonumber(redis.call('GET', cost_total) or '0')
-local expired = redis.call('ZRANGEBYSCORE', cost_log, '-inf', now - 3600000)
-if #expired > 0 then
-  for _, entry in ipairs(expired) do
-    spent = spent - tonumber(string.match(entry, ':(%d+)$'))
-  end
-  redis.call('ZREMRANGEBYSCORE', cost_log, '-inf', now - 3600000)
-  if redis.call('ZCARD', cost_log) == 0 or spent < 0 then spent = 0 end
-  redis.call('SET', cost_total, spent, 'KEEPTTL')
-end
 
 local function reset_ms(log, window)
   local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
@@ -196,38 +184,68 @@ local function reset_ms(log, window)
   return math.max(tonumber(oldest[2]) + window - now, 1)
 end
 
-local minute_count = redis.call('ZCARD', minute_log)
-local hour_count = redis.call('ZCARD', hour_log)
-local allowed = (per_minute <= 0 or minute_count < per_minute)
-  and (per_hour <= 0 or hour_count < per_hour)
-  and (cost_limit <= 0 or spent < cost_limit)
-if record and allowed then
-  redis.call('ZADD', minute_log, now, token)
-  redis.call('ZADD', hour_log, now, token)
-  redis.call('PEXPIRE', minute_log, 60000)
-  redis.call('PEXPIRE', hour_log, 3600000)
+-- Decide one request against the user's three windows; record it when `record` and admitted.
+local function admit(minute_log, hour_log, cost_log, cost_total, token, record)
+  redis.call('ZREMRANGEBYSCORE', minute_log, '-inf', now - 60000)
+  redis.call('ZREMRANGEBYSCORE', hour_log, '-inf', now - 3600000)
+  local spent = tonumber(redis.call('GET', cost_total) or '0')
+  local expired = redis.call('ZRANGEBYSCORE', cost_log, '-inf', now - 3600000)
+  if #expired > 0 then
+    for _, entry in ipairs(expired) do
+      spent = spent - tonumber(string.match(entry, ':(%d+)$'))
+    end
+    redis.call('ZREMRANGEBYSCORE', cost_log, '-inf', now - 3600000)
+    if redis.call('ZCARD', cost_log) == 0 or spent < 0 then spent = 0 end
+    redis.call('SET', cost_total, spent, 'KEEPTTL')
+  end
+  local minute_count = redis.call('ZCARD', minute_log)
+  local hour_count = redis.call('ZCARD', hour_log)
+  local allowed = (per_minute <= 0 or minute_count < per_minute)
+    and (per_hour <= 0 or hour_count < per_hour)
+    and (cost_limit <= 0 or spent < cost_limit)
+  if record and allowed then
+    redis.call('ZADD', minute_log, now, token)
+    redis.call('ZADD', hour_log, now, token)
+    redis.call('PEXPIRE', minute_log, 60000)
+    redis.call('PEXPIRE', hour_log, 3600000)
+  end
+  return {minute_count, hour_count, spent,
+          reset_ms(minute_log, 60000), reset_ms(hour_log, 3600000), reset_ms(cost_log, 3600000)}
 end
-return {minute_count, hour_count, spent,
-        reset_ms(minute_log, 60000), reset_ms(hour_log, 3600000), reset_ms(cost_log, 3600000)}
+
+-- Add one request's cost to the hour ledger. Idempotent per token (a retried call after a lost
+-- reply does not charge twice): the member carries token and amount.
+local function charge(cost_log, cost_total, token, amount)
+  if redis.call('ZADD', cost_log, 'NX', now, token .. ':' .. amount) == 1 then
+    redis.call('INCRBY', cost_total, amount)
+  end
+  redis.call('PEXPIRE', cost_log, 3600000)
+  redis.call('PEXPIRE', cost_total, 3600000)
+  return amount
+end
+
+local replies = {}
+for i = 1, #KEYS / 4 do
+  local k, a = 4 * (i - 1), 3 + 3 * (i - 1)
+  local what, token = ARGV[a + 1], ARGV[a + 2]
+  if what == 'charge' then
+    replies[i] = charge(KEYS[k + 3], KEYS[k + 4], token, tonumber(ARGV[a + 3]))
+  else
+    replies[i] = admit(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], token, what == 'admit')
+  end
+end
+return replies
 """
 
-# Add one request's estimated cost to the user's hour ledger. Idempotent per token (a retried
-# call after a lost reply does not charge twice): the member carries token and amount.
-CHARGE_SCRIPT = """
-local cost_log = KEYS[1]
-local cost_total = KEYS[2]
-local token = ARGV[1]
-local amount = tonumber(ARGV[2])
+OpKind = Literal["admit", "read", "charge"]
+REDIS_SPAN: dict[str, AttributeValue] = {"db.system": "redis"}
 
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-if redis.call('ZADD', cost_log, 'NX', now, token .. ':' .. amount) == 1 then
-  redis.call('INCRBY', cost_total, amount)
-end
-redis.call('PEXPIRE', cost_log, 3600000)
-redis.call('PEXPIRE', cost_total, 3600000)
-return amount
-"""
+
+class _Op(msgspec.Struct, frozen=True):
+    what: OpKind
+    user_id: str
+    token: str
+    amount: int = 0  # micro-dollars, for a charge
 
 
 class LimiterStats:
@@ -258,16 +276,31 @@ class LimiterStats:
 
 
 class RedisRateLimiter:
-    """Exact limits across instances; fails open (or closed) while Redis is unreachable."""
+    """Exact limits across instances; fails open (or closed) while Redis is unreachable.
 
-    def __init__(self, redis: RedisLink, limits: Limits, *, fail_mode: FailMode) -> None:
+    Admissions, charges and usage reads go through a group commit: whatever this instance asks
+    while one script call is on its way goes in the next, as one script per cluster slot (one
+    per batch on a standalone Redis). Each operation is still decided atomically and in order,
+    so batching changes the cost per request, not the answers.
+    """
+
+    def __init__(
+        self, redis: RedisLink, limits: Limits, *, fail_mode: FailMode, spans: ClientSpans = no_client_spans
+    ) -> None:
         self.redis = redis
+        self._spans = spans
         self.limits = limits
         self.fail_mode = fail_mode
         self.counters = LimiterStats()
         self._new_token = TokenSource()
-        self._admit = AsyncScript(redis.client, ADMIT_SCRIPT)
-        self._charge = AsyncScript(redis.client, CHARGE_SCRIPT)
+        self._script = AsyncScript(redis.client, BATCH_SCRIPT)
+        self._limits_args: list[str | int] = [
+            limits.requests_per_minute,
+            limits.requests_per_hour,
+            micros(limits.cost_per_hour),
+        ]
+        self._cluster = isinstance(redis.client, RedisCluster)
+        self._run: GroupCommit[_Op, object] = GroupCommit(self._send)
 
     def keys(self, user_id: str) -> list[str]:
         """The user's four keys, sharing one hash tag: one cluster slot, so one script."""
@@ -277,15 +310,38 @@ class RedisRateLimiter:
         base = f"{self.redis.prefix}rl:{{{tag}}}"
         return [f"{base}:minute", f"{base}:hour", f"{base}:cost", f"{base}:spent"]
 
+    async def _send(self, ops: list[_Op]) -> list[object]:
+        """One script call per cluster slot (a script may only touch keys of one slot)."""
+        if not self._cluster:
+            return await self._call(ops)
+        groups: dict[int, list[int]] = {}
+        for index, op in enumerate(ops):
+            groups.setdefault(key_slot(self.keys(op.user_id)[0].encode()), []).append(index)
+        replies: list[object] = [None] * len(ops)
+        results = await asyncio.gather(
+            *(self._call([ops[i] for i in indexes]) for indexes in groups.values()), return_exceptions=True
+        )
+        for indexes, result in zip(groups.values(), results, strict=True):
+            for position, index in enumerate(indexes):
+                replies[index] = result if isinstance(result, BaseException) else result[position]
+        return replies
+
+    async def _call(self, ops: list[_Op]) -> list[object]:
+        keys: list[str] = []
+        args = list(self._limits_args)
+        for op in ops:
+            keys += self.keys(op.user_id)
+            args += [op.what, op.token, op.amount]
+        return list(await self._script(keys=keys, args=args))
+
+    async def _submit(self, op: _Op) -> object:
+        """One operation, in whichever batch is next; its span in the caller's trace is the wait."""
+        with self._spans(f"rate_limit.{op.what}", REDIS_SPAN):
+            return await self._run(op)
+
     async def _counts(self, user_id: str, token: str, *, record: bool) -> _Counts:
-        limits = self.limits
-        reply = await self._admit(
-            keys=self.keys(user_id),
-            args=[
-                token, limits.requests_per_minute, limits.requests_per_hour,
-                micros(limits.cost_per_hour), "1" if record else "0",
-            ],
-        )  # fmt: skip
+        reply = await self._submit(_Op("admit" if record else "read", user_id, token))
+        assert isinstance(reply, list)
         return _Counts(*(int(value) for value in reply))
 
     async def admit(self, user_id: str) -> Decision:
@@ -306,9 +362,8 @@ class RedisRateLimiter:
         amount = micros(cost)
         if amount == 0 or self.limits.cost_per_hour <= 0 or not self.redis.available:
             return
-        keys = self.keys(user_id)
         try:
-            await self._charge(keys=[keys[2], keys[3]], args=[token, amount])
+            await self._submit(_Op("charge", user_id, token, amount))
         except UNAVAILABLE as exc:
             self.redis.failed(exc)
             log.warning("cost of %s not charged: redis unreachable", user_id)
@@ -328,7 +383,10 @@ class RedisRateLimiter:
         )  # fmt: skip
 
     def stats(self) -> dict[str, object]:
-        return self.counters.snapshot("redis" if self.redis.available else "unavailable")
+        stats = self.counters.snapshot("redis" if self.redis.available else "unavailable")
+        stats["script_calls"] = self._run.batches
+        stats["script_operations"] = self._run.ops  # over script_calls: the batching's effect
+        return stats
 
 
 def _usage(user_id: str, limits: Limits, counts: _Counts, backend: Literal["redis", "memory"]) -> Usage:

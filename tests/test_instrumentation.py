@@ -57,6 +57,23 @@ async def test_a_failed_redis_command_is_an_error_span_without_its_arguments(mak
     assert "secret-argument" not in repr(dict(failed.attributes))
 
 
+async def test_rate_limit_admission_and_charge_are_spans_of_the_request(make_client: MakeClient) -> None:
+    """Batched limiter scripts carry no request's trace, so each request has its own wait as a span."""
+    client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    response = await client.post("/api/v1/enhanced/process", json={"prompt": "a red fox"})
+    assert response.status == 200
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    limiter = sorted((s for s in spans if s.name.startswith("rate_limit.")), key=lambda s: s.start_time or 0)
+    assert [s.name for s in limiter] == ["rate_limit.admit", "rate_limit.charge"]
+    for span in limiter:
+        assert span.kind is SpanKind.CLIENT and span.attributes == {"db.system": "redis"}
+        assert span.context is not None and span.context.trace_id == server.context.trace_id
+    assert not [s for s in spans if s.name == "EVALSHA"]  # the batch itself is nobody's child
+
+
 async def test_client_session_spans_inject_traceparent(make_client: MakeClient, aiohttp_server: Any) -> None:
     """A ClientSession with the app's trace configs sends traceparent and records a CLIENT span."""
     seen: list[str] = []

@@ -156,6 +156,9 @@ async def test_redis_limit_is_exact_under_concurrency(redis_server: RedisServer)
         usage = await limiters[0].usage("ann")
     assert sum(d.allowed for d in decisions) == 10
     assert (usage.requests_last_minute, usage.requests_last_hour) == (10, 10)
+    # Each limiter's 25 concurrent admissions went out together, not one script call each.
+    stats = limiters[0].stats()
+    assert stats["script_operations"] == 26 and stats["script_calls"] <= 3
 
 
 @needs_redis

@@ -1,0 +1,59 @@
+"""Group commit: calls that arrive while one batch is on its way to a server go in the next.
+
+Nothing waits for a batch to fill: an idle batcher sends a lone call on the next loop turn, and
+under load each round trip carries whatever queued during the previous one. Each call keeps its
+own reply or exception, so callers see what a direct call would have given them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+Op = TypeVar("Op")
+Reply = TypeVar("Reply")
+
+
+class GroupCommit(Generic[Op, Reply]):
+    def __init__(self, send: Callable[[list[Op]], Awaitable[Sequence[Reply | BaseException]]]) -> None:
+        """`send` delivers one batch and returns one reply (or exception) per op, in order."""
+        self._send = send
+        self._queue: list[tuple[Op, asyncio.Future[Reply]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.ops = 0
+
+    async def __call__(self, op: Op) -> Reply:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Reply] = loop.create_future()
+        self._queue.append((op, future))
+        if self._task is None:
+            # An empty context: the batch is no one request's work, so it opens no span in
+            # whichever request happened to start it.
+            self._task = loop.create_task(self._drain(), context=contextvars.Context())
+        return await future
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Op, asyncio.Future[Reply]]] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self.batches += 1
+                self.ops += len(batch)
+                try:
+                    replies = await self._send([op for op, _ in batch])
+                except Exception as exc:  # the whole batch failed the same way
+                    replies = [exc] * len(batch)
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(reply, BaseException):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+        finally:
+            self._task = None
+            for _, future in batch + self._queue:  # only if this task itself was cancelled
+                future.cancel()

@@ -1,0 +1,72 @@
+"""Group commit: concurrent calls share round trips, and each caller gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.group_commit import GroupCommit
+
+
+class Server:
+    """Doubles each number after a round trip; answers a negative one with an error of its own."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.down = False
+
+    async def send(self, ops: list[int]) -> list[int | BaseException]:
+        self.batches.append(ops)
+        await asyncio.sleep(0.01)
+        if self.down:
+            raise ConnectionError("server unreachable")
+        return [ValueError("negative") if op < 0 else 2 * op for op in ops]
+
+
+async def test_a_lone_call_goes_out_at_once() -> None:
+    server = Server()
+    run = GroupCommit(server.send)
+    assert await run(21) == 42
+    assert server.batches == [[21]]
+
+
+async def test_calls_made_during_a_round_trip_share_the_next_one() -> None:
+    server = Server()
+    run = GroupCommit(server.send)
+    first = asyncio.create_task(run(1))
+    await asyncio.sleep(0.001)  # the first batch is on its way
+    replies = await asyncio.gather(first, *(run(n) for n in range(2, 30)))
+    assert replies == [2 * n for n in range(1, 30)]
+    assert server.batches == [[1], list(range(2, 30))]
+    assert (run.batches, run.ops) == (2, 29)
+
+
+async def test_an_error_reaches_only_its_caller() -> None:
+    run = GroupCommit(Server().send)
+    results = await asyncio.gather(run(12), run(-1), run(14), return_exceptions=True)
+    assert results[0] == 24 and results[2] == 28
+    assert isinstance(results[1], ValueError)
+
+
+async def test_a_failed_round_trip_fails_each_of_its_calls() -> None:
+    server = Server()
+    server.down = True
+    run = GroupCommit(server.send)
+    results = await asyncio.gather(run(1), run(2), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    server.down = False
+    assert await run(3) == 6  # and the next call goes out again
+
+
+async def test_a_cancelled_caller_leaves_the_others_their_answers() -> None:
+    server = Server()
+    run = GroupCommit(server.send)
+    leaving = asyncio.create_task(run(1))
+    staying = asyncio.create_task(run(2))
+    await asyncio.sleep(0.001)
+    leaving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await leaving
+    assert await staying == 4
+    assert await run(5) == 10
