@@ -10,6 +10,8 @@ MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 
 def find_mentions(prompt: str) -> tuple[str, ...]:
     """Tags in order of first appearance, lower-cased, without '@' or trailing dots."""
+    if "@" not in prompt:  # most prompts: skip the scan, whose look-behind runs at every character
+        return ()
     seen: dict[str, None] = {}
     for match in MENTION.finditer(prompt):
         seen.setdefault(match.group(1).rstrip(".").lower(), None)
