@@ -27,9 +27,19 @@ async def create_pool(
         command_timeout=30.0,
         max_inactive_connection_lifetime=60.0,
         init=init,  # per connection: the tracing query logger
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default reset (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL).
+
+    That reset is a round trip per release, i.e. per reference lookup on the request path, and
+    undoes nothing here: no SET, LISTEN or cursor outlives its call, and the migration releases
+    its advisory lock itself. asyncpg still rolls back a transaction left open before this runs.
+    """
 
 
 async def close_pool(pool: asyncpg.Pool, grace: float = 5.0) -> None:
