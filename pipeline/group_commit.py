@@ -17,9 +17,16 @@ Reply = TypeVar("Reply")
 
 
 class GroupCommit(Generic[Op, Reply]):
-    def __init__(self, send: Callable[[list[Op]], Awaitable[Sequence[Reply | BaseException]]]) -> None:
-        """`send` delivers one batch and returns one reply (or exception) per op, in order."""
+    def __init__(
+        self, send: Callable[[list[Op]], Awaitable[Sequence[Reply | BaseException]]], *, max_batch: int = 100
+    ) -> None:
+        """`send` delivers one batch and returns one reply (or exception) per op, in order.
+
+        `max_batch` bounds one call's work on the server (a Lua script blocks Redis while it
+        runs); what is beyond it waits for the next round trip, in order.
+        """
         self._send = send
+        self._max_batch = max_batch
         self._queue: list[tuple[Op, asyncio.Future[Reply]]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -39,7 +46,7 @@ class GroupCommit(Generic[Op, Reply]):
         batch: list[tuple[Op, asyncio.Future[Reply]]] = []
         try:
             while self._queue:
-                batch, self._queue = self._queue, []
+                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
                 self.batches += 1
                 self.ops += len(batch)
                 try:

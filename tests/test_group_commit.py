@@ -70,3 +70,13 @@ async def test_a_cancelled_caller_leaves_the_others_their_answers() -> None:
         await leaving
     assert await staying == 4
     assert await run(5) == 10
+
+
+async def test_a_long_queue_goes_out_in_bounded_batches_in_order() -> None:
+    server = Server()
+    run = GroupCommit(server.send, max_batch=10)
+    first = asyncio.create_task(run(0))
+    await asyncio.sleep(0.001)
+    replies = await asyncio.gather(first, *(run(n) for n in range(1, 26)))
+    assert replies == [2 * n for n in range(26)]
+    assert server.batches == [[0], list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.config import Settings
+from gateway.redis import open_redis
+from pipeline.limits import Limits, RedisRateLimiter
 from tests.redis_servers import REDIS_CLI, RedisClusterServers, RedisServer, free_port, needs_redis
 
 pytestmark = needs_redis
@@ -147,24 +151,43 @@ async def test_redis_stopped_mid_run_then_back(redis_server: RedisServer, gatewa
     assert (first[1]["cache_hit"], second[1]["cache_hit"]) == (False, True)
 
 
-@pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is not installed")
-async def test_cluster_admits_exactly_ten_of_thirty() -> None:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    if REDIS_CLI is None:
+        pytest.skip("redis-cli is not installed")
+    servers = RedisClusterServers().start()
+    yield servers
+    servers.cleanup()
+
+
+async def test_cluster_admits_exactly_ten_of_thirty(cluster: RedisClusterServers) -> None:
     """The same limit test on a 3-node Redis Cluster: the user's keys share one slot."""
-    cluster = RedisClusterServers().start()
+    gateways = start_gateways(cluster.url)
     try:
-        gateways = start_gateways(cluster.url)
-        try:
-            statuses = await thirty_alternating(gateways, "cluster-user")
-            async with aiohttp.ClientSession() as session:
-                first = await post(session, gateways[0], "a cluster fox", "cluster-other")
-                second = await post(session, gateways[1], "a cluster fox", "cluster-other")
-                async with session.get(gateways[0].url + "/health") as r:
-                    health = await r.json()
-        finally:
-            for gateway in gateways:
-                gateway.stop()
+        statuses = await thirty_alternating(gateways, "cluster-user")
+        async with aiohttp.ClientSession() as session:
+            first = await post(session, gateways[0], "a cluster fox", "cluster-other")
+            second = await post(session, gateways[1], "a cluster fox", "cluster-other")
+            async with session.get(gateways[0].url + "/health") as r:
+                health = await r.json()
     finally:
-        cluster.cleanup()
+        for gateway in gateways:
+            gateway.stop()
     assert (statuses.count(200), statuses.count(429)) == (10, 20)
     assert (first[1]["cache_hit"], second[1]["cache_hit"]) == (False, True)
     assert health["dependencies"]["redis"] == {"state": "ok", "mode": "cluster"}
+
+
+async def test_cluster_batch_of_many_users_is_split_by_slot_and_stays_exact(cluster: RedisClusterServers) -> None:
+    """90 concurrent admissions for six users (slots on different nodes) against 10/min: each
+    user gets exactly ten, though they went out together (one script call per slot)."""
+    settings = Settings(redis_url=cluster.url, redis_key_prefix=f"batch-{os.urandom(4).hex()}:", redis_timeout=30.0)
+    limits = Limits(requests_per_minute=10, requests_per_hour=100, cost_per_hour=0)
+    users = [f"slot-user-{n}" for n in range(6)]
+    async with open_redis(settings) as link:
+        assert link is not None
+        limiter = RedisRateLimiter(link, limits, fail_mode="closed")  # an error would raise, not admit
+        decisions = await asyncio.gather(*(limiter.admit(users[n % 6]) for n in range(90)))
+    admitted = Counter(users[n % 6] for n, decision in enumerate(decisions) if decision.allowed)
+    assert admitted == {user: 10 for user in users}
+    assert limiter.stats()["script_calls"] == 1
