@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from aioresponses import aioresponses
 
 from gateway.analytics.pool import create_pool
 from gateway.analytics.rows import LogEntry, prompt_columns
@@ -23,6 +24,8 @@ from gateway.appkeys import ANALYTICS, REQUEST_LOG
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import GatedClassifier, MakeClient, wait_until
 from tests.pg import TcpProxy
+from tests.test_llm import ENDPOINT, ERROR, answer, completion
+from tests.test_llm_app import LLM
 
 PROCESS = "/api/v1/enhanced/process"
 STREAM = "/api/v1/enhanced/stream"
@@ -94,6 +97,32 @@ async def test_n_requests_make_n_rows_in_each_table(
     assert len(hair) == 12 and all(r["user_id"] == "anonymous" for r in hair)
     assert {m["request_id"] for m in models} == {r["request_id"] for r in rows}
     assert all(m["estimated_cost"] is not None and m["selected_model"] for m in models)
+    assert {r["circuit_breaker_state"] for r in rows} == {None}  # no LLM configured
+
+
+async def test_rows_say_what_the_llm_breaker_was(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, upstream: aioresponses
+) -> None:
+    """With an LLM classifier, circuit_breaker_state is the breaker as the request left it."""
+    upstream.post(ENDPOINT, payload=completion(answer("hair_styling", 0.9)))  # the first call answers
+    upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)  # then the upstream dies
+    client = await _db_client(
+        make_client, postgres_db, tmp_path, intent_classifier="llm", circuit_breaker_failure_threshold=1, **LLM
+    )
+    for prompt in ("make my hair blonde with bangs", "a cat in the garden", "a dog on the beach"):
+        await _process(client, prompt)
+    writer = client.app[REQUEST_LOG]
+    await wait_until(lambda: writer.stats.written == 3, timeout=10)
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        rows = await conn.fetch(
+            "SELECT circuit_breaker_state, intent_source FROM intent_classification_logs ORDER BY created_at"
+        )
+    finally:
+        await conn.close()
+    assert [(r["circuit_breaker_state"], r["intent_source"]) for r in rows] == [
+        ("closed", "llm"), ("open", "local"), ("open", "local"),
+    ]  # fmt: skip
 
 
 async def test_requests_that_end_without_a_result_are_logged_with_the_reason(

@@ -52,6 +52,7 @@ def log_entry(
     prompts: LogPrompts,
     route: str,
     hash_key: bytes | None = None,
+    breaker_state: str | None = None,
 ) -> LogEntry:
     text, digest = prompt_columns(preq.prompt, prompts, hash_key)
     return LogEntry(
@@ -75,6 +76,7 @@ def log_entry(
         estimated_cost=result.estimated_cost,
         estimated_time=result.estimated_time,
         success=result.success,
+        circuit_breaker_state=breaker_state,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import asyncpg
@@ -19,6 +19,7 @@ from gateway.analytics.writer import LogWriter
 from gateway.appkeys import (
     ANALYTICS,
     HEALTH_PROBES,
+    LLM_BREAKER,
     METRICS,
     REFERENCES,
     REQUEST_LOG,
@@ -26,6 +27,7 @@ from gateway.appkeys import (
     TRACING,
 )
 from gateway.config import Settings
+from gateway.llm import uses_llm
 from observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
             batch_rows=settings.analytics_batch_rows,
             flush_seconds=settings.analytics_flush_seconds,
             buffer_rows=settings.analytics_buffer_rows,
+            breaker_state=_breaker_state(app) if uses_llm(settings) else None,
         )
         analytics = Analytics(pool)
         app[REQUEST_LOG] = writer
@@ -71,6 +74,12 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
             await writer.close()
     finally:
         await close_pool(pool)
+
+
+def _breaker_state(app: web.Application) -> Callable[[], str]:
+    """The LLM breaker's state as this instance last saw it, for circuit_breaker_state."""
+    breaker = app[LLM_BREAKER]
+    return lambda: breaker.last_state.value
 
 
 async def _try_migrate(pool: asyncpg.Pool) -> bool:

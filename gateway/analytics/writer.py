@@ -16,6 +16,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -100,8 +101,10 @@ class LogWriter:
         buffer_rows: int = 10_000,
         write_timeout: float = 5.0,
         max_backoff: float = 5.0,
+        breaker_state: Callable[[], str] | None = None,
     ) -> None:
         self._pool = pool
+        self._breaker_state = breaker_state  # None: no LLM configured, the column stays NULL
         self.spill_path = spill_path
         self.prompts = prompts
         self.prompt_hash_key = prompt_hash_key
@@ -120,9 +123,10 @@ class LogWriter:
 
     # The request path: O(1), never waits.
     def record(self, preq: PipelineRequest, result: ProcessResult, *, route: str) -> None:
-        self.enqueue(
-            log_entry(preq, result, prompts=self.prompts, route=route, hash_key=self.prompt_hash_key)
-        )
+        breaker = self._breaker_state() if self._breaker_state is not None else None
+        entry = log_entry(preq, result, prompts=self.prompts, route=route, hash_key=self.prompt_hash_key,
+                          breaker_state=breaker)  # fmt: skip
+        self.enqueue(entry)
 
     def record_refused(self, *, user_id: str, trace_id: str, route: str) -> None:
         self.enqueue(refused_entry(user_id=user_id, trace_id=trace_id, route=route))
