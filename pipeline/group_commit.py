@@ -25,6 +25,8 @@ class GroupCommit(Generic[Op, Reply]):
         `max_batch` bounds one call's work on the server (a Lua script blocks Redis while it
         runs); what is beyond it waits for the next round trip, in order.
         """
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         self._send = send
         self._max_batch = max_batch
         self._queue: list[tuple[Op, asyncio.Future[Reply]]] = []
@@ -36,7 +38,7 @@ class GroupCommit(Generic[Op, Reply]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         self._queue.append((op, future))
-        if self._task is None:
+        if self._task is None or self._task.done():
             # An empty context: the batch is no one request's work, so it opens no span in
             # whichever request happened to start it.
             self._task = loop.create_task(self._drain(), context=contextvars.Context())
@@ -62,5 +64,6 @@ class GroupCommit(Generic[Op, Reply]):
                         future.set_result(reply)
         finally:
             self._task = None
-            for _, future in batch + self._queue:  # only if this task itself was cancelled
+            left, self._queue = batch + self._queue, []
+            for _, future in left:  # only if this task itself was cancelled
                 future.cancel()

@@ -248,6 +248,13 @@ class _Op(msgspec.Struct, frozen=True):
     amount: int = 0  # micro-dollars, for a charge
 
 
+class SkippedWhileDown(ConnectionError):
+    """Queued while Redis answered, due after a call found it gone: failed without another wait.
+
+    Not reported to the link again: its last error stays the call that found Redis gone.
+    """
+
+
 class LimiterStats:
     def __init__(self) -> None:
         self.admitted = 0
@@ -312,6 +319,8 @@ class RedisRateLimiter:
 
     async def _send(self, ops: list[_Op]) -> list[object]:
         """One script call per cluster slot (a script may only touch keys of one slot)."""
+        if not self.redis.available:  # a call before this batch found Redis gone: do not wait again
+            raise SkippedWhileDown("redis became unreachable while this batch waited")
         if not self._cluster:
             return await self._call(ops)
         groups: dict[int, list[int]] = {}
@@ -350,6 +359,8 @@ class RedisRateLimiter:
             try:
                 counts = await self._counts(user_id, token, record=True)
                 return self.counters.record(decide(self.limits, counts, token))
+            except SkippedWhileDown:
+                pass
             except UNAVAILABLE as exc:
                 self.redis.failed(exc)
         if self.fail_mode == "closed":
@@ -365,7 +376,8 @@ class RedisRateLimiter:
         try:
             await self._submit(_Op("charge", user_id, token, amount))
         except UNAVAILABLE as exc:
-            self.redis.failed(exc)
+            if not isinstance(exc, SkippedWhileDown):
+                self.redis.failed(exc)
             log.warning("cost of %s not charged: redis unreachable", user_id)
             return
         self.counters.charged_micros += amount
@@ -375,6 +387,8 @@ class RedisRateLimiter:
             try:
                 counts = await self._counts(user_id, self._new_token(), record=False)
                 return _usage(user_id, self.limits, counts, "redis")
+            except SkippedWhileDown:
+                pass
             except UNAVAILABLE as exc:
                 self.redis.failed(exc)
         return Usage(
@@ -384,8 +398,8 @@ class RedisRateLimiter:
 
     def stats(self) -> dict[str, object]:
         stats = self.counters.snapshot("redis" if self.redis.available else "unavailable")
-        stats["script_calls"] = self._run.batches
-        stats["script_operations"] = self._run.ops  # over script_calls: the batching's effect
+        stats["batches"] = self._run.batches  # one script call each (one per slot in a cluster)
+        stats["batched_operations"] = self._run.ops  # over batches: what the batching saves
         return stats
 
 

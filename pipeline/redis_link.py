@@ -11,13 +11,14 @@ from typing import Protocol, TypeAlias
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 RedisClient: TypeAlias = Redis | RedisCluster
 
 # What a Redis call raises when Redis is unreachable, slow or restarting. aiocache wraps
-# its calls in asyncio.wait_for, hence TimeoutError; a refused socket can surface as OSError.
-UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+# its calls in asyncio.wait_for, hence TimeoutError; a refused socket can surface as OSError;
+# a cluster with no node answering raises RedisClusterException, which is no RedisError.
+UNAVAILABLE: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 class RedisLink(Protocol):

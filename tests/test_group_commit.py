@@ -80,3 +80,25 @@ async def test_a_long_queue_goes_out_in_bounded_batches_in_order() -> None:
     replies = await asyncio.gather(first, *(run(n) for n in range(1, 26)))
     assert replies == [2 * n for n in range(26)]
     assert server.batches == [[0], list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]
+
+
+async def test_a_cancelled_round_trip_cancels_its_callers_and_the_next_call_starts_afresh() -> None:
+    """At shutdown the loop cancels the batcher's task: nobody waits forever, nothing is resent."""
+    server = Server()
+    run = GroupCommit(server.send)
+    in_flight = asyncio.create_task(run(1))
+    await asyncio.sleep(0.001)
+    queued = asyncio.create_task(run(2))
+    await asyncio.sleep(0)
+    assert run._task is not None
+    run._task.cancel()
+    for caller in (in_flight, queued):
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+    assert await run(3) == 6
+    assert server.batches == [[1], [3]]
+
+
+def test_a_batch_holds_at_least_one_call() -> None:
+    with pytest.raises(ValueError):
+        GroupCommit(Server().send, max_batch=0)

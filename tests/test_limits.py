@@ -12,7 +12,7 @@ import pytest
 from gateway.appkeys import LIMITER
 from pipeline.limits import Limits, MemoryRateLimiter, RedisRateLimiter, TokenSource
 from tests.conftest import MakeClient
-from tests.redis_servers import RedisServer, needs_redis
+from tests.redis_servers import RedisServer, free_port, needs_redis
 
 PROCESS = "/api/v1/enhanced/process"
 STREAM = "/api/v1/enhanced/stream"
@@ -158,7 +158,7 @@ async def test_redis_limit_is_exact_under_concurrency(redis_server: RedisServer)
     assert (usage.requests_last_minute, usage.requests_last_hour) == (10, 10)
     # Each limiter's 25 concurrent admissions went out together, not one script call each.
     stats = limiters[0].stats()
-    assert stats["script_operations"] == 26 and stats["script_calls"] <= 3
+    assert stats["batched_operations"] == 26 and stats["batches"] <= 3
 
 
 @needs_redis
@@ -252,6 +252,48 @@ async def test_hung_redis_costs_a_timeout_not_a_request(make_client: MakeClient)
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_hung_redis_costs_queued_admissions_one_timeout() -> None:
+    """Admissions queued behind a call that times out fail open at once, not one timeout per batch."""
+    from gateway.config import Settings
+    from gateway.redis import open_redis
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.2)
+    limits = Limits(requests_per_minute=10, requests_per_hour=100, cost_per_hour=0)
+    try:
+        async with open_redis(settings) as link:
+            assert link is not None
+            link.available = True  # as if Redis had answered until a moment ago
+            limiter = RedisRateLimiter(link, limits, fail_mode="open")
+            first = asyncio.create_task(limiter.admit("ann"))
+            await asyncio.sleep(0.01)  # on its way, and hanging
+            started = asyncio.get_running_loop().time()
+            decisions = await asyncio.gather(first, *(limiter.admit("ann") for _ in range(450)))
+            waited = asyncio.get_running_loop().time() - started
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert all(d.allowed for d in decisions) and limiter.stats()["failed_open"] == 451
+    assert waited < 0.4  # one timeout (0.2 s), not one per batch of 100
+    assert "Timeout" in (link.last_error or "")  # the real cause, not the skipped batches
+
+
+async def test_unreachable_cluster_fails_open(make_client: MakeClient) -> None:
+    """A cluster with no node answering raises RedisClusterException (not a RedisError): still 200."""
+    client = await make_client(redis_url=f"redis+cluster://127.0.0.1:{free_port()}", redis_timeout=0.2)
+    for _ in range(2):
+        assert (await client.post(PROCESS, json={"prompt": "a red fox"})).status == 200
+    assert client.app[LIMITER].stats()["failed_open"] == 2
 
 
 def test_admission_tokens_never_repeat_within_or_across_limiters() -> None:

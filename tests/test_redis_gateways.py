@@ -190,4 +190,4 @@ async def test_cluster_batch_of_many_users_is_split_by_slot_and_stays_exact(clus
         decisions = await asyncio.gather(*(limiter.admit(users[n % 6]) for n in range(90)))
     admitted = Counter(users[n % 6] for n, decision in enumerate(decisions) if decision.allowed)
     assert admitted == {user: 10 for user in users}
-    assert limiter.stats()["script_calls"] == 1
+    assert limiter.stats()["batches"] == 1
