@@ -9,6 +9,7 @@ each scenario's throughput to the floor; the last line of stdout is the JSON of 
     python scripts/bench.py                   # every scenario below
     python scripts/bench.py --only floor hit   # a subset
     python scripts/bench.py --duration 20      # longer runs
+    python scripts/bench.py --rounds 3         # each scenario 3 times, interleaved: medians
 
 Scenarios: the floor; the gateway on embedded defaults with cache hits, with tracing off
 (the cost of tracing), and with cache misses; the full stack (Redis cache and limits,
@@ -191,6 +192,13 @@ def scenarios(database: str) -> list[Scenario]:
     ]
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (the lower middle one of an even count), which
+    carries every run's throughput along in `rounds_requests_per_s`."""
+    ordered = sorted(runs, key=lambda run: run["requests_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rounds_requests_per_s": [run["requests_per_s"] for run in runs]}
+
+
 def render(reports: list[dict[str, object]], rate: float) -> str:
     floor = next((r["requests_per_s"] for r in reports if r["scenario"] == "floor"), None)
     head = (
@@ -208,6 +216,12 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
             f"{sat['ttd_ms']['p99']:>8.2f}{errors:>8} |{r['paced_rate']:>7}"
             f"{paced['ttfe_ms']['p50']:>9.2f}{paced['ttfe_ms']['p99']:>7.2f}"
             f"{paced['ttd_ms']['p50']:>9.2f}{paced['ttd_ms']['p99']:>8.2f}"
+        )
+    if any(len(r.get("rounds_requests_per_s", [])) > 1 for r in reports):
+        lines.append("")
+        lines.append("saturated req/s of each round (the table shows the median one):")
+        lines.extend(
+            f"{r['scenario']:<18}" + " ".join(f"{v:>7.0f}" for v in r["rounds_requests_per_s"]) for r in reports
         )
     lines.append("")
     lines.extend(f"{r['scenario']:<18}{r['description']}" for r in reports)
@@ -256,22 +270,30 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float, default=1000.0,
                         help="requests/s of the paced run that measures latency (64 streams open)")
     parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every scenario this many times, interleaved, and report each one's median run")
     args = parser.parse_args()
 
     database = f"gateway_bench_{uuid.uuid4().hex[:8]}"
-    reports = []
+    chosen = []
+    for scenario in scenarios(database):
+        if args.only and scenario.name not in args.only:
+            continue
+        if scenario.needs_services and not services_up():
+            sys.stderr.write(f"skipping {scenario.name}: Redis or PostgreSQL is not running\n")
+            continue
+        chosen.append(scenario)
+    runs: dict[str, list[dict[str, Any]]] = {scenario.name: [] for scenario in chosen}
     try:
-        for scenario in scenarios(database):
-            if args.only and scenario.name not in args.only:
-                continue
-            if scenario.needs_services and not services_up():
-                sys.stderr.write(f"skipping {scenario.name}: Redis or PostgreSQL is not running\n")
-                continue
-            sys.stderr.write(f"running {scenario.name}: {scenario.description}\n")
-            reports.append(run_scenario(scenario, args))
+        # Round-robin, so that the machine's drift over the run touches every scenario alike.
+        for round_number in range(1, args.rounds + 1):
+            for scenario in chosen:
+                sys.stderr.write(f"round {round_number}/{args.rounds}, {scenario.name}: {scenario.description}\n")
+                runs[scenario.name].append(run_scenario(scenario, args))
     finally:
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
                        capture_output=True)
+    reports = [median_run(name_runs) for name_runs in runs.values()]
     sys.stdout.write(render(reports, args.latency_rate))
     sys.stdout.write(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration, "runs": reports}) + "\n")
     return 0

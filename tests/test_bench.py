@@ -32,3 +32,12 @@ def test_each_target_is_met_or_missed_by_its_own_number() -> None:
         "tracing costs < 10% (hit vs untraced)": "met",
         "tracing costs < 10% (full-hit vs untraced)": "MISSED",
     }
+
+
+def test_rounds_report_the_median_run_with_every_rounds_throughput() -> None:
+    bench = load_script("bench")
+    runs = [run("hit", 3000, ttfe_p99=9.0), run("hit", 2000, ttfe_p99=7.0), run("hit", 2500, ttfe_p99=8.0)]
+    median = bench.median_run(runs)
+    assert median["requests_per_s"] == 2500 and median["paced"]["ttfe_ms"]["p99"] == 8.0
+    assert median["rounds_requests_per_s"] == [3000, 2000, 2500]
+    assert bench.median_run(runs[:2])["requests_per_s"] == 2000  # even count: the lower middle
