@@ -124,9 +124,11 @@ def services_up() -> bool:
     return True
 
 
-def run_scenario(scenario: Scenario, args: argparse.Namespace) -> dict[str, object]:
+def run_scenario(scenario: Scenario, args: argparse.Namespace, round_number: int = 1) -> dict[str, object]:
     port = free_port()
     env = {**os.environ, **UNLIMITED, **scenario.env, "PORT": str(port)}
+    if "REDIS_KEY_PREFIX" in env:  # a fresh shared cache each round: misses stay misses
+        env["REDIS_KEY_PREFIX"] += f"round{round_number}:"
     for command in scenario.setup:
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     with running(scenario, port, env):
@@ -289,7 +291,7 @@ def main() -> int:
         for round_number in range(1, args.rounds + 1):
             for scenario in chosen:
                 sys.stderr.write(f"round {round_number}/{args.rounds}, {scenario.name}: {scenario.description}\n")
-                runs[scenario.name].append(run_scenario(scenario, args))
+                runs[scenario.name].append(run_scenario(scenario, args, round_number))
     finally:
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
                        capture_output=True)
