@@ -343,6 +343,11 @@ class RedisRateLimiter:
             args += [op.what, op.token, op.amount]
         return list(await self._script(keys=keys, args=args))
 
+    def _failed(self, exc: BaseException) -> None:
+        """Tell the link Redis failed, unless the batch was skipped for a failure already told."""
+        if not isinstance(exc, SkippedWhileDown):
+            self.redis.failed(exc)
+
     async def _submit(self, op: _Op) -> object:
         """One operation, in whichever batch is next; its span in the caller's trace is the wait."""
         with self._spans(f"rate_limit.{op.what}", REDIS_SPAN):
@@ -359,10 +364,8 @@ class RedisRateLimiter:
             try:
                 counts = await self._counts(user_id, token, record=True)
                 return self.counters.record(decide(self.limits, counts, token))
-            except SkippedWhileDown:
-                pass
             except UNAVAILABLE as exc:
-                self.redis.failed(exc)
+                self._failed(exc)
         if self.fail_mode == "closed":
             self.counters.failed_closed += 1
             raise LimitsUnavailable("rate limits cannot be checked: Redis is unreachable")
@@ -376,8 +379,7 @@ class RedisRateLimiter:
         try:
             await self._submit(_Op("charge", user_id, token, amount))
         except UNAVAILABLE as exc:
-            if not isinstance(exc, SkippedWhileDown):
-                self.redis.failed(exc)
+            self._failed(exc)
             log.warning("cost of %s not charged: redis unreachable", user_id)
             return
         self.counters.charged_micros += amount
@@ -387,10 +389,8 @@ class RedisRateLimiter:
             try:
                 counts = await self._counts(user_id, self._new_token(), record=False)
                 return _usage(user_id, self.limits, counts, "redis")
-            except SkippedWhileDown:
-                pass
             except UNAVAILABLE as exc:
-                self.redis.failed(exc)
+                self._failed(exc)
         return Usage(
             user_id=user_id, requests_last_minute=None, requests_last_hour=None, cost_last_hour=None,
             limits=self.limits, backend="unavailable",
