@@ -67,7 +67,7 @@ class LightSpan:
         self._resource = resource
         self._scope = scope
         self.attributes: dict[str, AttributeValue] = attributes if attributes is not None else {}
-        self.events: list[Event] = []
+        self.events: tuple[Event, ...] = ()  # a list per span would be one more object to free
         self.status = _UNSET
         self.start_time = 0  # ns since the epoch
         self.end_time = 0
@@ -127,7 +127,7 @@ class LightSpan:
         module = cls.__module__
         name = cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
         self.set_error(description)
-        self.events.append(
+        self.events += (
             Event(
                 "exception",
                 {
@@ -135,7 +135,7 @@ class LightSpan:
                     "exception.message": str(exc),
                     "exception.stacktrace": "".join(traceback.format_exception(exc)),
                 },
-            )
+            ),
         )
 
 

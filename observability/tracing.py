@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -120,6 +120,10 @@ def otlp_traces_url(endpoint: str | None, traces_endpoint: str | None) -> str | 
     return None
 
 
+def _no_span(name: str) -> NoSpan:
+    return NO_SPAN
+
+
 class StageInstruments:
     """What the pipeline runner needs: light stage spans and the stage latency histogram."""
 
@@ -127,12 +131,14 @@ class StageInstruments:
         self.duration = duration
         self._tracing = tracing if tracing is not None and tracing.enabled else None
 
-    def span(self, name: str) -> LightSpan | NoSpan:
-        """A child of the current span when that one is sampled; else a span that does nothing."""
+    def spans(self) -> Callable[[str], LightSpan | NoSpan]:
+        """Spans for one pipeline run: children of the span current now (the request's) when
+        that one is sampled; else spans that do nothing. Looked up once, not once per stage."""
         parent = get_current_span().get_span_context()
-        if self._tracing is None or not parent.trace_flags.sampled or not parent.is_valid:
-            return NO_SPAN
-        return self._tracing.child_span(name, parent)
+        tracing = self._tracing
+        if tracing is None or not parent.trace_flags.sampled or not parent.is_valid:
+            return _no_span
+        return lambda name: tracing.child_span(name, parent)
 
 
 class Tracing:
@@ -165,6 +171,7 @@ class Tracing:
         self._ids = RandomIdGenerator()
         self._scope = InstrumentationScope("intent-gateway")
         self._resource = resource
+        self._emit = self.end_span  # one bound method for every span, not one per span
 
     @classmethod
     def from_options(
@@ -314,7 +321,7 @@ class Tracing:
             parent=parent if parent.is_valid else None,
             kind=SpanKind.SERVER,
             recording=recording,
-            emit=self.end_span,
+            emit=self._emit,
             resource=self._resource,
             scope=self._scope,
             attributes=attributes,
@@ -335,7 +342,7 @@ class Tracing:
             parent=parent,
             kind=kind,
             recording=True,
-            emit=self.end_span,
+            emit=self._emit,
             resource=self._resource,
             scope=self._scope,
         )

@@ -29,11 +29,12 @@ async def run_pipeline(
     Each stage runs in its own span (a child of the caller's current span) and is timed.
     """
     instruments = instruments or _UNOBSERVED
+    stage_span = instruments.spans()
     for stage in stages:
         failure: ErrorEvent | None = None
         outcome, started = "error", time.perf_counter()
         # Never yield inside the span: the consumer's code would run as the stage's child.
-        with instruments.span(f"stage.{stage.name}") as span:
+        with stage_span(f"stage.{stage.name}") as span:
             try:
                 try:
                     event = await stage.run(state)
