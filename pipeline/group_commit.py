@@ -48,7 +48,12 @@ class GroupCommit(Generic[Op, Reply]):
         batch: list[tuple[Op, asyncio.Future[Reply]]] = []
         try:
             while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+                # A caller cancelled while it waited (client gone) has nothing left to send:
+                # for the limiter, a request that never got its answer is not counted.
+                waiting = [item for item in self._queue if not item[1].done()]
+                batch, self._queue = waiting[: self._max_batch], waiting[self._max_batch :]
+                if not batch:
+                    break
                 self.batches += 1
                 self.ops += len(batch)
                 try:

@@ -72,6 +72,20 @@ async def test_a_cancelled_caller_leaves_the_others_their_answers() -> None:
     assert await run(5) == 10
 
 
+async def test_a_call_cancelled_while_it_waits_for_the_next_batch_is_never_sent() -> None:
+    server = Server()
+    run = GroupCommit(server.send)
+    first = asyncio.create_task(run(1))
+    await asyncio.sleep(0.001)  # the first batch is on its way; the next two wait for it
+    leaving = asyncio.create_task(run(2))
+    staying = asyncio.create_task(run(3))
+    await asyncio.sleep(0)
+    leaving.cancel()
+    assert (await first, await staying) == (2, 6)
+    assert server.batches == [[1], [3]]
+    assert run.ops == 2
+
+
 async def test_a_long_queue_goes_out_in_bounded_batches_in_order() -> None:
     server = Server()
     run = GroupCommit(server.send, max_batch=10)
