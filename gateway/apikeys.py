@@ -25,6 +25,8 @@ from gateway.config import ConfigError
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "igw_"
+# What generate_key() makes: only a token of this shape can be in the Postgres table.
+ISSUED_KEY = re.compile(r"igw_[A-Za-z0-9_-]{43}")
 USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
 
 
@@ -82,12 +84,15 @@ class PgKeyStore:
 
     CACHE_SECONDS = 60.0
     STALE_SECONDS = 3600.0
+    UNKNOWN_SECONDS = 10.0  # a client retrying a revoked or mistyped key asks Postgres once
     MAX_CACHED = 10_000
-    LOOKUP_TIMEOUT = 1.0
+    LOOKUP_TIMEOUT = 1.0  # for a connection and again for the query
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        self._unknown: dict[bytes, float] = {}
+        self.queries = 0  # lookups that reached Postgres
 
     async def ensure_schema(self) -> None:
         """Apply the migrations (the keys table is 0004), so the CLI works before the gateway ran."""
@@ -108,12 +113,18 @@ class PgKeyStore:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[1] < self.CACHE_SECONDS:
             return cached[0]
+        if now - self._unknown.get(digest, -self.UNKNOWN_SECONDS) < self.UNKNOWN_SECONDS:
+            return None
+        self.queries += 1
         try:
-            row = await self.pool.fetchrow(
-                "SELECT user_id, admin FROM gateway_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                digest.hex(),
-                timeout=self.LOOKUP_TIMEOUT,
-            )
+            # A bounded wait for a connection too: a flood of unknown keys must not queue
+            # every later lookup behind it for as long as the flood lasts.
+            async with self.pool.acquire(timeout=self.LOOKUP_TIMEOUT) as conn:
+                row = await conn.fetchrow(
+                    "SELECT user_id, admin FROM gateway_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                    digest.hex(),
+                    timeout=self.LOOKUP_TIMEOUT,
+                )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("key store unavailable: %r", exc)
             if cached is not None and now - cached[1] < self.STALE_SECONDS:
@@ -121,6 +132,9 @@ class PgKeyStore:
             return None
         if row is None:
             self._cache.pop(digest, None)
+            if len(self._unknown) >= self.MAX_CACHED:
+                self._unknown.clear()
+            self._unknown[digest] = now
             return None
         principal = Principal(user_id=row["user_id"], admin=row["admin"])
         if len(self._cache) >= self.MAX_CACHED:
@@ -191,7 +205,7 @@ class Authenticator:
             return self._verify_jwt(token)
         digest = hash_key(token)
         principal = self.match_static(digest)
-        if principal is None and self.store is not None:
+        if principal is None and self.store is not None and ISSUED_KEY.fullmatch(token):
             principal = await self.store.lookup(digest)
         return principal
 

@@ -18,8 +18,9 @@ import pytest
 from aiohttp import web
 
 import gateway.apikeys
-from gateway.apikeys import Authenticator, hash_key, parse_static_keys
+from gateway.apikeys import Authenticator, generate_key, hash_key, parse_static_keys
 from gateway.app import create_app
+from gateway.appkeys import AUTH
 from gateway.config import ConfigError, Settings
 from tests.sse import parse_events
 
@@ -286,3 +287,20 @@ async def test_unreachable_postgres_does_not_stop_env_keys(make_client: Any) -> 
     client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/none", gateway_api_keys=KEYS)
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(ALICE))).status == 200
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer("igw_unknown"))).status == 401
+
+
+async def test_unknown_keys_cost_postgres_at_most_one_query_each(make_client: Any, pg_url: str) -> None:
+    """A client retrying a wrong key, or sending tokens no key can match, does not load Postgres."""
+    client = await make_client(database_url=pg_url, gateway_api_keys=KEYS)
+    store = client.app[AUTH].store
+    assert store is not None
+    wrong = generate_key()  # well-formed, never issued
+    for _ in range(20):
+        assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(wrong))).status == 401
+    for garbage in ("igw_short", "not-a-key", "x" * 200):
+        assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(garbage))).status == 401
+    assert store.queries == 1
+    created = await client.post("/api/v1/admin/keys", json={"user_id": "fay"}, headers=bearer(ROOT))
+    new = (await created.json())["key"]
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(new))).status == 200
+    assert store.queries == 2
