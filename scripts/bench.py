@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: bare aiohttp (the floor) vs the gateway, under identical load.
 
-Each scenario starts its server pinned to CPU 0 and drives it from CPU 1 with
-scripts/loadtest.py (64 concurrent SSE streams by default), after a warm-up. Prints
-requests/s, time to first event and time to done percentiles, errors, and the ratio of
-each scenario's throughput to the floor; the last line of stdout is the JSON of it all.
+Every scenario's server starts at once, pinned to CPU 0 (all idle but the one under load), and
+scripts/loadtest.py drives them from CPU 1 (64 concurrent SSE streams by default) in turn, in
+short slices: slice 1 of every scenario, then slice 2 of every scenario, and so on. A shared
+VM's speed drifts by 10-30% over minutes; interleaved slices spread that drift over every
+scenario alike, so the ratios hold where back-to-back runs did not (the same traced/untraced
+pair measured -3% in one sequential run and -20% in another). Prints requests/s over all
+slices, time to first event and time to done percentiles, errors, and the ratio of each
+scenario's throughput to the floor; the last line of stdout is the JSON of it all.
 
     python scripts/bench.py                   # every scenario below
     python scripts/bench.py --only floor hit   # a subset
-    python scripts/bench.py --duration 20      # longer runs
-    python scripts/bench.py --rounds 3         # each scenario 3 times, interleaved: medians
+    python scripts/bench.py --duration 30      # longer runs (seconds per scenario, all slices)
+    python scripts/bench.py --slices 10        # finer interleaving
 
 Scenarios: the floor; the gateway on embedded defaults with cache hits, with tracing off
 (the cost of tracing), and with cache misses; the full stack (Redis cache and limits,
@@ -34,7 +38,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +53,7 @@ UNLIMITED = {
     "COST_LIMIT_PER_HOUR": "1000000000",
     "LOG_LEVEL": "WARNING",  # one log line per request is real work, but not on a benchmark's stderr
 }
+SLICE_WARMUP = 0.5  # seconds: each slice opens its 64 connections afresh
 
 
 @dataclass
@@ -85,12 +90,17 @@ def wait_healthy(port: int, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def running(scenario: Scenario, port: int, env: dict[str, str]) -> Iterator[None]:
+def running(scenario: Scenario, env: dict[str, str]) -> Iterator[int]:
+    """The scenario's server on a free port, pinned to CPU 0, until the block ends."""
+    port = free_port()
+    env = {**env, "PORT": str(port)}
+    for command in scenario.setup:
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     command = [part.replace("{port}", str(port)) for part in scenario.server]
     process = subprocess.Popen(pinned(0, command), cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
     try:
         wait_healthy(port)
-        yield
+        yield port
     finally:
         process.terminate()
         try:
@@ -124,43 +134,77 @@ def services_up() -> bool:
     return True
 
 
-def run_scenario(scenario: Scenario, args: argparse.Namespace, round_number: int = 1) -> dict[str, object]:
-    port = free_port()
-    env = {**os.environ, **UNLIMITED, **scenario.env, "PORT": str(port)}
-    if "REDIS_KEY_PREFIX" in env:  # a fresh shared cache each round: misses stay misses
-        env["REDIS_KEY_PREFIX"] += f"round{round_number}:"
-    for command in scenario.setup:
-        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
-    with running(scenario, port, env):
-        saturated = load(port, env, scenario, args, rate=None, walk_start=0)
-        settle(port)
-        rate = round(min(args.latency_rate, 0.7 * float(saturated["requests_per_s"])))
-        # The paced run's unique prompts continue the walk: none is a cache hit from the first run.
-        paced = load(port, env, scenario, args, rate=rate, walk_start=int(saturated["walk_end"]))
-    return {
-        "scenario": scenario.name,
-        "description": scenario.description,
-        "requests_per_s": saturated["requests_per_s"],
-        "paced_rate": rate,
-        "saturated": saturated,
-        "paced": paced,
-    }
-
-
 def load(
-    port: int, env: dict[str, str], scenario: Scenario, args: argparse.Namespace, rate: float | None,
-    walk_start: int,
-) -> dict[str, object]:
+    port: int, scenario: Scenario, args: argparse.Namespace, *, duration: float, warmup: float,
+    rate: float | None = None, walk_start: int = 0,
+) -> dict[str, Any]:
     """One loadtest run from CPU 1: as fast as possible, or at a set rate for latency."""
     command = [
         PY, str(ROOT / "scripts" / "loadtest.py"), "--url", f"http://127.0.0.1:{port}",
-        "-c", str(args.concurrency), "-d", str(args.duration), "--warmup", str(args.warmup),
+        "-c", str(args.concurrency), "-d", str(duration), "--warmup", str(warmup),
         "--repeat-share", str(scenario.repeat_share), "--walk-start", str(walk_start), "--json", "--no-progress",
     ]
     if rate:
         command += ["--rate", str(rate)]
-    out = subprocess.run(pinned(1, command), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run(pinned(1, command), cwd=ROOT, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One saturated result from a scenario's slices: throughput and errors over all of them,
+    latency percentiles from the median slice (percentiles do not add up)."""
+    elapsed = sum(part["duration_s"] for part in slices)
+    completed = sum(part["completed"] for part in slices)
+    errors: dict[str, int] = {}
+    for part in slices:
+        for kind, count in part["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    median = sorted(slices, key=lambda part: part["requests_per_s"])[(len(slices) - 1) // 2]
+    return {
+        **median,
+        "duration_s": round(elapsed, 3),
+        "completed": completed,
+        "requests": sum(part["requests"] for part in slices),
+        "requests_per_s": round(completed / elapsed, 1) if elapsed else 0.0,
+        "errors": errors,
+        "slices_requests_per_s": [part["requests_per_s"] for part in slices],
+        "walk_end": slices[-1]["walk_end"],
+    }
+
+
+def measure(chosen: list[Scenario], args: argparse.Namespace, database: str) -> list[dict[str, Any]]:
+    env = {**os.environ, **UNLIMITED}
+    slices: dict[str, list[dict[str, Any]]] = {scenario.name: [] for scenario in chosen}
+    with ExitStack() as servers:
+        ports = {s.name: servers.enter_context(running(s, {**env, **s.env})) for s in chosen}
+        for number in range(1, args.slices + 1):
+            for scenario in chosen:
+                sys.stderr.write(f"slice {number}/{args.slices}, {scenario.name}: {scenario.description}\n")
+                done = slices[scenario.name]
+                # Misses continue the walk through the variations: none is a hit from an earlier slice.
+                done.append(load(
+                    ports[scenario.name], scenario, args, duration=args.duration / args.slices,
+                    warmup=args.warmup if number == 1 else SLICE_WARMUP,
+                    walk_start=done[-1]["walk_end"] if done else 0,
+                ))
+                settle(ports[scenario.name])  # its request log's backlog must not cost the next slice
+        reports = []
+        for scenario in chosen:
+            sys.stderr.write(f"paced, {scenario.name}\n")
+            saturated = combine(slices[scenario.name])
+            rate = round(min(args.latency_rate, 0.7 * float(saturated["requests_per_s"])))
+            paced = load(ports[scenario.name], scenario, args, duration=args.duration,
+                         warmup=args.warmup, rate=rate, walk_start=int(saturated["walk_end"]))
+            reports.append({
+                "scenario": scenario.name,
+                "description": scenario.description,
+                "requests_per_s": saturated["requests_per_s"],
+                "paced_rate": rate,
+                "saturated": saturated,
+                "paced": paced,
+            })
+    return reports
 
 
 def scenarios(database: str) -> list[Scenario]:
@@ -194,13 +238,6 @@ def scenarios(database: str) -> list[Scenario]:
     ]
 
 
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median throughput (the lower middle one of an even count), which
-    carries every run's throughput along in `rounds_requests_per_s`."""
-    ordered = sorted(runs, key=lambda run: run["requests_per_s"])
-    return {**ordered[(len(ordered) - 1) // 2], "rounds_requests_per_s": [run["requests_per_s"] for run in runs]}
-
-
 def render(reports: list[dict[str, object]], rate: float) -> str:
     floor = next((r["requests_per_s"] for r in reports if r["scenario"] == "floor"), None)
     head = (
@@ -219,11 +256,12 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
             f"{paced['ttfe_ms']['p50']:>9.2f}{paced['ttfe_ms']['p99']:>7.2f}"
             f"{paced['ttd_ms']['p50']:>9.2f}{paced['ttd_ms']['p99']:>8.2f}"
         )
-    if any(len(r.get("rounds_requests_per_s", [])) > 1 for r in reports):
+    if any(len(r["saturated"].get("slices_requests_per_s", [])) > 1 for r in reports):
         lines.append("")
-        lines.append("saturated req/s of each round (the table shows the median one):")
+        lines.append("saturated req/s of each slice, in the order they ran (the table: all slices together):")
         lines.extend(
-            f"{r['scenario']:<18}" + " ".join(f"{v:>7.0f}" for v in r["rounds_requests_per_s"]) for r in reports
+            f"{r['scenario']:<18}" + " ".join(f"{v:>7.0f}" for v in r["saturated"]["slices_requests_per_s"])
+            for r in reports
         )
     lines.append("")
     lines.extend(f"{r['scenario']:<18}{r['description']}" for r in reports)
@@ -272,9 +310,11 @@ def main() -> int:
     parser.add_argument("--latency-rate", type=float, default=1000.0,
                         help="requests/s of the paced run that measures latency (64 streams open)")
     parser.add_argument("--only", nargs="*", help="scenario names to run")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="run every scenario this many times, interleaved, and report each one's median run")
+    parser.add_argument("--slices", type=int, default=5,
+                        help="interleaved slices each scenario's --duration is cut into")
     args = parser.parse_args()
+    if args.slices < 1:
+        parser.error("--slices must be at least 1")
 
     database = f"gateway_bench_{uuid.uuid4().hex[:8]}"
     chosen = []
@@ -285,17 +325,11 @@ def main() -> int:
             sys.stderr.write(f"skipping {scenario.name}: Redis or PostgreSQL is not running\n")
             continue
         chosen.append(scenario)
-    runs: dict[str, list[dict[str, Any]]] = {scenario.name: [] for scenario in chosen}
     try:
-        # Round-robin, so that the machine's drift over the run touches every scenario alike.
-        for round_number in range(1, args.rounds + 1):
-            for scenario in chosen:
-                sys.stderr.write(f"round {round_number}/{args.rounds}, {scenario.name}: {scenario.description}\n")
-                runs[scenario.name].append(run_scenario(scenario, args, round_number))
+        reports = measure(chosen, args, database)
     finally:
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
                        capture_output=True)
-    reports = [median_run(name_runs) for name_runs in runs.values()]
     sys.stdout.write(render(reports, args.latency_rate))
     sys.stdout.write(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration, "runs": reports}) + "\n")
     return 0

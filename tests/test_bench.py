@@ -34,10 +34,20 @@ def test_each_target_is_met_or_missed_by_its_own_number() -> None:
     }
 
 
-def test_rounds_report_the_median_run_with_every_rounds_throughput() -> None:
+def test_slices_add_up_to_one_throughput_with_the_median_slices_latency() -> None:
     bench = load_script("bench")
-    runs = [run("hit", 3000, ttfe_p99=9.0), run("hit", 2000, ttfe_p99=7.0), run("hit", 2500, ttfe_p99=8.0)]
-    median = bench.median_run(runs)
-    assert median["requests_per_s"] == 2500 and median["paced"]["ttfe_ms"]["p99"] == 8.0
-    assert median["rounds_requests_per_s"] == [3000, 2000, 2500]
-    assert bench.median_run(runs[:2])["requests_per_s"] == 2000  # even count: the lower middle
+
+    def part(completed: int, seconds: float, p99: float, walk_end: int, **errors: int) -> dict[str, Any]:
+        return {"completed": completed, "requests": completed + sum(errors.values()), "duration_s": seconds,
+                "requests_per_s": completed / seconds, "errors": errors, "ttd_ms": {"p99": p99},
+                "walk_end": walk_end}
+
+    combined = bench.combine([
+        part(3000, 2.0, 9.0, 10), part(2000, 2.0, 7.0, 20, http_503=2), part(2500, 2.0, 8.0, 30, timeout=1),
+    ])
+    assert combined["requests_per_s"] == 1250.0  # 7,500 done in 6 s, not the mean of the rates
+    assert combined["completed"] == 7500 and combined["requests"] == 7503
+    assert combined["errors"] == {"http_503": 2, "timeout": 1}
+    assert combined["ttd_ms"]["p99"] == 8.0  # the median slice's
+    assert combined["slices_requests_per_s"] == [1500.0, 1000.0, 1250.0]
+    assert combined["walk_end"] == 30  # the next run's misses continue from the last slice
