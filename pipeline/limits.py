@@ -251,7 +251,7 @@ class _Op(msgspec.Struct, frozen=True):
 class SkippedWhileDown(ConnectionError):
     """Queued while Redis answered, due after a call found it gone: failed without another wait.
 
-    Not reported to the link again: its last error stays the call that found Redis gone.
+    Never reported to the link: its last error stays the call that found Redis gone.
     """
 
 
@@ -341,12 +341,13 @@ class RedisRateLimiter:
         for op in ops:
             keys += self.keys(op.user_id)
             args += [op.what, op.token, op.amount]
-        return list(await self._script(keys=keys, args=args))
-
-    def _failed(self, exc: BaseException) -> None:
-        """Tell the link Redis failed, unless the batch was skipped for a failure already told."""
-        if not isinstance(exc, SkippedWhileDown):
+        try:
+            return list(await self._script(keys=keys, args=args))
+        except UNAVAILABLE as exc:
+            # Told here, once per round trip, before the batcher sends the next batch: that one
+            # then sees Redis gone and fails at once instead of waiting out a timeout of its own.
             self.redis.failed(exc)
+            raise
 
     async def _submit(self, op: _Op) -> object:
         """One operation, in whichever batch is next; its span in the caller's trace is the wait."""
@@ -364,8 +365,8 @@ class RedisRateLimiter:
             try:
                 counts = await self._counts(user_id, token, record=True)
                 return self.counters.record(decide(self.limits, counts, token))
-            except UNAVAILABLE as exc:
-                self._failed(exc)
+            except UNAVAILABLE:
+                pass  # the round trip told the link; the fail mode decides
         if self.fail_mode == "closed":
             self.counters.failed_closed += 1
             raise LimitsUnavailable("rate limits cannot be checked: Redis is unreachable")
@@ -378,8 +379,7 @@ class RedisRateLimiter:
             return
         try:
             await self._submit(_Op("charge", user_id, token, amount))
-        except UNAVAILABLE as exc:
-            self._failed(exc)
+        except UNAVAILABLE:
             log.warning("cost of %s not charged: redis unreachable", user_id)
             return
         self.counters.charged_micros += amount
@@ -389,8 +389,8 @@ class RedisRateLimiter:
             try:
                 counts = await self._counts(user_id, self._new_token(), record=False)
                 return _usage(user_id, self.limits, counts, "redis")
-            except UNAVAILABLE as exc:
-                self._failed(exc)
+            except UNAVAILABLE:
+                pass  # the round trip told the link
         return Usage(
             user_id=user_id, requests_last_minute=None, requests_last_hour=None, cost_last_hour=None,
             limits=self.limits, backend="unavailable",
