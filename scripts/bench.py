@@ -173,7 +173,7 @@ def combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def measure(chosen: list[Scenario], args: argparse.Namespace, database: str) -> list[dict[str, Any]]:
+def measure(chosen: list[Scenario], args: argparse.Namespace) -> list[dict[str, Any]]:
     env = {**os.environ, **UNLIMITED}
     slices: dict[str, list[dict[str, Any]]] = {scenario.name: [] for scenario in chosen}
     with ExitStack() as servers:
@@ -326,7 +326,7 @@ def main() -> int:
             continue
         chosen.append(scenario)
     try:
-        reports = measure(chosen, args, database)
+        reports = measure(chosen, args)
     finally:
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
                        capture_output=True)
