@@ -286,7 +286,8 @@ async def test_unreachable_postgres_does_not_stop_env_keys(make_client: Any) -> 
     """With Postgres down, the gateway starts and env keys still work; unknown keys are 401."""
     client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/none", gateway_api_keys=KEYS)
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(ALICE))).status == 200
-    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer("igw_unknown"))).status == 401
+    unknown = generate_key()  # shaped like an issued key, so the lookup does reach for Postgres
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(unknown))).status == 401
 
 
 async def test_unknown_keys_cost_postgres_at_most_one_query_each(make_client: Any, pg_url: str) -> None:
