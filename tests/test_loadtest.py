@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import random
@@ -39,6 +40,22 @@ async def test_loadtest_completes_every_stream_against_the_gateway(client: Any) 
     assert report["completed"] == 40 and report["errors"] == {}
     assert 0 < report["ttfe_ms"]["p50"] <= report["ttd_ms"]["p99"]
     assert "requests/s" in loadtest.render(report)
+
+
+async def test_the_load_testers_own_stalls_are_reported(client: Any) -> None:
+    """A stall of the generator's event loop shows as its loop lag, next to the latencies it inflates."""
+    loadtest = load_script("loadtest")
+    args = loadtest.parse_args(["--url", str(client.make_url("/")), "-c", "2", "-d", "0.6", "--no-progress"])
+
+    async def stall() -> None:
+        await asyncio.sleep(0.2)
+        time.sleep(0.05)  # noqa: ASYNC251  # the point: the whole loop, load tester included, stops
+
+    stalled = asyncio.create_task(stall())
+    report = await loadtest.run(args)
+    await stalled
+    assert report["client_lag_ms"]["max"] >= 45
+    assert "loop lag p99/max ms" in loadtest.render(report)
 
 
 async def test_loadtest_counts_error_events_by_code(make_client: MakeClient) -> None:
