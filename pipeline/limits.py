@@ -248,13 +248,6 @@ class _Op(msgspec.Struct, frozen=True):
     amount: int = 0  # micro-dollars, for a charge
 
 
-class SkippedWhileDown(ConnectionError):
-    """Queued while Redis answered, due after a call found it gone: failed without another wait.
-
-    Never reported to the link: its last error stays the call that found Redis gone.
-    """
-
-
 class LimiterStats:
     def __init__(self) -> None:
         self.admitted = 0
@@ -319,8 +312,10 @@ class RedisRateLimiter:
 
     async def _send(self, ops: list[_Op]) -> list[object]:
         """One script call per cluster slot (a script may only touch keys of one slot)."""
-        if not self.redis.available:  # a call before this batch found Redis gone: do not wait again
-            raise SkippedWhileDown("redis became unreachable while this batch waited")
+        if not self.redis.available:
+            # A round trip before this batch found Redis gone (and told the link, in _call):
+            # fail without another wait; the link's last error stays that call's.
+            raise ConnectionError("redis became unreachable while this batch waited")
         if not self._cluster:
             return await self._call(ops)
         groups: dict[int, list[int]] = {}
