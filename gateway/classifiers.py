@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager, closing
 from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, Settings
@@ -17,6 +17,7 @@ from pipeline.protocols import Classifier
 
 if TYPE_CHECKING:
     from pipeline.classifiers.llm import LLMClassifier
+    from pipeline.classifiers.local import LocalClassifier
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ async def open_classifier(
         yield RulesClassifier()
         return
     if settings.intent_classifier == "local":
-        yield local_classifier(settings)
+        with closing(local_classifier(settings)) as local:
+            yield local
         return
     if settings.intent_classifier in ("llm", "cascade"):
         # Imported here: the SDK (and pydantic) cost start-up time only when used.
@@ -47,18 +49,20 @@ async def open_classifier(
 
         usage = usage or llm_usage(settings)
         breaker = breaker or CircuitBreaker("llm", breaker_policy(settings))
-        async with open_llm(settings, breaker, usage, spans=spans) as llm:
-            if settings.intent_classifier == "llm":
-                yield FallbackClassifier(llm, usage=usage, fallbacks=embedded(settings))
-            else:
-                first, *_ = (*embedded(settings), RulesClassifier())
-                threshold = settings.local_confidence_threshold
-                yield CascadeClassifier(first, llm, threshold=threshold, usage=usage)
+        with ExitStack() as fallbacks:
+            embedded_ones = tuple(fallbacks.enter_context(closing(c)) for c in embedded(settings))
+            async with open_llm(settings, breaker, usage, spans=spans) as llm:
+                if settings.intent_classifier == "llm":
+                    yield FallbackClassifier(llm, usage=usage, fallbacks=embedded_ones)
+                else:
+                    first, *_ = (*embedded_ones, RulesClassifier())
+                    threshold = settings.local_confidence_threshold
+                    yield CascadeClassifier(first, llm, threshold=threshold, usage=usage)
         return
     raise ConfigError(f"unknown INTENT_CLASSIFIER={settings.intent_classifier!r}")
 
 
-def embedded(settings: Settings) -> tuple[Classifier, ...]:
+def embedded(settings: Settings) -> tuple[LocalClassifier, ...]:
     """The embedded classifier the LLM path falls back to, before the rules.
 
     Without its model package the LLM path still starts (on the rules), loudly: only
@@ -71,7 +75,7 @@ def embedded(settings: Settings) -> tuple[Classifier, ...]:
         return ()
 
 
-def local_classifier(settings: Settings) -> Classifier:
+def local_classifier(settings: Settings) -> LocalClassifier:
     """The embedded classifier; its artifact is built by `make install`, else at first start."""
     # Imported here: numpy and the tokenizer cost start-up time only when used.
     from pipeline.classifiers.local import LocalClassifier

@@ -15,6 +15,7 @@ layers (a speed/accuracy knob measured in the README); the default is all 6.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from pathlib import Path
 from typing import Final
@@ -132,19 +133,21 @@ class _Layer:
         self.ln2_w = w[p + "output.LayerNorm.weight"]
         self.ln2_b = w[p + "output.LayerNorm.bias"]
 
-    def forward(self, x: FloatArray, bias: FloatArray | None) -> FloatArray:
-        """x: (batch, seq, hidden); bias: additive attention mask (batch, 1, 1, seq)."""
-        b, n, _ = x.shape
+    def forward(self, x: FloatArray, runs: list[tuple[int, int, int]]) -> FloatArray:
+        """x: (tokens, hidden), every sentence's tokens back to back, so the four weight matmuls
+        run once over the whole batch without padding; attention runs per run of equal-length
+        sentences, given as (first token, sentences, length)."""
         qkv = x @ self.qkv_w + self.qkv_b
-        # (b, n, 3, heads, dim) -> three (b, heads, n, dim) views
-        qkv = qkv.reshape(b, n, 3, HEADS, HEAD_DIM).transpose(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        scores = (q @ k.transpose(0, 1, 3, 2)) * np.float32(1.0 / math.sqrt(HEAD_DIM))
-        if bias is not None:
-            scores = scores + bias
-        scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
-        scores /= scores.sum(axis=-1, keepdims=True)
-        ctx = (scores @ v).transpose(0, 2, 1, 3).reshape(b, n, HIDDEN)
+        ctx = np.empty_like(x)
+        scale = np.float32(1.0 / math.sqrt(HEAD_DIM))
+        for start, count, n in runs:
+            stop = start + count * n
+            # (count, n, 3, heads, dim) -> three (count, heads, n, dim) views
+            q, k, v = qkv[start:stop].reshape(count, n, 3, HEADS, HEAD_DIM).transpose(2, 0, 3, 1, 4)
+            scores = (q @ k.transpose(0, 1, 3, 2)) * scale
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            scores /= scores.sum(axis=-1, keepdims=True)
+            ctx[start:stop] = (scores @ v).transpose(0, 2, 1, 3).reshape(count * n, HIDDEN)
         h = _layer_norm(x + (ctx @ self.out_w + self.out_b), self.ln1_w, self.ln1_b)
         up = _gelu(h @ self.up_w + self.up_b)
         return _layer_norm(h + (up @ self.down_w + self.down_b), self.ln2_w, self.ln2_b)
@@ -161,8 +164,8 @@ class MiniLMEncoder:
         model_dir = model_dir or default_model_dir()
         self.num_layers = num_layers
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # The shipped tokenizer.json pads every input to 128: padding is done
-        # per batch below instead, and truncation follows max_seq_length.
+        # The shipped tokenizer.json pads every input to 128: batches are packed
+        # without padding below instead, and truncation follows max_seq_length.
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(MAX_SEQ_LENGTH)
         w = load_file(str(model_dir / "model.safetensors"))
@@ -200,11 +203,11 @@ class MiniLMEncoder:
         return [e.ids for e in self._tokenizer.encode_batch(texts)]
 
     def encode_token_ids(self, batch: list[list[int]]) -> FloatArray:
-        """Embed already-tokenized inputs (one padded batch)."""
+        """Embed already-tokenized inputs as one batch (packed: no padding)."""
         return self._encode_ids(batch)
 
     def encode(self, texts: list[str], *, batch_size: int = 32) -> FloatArray:
-        """Embed texts; batches are sorted by length so padding stays small."""
+        """Embed texts; batches are sorted by length so equal lengths share one attention call."""
         ids = self.token_ids(texts)
         out = np.empty((len(texts), HIDDEN), dtype=np.float32)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -213,25 +216,20 @@ class MiniLMEncoder:
             out[chunk] = self._encode_ids([ids[i] for i in chunk])
         return out
 
-    def encode_one(self, text: str) -> FloatArray:
-        """Single-prompt fast path: no padding, no mask."""
-        out: FloatArray = self._encode_ids([self._tokenizer.encode(text).ids])[0]
-        return out
-
     def _encode_ids(self, batch: list[list[int]]) -> FloatArray:
-        n = max(len(ids) for ids in batch)
-        ids_arr = np.zeros((len(batch), n), dtype=np.int64)
-        mask = np.zeros((len(batch), n), dtype=np.float32)
-        for row, ids in enumerate(batch):
-            ids_arr[row, :len(ids)] = ids
-            mask[row, :len(ids)] = 1.0
-        x = _layer_norm(self._word[ids_arr] + self._pos[:n], self._ln_w, self._ln_b)
-        bias = None
-        if not mask.all():
-            bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]
+        lengths = [len(ids) for ids in batch]
+        flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.intp, count=sum(lengths))
+        positions = np.concatenate([np.arange(n) for n in lengths])
+        x = _layer_norm(self._word[flat] + self._pos[positions], self._ln_w, self._ln_b)
+        runs, start = [], 0
+        for n, group in itertools.groupby(lengths):
+            count = len(list(group))
+            runs.append((start, count, n))
+            start += count * n
         for layer in self._layers:
-            x = layer.forward(x, bias)
-        pooled = (x * mask[:, :, None]).sum(axis=1) / mask.sum(axis=1, keepdims=True)
+            x = layer.forward(x, runs)
+        starts = np.cumsum([0, *lengths[:-1]])
+        pooled = np.add.reduceat(x, starts, axis=0) / np.array(lengths, dtype=np.float32)[:, None]
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         out: FloatArray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
         return out

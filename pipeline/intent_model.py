@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 import numpy as np
@@ -275,6 +275,20 @@ def expected_calibration_error(conf: Sequence[float], correct: Sequence[bool], b
 
 # --- the model ---------------------------------------------------------------
 
+class FastTier(NamedTuple):
+    """The fast tier's answer for one prompt, with the features the slow tier reuses."""
+
+    probs: FloatArray
+    token_ids: list[int]
+    static: FloatArray
+    tfidf_index: npt.NDArray[np.intp]
+    tfidf_values: FloatArray
+    context: FloatArray
+
+    def confident(self, escalate_below: float) -> bool:
+        return float(self.probs.max()) >= escalate_below
+
+
 class IntentModel:
     """Two-tier head over static+TF-IDF (fast) and MiniLM (slow) features."""
 
@@ -300,21 +314,28 @@ class IntentModel:
     def fingerprint(self) -> str:
         return str(self.meta.get("fingerprint", "unknown"))
 
-    def predict_one(self, ex: IntentExample, *, escalate_below: float) -> tuple[FloatArray, bool]:
-        """Calibrated class probabilities and whether the transformer tier ran."""
+    def predict_fast(self, ex: IntentExample) -> FastTier:
+        """The fast tier's calibrated probabilities, and the features the slow tier reuses."""
         ids = self.encoder.tokenizer.encode(ex.prompt).ids
         st = self.static.encode_ids(ids)
         idx, val = self.tfidf.sparse(ex.prompt)
         ctx = _context(ex)
         ws, wt, wc = self._fast_blocks
         z = st @ ws + val @ wt[idx] + ctx @ wc + self._fast_b
-        p = _softmax(z / self._fast_t)
-        if float(p.max()) >= escalate_below:
-            return p, False
-        emb = self.encoder.encode_token_ids([ids])[0]
-        we, ws2, wt2, wc2 = self._full_blocks
-        z = emb @ we + st @ ws2 + val @ wt2[idx] + ctx @ wc2 + self._full_b
-        return _softmax(z / self._full_t), True
+        return FastTier(_softmax(z / self._fast_t), ids, st, idx, val, ctx)
+
+    def predict_full(self, fast: FastTier, embedding: FloatArray) -> FloatArray:
+        """The slow tier's calibrated probabilities, given the prompt's MiniLM embedding."""
+        we, ws, wt, wc = self._full_blocks
+        z = embedding @ we + fast.static @ ws + fast.tfidf_values @ wt[fast.tfidf_index] + fast.context @ wc
+        return _softmax((z + self._full_b) / self._full_t)
+
+    def predict_one(self, ex: IntentExample, *, escalate_below: float) -> tuple[FloatArray, bool]:
+        """Calibrated class probabilities and whether the transformer tier ran."""
+        fast = self.predict_fast(ex)
+        if fast.confident(escalate_below):
+            return fast.probs, False
+        return self.predict_full(fast, self.encoder.encode_token_ids([fast.token_ids])[0]), True
 
     def predict_proba(self, examples: Sequence[IntentExample], *,
                       escalate_below: float) -> tuple[FloatArray, npt.NDArray[np.bool_]]:

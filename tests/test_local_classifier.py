@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,47 @@ def test_batch_and_single_predictions_agree(local: LocalClassifier) -> None:
     )
     assert np.allclose(batch, single, atol=1e-4)
     assert local.predict(queries) == [WorkflowType(local.model.labels[i]) for i in batch.argmax(1)]
+
+
+async def test_escalations_that_queue_together_run_as_one_transformer_batch(local: LocalClassifier) -> None:
+    """Prompts the fast tier is unsure of share one MiniLM batch and get the answer they get alone."""
+    classifier = LocalClassifier(local.model)
+    prompts = ["hmm", "waves", "hmm?", "waves and stuff"]
+    assert not any(local.model.predict_fast(to_example(_query(p))).confident(classifier.escalate_below)
+                   for p in prompts)
+    try:
+        together = await asyncio.gather(*(classifier.classify(_query(p)) for p in prompts))
+    finally:
+        classifier.close()
+    assert (classifier._transformer.batches, classifier._transformer.ops) == (1, 4)
+    for prompt, result in zip(prompts, together, strict=True):
+        alone = local.classify_sync(_query(prompt))
+        assert result.metadata["tier"] == alone.metadata["tier"] == "minilm"
+        assert (result.workflow_type, result.confidence) == (alone.workflow_type, alone.confidence)
+
+
+async def test_the_event_loop_keeps_running_while_the_transformer_does(local: LocalClassifier) -> None:
+    """An escalation (~10 ms of matrix algebra) runs off the event loop: other streams go on."""
+    classifier = LocalClassifier(local.model)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.0005)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.002)  # the ticker is running
+    try:
+        before = ticks
+        result = await classifier.classify(_query("hmm"))
+        during = ticks - before
+    finally:
+        ticking.cancel()
+        classifier.close()
+    assert result.metadata["tier"] == "minilm"
+    assert during >= 3, during  # run inline, the loop would not have turned while it ran
 
 
 def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
