@@ -16,7 +16,8 @@ scenario's throughput to the floor; the last line of stdout is the JSON of it al
     python scripts/bench.py --slices 10        # finer interleaving
 
 Scenarios: the floor; the gateway on embedded defaults with cache hits, with tracing off
-(the cost of tracing), and with cache misses; the full stack (Redis cache and limits,
+(the cost of tracing), with cache misses, and with the load tester's default half-and-half mix
+(where latency shows whether misses hold up hits); the full stack (Redis cache and limits,
 Postgres logging, every request traced) with hits, with hits untraced, and with misses. The paced run asks for
 --latency-rate req/s, but at most 70% of what the saturated run reached, so that its
 latencies describe a server that keeps up rather than a queue.
@@ -228,6 +229,8 @@ def scenarios(database: str) -> list[Scenario]:
                  gateway, env={"OTEL_TRACES_SAMPLER": "always_off"}, repeat_share=1.0),
         Scenario("miss", "gateway, embedded defaults, unique prompts (cache misses: the embedded classifier)",
                  gateway, env=traced, repeat_share=0.0),
+        Scenario("mixed", "gateway, embedded defaults, half repeated, half unique (the load tester's default mix)",
+                 gateway, env=traced, repeat_share=0.5),
         Scenario("full-hit", "gateway + Redis cache/limits + Postgres logging + tracing, cache hits",
                  gateway, env=full, repeat_share=1.0, needs_services=True, setup=database_setup),
         Scenario("full-hit-untraced", "the same with tracing off: tracing's cost where it is exported",
@@ -273,6 +276,9 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
 # The load-testing issue's targets: (scenario, least ratio to the floor).
 RATIO_TARGETS = (("hit", 0.5), ("miss", 0.35), ("full-hit", 0.3))
 TTFE_P99_MS, DONE_P99_MS, TRACING_COST = 10.0, 50.0, 0.10
+# Latency is judged on hits and on the realistic mix, where a miss's classification must not
+# hold up the hits around it.
+LATENCY_TARGETS = ("hit", "mixed")
 
 
 def verdicts(reports: list[dict[str, Any]]) -> list[str]:
@@ -288,12 +294,14 @@ def verdicts(reports: list[dict[str, Any]]) -> list[str]:
         if floor and name in by_name:
             ratio = by_name[name]["requests_per_s"] / floor["requests_per_s"]
             out.append(line(f"{name} >= {target}x floor", f"{ratio:.2f}x", ratio >= target))
-    if "hit" in by_name:
-        paced = by_name["hit"]["paced"]
-        at = f"at {by_name['hit']['paced_rate']} req/s"
+    for name in LATENCY_TARGETS:
+        if name not in by_name:
+            continue
+        paced = by_name[name]["paced"]
+        at = f"at {by_name[name]['paced_rate']} req/s"
         ttfe, done = paced["ttfe_ms"]["p99"], paced["ttd_ms"]["p99"]
-        out.append(line(f"hit TTFE p99 <= {TTFE_P99_MS:g} ms", f"{ttfe:.1f} ms {at}", ttfe <= TTFE_P99_MS))
-        out.append(line(f"hit done p99 <= {DONE_P99_MS:g} ms", f"{done:.1f} ms {at}", done <= DONE_P99_MS))
+        out.append(line(f"{name} TTFE p99 <= {TTFE_P99_MS:g} ms", f"{ttfe:.1f} ms {at}", ttfe <= TTFE_P99_MS))
+        out.append(line(f"{name} done p99 <= {DONE_P99_MS:g} ms", f"{done:.1f} ms {at}", done <= DONE_P99_MS))
     for traced, untraced in (("hit", "hit-untraced"), ("full-hit", "full-hit-untraced")):
         if traced in by_name and untraced in by_name:
             cost = 1 - by_name[traced]["requests_per_s"] / by_name[untraced]["requests_per_s"]

@@ -19,6 +19,7 @@ def test_each_target_is_met_or_missed_by_its_own_number() -> None:
         run("hit", 2000, ttfe_p99=12.0, done_p99=20.0),  # exactly 0.5x; TTFE over 10 ms
         run("hit-untraced", 2100),  # tracing costs 1 - 2000/2100 = 4.8%
         run("miss", 1000),  # 0.25x
+        run("mixed", 1500, ttfe_p99=8.0, done_p99=60.0),  # first events in time; done too late
         run("full-hit", 1300),  # 0.325x
         run("full-hit-untraced", 1500),  # tracing costs 13%
     ])
@@ -28,6 +29,8 @@ def test_each_target_is_met_or_missed_by_its_own_number() -> None:
         "miss >= 0.35x floor": "MISSED",
         "hit TTFE p99 <= 10 ms": "MISSED",
         "hit done p99 <= 50 ms": "met",
+        "mixed TTFE p99 <= 10 ms": "met",
+        "mixed done p99 <= 50 ms": "MISSED",
         "full-hit >= 0.3x floor": "met",
         "tracing costs < 10% (hit vs untraced)": "met",
         "tracing costs < 10% (full-hit vs untraced)": "MISSED",
