@@ -47,6 +47,7 @@ ARTIFACT_VERSION: Final = "2tier-v1"
 ARTIFACT_DIR: Final = Path(__file__).resolve().parent / "artifacts"
 NGRAM_SIZES: Final = (2, 3, 4, 5)
 MIN_DF: Final = 2
+WORD_CACHE: Final = 50_000  # distinct words whose TF-IDF indices are kept (a few MB)
 L2: Final = 1e-4
 ADAM_STEPS: Final = 300
 ADAM_LR: Final = 0.1
@@ -107,14 +108,21 @@ def _ngrams(text: str) -> list[str]:
     Char n-grams make typos ("animte", "upsacle") land near the right words.
     """
     words = _WORD.findall(text.lower())
-    grams: list[str] = []
-    for w in words:
-        padded = f" {w} "
-        for n in NGRAM_SIZES:
-            grams.extend(padded[i:i + n] for i in range(len(padded) - n + 1))
-    grams.extend("w:" + w for w in words)
-    grams.extend(f"b:{a}_{b}" for a, b in itertools.pairwise(words))
+    grams = [g for w in words for g in _word_grams(w)]
+    grams.extend(_bigrams(words))
     return grams
+
+
+def _word_grams(word: str) -> list[str]:
+    """The grams of one word, whatever its neighbours: its char n-grams and the word itself."""
+    padded = f" {word} "
+    grams = [padded[i:i + n] for n in NGRAM_SIZES for i in range(len(padded) - n + 1)]
+    grams.append("w:" + word)
+    return grams
+
+
+def _bigrams(words: Sequence[str]) -> list[str]:
+    return [f"b:{a}_{b}" for a, b in itertools.pairwise(words)]
 
 
 class Tfidf:
@@ -124,6 +132,9 @@ class Tfidf:
         self.vocab = list(vocab)
         self.idf = idf
         self._index = {g: i for i, g in enumerate(self.vocab)}
+        # A word's ~4 grams per letter, sliced and hashed, were most of a cache miss's fast tier;
+        # words repeat across prompts, so each word's vocabulary indices are kept (bounded).
+        self._word_ids: dict[str, list[int]] = {}
 
     @classmethod
     def fit(cls, texts: Sequence[str]) -> Tfidf:
@@ -139,9 +150,21 @@ class Tfidf:
         return len(self.vocab)
 
     def sparse(self, text: str) -> tuple[npt.NDArray[np.intp], FloatArray]:
-        counts = Counter(i for g in _ngrams(text) if (i := self._index.get(g)) is not None)
-        if not counts:
+        """The TF-IDF vector of ``_ngrams(text)``, as the indices and values of its non-zeros."""
+        words = _WORD.findall(text.lower())
+        ids: list[int] = []
+        for word in words:
+            known = self._word_ids.get(word)
+            if known is None:
+                known = [i for g in _word_grams(word) if (i := self._index.get(g)) is not None]
+                if len(self._word_ids) >= WORD_CACHE:
+                    self._word_ids.clear()
+                self._word_ids[word] = known
+            ids += known
+        ids += [i for g in _bigrams(words) if (i := self._index.get(g)) is not None]
+        if not ids:
             return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.float32)
+        counts = Counter(ids)
         idx = np.fromiter(counts.keys(), dtype=np.intp, count=len(counts))
         tf = np.fromiter(counts.values(), dtype=np.float32, count=len(counts))
         val = (1.0 + np.log(tf)) * self.idf[idx]

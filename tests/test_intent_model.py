@@ -1,0 +1,44 @@
+"""The embedded classifier's text features: TF-IDF over char n-grams, words and word bigrams."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.intent_model import Tfidf, _ngrams, load_examples
+
+TRAIN = Path(__file__).resolve().parents[1] / "data" / "train.jsonl"
+
+
+def reference_sparse(tfidf: Tfidf, text: str) -> dict[str, float]:
+    """The definition, gram by gram: sublinear tf times idf, L2-normalised, over known grams."""
+    index = {g: i for i, g in enumerate(tfidf.vocab)}
+    counts = Counter(g for g in _ngrams(text) if g in index)
+    weights = {g: (1.0 + math.log(c)) * float(tfidf.idf[index[g]]) for g, c in counts.items()}
+    norm = math.sqrt(sum(w * w for w in weights.values()))
+    return {g: w / norm for g, w in weights.items()}
+
+
+def test_sparse_vectors_match_the_definition_first_time_and_from_the_word_cache() -> None:
+    tfidf = Tfidf.fit([e.prompt for e in load_examples(TRAIN)])
+    prompts = [
+        "change my hair to blonde with bangs",
+        "hair hair hair, blonde blonde",  # repeated words count as often as they appear
+        "animte this sunset plz",  # a typo still shares char n-grams
+        "zqxj vbnm",  # hardly anything known
+        "Animate THIS sunset!",  # case and punctuation
+    ]
+    for _ in range(2):  # the second pass reads every word from the cache
+        for text in prompts:
+            idx, val = tfidf.sparse(text)
+            got = {tfidf.vocab[i]: float(v) for i, v in zip(idx, val, strict=True)}
+            want = reference_sparse(tfidf, text)
+            assert got.keys() == want.keys(), text
+            assert all(math.isclose(got[g], want[g], rel_tol=1e-5) for g in want), text
+    assert len(tfidf.sparse("!!! ???")[0]) == 0  # no words at all
+    dense = tfidf.dense(prompts[:2])
+    idx, val = tfidf.sparse(prompts[0])
+    assert np.allclose(dense[0, idx], val) and np.count_nonzero(dense[0]) == len(idx)
