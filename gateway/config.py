@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     classification_queue_timeout: float = 2.0
     local_confidence_threshold: float = 0.6
     local_escalate_below: float | None = None  # None: the artifact's threshold (0.8)
+    local_runtime: Literal["onnx", "numpy"] = "onnx"  # what runs MiniLM for escalated prompts
     ai_classification_enabled: bool = True
     ai_classification_rollout_percentage: int = 100
 

@@ -18,14 +18,14 @@ import importlib.util
 import itertools
 import math
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-__all__ = ["MiniLMEncoder", "StaticEncoder", "default_model_dir", "distill_static_table"]
+__all__ = ["MiniLMEncoder", "SentenceEncoder", "StaticEncoder", "default_model_dir", "distill_static_table"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -37,6 +37,26 @@ HEAD_DIM: Final = HIDDEN // HEADS
 LAYERS: Final = 6
 LN_EPS: Final = 1e-12
 INV_SQRT2: Final = 1.0 / math.sqrt(2.0)
+
+
+class SentenceEncoder(Protocol):
+    """What the classifier needs of MiniLM: its tokenizer and sentence embeddings.
+
+    `MiniLMEncoder` (NumPy, the reference, and what training uses) and
+    `pipeline.encoder_onnx.OnnxMiniLMEncoder` (ONNX Runtime, what serving uses) are the two.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def token_ids(self, texts: list[str]) -> list[list[int]]: ...
+
+    def encode_token_ids(self, batch: list[list[int]]) -> FloatArray: ...
+
+    def encode(self, texts: list[str], *, batch_size: int = 32) -> FloatArray: ...
 
 
 def default_model_dir() -> Path:

@@ -29,7 +29,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.encoder import MiniLMEncoder, StaticEncoder, distill_static_table
+from pipeline.encoder import MiniLMEncoder, SentenceEncoder, StaticEncoder, distill_static_table
 
 __all__ = [
     "ARTIFACT_VERSION", "IntentExample", "IntentModel", "TrainReport",
@@ -315,7 +315,7 @@ class FastTier(NamedTuple):
 class IntentModel:
     """Two-tier head over static+TF-IDF (fast) and MiniLM (slow) features."""
 
-    def __init__(self, *, labels: list[str], encoder: MiniLMEncoder, static: StaticEncoder,
+    def __init__(self, *, labels: list[str], encoder: SentenceEncoder, static: StaticEncoder,
                  tfidf: Tfidf, fast: tuple[FloatArray, FloatArray, float],
                  full: tuple[FloatArray, FloatArray, float], meta: dict[str, object]) -> None:
         self.labels = labels
@@ -399,7 +399,7 @@ class IntentModel:
         return self.static._table
 
     @classmethod
-    def load(cls, path: Path, encoder: MiniLMEncoder | None = None) -> IntentModel:
+    def load(cls, path: Path, encoder: SentenceEncoder | None = None) -> IntentModel:
         encoder = encoder or MiniLMEncoder()
         with np.load(path, allow_pickle=False) as z:
             # float16 on disk halves the file; float32 in memory keeps lookups fast.

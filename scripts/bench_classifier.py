@@ -41,6 +41,8 @@ def main() -> int:
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS threads, set before numpy loads (default 1, as `python -m gateway`)")
     parser.add_argument("--escalate-below", type=float, help="override the artifact's escalation threshold")
+    parser.add_argument("--runtime", choices=("onnx", "numpy"), default="onnx",
+                        help="what runs MiniLM (LOCAL_RUNTIME; default onnx)")
     args = parser.parse_args()
     if args.blas_threads > 0:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -51,6 +53,9 @@ def main() -> int:
     import numpy  # noqa: F401
     import tokenizers  # noqa: F401
 
+    if args.runtime == "onnx":
+        import onnxruntime  # noqa: F401
+
     from pipeline.classifiers.local import LocalClassifier
     from pipeline.evaluation import load_examples
     from pipeline.references import find_mentions
@@ -58,7 +63,7 @@ def main() -> int:
 
     before = rss_mb()
     started = time.perf_counter()
-    classifier = LocalClassifier.load()
+    classifier = LocalClassifier.load(runtime=args.runtime)
     load_s = time.perf_counter() - started
     if args.escalate_below is not None:
         classifier.escalate_below = args.escalate_below

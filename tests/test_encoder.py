@@ -1,4 +1,4 @@
-"""The NumPy MiniLM: a packed batch gives each sentence the embedding it gets alone."""
+"""MiniLM in NumPy (packed batches) and on ONNX Runtime (padded batches): the same embeddings."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.encoder import MiniLMEncoder
+from pipeline.encoder_onnx import OnnxMiniLMEncoder
+
+TEXTS = ["a cat", "animate this sunset", "animate this sunrise", "cinematic video of waves with ocean sounds",
+         "sharpen it"]
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +19,7 @@ def encoder() -> MiniLMEncoder:
 
 def test_a_packed_batch_of_mixed_lengths_matches_each_sentence_alone(encoder: MiniLMEncoder) -> None:
     """Sentences of different lengths share the weight matmuls but never each other's attention."""
-    texts = ["a cat", "animate this sunset", "animate this sunrise", "cinematic video of waves with ocean sounds",
-             "sharpen it"]
+    texts = TEXTS
     ids = encoder.token_ids(texts)
     assert len({len(i) for i in ids}) > 2  # lengths differ, and two runs of equal length exist
     batch = encoder.encode_token_ids(ids)
@@ -35,3 +38,15 @@ def test_encode_keeps_the_callers_order(encoder: MiniLMEncoder) -> None:
     rows = encoder.encode(texts, batch_size=2)
     for text, row in zip(texts, rows, strict=True):
         assert np.abs(row - encoder.encode_token_ids(encoder.token_ids([text]))[0]).max() < 1e-5
+
+
+def test_onnx_runtime_gives_the_numpy_embeddings(encoder: MiniLMEncoder) -> None:
+    """The graph written from the NumPy encoder's arrays computes what NumPy does, padded or alone."""
+    onnx = OnnxMiniLMEncoder(encoder)
+    ids = encoder.token_ids(TEXTS)
+    reference = encoder.encode_token_ids(ids)
+    assert np.abs(onnx.encode_token_ids(ids) - reference).max() < 1e-5  # one padded batch
+    alone = np.stack([onnx.encode_token_ids([i])[0] for i in ids])
+    assert np.abs(alone - reference).max() < 1e-5
+    assert np.abs(onnx.encode(list(reversed(TEXTS)), batch_size=2) - reference[::-1]).max() < 1e-5
+    assert onnx.dim == encoder.dim and onnx.tokenizer is encoder.tokenizer
