@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.config import ConfigError, Settings
-from pipeline.classifiers.local import LocalClassifier, to_example
+from pipeline.classifiers.local import TRANSFORMER_NICE, LocalClassifier, to_example
 from pipeline.evaluation import evaluate, load_examples
 from pipeline.intent_model import expected_calibration_error
 from pipeline.references import find_mentions
@@ -155,6 +158,21 @@ async def test_the_event_loop_keeps_running_while_the_transformer_does(local: Lo
         assert confident.metadata["tier"] == "static"
         assert not escalated.done()  # answered while the transformer still works
         assert (await escalated).metadata["tier"] == "minilm"
+    finally:
+        classifier.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own nice value is Linux's")
+async def test_the_transformer_thread_yields_the_core_to_the_event_loop(local: LocalClassifier) -> None:
+    """MiniLM's thread runs 10 nicer than the loop, so the loop wins a shared core."""
+    classifier = LocalClassifier(local.model)
+    try:
+        await classifier.classify(_query("hmm"))
+        assert classifier._thread is not None
+        (thread,) = classifier._thread._threads
+        assert thread.native_id is not None
+        loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, loop_nice + TRANSFORMER_NICE)
     finally:
         classifier.close()
 

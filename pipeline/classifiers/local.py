@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,7 @@ Runtime = Literal["onnx", "numpy"]
 # A batch of 8 costs ~4.3 ms per prompt against ~9 ms alone; more gains little and makes
 # the first escalation in it wait for all the others.
 TRANSFORMER_BATCH = 8
+TRANSFORMER_NICE = 10  # how much nicer than the event loop its thread runs (see below)
 _SHORT_PROMPT_WORDS = 8  # the prompt stage's "quick enhancement" rule, as in the rules classifier
 
 
@@ -118,7 +122,8 @@ class LocalClassifier:
 
     async def _embed(self, batch: list[list[int]]) -> list[npt.NDArray[np.float32]]:
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm",
+                                              initializer=_yield_to_the_event_loop)
         loop = asyncio.get_running_loop()
         return list(await loop.run_in_executor(self._thread, self.model.encoder.encode_token_ids, batch))
 
@@ -167,6 +172,27 @@ class LocalClassifier:
                                  for i in order[1:3]},
             },
         )
+
+
+def _yield_to_the_event_loop() -> None:
+    """Run the transformer's thread at a lower priority than the event loop's.
+
+    Where both share a core (one pinned process; as many workers as cores), the kernel would
+    split it evenly while MiniLM runs, halving the loop's speed for every other stream. At
+    TRANSFORMER_NICE more the loop wins the core when it has work; the thread still gets a
+    share (escalations never starve) and all the idle time. Measured on the pinned server, half
+    repeated prompts at 800 req/s: TTFE p99 14-20 ms at equal priority, 4.4-5.2 ms at +10, and
+    saturated throughput no lower. Linux only: there a thread has its own nice value; elsewhere
+    `setpriority` would lower the whole process.
+    """
+    if sys.platform != "linux":
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread,
+                       min(19, os.getpriority(os.PRIO_PROCESS, thread) + TRANSFORMER_NICE))
+    except OSError as exc:  # a sandbox that forbids it: run at the loop's priority
+        log.warning("could not lower the MiniLM thread's priority: %s", exc)
 
 
 def to_example(query: ClassifierInput) -> IntentExample:
