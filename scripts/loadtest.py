@@ -8,6 +8,7 @@ by kind (HTTP status, `error` event code, disconnects, timeouts), as a table and
 one JSON object on the last line of stdout.
 
     python scripts/loadtest.py --url http://127.0.0.1:8000 -c 64 -d 10 --repeat-share 0.9
+    python scripts/loadtest.py --prompts my-traffic.jsonl   # replay your own request bodies
 
 The client speaks HTTP/1.1 over raw asyncio streams (no HTTP library) so that one core
 of load generator can keep up with a one-core server.
@@ -109,6 +110,37 @@ class PromptMix:
             prompt, image = PROMPTS[base]
             prompt = f"{OPENERS[opener]}{prompt}{DETAILS[detail]}{CLOSERS[closer]}"
         return make_body(prompt, image)
+
+
+class FileMix:
+    """Request bodies from a JSONL file (one JSON object with a "prompt" per line), drawn at
+    random: the file's own repeats set the cache-hit share, as they do in the traffic it came from."""
+
+    def __init__(self, rng: random.Random, bodies: list[bytes]) -> None:
+        self.rng, self.bodies = rng, bodies
+        self.drawn = 0
+
+    @classmethod
+    def load(cls, rng: random.Random, path: str) -> FileMix:
+        bodies = []
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    body = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SystemExit(f"{path}:{number}: not JSON: {exc}") from None
+                if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+                    raise SystemExit(f'{path}:{number}: expected an object with a "prompt" string')
+                bodies.append(json.dumps(body).encode())
+        if not bodies:
+            raise SystemExit(f"{path}: no request bodies")
+        return cls(rng, bodies)
+
+    def body(self) -> bytes:
+        self.drawn += 1
+        return self.rng.choice(self.bodies)
 
 
 def make_body(prompt: str, image: str | None) -> bytes:
@@ -229,7 +261,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     host, port = url.hostname or "127.0.0.1", url.port or 80
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     stats = Stats(measuring=args.warmup <= 0)
-    mix = PromptMix(random.Random(args.seed), args.repeat_share, args.hot, walk_start=args.walk_start)
+    rng = random.Random(args.seed)
+    mix: PromptMix | FileMix = (
+        FileMix.load(rng, args.prompts) if args.prompts
+        else PromptMix(rng, args.repeat_share, args.hot, walk_start=args.walk_start)
+    )
     deadline = time.perf_counter() + args.warmup + (args.duration or 1e9)
     budget = [args.requests or 0]
 
@@ -294,7 +330,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "ttd_ms": percentiles(stats.ttd),
         "errors": dict(stats.errors),
         "client_lag_ms": {**percentiles(stats.lag), "max": round(max(stats.lag, default=0.0), 3)},
-        "repeat_share": args.repeat_share,
+        "repeat_share": None if args.prompts else args.repeat_share,
+        "prompts": args.prompts,
         "target_rate": args.rate,
         "walk_end": mix.drawn,  # --walk-start for a next run whose misses must be new too
     }
@@ -324,8 +361,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-n", "--requests", type=int, help="stop after this many requests")
     parser.add_argument("--rate", type=float, help="target requests/s in all (default: as fast as possible)")
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds of load before measuring")
-    parser.add_argument("--repeat-share", type=float, default=0.5, help="share of repeated prompts (cache hits)")
-    parser.add_argument("--hot", type=int, default=10, help="how many distinct prompts repeat")
+    parser.add_argument("--repeat-share", type=float, help="share of repeated prompts (cache hits; default 0.5)")
+    parser.add_argument("--hot", type=int, help="how many distinct prompts repeat (default 10)")
+    parser.add_argument("--prompts", metavar="FILE",
+                        help="JSONL request bodies to draw from at random instead of the built-in mix")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
     parser.add_argument("--api-key", help="Bearer key when the gateway requires one")
     parser.add_argument("--seed", type=int, default=1)
@@ -336,6 +375,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.duration is None and args.requests is None:
         args.duration = 10.0
+    if args.prompts and (args.repeat_share is not None or args.hot is not None or args.walk_start):
+        parser.error("--prompts replays a file: its own repeats set the cache hits, so "
+                     "--repeat-share, --hot and --walk-start do not apply")
+    args.repeat_share = 0.5 if args.repeat_share is None else args.repeat_share
+    args.hot = 10 if args.hot is None else args.hot
     return args
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
+
 from tests.conftest import MakeClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,3 +118,37 @@ def test_a_continued_walk_draws_no_earlier_miss_again() -> None:
     later = loadtest.PromptMix(random.Random(1), 0.0, 10, walk_start=first.drawn)
     assert len(earlier) == 5000
     assert not earlier & {later.body() for _ in range(5000)}
+
+
+async def test_a_prompt_file_is_replayed_and_its_bad_bodies_counted(client: Any, tmp_path: Path) -> None:
+    """--prompts sends the file's bodies as they are: good ones complete, a refused one is an http_422."""
+    loadtest = load_script("loadtest")
+    prompts = tmp_path / "traffic.jsonl"
+    prompts.write_text(
+        '{"prompt": "change my hair to blonde with bangs", "working_image_url": '
+        '"https://demo.supabase.co/storage/v1/object/public/images/me.jpg"}\n'
+        "\n"
+        '{"prompt": "cinematic video of waves"}\n'
+        '{"prompt": "   "}\n'  # empty after trimming: the gateway refuses it
+    )
+    args = loadtest.parse_args(
+        ["--url", str(client.make_url("/")), "-c", "3", "-n", "40", "--prompts", str(prompts), "--no-progress"]
+    )
+    report = await loadtest.run(args)
+    refused = report["errors"].get("http_422", 0)
+    assert set(report["errors"]) == {"http_422"} and 3 <= refused <= 27  # one line in three, seeded
+    assert report["completed"] == 40 - refused
+    assert report["prompts"] == str(prompts) and report["repeat_share"] is None
+
+
+def test_a_prompt_file_must_hold_request_bodies(tmp_path: Path) -> None:
+    loadtest = load_script("loadtest")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n["not", "an", "object"]\n')
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: expected an object"):
+        loadtest.FileMix.load(random.Random(1), str(bad))
+    bad.write_text("{oops\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: not JSON"):
+        loadtest.FileMix.load(random.Random(1), str(bad))
+    with pytest.raises(SystemExit):  # argparse: a file replays its own repeats
+        loadtest.parse_args(["--prompts", str(bad), "--repeat-share", "0.9"])
