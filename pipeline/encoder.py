@@ -25,7 +25,10 @@ import numpy.typing as npt
 from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
-__all__ = ["MiniLMEncoder", "SentenceEncoder", "StaticEncoder", "default_model_dir", "distill_static_table"]
+__all__ = [
+    "Layer", "MiniLMEncoder", "SentenceEncoder", "StaticEncoder", "default_model_dir", "distill_static_table",
+    "encode_by_length",
+]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -114,7 +117,7 @@ def _layer_norm(x: FloatArray, weight: FloatArray, bias: FloatArray) -> FloatArr
     return out
 
 
-class _Layer:
+class Layer:
     """One transformer layer with Q, K and V fused into a single matmul."""
 
     __slots__ = (
@@ -189,13 +192,13 @@ class MiniLMEncoder:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(MAX_SEQ_LENGTH)
         w = load_file(str(model_dir / "model.safetensors"))
-        self._word = w["embeddings.word_embeddings.weight"]
+        self.word_embeddings = w["embeddings.word_embeddings.weight"]
         # token_type is always 0 for single sentences: fold it into positions.
-        self._pos = w["embeddings.position_embeddings.weight"] + w[
+        self.position_embeddings = w["embeddings.position_embeddings.weight"] + w[
             "embeddings.token_type_embeddings.weight"][0]
-        self._ln_w = w["embeddings.LayerNorm.weight"]
-        self._ln_b = w["embeddings.LayerNorm.bias"]
-        self._layers = [_Layer(w, i) for i in range(num_layers)]
+        self.ln_w = w["embeddings.LayerNorm.weight"]
+        self.ln_b = w["embeddings.LayerNorm.bias"]
+        self.layers = [Layer(w, i) for i in range(num_layers)]
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -203,7 +206,7 @@ class MiniLMEncoder:
 
     @property
     def vocab_size(self) -> int:
-        return int(self._word.shape[0])
+        return int(self.word_embeddings.shape[0])
 
     @property
     def cls_id(self) -> int:
@@ -227,32 +230,38 @@ class MiniLMEncoder:
         return self._encode_ids(batch)
 
     def encode(self, texts: list[str], *, batch_size: int = 32) -> FloatArray:
-        """Embed texts; batches are sorted by length so equal lengths share one attention call."""
-        ids = self.token_ids(texts)
-        out = np.empty((len(texts), HIDDEN), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            out[chunk] = self._encode_ids([ids[i] for i in chunk])
-        return out
+        return encode_by_length(self, texts, batch_size)
 
     def _encode_ids(self, batch: list[list[int]]) -> FloatArray:
         lengths = [len(ids) for ids in batch]
         flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.intp, count=sum(lengths))
         positions = np.concatenate([np.arange(n) for n in lengths])
-        x = _layer_norm(self._word[flat] + self._pos[positions], self._ln_w, self._ln_b)
+        embedded = self.word_embeddings[flat] + self.position_embeddings[positions]
+        x = _layer_norm(embedded, self.ln_w, self.ln_b)
         runs, start = [], 0
         for n, group in itertools.groupby(lengths):
             count = len(list(group))
             runs.append((start, count, n))
             start += count * n
-        for layer in self._layers:
+        for layer in self.layers:
             x = layer.forward(x, runs)
         starts = np.cumsum([0, *lengths[:-1]])
         pooled = np.add.reduceat(x, starts, axis=0) / np.array(lengths, dtype=np.float32)[:, None]
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         out: FloatArray = (pooled / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
         return out
+
+
+def encode_by_length(encoder: SentenceEncoder, texts: list[str], batch_size: int) -> FloatArray:
+    """Embed texts in batches of similar length (little padding, long runs of equal length),
+    the rows in the order of ``texts``."""
+    ids = encoder.token_ids(texts)
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        out[chunk] = encoder.encode_token_ids([ids[i] for i in chunk])
+    return out
 
 
 class StaticEncoder:

@@ -21,7 +21,16 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 
-from pipeline.encoder import HEAD_DIM, HEADS, HIDDEN, LN_EPS, FloatArray, MiniLMEncoder, _Layer
+from pipeline.encoder import (
+    HEAD_DIM,
+    HEADS,
+    HIDDEN,
+    LN_EPS,
+    FloatArray,
+    Layer,
+    MiniLMEncoder,
+    encode_by_length,
+)
 
 __all__ = ["OnnxMiniLMEncoder"]
 
@@ -79,13 +88,7 @@ class OnnxMiniLMEncoder:
         return out
 
     def encode(self, texts: list[str], *, batch_size: int = 32) -> FloatArray:
-        ids = self.token_ids(texts)
-        out = np.empty((len(texts), HIDDEN), dtype=np.float32)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            out[chunk] = self.encode_token_ids([ids[i] for i in chunk])
-        return out
+        return encode_by_length(self, texts, batch_size)
 
 
 class _Builder:
@@ -135,10 +138,10 @@ class _Builder:
 
 
 def _graph(b: _Builder, encoder: MiniLMEncoder) -> onnx.ModelProto:
-    embedded = b.op("Add", b.op("Gather", b.weight("word_embeddings", encoder._word), "input_ids"),
-                    b.op("Gather", b.weight("position_embeddings", encoder._pos), "positions"))
-    x = b.layer_norm(embedded, "embeddings_ln", encoder._ln_w, encoder._ln_b)
-    for i, layer in enumerate(encoder._layers):
+    embedded = b.op("Add", b.op("Gather", b.weight("word_embeddings", encoder.word_embeddings), "input_ids"),
+                    b.op("Gather", b.weight("position_embeddings", encoder.position_embeddings), "positions"))
+    x = b.layer_norm(embedded, "embeddings_ln", encoder.ln_w, encoder.ln_b)
+    for i, layer in enumerate(encoder.layers):
         x = _layer(b, f"layer{i}", layer, x)
     graph = helper.make_graph(
         b.nodes,
@@ -156,8 +159,8 @@ def _graph(b: _Builder, encoder: MiniLMEncoder) -> onnx.ModelProto:
     return model
 
 
-def _layer(b: _Builder, name: str, layer: _Layer, x: str) -> str:
-    """One transformer layer: the algebra of `_Layer.forward`, on a padded batch."""
+def _layer(b: _Builder, name: str, layer: Layer, x: str) -> str:
+    """One transformer layer: the algebra of `Layer.forward`, on a padded batch."""
     qkv = b.linear(x, f"{name}_qkv", layer.qkv_w, layer.qkv_b)
     qkv = b.op("Reshape", qkv, b.const(np.array([0, 0, 3, HEADS, HEAD_DIM], dtype=np.int64)))
     qkv = b.op("Transpose", qkv, perm=[2, 0, 3, 1, 4])  # (3, batch, heads, seq, dim)
