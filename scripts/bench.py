@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -310,6 +311,30 @@ def verdicts(reports: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def machine_facts() -> dict[str, object]:
+    """What a reader needs to compare this run with another: ratios move with the machine."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                         model)
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip() or None,
+    }
+
+
+def describe(machine: dict[str, object]) -> str:
+    return (f"{machine['cpus']} cpus ({machine['cpu_model']}), load {machine['load_average_1m']} at the end, "
+            f"Python {machine['python']}, commit {machine['commit']}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per scenario")
@@ -338,8 +363,11 @@ def main() -> int:
     finally:
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
                        capture_output=True)
+    machine = machine_facts()
+    sys.stdout.write(f"machine: {describe(machine)}\n")
     sys.stdout.write(render(reports, args.latency_rate))
-    sys.stdout.write(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration, "runs": reports}) + "\n")
+    sys.stdout.write(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration,
+                                 "machine": machine, "runs": reports}) + "\n")
     return 0
 
 

@@ -54,3 +54,14 @@ def test_slices_add_up_to_one_throughput_with_the_median_slices_latency() -> Non
     assert combined["ttd_ms"]["p99"] == 8.0  # the median slice's
     assert combined["slices_requests_per_s"] == [1500.0, 1000.0, 1250.0]
     assert combined["walk_end"] == 30  # the next run's misses continue from the last slice
+
+
+def test_the_run_names_its_machine_and_commit() -> None:
+    """Ratios move with the machine (2-3x between stops here): every run says what it ran on."""
+    bench = load_script("bench")
+    machine = bench.machine_facts()
+    assert isinstance(machine["cpus"], int) and machine["cpus"] >= 1
+    assert machine["python"].count(".") == 2 and machine["cpu_model"]
+    assert machine["commit"] is None or len(machine["commit"]) >= 7
+    line = bench.describe(machine)
+    assert f"{machine['cpus']} cpus" in line and f"Python {machine['python']}" in line
