@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway.appkeys import CLASSIFIER
 from gateway.config import ConfigError, Settings
 from pipeline.classifiers.local import TRANSFORMER_NICE, LocalClassifier, to_example
 from pipeline.evaluation import evaluate, load_examples
@@ -224,3 +225,17 @@ async def test_gateway_reports_local_intent_source(make_client: MakeClient, loca
     body = await response.json()
     assert body["intent_source"] == "local"
     assert body["workflow_type"] == "image_to_video"
+
+
+async def test_the_gateway_stops_the_transformer_thread_when_it_shuts_down(make_client: MakeClient) -> None:
+    """An escalated prompt through the app starts MiniLM's thread; closing the app ends it."""
+    client = await make_client(intent_classifier="local")
+    response = await client.post("/api/v1/enhanced/process", json={"prompt": "hmm"})
+    assert response.status == 200, await response.text()
+    classifier = client.app[CLASSIFIER]
+    assert isinstance(classifier, LocalClassifier) and classifier._thread is not None
+    (thread,) = classifier._thread._threads
+    assert thread.is_alive()
+    await client.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and classifier._thread is None
