@@ -19,6 +19,10 @@ def stage_span_attributes(stage: str, state: RequestState) -> dict[str, Attribut
             cache_hit=state.cache_hit,
             arm=state.arm,
         )
+        # The embedded classifier's tier: "minilm" explains an intent stage of milliseconds
+        # (the transformer, and its queue) where "static" answers in a fraction of one.
+        if isinstance(tier := intent.metadata.get("tier"), str):
+            attributes["classifier_tier"] = tier
     elif stage == "model" and selection is not None:
         attributes.update(
             model_id=selection.model_id,

@@ -80,6 +80,19 @@ async def test_one_trace_per_request_with_a_span_per_stage(make_client: MakeClie
     assert len(spans) == 1 + len(STAGES)
 
 
+async def test_the_intent_span_says_which_tier_of_the_embedded_classifier_answered(
+    make_client: MakeClient,
+) -> None:
+    """An SRE reading a slow stage.intent sees that MiniLM ran (and a fast one that it did not)."""
+    client, exporter = await traced(make_client, intent_classifier="local")
+    for prompt in ("hmm", "change my hair to blonde with bangs"):
+        response = await client.post(PROCESS, json={"prompt": prompt})
+        assert response.status == 200
+    tiers = [s.attributes["classifier_tier"] for s in exporter.get_finished_spans()
+             if s.name == "stage.intent" and s.attributes is not None]
+    assert tiers == ["minilm", "static"]
+
+
 async def test_incoming_traceparent_is_continued(make_client: MakeClient) -> None:
     """A posted traceparent's trace id comes back in the header, the JSON and every span."""
     client, exporter = await traced(make_client)
