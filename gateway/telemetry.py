@@ -79,6 +79,11 @@ def observe_gateway(metrics: Metrics, stats: RequestStats, slots: Classification
         lambda: [(n, {"workflow_type": workflow}) for workflow, n in stats.workflows.items()],
         description="Answers by workflow type",
     )
+    metrics.counter(
+        "gateway.embedded_classifier.runs",
+        lambda: [(n, {"tier": tier}) for tier, n in stats.tiers.items()],
+        description="Embedded classifier runs (cache misses) by the tier that answered: static or minilm",
+    )
     metrics.counter("gateway.cache.hits", lambda: stats.cache_hits, description="Intent cache hits")
     metrics.gauge(
         "gateway.cache.hit_ratio",

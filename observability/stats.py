@@ -15,6 +15,7 @@ class RequestStats:
         self.sources: Counter[str] = Counter()  # which classifier decided
         self.arms: Counter[str] = Counter()
         self.workflows: Counter[str] = Counter()
+        self.tiers: Counter[str] = Counter()  # embedded classifier runs: static or minilm
         self.errors: Counter[str] = Counter()  # by error code
         self.classifications = 0
         self.cache_hits = 0
@@ -26,9 +27,12 @@ class RequestStats:
         self.responses[route, status] += 1
 
     def record_result(
-        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool
+        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool,
+        tier: str | None = None,
     ) -> None:
         self.classifications += 1
+        if tier is not None:
+            self.tiers[tier] += 1
         self.sources[source] += 1
         self.arms[arm] += 1
         self.workflows[workflow] += 1
@@ -49,6 +53,7 @@ class RequestStats:
             "classifications_by_source": dict(self.sources),
             "classifications_by_arm": dict(self.arms),
             "workflows": dict(self.workflows),
+            "embedded_classifier_runs_by_tier": dict(self.tiers),
             "cache_hits": self.cache_hits,
             "fallbacks": self.fallbacks,
             "errors": sum(self.errors.values()),

@@ -52,6 +52,19 @@ async def test_request_and_classification_counters(client: Any) -> None:
     assert gauges == {"gateway_classification_slots_in_use": 0}
 
 
+async def test_embedded_classifier_runs_are_counted_by_tier(make_client: MakeClient) -> None:
+    """Misses count by the tier that answered (the escalation rate sizes CPU); cache hits do not."""
+    client = await make_client(intent_classifier="local")
+    for prompt in ("hmm", "change my hair to blonde with bangs", "hmm"):  # the second "hmm": a hit
+        assert (await client.post("/api/v1/enhanced/process", json={"prompt": prompt})).status == 200
+    parsed = families(await (await client.get("/metrics")).text())
+    runs = {s.labels["tier"]: s.value for s in parsed["gateway_embedded_classifier_runs"].samples}
+    assert runs == {"minilm": 1, "static": 1}
+    snapshot = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert snapshot["embedded_classifier_runs_by_tier"] == {"minilm": 1, "static": 1}
+    assert snapshot["cache_hits"] == 1
+
+
 async def test_other_modules_register_observable_metrics(make_client: MakeClient) -> None:
     """A gauge registered through app[METRICS] shows up with its labels at scrape time."""
     client = await make_client()
