@@ -44,7 +44,7 @@ class OnnxMiniLMEncoder:
     def __init__(self, encoder: MiniLMEncoder) -> None:
         self._encoder = encoder
         options = ort.SessionOptions()
-        # One thread, like BLAS in `python -m gateway`: the event loop needs the other core.
+        # One thread, like BLAS in `python -m gateway`: more would only fight the event loop.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -52,7 +52,8 @@ class OnnxMiniLMEncoder:
         options.log_severity_level = 3  # warnings about unused initializers etc. are not ours
         builder = _Builder()
         model = _graph(builder, encoder)
-        # The weights stay NumPy's: handed over by reference, not serialized into the graph.
+        # The weights stay NumPy's: handed over by reference, not serialized into the graph, so
+        # they are kept alive here for as long as the session reads them.
         self._weights = [ort.OrtValue.ortvalue_from_numpy(w) for w in builder.weights.values()]
         options.add_external_initializers(list(builder.weights), self._weights)
         self._session = ort.InferenceSession(
