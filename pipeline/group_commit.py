@@ -1,8 +1,10 @@
-"""Group commit: calls that arrive while one batch is on its way to a server go in the next.
+"""Group commit: calls that arrive while one batch is being served go in the next.
 
 Nothing waits for a batch to fill: an idle batcher sends a lone call on the next loop turn, and
 under load each round trip carries whatever queued during the previous one. Each call keeps its
-own reply or exception, so callers see what a direct call would have given them.
+own reply or exception, so callers see what a direct call would have given them. Used for the
+rate limiter's Lua scripts (one Redis round trip per batch) and the embedded classifier's
+MiniLM (one forward pass per batch on its thread).
 """
 
 from __future__ import annotations
