@@ -225,14 +225,11 @@ class MiniLMEncoder:
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer.encode_batch(texts)]
 
-    def encode_token_ids(self, batch: list[list[int]]) -> FloatArray:
-        """Embed already-tokenized inputs as one batch (packed: no padding)."""
-        return self._encode_ids(batch)
-
     def encode(self, texts: list[str], *, batch_size: int = 32) -> FloatArray:
         return encode_by_length(self, texts, batch_size)
 
-    def _encode_ids(self, batch: list[list[int]]) -> FloatArray:
+    def encode_token_ids(self, batch: list[list[int]]) -> FloatArray:
+        """Embed already-tokenized inputs as one batch (packed: no padding)."""
         lengths = [len(ids) for ids in batch]
         flat = np.fromiter(itertools.chain.from_iterable(batch), dtype=np.intp, count=sum(lengths))
         positions = np.concatenate([np.arange(n) for n in lengths])
