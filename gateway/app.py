@@ -85,7 +85,8 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             yield
             return
         async with open_classifier(
-            settings, breaker=app[LLM_BREAKER], usage=app[LLM_USAGE], spans=app[TRACING].client_span
+            settings, breaker=app[LLM_BREAKER], usage=app[LLM_USAGE], spans=app[TRACING].client_span,
+            runs=app[STATS].tiers,
         ) as opened:
             app[CLASSIFIER] = opened
             yield

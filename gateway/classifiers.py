@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager, closing
 from typing import TYPE_CHECKING
@@ -31,16 +32,18 @@ async def open_classifier(
     breaker: CircuitBreaker | None = None,
     usage: LLMUsage | None = None,
     spans: ClientSpans = no_client_spans,
+    runs: Counter[str] | None = None,
 ) -> AsyncIterator[Classifier]:
     """The configured classifier, open for the app's lifetime (LLM clients hold connections).
 
-    The app passes its shared breaker and usage counters; the CLI gets fresh ones.
+    The app passes its shared breaker and usage counters, and `runs` for the embedded
+    classifier to count into; the CLI gets fresh ones.
     """
     if settings.intent_classifier == "rules":
         yield RulesClassifier()
         return
     if settings.intent_classifier == "local":
-        with closing(local_classifier(settings)) as local:
+        with closing(local_classifier(settings, runs)) as local:
             yield local
         return
     if settings.intent_classifier in ("llm", "cascade"):
@@ -50,7 +53,7 @@ async def open_classifier(
         usage = usage or llm_usage(settings)
         breaker = breaker or CircuitBreaker("llm", breaker_policy(settings))
         with ExitStack() as fallbacks:
-            embedded_ones = tuple(fallbacks.enter_context(closing(c)) for c in embedded(settings))
+            embedded_ones = tuple(fallbacks.enter_context(closing(c)) for c in embedded(settings, runs))
             async with open_llm(settings, breaker, usage, spans=spans) as llm:
                 if settings.intent_classifier == "llm":
                     yield FallbackClassifier(llm, usage=usage, fallbacks=embedded_ones)
@@ -62,20 +65,20 @@ async def open_classifier(
     raise ConfigError(f"unknown INTENT_CLASSIFIER={settings.intent_classifier!r}")
 
 
-def embedded(settings: Settings) -> tuple[LocalClassifier, ...]:
+def embedded(settings: Settings, runs: Counter[str] | None = None) -> tuple[LocalClassifier, ...]:
     """The embedded classifier the LLM path falls back to, before the rules.
 
     Without its model package the LLM path still starts (on the rules), loudly: only
     INTENT_CLASSIFIER=local makes the missing model fatal.
     """
     try:
-        return (local_classifier(settings),)
+        return (local_classifier(settings, runs),)
     except FileNotFoundError as exc:
         log.error("embedded classifier unavailable, LLM path falls back to the rules: %s", exc)
         return ()
 
 
-def local_classifier(settings: Settings) -> LocalClassifier:
+def local_classifier(settings: Settings, runs: Counter[str] | None = None) -> LocalClassifier:
     """The embedded classifier; its artifact is built by `make install`, else at first start."""
     # Imported here: numpy and the tokenizer cost start-up time only when used.
     from pipeline.classifiers.local import LocalClassifier
@@ -85,6 +88,7 @@ def local_classifier(settings: Settings) -> LocalClassifier:
         low_confidence_below=settings.local_confidence_threshold,
         escalate_below=settings.local_escalate_below,
         runtime=settings.local_runtime,
+        runs=runs,
     )
 
 

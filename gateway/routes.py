@@ -73,7 +73,7 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
             if name == "done":
                 assert isinstance(event, ProcessResult)
                 unfinished = None
-                record_result(request, state, event)
+                record_result(request, preq, event)
                 return event
             if isinstance(event, ModelEvent):
                 await charge_cost(request, event.estimated_cost)
@@ -99,20 +99,15 @@ def record_unfinished(request: web.Request, state: RequestState, reason: str) ->
         request_log.record_unfinished(state.request, reason=reason, route=route, elapsed_ms=elapsed_ms)
 
 
-def record_result(request: web.Request, state: RequestState, result: ProcessResult) -> None:
-    preq = state.request
+def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:
     arm = result.metadata.arm
     request[ARM] = arm if request.get(ARM, arm) == arm else "both"  # /compare runs both arms
-    # Which tier of the embedded classifier ran, when one ran (not for cache hits): the
-    # escalation rate is what sizes an instance's CPU for misses.
-    tier = None if result.cache_hit or state.intent is None else state.intent.metadata.get("tier")
     request.app[STATS].record_result(
         source=result.intent_source.value,
         arm=result.metadata.arm,
         workflow=result.workflow_type.value,
         cache_hit=result.cache_hit,
         fallback_used=result.fallback_used,
-        tier=tier if isinstance(tier, str) else None,
     )
     request.app[TIMELINE].record(
         workflow=result.workflow_type.value,
@@ -160,7 +155,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                     if name == "done":
                         assert isinstance(event, ProcessResult)
                         unfinished = None
-                        record_result(request, state, event)
+                        record_result(request, preq, event)
                     elif isinstance(event, ModelEvent):
                         await charge_cost(request, event.estimated_cost)
                     elif isinstance(event, ErrorEvent):

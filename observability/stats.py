@@ -15,7 +15,9 @@ class RequestStats:
         self.sources: Counter[str] = Counter()  # which classifier decided
         self.arms: Counter[str] = Counter()
         self.workflows: Counter[str] = Counter()
-        self.tiers: Counter[str] = Counter()  # embedded classifier runs: static or minilm
+        # Embedded classifier runs by the tier that answered (static, minilm): counted by the
+        # classifier itself, once per run, whoever made the final answer (the LLM may have).
+        self.tiers: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()  # by error code
         self.classifications = 0
         self.cache_hits = 0
@@ -27,12 +29,9 @@ class RequestStats:
         self.responses[route, status] += 1
 
     def record_result(
-        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool,
-        tier: str | None = None,
+        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool
     ) -> None:
         self.classifications += 1
-        if tier is not None:
-            self.tiers[tier] += 1
         self.sources[source] += 1
         self.arms[arm] += 1
         self.workflows[workflow] += 1

