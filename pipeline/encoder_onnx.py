@@ -99,11 +99,11 @@ class _Builder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.weights: dict[str, np.ndarray] = {}
-        self._consts: dict[tuple[str, tuple[float, ...]], str] = {}
+        self._consts: dict[tuple[str, tuple[int, ...], tuple[float, ...]], str] = {}
 
     def const(self, value: np.ndarray) -> str:
-        """A small constant, stored in the graph once per dtype and value."""
-        key = (str(value.dtype), tuple(value.ravel().tolist()))
+        """A small constant, stored in the graph once per dtype, shape and value."""
+        key = (str(value.dtype), value.shape, tuple(value.ravel().tolist()))
         if key not in self._consts:
             self._consts[key] = name = f"const_{len(self._consts)}"
             self.initializers.append(numpy_helper.from_array(value, name))

@@ -118,7 +118,6 @@ class FileMix:
 
     def __init__(self, rng: random.Random, bodies: list[bytes]) -> None:
         self.rng, self.bodies = rng, bodies
-        self.drawn = 0
 
     @classmethod
     def load(cls, rng: random.Random, path: str) -> FileMix:
@@ -139,7 +138,6 @@ class FileMix:
         return cls(rng, bodies)
 
     def body(self) -> bytes:
-        self.drawn += 1
         return self.rng.choice(self.bodies)
 
 
@@ -333,7 +331,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "repeat_share": None if args.prompts else args.repeat_share,
         "prompts": args.prompts,
         "target_rate": args.rate,
-        "walk_end": mix.drawn,  # --walk-start for a next run whose misses must be new too
+        # --walk-start for a next run whose misses must be new too (a replayed file has no walk)
+        "walk_end": mix.drawn if isinstance(mix, PromptMix) else None,
     }
 
 

@@ -138,7 +138,7 @@ async def test_a_prompt_file_is_replayed_and_its_bad_bodies_counted(client: Any,
     refused = report["errors"].get("http_422", 0)
     assert set(report["errors"]) == {"http_422"} and 3 <= refused <= 27  # one line in three, seeded
     assert report["completed"] == 40 - refused
-    assert report["prompts"] == str(prompts) and report["repeat_share"] is None
+    assert report["prompts"] == str(prompts) and report["repeat_share"] is None and report["walk_end"] is None
 
 
 def test_a_prompt_file_must_hold_request_bodies(tmp_path: Path) -> None:
