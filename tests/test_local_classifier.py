@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,11 @@ MIN_DEV_RECALL = 0.90
 
 
 @pytest.fixture(scope="session")
-def local() -> LocalClassifier:
+def local() -> Iterator[LocalClassifier]:
     """The artifact `make install` builds; built here (a few minutes) when missing."""
-    return LocalClassifier.load(build_if_missing=True)
+    classifier = LocalClassifier.load(build_if_missing=True)
+    yield classifier
+    classifier.close()
 
 
 def _query(prompt: str, *images: str) -> ClassifierInput:
