@@ -86,7 +86,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
             return
         async with open_classifier(
             settings, breaker=app[LLM_BREAKER], usage=app[LLM_USAGE], spans=app[TRACING].client_span,
-            runs=app[STATS].tiers,
+            runs=app[STATS].embedded_runs,
         ) as opened:
             app[CLASSIFIER] = opened
             yield

@@ -81,8 +81,8 @@ def observe_gateway(metrics: Metrics, stats: RequestStats, slots: Classification
     )
     metrics.counter(
         "gateway.embedded_classifier.runs",
-        lambda: [(n, {"tier": tier}) for tier, n in stats.tiers.items()],
-        description="Embedded classifier runs (cache misses) by the tier that answered: static or minilm",
+        lambda: [(n, {"tier": tier}) for tier, n in stats.embedded_runs.items()],
+        description="Embedded classifier runs (cache misses) by the tier that ran last: static or minilm",
     )
     metrics.counter("gateway.cache.hits", lambda: stats.cache_hits, description="Intent cache hits")
     metrics.gauge(

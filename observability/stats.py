@@ -15,9 +15,9 @@ class RequestStats:
         self.sources: Counter[str] = Counter()  # which classifier decided
         self.arms: Counter[str] = Counter()
         self.workflows: Counter[str] = Counter()
-        # Embedded classifier runs by the tier that answered (static, minilm): counted by the
+        # Embedded classifier runs by the tier that ran last (static, minilm): counted by the
         # classifier itself, once per run, whoever made the final answer (the LLM may have).
-        self.tiers: Counter[str] = Counter()
+        self.embedded_runs: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()  # by error code
         self.classifications = 0
         self.cache_hits = 0
@@ -52,7 +52,7 @@ class RequestStats:
             "classifications_by_source": dict(self.sources),
             "classifications_by_arm": dict(self.arms),
             "workflows": dict(self.workflows),
-            "embedded_classifier_runs_by_tier": dict(self.tiers),
+            "embedded_classifier_runs_by_tier": dict(self.embedded_runs),
             "cache_hits": self.cache_hits,
             "fallbacks": self.fallbacks,
             "errors": sum(self.errors.values()),
