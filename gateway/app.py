@@ -41,7 +41,7 @@ from gateway.routes import add_routes
 from gateway.search import observe_reference_search, open_reference_lookup
 from gateway.sse import EventStream
 from gateway.telemetry import telemetry_ctx
-from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
+from gateway.urlpolicy import CachedUrlPolicy, ImageUrlPolicy, parse_hosts
 from gateway.web import add_web_routes
 from gateway.wire import MAX_BODY_BYTES
 from observability.stats import RequestStats
@@ -74,10 +74,10 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     )
     app[STREAMS] = weakref.WeakSet()
     app[HEALTH_PROBES] = {}
-    app[IMAGE_URL_POLICY] = ImageUrlPolicy(
+    app[IMAGE_URL_POLICY] = CachedUrlPolicy(ImageUrlPolicy(
         allowed_hosts=parse_hosts(settings.image_url_allowed_hosts),
         allow_http=settings.image_url_allow_http,
-    )
+    ))
 
     async def classifier_ctx(app: web.Application) -> AsyncIterator[None]:
         if classifier is not None:

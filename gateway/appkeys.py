@@ -13,7 +13,7 @@ from gateway.analytics.writer import LogWriter
 from gateway.apikeys import Authenticator
 from gateway.config import Settings
 from gateway.sse import EventStream
-from gateway.urlpolicy import ImageUrlPolicy
+from gateway.urlpolicy import CachedUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
 from observability.timeline import Timeline
@@ -56,7 +56,7 @@ HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
 STREAMS = web.AppKey("streams", weakref.WeakSet[EventStream])
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
-IMAGE_URL_POLICY = web.AppKey("image_url_policy", ImageUrlPolicy)
+IMAGE_URL_POLICY = web.AppKey("image_url_policy", CachedUrlPolicy)
 INTENT_CACHE = web.AppKey("intent_cache", IntentCache)
 LIMITER = web.AppKey("limiter", RateLimiter)
 AUTH = web.AppKey("auth", Authenticator)

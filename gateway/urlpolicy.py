@@ -81,6 +81,33 @@ class ImageUrlPolicy(msgspec.Struct, frozen=True, kw_only=True):
         return host
 
 
+class CachedUrlPolicy:
+    """A policy that remembers the URLs it approved lately.
+
+    A user editing one working image sends its URL with every request, and checking it again
+    (a URL parse and four regexes, ~7 us) was ~3% of a cached answer. The policy is fixed at
+    start-up, so an approval never goes stale; refusals are not kept (a 422 is not hot).
+    """
+
+    __slots__ = ("_approved", "_size", "policy")
+
+    def __init__(self, policy: ImageUrlPolicy, *, size: int = 4096) -> None:
+        self.policy = policy
+        self._approved: set[str] = set()
+        self._size = size
+
+    def check(self, url: str, *, field: str = "working_image_url") -> None:
+        if url in self._approved:
+            return
+        self.policy.check(url, field=field)
+        if len(self._approved) >= self._size:
+            self._approved.clear()  # cheaper than an LRU, and a refill costs one check per URL
+        self._approved.add(url)
+
+
+UrlPolicy = ImageUrlPolicy | CachedUrlPolicy
+
+
 def _is_ip_literal(host: str) -> bool:
     """Any notation a resolver accepts as an address: dotted, short, decimal, hex, octal."""
     bare = host.removesuffix(".")

@@ -11,7 +11,7 @@ import msgspec
 
 from gateway.errors import MalformedJSON, ValidationFailed
 from gateway.prompttext import MAX_PROMPT_CHARS, clean_prompt  # noqa: F401 - re-exported
-from gateway.urlpolicy import MAX_URL_CHARS, ImageUrlPolicy  # noqa: F401 - re-exported
+from gateway.urlpolicy import MAX_URL_CHARS, ImageUrlPolicy, UrlPolicy  # noqa: F401 - re-exported
 from pipeline.types import PipelineRequest, Preferences
 
 MAX_BODY_BYTES = 64 * 1024
@@ -64,7 +64,7 @@ def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = F
 
 
 def to_pipeline_request(
-    body: ProcessBody, *, user_id: str, trace_id: str, url_policy: ImageUrlPolicy | None = None
+    body: ProcessBody, *, user_id: str, trace_id: str, url_policy: UrlPolicy | None = None
 ) -> PipelineRequest:
     prompt = clean_prompt(body.prompt)
     url = body.working_image_url.strip() if body.working_image_url else None
@@ -81,7 +81,7 @@ def to_pipeline_request(
 
 
 def check_image_url(
-    url: str, *, field: str = "working_image_url", policy: ImageUrlPolicy | None = None
+    url: str, *, field: str = "working_image_url", policy: UrlPolicy | None = None
 ) -> None:
     """422 unless `url` is an https URL on an allowed storage host (see gateway/urlpolicy.py)."""
     (policy or ImageUrlPolicy()).check(url, field=field)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from gateway.errors import ValidationFailed
-from gateway.urlpolicy import ImageUrlPolicy, parse_hosts
+from gateway.urlpolicy import CachedUrlPolicy, ImageUrlPolicy, parse_hosts
 
 PROCESS = "/api/v1/enhanced/process"
 POLICY = ImageUrlPolicy()
@@ -119,3 +120,38 @@ async def test_app_uses_configured_hosts(make_client: Any) -> None:
         PROCESS, json={"prompt": "a cat", "working_image_url": "https://demo.supabase.co/a.jpg"}
     )
     assert refused.status == 422
+
+
+def _verdict(policy: ImageUrlPolicy | CachedUrlPolicy, url: str) -> str:
+    try:
+        policy.check(url)
+    except ValidationFailed as exc:
+        return exc.detail
+    return "allowed"
+
+
+def test_the_cached_policy_answers_as_the_policy_every_time() -> None:
+    """Approvals are remembered, refusals never: a hostile URL is refused on every request,
+    also once the cache has been filled and emptied."""
+    cached = CachedUrlPolicy(POLICY, size=2)
+    good = [f"https://demo.supabase.co/{n}.jpg" for n in range(3)]
+    for url in [*good, *HOSTILE.values(), *good, *reversed(HOSTILE.values()), *good]:
+        assert _verdict(cached, url) == _verdict(POLICY, url), url
+
+
+class _RecordingPolicy(ImageUrlPolicy, frozen=True, kw_only=True):
+    checked: list[str] = msgspec.field(default_factory=list)
+
+    def check(self, url: str, *, field: str = "working_image_url") -> None:
+        self.checked.append(url)
+        super().check(url, field=field)
+
+
+def test_an_approved_url_is_not_checked_again() -> None:
+    policy = _RecordingPolicy()
+    cached = CachedUrlPolicy(policy)
+    for _ in range(3):
+        cached.check("https://demo.supabase.co/working.jpg")
+        with pytest.raises(ValidationFailed):
+            cached.check("https://127.0.0.1/x.jpg")
+    assert policy.checked == ["https://demo.supabase.co/working.jpg", *["https://127.0.0.1/x.jpg"] * 3]
