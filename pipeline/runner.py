@@ -81,7 +81,7 @@ def build_result(state: RequestState) -> ProcessResult:
         intent_source=intent.source,
         cache_hit=state.cache_hit,
         reasoning=f"{intent.reasoning} | {selection.reasoning}",
-        processing_time=round(state.elapsed_ms() / 1000.0, 6),
+        processing_time=state.elapsed_us() / 1_000_000,
         estimated_cost=selection.estimated_cost,
         estimated_time=selection.estimated_time,
         fallback_used=state.fallback_used,
