@@ -50,21 +50,22 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             _set_status(span, status)
             request.app[STATS].record_request(route, status)
             request.app[METRICS].http_duration.record(duration, request.method, route, status)
-            log.info(
-                "%s %s %d",
-                request.method,
-                request.path,
-                status,
-                extra={
-                    "trace_id": trace_id,
-                    "span_id": span.span_id,
-                    "user_id": request.get(USER_ID),
-                    "arm": request.get(ARM),
-                    "route": route,
-                    "status": status,
-                    "duration_ms": round(duration * 1000, 3),
-                },
-            )
+            if log.isEnabledFor(logging.INFO):  # the line's fields cost more than the check
+                log.info(
+                    "%s %s %d",
+                    request.method,
+                    request.path,
+                    status,
+                    extra={
+                        "trace_id": trace_id,
+                        "span_id": span.span_id,
+                        "user_id": request.get(USER_ID),
+                        "arm": request.get(ARM),
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(duration * 1000, 3),
+                    },
+                )
 
 
 def _request_attributes(request: web.Request, route: str | bool) -> dict[str, str | int]:
