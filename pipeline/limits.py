@@ -143,14 +143,19 @@ def decide(limits: Limits, counts: _Counts, token: str) -> Decision:
     if limits.cost_per_hour > 0:
         # In micro-dollars, exactly as the Lua script compares them.
         candidates.append(("cost", micros(limits.cost_per_hour), counts.spent, counts.cost_reset_ms))
+    # The window with the smallest share left after admission (min() with a key cost more).
+    tightest: tuple[LimitKind, float, float, int] | None = None
+    least_left = 2.0
     for kind, limit, used, reset_ms in candidates:
         if used >= limit:
             return _decision(False, token, kind, limit, 0, max(reset_ms, 1))
-    if not candidates:
+        # After admission the request counts once more in the request windows (cost: not yet).
+        after = used + 1 if kind != "cost" else used
+        if (left := (limit - after) / limit) < least_left:
+            tightest, least_left = (kind, limit, after, reset_ms), left
+    if tightest is None:
         return Decision(allowed=True, token=token)
-    # After admission the request counts once more in the request windows (cost: not yet).
-    after = [(k, lim, used + (k != "cost"), r) for k, lim, used, r in candidates]
-    kind, limit, used, reset_ms = min(after, key=lambda c: (c[1] - c[2]) / c[1])
+    kind, limit, used, reset_ms = tightest
     window_ms = MINUTE_MS if kind == "minute" else HOUR_MS
     return _decision(True, token, kind, limit, max(limit - used, 0), reset_ms or window_ms)
 
@@ -405,6 +410,11 @@ def _usage(user_id: str, limits: Limits, counts: _Counts, backend: Literal["redi
     )  # fmt: skip
 
 
+def _reset_ms(oldest: float | None, window: float, now: float) -> int:
+    """Milliseconds until a window's oldest entry (seconds) leaves it; 0 for an empty window."""
+    return 0 if oldest is None else max(math.ceil((oldest + window - now) * 1000), 1)
+
+
 class _UserLog:
     __slots__ = ("costs", "hour", "minute", "spent")
 
@@ -423,14 +433,11 @@ class _UserLog:
             self.spent -= self.costs.popleft()[1]
 
     def counts(self, now: float) -> _Counts:
-        def reset(first: float | None, window: float) -> int:
-            return 0 if first is None else max(math.ceil((first + window - now) * 1000), 1)
-
         return _Counts(
             len(self.minute), len(self.hour), self.spent,
-            reset(self.minute[0] if self.minute else None, 60),
-            reset(self.hour[0] if self.hour else None, 3600),
-            reset(self.costs[0][0] if self.costs else None, 3600),
+            _reset_ms(self.minute[0] if self.minute else None, 60, now),
+            _reset_ms(self.hour[0] if self.hour else None, 3600, now),
+            _reset_ms(self.costs[0][0] if self.costs else None, 3600, now),
         )  # fmt: skip
 
     def empty(self) -> bool:

@@ -74,6 +74,30 @@ async def test_memory_cost_budget() -> None:
     assert (await limiter.usage("u")).cost_last_hour == 0.0
 
 
+async def test_admission_reports_the_tightest_limit() -> None:
+    """The limit with the smallest share left after this request (which counts in the request
+    windows, not yet in cost) is the one reported, with its remaining and reset time."""
+    clock = Clock()
+    limiter = MemoryRateLimiter(Limits(requests_per_minute=10, requests_per_hour=12, cost_per_hour=1.0),
+                                clock=clock)
+    first = await limiter.admit("u1")  # minute 9/10 left, hour 11/12: the minute is tighter
+    assert (first.kind, first.remaining, first.reset_seconds) == ("minute", 9, 60.0)
+    for _ in range(8):
+        clock.now += 10  # spread over 80 s: the minute window forgets the first ones
+        await limiter.admit("u1")
+    hour = await limiter.admit("u1")  # 10th in the hour (2 of 12 left), 7th in the minute (3 of 10)
+    assert (hour.kind, hour.remaining, hour.reset_seconds) == ("hour", 2, 3600 - 80)
+    await limiter.charge("u1", hour.token, 0.95)
+    cost = await limiter.admit("u1")  # $0.05 of $1 left: tighter than 1 of 12 requests
+    assert cost.kind == "cost" and cost.remaining == pytest.approx(0.05)
+    assert cost.reset_seconds == 3600.0
+    last = await limiter.admit("u1")  # the 12th: nothing left in the hour after it
+    assert last.allowed and (last.kind, last.remaining) == ("hour", 0)
+    refused = await limiter.admit("u1")  # the hour is exhausted; the minute (9 of 10) is not
+    assert not refused.allowed
+    assert (refused.kind, refused.reset_seconds) == ("hour", 3600 - 80)
+
+
 async def test_429_with_headers_before_the_stream(make_client: MakeClient) -> None:
     """Past the limit, /process and /stream answer 429 JSON with Retry-After and RateLimit-*."""
     client = await make_client(rate_limit_requests_per_minute=2)
