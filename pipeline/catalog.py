@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
@@ -41,7 +41,11 @@ class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return catalog
 
     def select(self, intent: IntentClassification, quality: Quality) -> ModelSelection:
-        entry = self.workflows[intent.workflow_type]
+        return with_confidence_note(self.price(intent.workflow_type, quality), intent.confidence)
+
+    def price(self, workflow: WorkflowType, quality: Quality) -> ModelSelection:
+        """The workflow's model at the preferred quality (balanced when it has no such tier)."""
+        entry = self.workflows[workflow]
         tier = getattr(entry, quality) or entry.balanced
         if entry.unit == "second":
             cost = tier.price * entry.duration_s
@@ -49,16 +53,22 @@ class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         else:
             cost = tier.price
             basis = "per generation"
-        reasoning = (
-            f"Selected {tier.model} for {intent.workflow_type.value} ({quality}, {basis})"
-        )
-        if intent.confidence < 0.8:
-            reasoning += f"; low intent confidence {intent.confidence:.2f}"
         return ModelSelection(
             model_id=tier.model,
             provider=self.provider,
-            reasoning=reasoning,
+            reasoning=f"Selected {tier.model} for {workflow.value} ({quality}, {basis})",
             fallback_models=list(tier.fallbacks),
             estimated_cost=round(cost, 4),
             estimated_time=tier.time_s,
         )
+
+    def price_list(self) -> dict[tuple[WorkflowType, Quality], ModelSelection]:
+        """Every workflow at every quality, priced once: a selection depends on nothing else."""
+        return {(w, q): self.price(w, q) for w in WorkflowType for q in get_args(Quality)}
+
+
+def with_confidence_note(selection: ModelSelection, confidence: float) -> ModelSelection:
+    if confidence >= 0.8:
+        return selection
+    reasoning = f"{selection.reasoning}; low intent confidence {confidence:.2f}"
+    return msgspec.structs.replace(selection, reasoning=reasoning)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 
 from pipeline.catalog import Catalog
-from pipeline.types import IntentClassification, IntentSource, WorkflowType
+from pipeline.stages.model import ModelStage
+from pipeline.state import RequestState
+from pipeline.types import (
+    IntentClassification,
+    IntentSource,
+    PipelineRequest,
+    Preferences,
+    Quality,
+    WorkflowType,
+)
 
 W = WorkflowType
 
@@ -14,6 +25,10 @@ def intent(workflow: WorkflowType, confidence: float = 0.95) -> IntentClassifica
     return IntentClassification(
         workflow_type=workflow, confidence=confidence, reasoning="test", source=IntentSource.LOCAL
     )
+
+
+def request(quality: Quality) -> PipelineRequest:
+    return PipelineRequest(prompt="p", user_id="u", trace_id="t", preferences=Preferences(quality=quality))
 
 
 @pytest.mark.parametrize(
@@ -58,3 +73,16 @@ def test_catalog_missing_a_workflow_is_refused() -> None:
     text += '[workflows.image_generation.balanced]\nmodel = "m"\nfallbacks = []\nprice = 0.1\ntime_s = 1\n'
     with pytest.raises(ValueError, match="lacks workflows"):
         Catalog.load(text)
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.8, 0.79, 0.3])
+async def test_the_model_stage_prices_as_the_catalog(confidence: float) -> None:
+    """The stage prices every workflow once, at start-up; its answers are the catalog's."""
+    catalog = Catalog.load()
+    stage = ModelStage(catalog)
+    for workflow in WorkflowType:
+        for quality in get_args(Quality):
+            state = RequestState(request=request(quality), intent=intent(workflow, confidence))
+            await stage.run(state)
+            assert state.selection == catalog.select(intent(workflow, confidence), quality)
+            assert ("low intent confidence" in state.selection.reasoning) == (confidence < 0.8)

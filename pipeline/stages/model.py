@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.catalog import Catalog
+from pipeline.catalog import Catalog, with_confidence_note
 from pipeline.events import ModelEvent
 from pipeline.state import RequestState
 from pipeline.types import IntentClassification, IntentSource, WorkflowType
@@ -13,10 +13,13 @@ class ModelStage:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
+        self._prices = catalog.price_list()  # formatting a price per request was ~2% of a cached answer
 
     async def run(self, state: RequestState) -> ModelEvent:
-        assert state.intent is not None
-        state.selection = self.catalog.select(state.intent, state.request.preferences.quality)
+        intent = state.intent
+        assert intent is not None
+        selection = self._prices[intent.workflow_type, state.request.preferences.quality]
+        state.selection = with_confidence_note(selection, intent.confidence)
         return self._event(state)
 
     def fallback(self, state: RequestState) -> ModelEvent:
