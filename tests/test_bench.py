@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.test_loadtest import load_script
 
@@ -65,3 +68,22 @@ def test_the_run_names_its_machine_and_commit() -> None:
     assert machine["commit"] is None or len(machine["commit"]) >= 7
     line = bench.describe(machine)
     assert f"{machine['cpus']} cpus" in line and f"Python {machine['python']}" in line
+
+
+def test_instruction_counts_are_read_from_the_dump_and_compared_with_the_floor(tmp_path: Path) -> None:
+    bench = load_script("bench")
+    dump = tmp_path / "hit.out.1"
+    dump.write_text("version: 1\ncreator: callgrind-3.19.0\npart: 1\nevents: Ir\nsummary: 0\ntotals: 1733087380\n")
+    assert bench.callgrind_total(dump) == 1733087380
+    (tmp_path / "empty.out.1").write_text("events: Ir\n")
+    with pytest.raises(ValueError, match="no totals"):
+        bench.callgrind_total(tmp_path / "empty.out.1")
+
+    def counted(name: str, per_request: int) -> dict[str, Any]:
+        return {"scenario": name, "description": name, "instructions_per_request": per_request}
+
+    text = bench.render_instructions([counted("floor", 400_000), counted("hit", 800_000),
+                                      counted("hit-untraced", 640_000)])
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()[2:5]}
+    assert rows == {"floor": ["400,000", "1.00"], "hit": ["800,000", "0.50"], "hit-untraced": ["640,000", "0.62"]}
+    assert "tracing adds +25.0% instructions (hit vs hit-untraced)" in text
