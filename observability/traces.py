@@ -78,10 +78,9 @@ class TraceBuffer(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        self.keep(span)
+        self.keep(span.context.trace_id if span.context is not None else 0, span)
 
-    def keep(self, span: FinishedSpan) -> None:
-        trace_id = span.context.trace_id if span.context is not None else 0
+    def keep(self, trace_id: int, span: FinishedSpan) -> None:
         spans = self._traces.get(trace_id)
         if spans is None:
             if len(self._traces) >= self.limit:

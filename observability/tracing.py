@@ -42,7 +42,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import Attributes
 
 from observability.metrics import Histogram
-from observability.spans import NO_SPAN, AttributeValue, LightSpan, NoSpan
+from observability.spans import NO_SPAN, AttributeValue, CurrentSpan, LightSpan, NoSpan
 from observability.traces import TraceBuffer
 
 if TYPE_CHECKING:
@@ -134,11 +134,15 @@ class StageInstruments:
     def spans(self) -> Callable[[str], LightSpan | NoSpan]:
         """Spans for one pipeline run: children of the span current now (the request's) when
         that one is sampled; else spans that do nothing. Looked up once, not once per stage."""
-        parent = get_current_span().get_span_context()
+        current = get_current_span()
+        parent = current.get_span_context()
         tracing = self._tracing
         if tracing is None or not parent.trace_flags.sampled or not parent.is_valid:
             return _no_span
-        return lambda name: tracing.child_span(name, parent)
+        # In a request, stage spans become current by taking the request's place (CurrentSpan);
+        # elsewhere (tests, scripts) each attaches a context of its own.
+        swap = current if isinstance(current, CurrentSpan) else None
+        return lambda name: tracing.child_span(name, parent, swap=swap)
 
 
 class Tracing:
@@ -169,9 +173,8 @@ class Tracing:
         self.tracer: Tracer = self.provider.get_tracer("intent-gateway") if enabled else NoOpTracer()
         self.sampler = sampler
         self._ids = RandomIdGenerator()
-        self._scope = InstrumentationScope("intent-gateway")
-        self._resource = resource
-        self._emit = self.end_span  # one bound method for every span, not one per span
+        self.scope = InstrumentationScope("intent-gateway")  # with `resource`, what light spans report
+        self.resource = resource
 
     @classmethod
     def from_options(
@@ -317,26 +320,20 @@ class Tracing:
             parent=parent if parent.is_valid else None,
             kind=SpanKind.SERVER,
             recording=recording,
-            emit=self._emit,
-            resource=self._resource,
-            scope=self._scope,
+            home=self,
             attributes=attributes,
         )
 
-    def child_span(self, name: str, parent: SpanContext, *, kind: SpanKind = SpanKind.INTERNAL) -> LightSpan:
-        """An INTERNAL span under `parent`, sharing its sampling decision."""
-        context = SpanContext(parent.trace_id, self._ids.generate_span_id(), False, parent.trace_flags,
-                              parent.trace_state)  # positional: see server_span
-        return LightSpan(
-            name,
-            context,
-            parent=parent,
-            kind=kind,
-            recording=True,
-            emit=self._emit,
-            resource=self._resource,
-            scope=self._scope,
-        )
+    def child_span(
+        self, name: str, parent: SpanContext, *, kind: SpanKind = SpanKind.INTERNAL,
+        swap: CurrentSpan | None = None,
+    ) -> LightSpan:
+        """A span under `parent`, sharing its sampling decision; its own ids are made when first
+        asked for. With `swap` (the request's CurrentSpan) it becomes current by taking its place."""
+        return LightSpan(name, None, parent=parent, kind=kind, recording=True, home=self, swap=swap)
+
+    def new_span_id(self) -> int:
+        return self._ids.generate_span_id()
 
     def add_span_processor(self, processor: SpanProcessor) -> None:
         self.provider.add_span_processor(processor)
@@ -344,7 +341,7 @@ class Tracing:
 
     def end_span(self, span: LightSpan) -> None:
         """File a finished light span in the ring buffer and hand it to the other processors."""
-        self.buffer.keep(span)
+        self.buffer.keep(span.trace_number, span)
         if self._processors:
             readable = span.readable()
             for processor in self._processors:

@@ -152,3 +152,29 @@ async def test_llm_calls_are_client_spans_under_the_intent_stage(
     assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
     assert chat.attributes["gen_ai.usage.input_tokens"] == 120
     assert chat.attributes["gen_ai.usage.output_tokens"] == 30
+
+
+async def test_each_outside_call_is_a_child_of_the_span_current_when_it_was_made(make_client: MakeClient) -> None:
+    """Stage spans become current in turn: the intent cache's Redis commands are children of
+    stage.intent; admission (before the stages) and the cost charge (between two stages, in
+    the handler) are the request's own children, not a stage's that ended before them."""
+    client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    response = await client.post("/api/v1/enhanced/stream", json={"prompt": "a red fox in the snow"})
+    assert response.status == 200 and "event: done" in await response.text()
+    spans = exporter.get_finished_spans()
+    (server,) = [s for s in spans if s.kind is SpanKind.SERVER]
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+
+    def parent_name(name: str) -> set[str]:
+        return {by_id[s.parent.span_id].name for s in spans if s.name == name and s.parent is not None}
+
+    stages = [s for s in spans if s.name.startswith("stage.")]
+    assert {s.name for s in stages} == {"stage.context", "stage.intent", "stage.model", "stage.prompt"}
+    assert {by_id[s.parent.span_id].name for s in stages if s.parent is not None} == {server.name}
+    assert parent_name("rate_limit.admit") == parent_name("rate_limit.charge") == {server.name}
+    cache_calls = [s for s in spans if s.kind is SpanKind.CLIENT and not s.name.startswith("rate_limit.")]
+    assert cache_calls, "the intent cache asked Redis"
+    assert {by_id[s.parent.span_id].name for s in cache_calls if s.parent is not None} == {"stage.intent"}
+    assert len(by_id) == len(spans)  # every span has an id of its own
