@@ -143,11 +143,12 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         headers={"X-Trace-Id": preq.trace_id},
     )
     await stream.prepare(request)
-    request.app[STREAMS].add(stream)
     stages: tuple[Stage, ...] = request.app[STAGES]
     state = RequestState(request=preq)
     events = run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS])
     unfinished: str | None = "client_disconnected"  # why no result was logged, until there is one
+    open_streams = request.app[STREAMS]
+    open_streams.add(stream)
     try:
         async with contextlib.aclosing(events):
             try:
@@ -172,6 +173,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})
     finally:
         stream.stop()
+        open_streams.discard(stream)
         if unfinished is not None:
             record_unfinished(request, state, unfinished)
     return stream
