@@ -14,8 +14,10 @@ class Rollout(msgspec.Struct, frozen=True):
     percentage: int = 100  # share of users in the "ai" arm
 
     def arm(self, user_id: str) -> Arm:
-        if not self.enabled:
+        if not self.enabled or self.percentage <= 0:
             return "existing"
+        if self.percentage >= 100:  # everyone: no hash to compute
+            return "ai"
         # blake2b, not hash(): Python's str hash is salted per process.
         bucket = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "big") % 100
         return "ai" if bucket < self.percentage else "existing"
