@@ -264,9 +264,14 @@ def scenarios(database: str) -> list[Scenario]:
     ]
 
 
+# valgrind runs a server ~50x slower: deadlines meant for a healthy Redis or classifier would fire
+# and change the path being counted (seen: 8 stage fallbacks in 2,000 full-stack requests).
+UNDER_VALGRIND = {"REDIS_TIMEOUT": "30", "CLASSIFICATION_TIMEOUT": "120", "CLASSIFICATION_QUEUE_TIMEOUT": "120"}
+
+
 def count_instructions(chosen: list[Scenario], args: argparse.Namespace) -> list[dict[str, Any]]:
     """Instructions per request of each scenario's server under callgrind (see the docstring)."""
-    env = {**os.environ, **UNLIMITED}
+    env = {**os.environ, **UNLIMITED, **UNDER_VALGRIND}
     reports = []
     with tempfile.TemporaryDirectory(prefix="bench-callgrind-") as tmp:
         for scenario in chosen:
@@ -412,8 +417,35 @@ def machine_facts() -> dict[str, object]:
     }
 
 
+BUSY_WARNING = 0.15  # share of all CPUs already busy before the run that gets a warning
+
+
+def busy_share(sample_s: float = 1.0) -> float | None:
+    """Share of all CPUs busy over `sample_s` (Linux /proc/stat; steal counts as busy).
+
+    Measured before any server starts: another process at work skews every number of the run
+    (seen here: a forgotten valgrind at 91% of a core halved one run's floor).
+    """
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]  # user .. steal
+        return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+    try:
+        total_before, idle_before = read()
+        time.sleep(sample_s)
+        total_after, idle_after = read()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    return round(1 - (idle_after - idle_before) / total, 3) if total > 0 else None
+
+
 def describe(machine: dict[str, object]) -> str:
-    return (f"{machine['cpus']} cpus ({machine['cpu_model']}), load {machine['load_average_1m']} at the end, "
+    busy = machine.get("busy_before_start")
+    before = f", {busy:.0%} busy before the run" if isinstance(busy, float) else ""
+    return (f"{machine['cpus']} cpus ({machine['cpu_model']}), load {machine['load_average_1m']} at the end{before}, "
             f"Python {machine['python']}, commit {machine['commit']}")
 
 
@@ -445,12 +477,16 @@ def main() -> int:
             sys.stderr.write(f"skipping {scenario.name}: Redis or PostgreSQL is not running\n")
             continue
         chosen.append(scenario)
+    busy = busy_share()
+    if busy is not None and busy > BUSY_WARNING:
+        sys.stderr.write(f"warning: the machine is {busy:.0%} busy before any server started; another "
+                         "process will skew the run (see top)\n")
     try:
         reports = count_instructions(chosen, args) if args.instructions else measure(chosen, args)
     finally:
         subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", database],
                        capture_output=True)
-    machine = machine_facts()
+    machine = {**machine_facts(), "busy_before_start": busy}
     sys.stdout.write(f"machine: {describe(machine)}\n")
     sys.stdout.write(render_instructions(reports) if args.instructions else render(reports, args.latency_rate))
     sys.stdout.write(json.dumps({"concurrency": args.concurrency, "duration_s": args.duration,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +72,23 @@ def test_the_run_names_its_machine_and_commit() -> None:
     assert machine["commit"] is None or len(machine["commit"]) >= 7
     line = bench.describe(machine)
     assert f"{machine['cpus']} cpus" in line and f"Python {machine['python']}" in line
+    assert "busy before the run" not in line
+    assert "12% busy before the run" in bench.describe({**machine, "busy_before_start": 0.12})
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux /proc/stat")
+def test_the_run_sees_another_process_keeping_a_core_busy() -> None:
+    """A spinning process before the run shows as at least most of one core of all of them."""
+    bench = load_script("bench")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.1)
+        busy = bench.busy_share(0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    cpus = os.cpu_count() or 1
+    assert busy is not None and 0.8 / cpus <= busy <= 1.0
 
 
 def test_instruction_counts_are_read_from_the_dump_and_compared_with_the_floor(tmp_path: Path) -> None:
