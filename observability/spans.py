@@ -14,6 +14,8 @@ log lines carry its ids.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from opentelemetry.trace import (
     SpanKind,
     Status,
     StatusCode,
+    get_current_span,
     set_span_in_context,
 )
 
@@ -55,16 +58,38 @@ class CurrentSpan(NonRecordingSpan):
     Stage spans take its place in turn (`span` swapped) instead of attaching a context each:
     a context copy, a contextvar set and reset and a SpanContext per stage were ~3 us, ~40% of a
     stage span. Whatever asks for the current span (client spans, the aiohttp client
-    instrumentation, log lines) asks this object and gets the innermost open stage's. Client
-    spans still attach their own context: unlike stages, they may run concurrently.
+    instrumentation, log lines) asks this object and gets the innermost open stage's.
+
+    Only the task that entered the server span swaps (stages in other tasks, e.g. pipelines run
+    side by side, attach a context of their own, since swaps would interleave). A task that may
+    outlive the stage it starts in must start from `pinned_context()`: through this object it
+    would see whichever stage is current when it calls out.
     """
 
     def __init__(self, span: LightSpan) -> None:
         super().__init__(span.context)
         self.span = span
+        self.owner = _current_task()
 
     def get_span_context(self) -> SpanContext:
         return self.span.context
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def pinned_context() -> contextvars.Context:
+    """A copy of the current context whose current span stays the one current now."""
+    context = contextvars.copy_context()
+    current = get_current_span()
+    if isinstance(current, CurrentSpan):
+        pinned = NonRecordingSpan(current.get_span_context())
+        context.run(otel_context.attach, set_span_in_context(pinned))  # only the copy changes
+    return context
 
 
 class LightSpan:
@@ -128,9 +153,10 @@ class LightSpan:
 
     def __enter__(self) -> LightSpan:
         self.start_time = time.time_ns()
-        if (swap := self._swap) is not None:
+        if (swap := self._swap) is not None and swap.owner is _current_task():
             self._previous, swap.span = swap.span, self
         else:
+            self._swap = None
             current = CurrentSpan(self) if self.kind is SpanKind.SERVER else NonRecordingSpan(self.context)
             self._token = otel_context.attach(set_span_in_context(current))
         return self
@@ -139,6 +165,7 @@ class LightSpan:
         end = time.time_ns()
         if (swap := self._swap) is not None and self._previous is not None:
             swap.span = self._previous
+            self._swap = self._previous = None  # a finished span keeps no request alive
         else:
             otel_context.detach(self._token)
         if exc is not None:

@@ -27,6 +27,7 @@ from aiocache import RedisCache, SimpleMemoryCache
 from aiocache.base import BaseCache
 from aiocache.serializers import BaseSerializer
 
+from observability.spans import pinned_context
 from pipeline.protocols import Classifier
 from pipeline.redis_link import UNAVAILABLE, RedisClient, RedisLink
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource
@@ -234,8 +235,12 @@ class IntentCache:
                 return cached, True
             flight = self._inflight.get(key)  # another miss may have taken off meanwhile
         if flight is None:
+            # Other requests may join this flight and outlive this one: its outside calls stay
+            # children of the stage that started it, whatever this request does next.
             task = asyncio.create_task(
-                self._classify(classifier, key, classify), name=f"intent-cache-{key[:8]}"
+                self._classify(classifier, key, classify),
+                name=f"intent-cache-{key[:8]}",
+                context=pinned_context(),
             )
             flight = self._inflight[key] = _Flight(task)
             task.add_done_callback(lambda done: self._finished(key, done))
