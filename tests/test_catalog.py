@@ -86,3 +86,12 @@ async def test_the_model_stage_prices_as_the_catalog(confidence: float) -> None:
             await stage.run(state)
             assert state.selection == catalog.select(intent(workflow, confidence), quality)
             assert ("low intent confidence" in state.selection.reasoning) == (confidence < 0.8)
+    state = RequestState(request=request("balanced"), intent=intent(W.VIDEO_GENERATION, confidence))
+    await stage.run(state)
+    assert state.selection is not None
+    note = {0.95: "", 0.8: "", 0.79: "; low intent confidence 0.79", 0.3: "; low intent confidence 0.30"}[confidence]
+    assert state.selection.reasoning == f"Selected google/veo-3 for video_generation (balanced, 10s at $0.75/s){note}"
+    state.selection.fallback_models.append("mutated")  # a request's own list: the next is unchanged
+    again = RequestState(request=request("balanced"), intent=intent(W.VIDEO_GENERATION))
+    await stage.run(again)
+    assert again.selection is not None and "mutated" not in again.selection.fallback_models

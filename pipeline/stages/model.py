@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from pipeline.catalog import Catalog, with_confidence_note
 from pipeline.events import ModelEvent
 from pipeline.state import RequestState
@@ -18,7 +20,9 @@ class ModelStage:
     async def run(self, state: RequestState) -> ModelEvent:
         intent = state.intent
         assert intent is not None
-        selection = self._prices[intent.workflow_type, state.request.preferences.quality]
+        priced = self._prices[intent.workflow_type, state.request.preferences.quality]
+        # A list of its own per request: the price list's is shared by all of them.
+        selection = msgspec.structs.replace(priced, fallback_models=list(priced.fallback_models))
         state.selection = with_confidence_note(selection, intent.confidence)
         return self._event(state)
 
