@@ -139,8 +139,8 @@ class StageInstruments:
         tracing = self._tracing
         if tracing is None or not parent.trace_flags.sampled or not parent.is_valid:
             return _no_span
-        # In a request, stage spans become current by taking the request's place (CurrentSpan);
-        # elsewhere (tests, scripts) each attaches a context of its own.
+        # In a request's own task, stage spans become current by taking the request's place
+        # (CurrentSpan); in other tasks and outside requests each attaches a context of its own.
         swap = current if isinstance(current, CurrentSpan) else None
         return lambda name: tracing.child_span(name, parent, swap=swap)
 
