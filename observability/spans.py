@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from opentelemetry import context as otel_context
@@ -49,7 +49,7 @@ class SpanHome(Protocol):
 
     def new_span_id(self) -> int: ...
 
-    def end_span(self, span: LightSpan) -> None: ...
+    def end_span(self, span: LightSpan, children: Sequence[LightSpan] = ()) -> None: ...
 
 
 class CurrentSpan(NonRecordingSpan):
@@ -64,15 +64,23 @@ class CurrentSpan(NonRecordingSpan):
     side by side, attach a context of their own, since swaps would interleave). A task that may
     outlive the stage it starts in must start from `pinned_context()`: through this object it
     would see whichever stage is current when it calls out.
+
+    Stage spans that end here are filed with the server span when it ends (`ended`): one trip
+    to the ring buffer per request instead of one per span.
     """
 
     def __init__(self, span: LightSpan) -> None:
         super().__init__(span.context)
         self.span = span
         self.owner = _current_task()
+        self.ended: list[LightSpan] | None = []  # None once the server span has ended
 
     def get_span_context(self) -> SpanContext:
         return self.span.context
+
+    def owned_here(self) -> bool:
+        """Whether the running task is the one that entered the server span (and may swap)."""
+        return self.owner is _current_task()
 
 
 def _current_task() -> asyncio.Task[Any] | None:
@@ -93,20 +101,21 @@ def pinned_context() -> contextvars.Context:
 
 
 class LightSpan:
-    """A span that is current between `__enter__` and `__exit__`, and reported at exit if recording.
+    """A span that is current between `__enter__` and `__exit__`, and reported at exit if recording
+    (a stage span that took its request's place: with the request's server span, as that ends).
 
     A child's SpanContext (and span id) is built from its parent the first time something asks
     for it: a stage span that makes no outside call is asked only when its trace is read.
     """
 
-    __slots__ = ("_context", "_home", "_previous", "_swap", "_token", "attributes", "end_time", "events",
-                 "kind", "name", "parent", "recording", "start_time", "status", "trace_number")  # fmt: skip
+    __slots__ = ("_context", "_current", "_home", "_previous", "_swap", "_token", "attributes",
+                 "end_time", "events", "kind", "name", "parent", "recording", "start_time", "status",
+                 "trace_number")  # fmt: skip
 
     def __init__(
         self,
         name: str,
         context: SpanContext | None,
-        *,
         parent: SpanContext | None,
         kind: SpanKind,
         recording: bool,
@@ -123,6 +132,7 @@ class LightSpan:
         self._home = home
         self._swap = swap  # the request's CurrentSpan, for stage spans: current by swapping
         self._previous: LightSpan | None = None
+        self._current: CurrentSpan | None = None  # a server span's, while it is entered
         self.attributes: dict[str, AttributeValue] = attributes if attributes is not None else {}
         self.events: tuple[Event, ...] = ()  # a list per span would be one more object to free
         self.status = _UNSET
@@ -153,24 +163,34 @@ class LightSpan:
 
     def __enter__(self) -> LightSpan:
         self.start_time = time.time_ns()
-        if (swap := self._swap) is not None and swap.owner is _current_task():
+        if (swap := self._swap) is not None:
             self._previous, swap.span = swap.span, self
+        elif self.kind is SpanKind.SERVER:
+            self._current = CurrentSpan(self)
+            self._token = otel_context.attach(set_span_in_context(self._current))
         else:
-            self._swap = None
-            current = CurrentSpan(self) if self.kind is SpanKind.SERVER else NonRecordingSpan(self.context)
-            self._token = otel_context.attach(set_span_in_context(current))
+            self._token = otel_context.attach(set_span_in_context(NonRecordingSpan(self.context)))
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         end = time.time_ns()
-        if (swap := self._swap) is not None and self._previous is not None:
-            swap.span = self._previous
-            self._swap = self._previous = None  # a finished span keeps no request alive
-        else:
-            otel_context.detach(self._token)
         if exc is not None:
             self.fail(exc, type(exc).__qualname__)
-        self.report(self.start_time, end)
+        self.end_time = end
+        if (swap := self._swap) is not None:  # a stage span: hand the request its place back
+            swap.span = self._previous  # type: ignore[assignment]  # set by __enter__
+            self._swap = self._previous = None  # a finished span keeps no request alive
+            if swap.ended is not None:  # filed with the server span (always, unless misused)
+                swap.ended.append(self)
+                return
+        else:
+            otel_context.detach(self._token)
+        children: list[LightSpan] = []
+        if (current := self._current) is not None:  # a server span: its stage spans go with it
+            children = current.ended or children
+            current.ended = self._current = None
+        if self.recording:
+            self._home.end_span(self, children)
 
     def report(self, start: int, end: int) -> None:
         """Hand the finished span on (times in ns since the epoch), if it is recording."""

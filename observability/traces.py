@@ -80,14 +80,13 @@ class TraceBuffer(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         self.keep(span.context.trace_id if span.context is not None else 0, span)
 
-    def keep(self, trace_id: int, span: FinishedSpan) -> None:
-        spans = self._traces.get(trace_id)
-        if spans is None:
+    def keep(self, trace_id: int, *spans: FinishedSpan) -> None:
+        kept = self._traces.get(trace_id)
+        if kept is None:
             if len(self._traces) >= self.limit:
                 self._traces.popitem(last=False)
-            spans = self._traces[trace_id] = []
-        if len(spans) < MAX_SPANS_PER_TRACE:
-            spans.append(span)
+            kept = self._traces[trace_id] = []
+        kept.extend(spans[: MAX_SPANS_PER_TRACE - len(kept)])
 
     def shutdown(self) -> None:
         self._traces.clear()

@@ -51,7 +51,7 @@ async def run_pipeline(
                     event = stage.fallback(state)
                     outcome = "fallback"
                 if span.recording:
-                    span.attributes.update(stage_span_attributes(stage.name, state))
+                    span.attributes = stage_span_attributes(stage.name, state)
             finally:
                 if instruments.duration is not None:
                     instruments.duration.record(time.perf_counter() - started, stage.name, outcome)

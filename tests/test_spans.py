@@ -44,6 +44,21 @@ async def test_a_stage_is_current_while_open_and_the_request_again_after() -> No
             assert t.current() == "request"
 
 
+async def test_stage_spans_are_filed_with_their_request_in_one_trace() -> None:
+    t = Named()
+    request = t.tracing.server_span("POST /stream", {}, {})
+    with request:
+        stage_span = t.stages.spans()
+        for stage in ("context", "intent"):
+            with stage_span(f"stage.{stage}"):
+                pass
+        assert t.tracing.buffer.get(request.trace_id) is None  # filed when the request ends
+    trace = t.tracing.buffer.get(request.trace_id)
+    assert trace is not None and trace.spans is not None
+    assert [(s.name, s.parent_span_id) for s in trace.spans] == [
+        ("POST /stream", None), ("stage.context", request.span_id), ("stage.intent", request.span_id)]
+
+
 async def test_pipelines_side_by_side_nest_under_the_request_and_leave_it_current() -> None:
     """Two pipelines under gather in one request: their stages overlap without nesting, so
     they must not take turns in the request's slot."""
@@ -64,14 +79,14 @@ async def test_pipelines_side_by_side_nest_under_the_request_and_leave_it_curren
     assert parents == {"a": "request", "b": "request"}
 
 
-async def test_a_stage_run_in_another_task_is_not_the_handlers_current_span() -> None:
+async def test_a_pipeline_run_in_another_task_is_not_the_handlers_current_span() -> None:
+    """run_pipeline takes its stage spans in the task that runs it (here a child task)."""
     t = Named()
     with t.name(t.tracing.server_span("POST /stream", {}, {}), "request"):
-        stage_span = t.stages.spans()
         opened = asyncio.Event()
 
         async def slow_stage() -> None:
-            with t.name(stage_span("stage.slow"), "slow"):
+            with t.name(t.stages.spans()("stage.slow"), "slow"):
                 opened.set()
                 await asyncio.sleep(10)
 
