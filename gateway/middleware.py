@@ -28,7 +28,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    span = request.app[TRACING].server_span(
+    app = request.app
+    span = app[TRACING].server_span(
         f"{request.method} {route}" if resource is not None else request.method,
         request.headers,
         {"http.request.method": request.method, "url.path": request.path},
@@ -48,8 +49,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         finally:
             duration = time.perf_counter() - started
             _set_status(span, status)
-            request.app[STATS].record_request(route, status)
-            request.app[METRICS].http_duration.record(duration, request.method, route, status)
+            app[STATS].record_request(route, status)
+            app[METRICS].http_duration.record(duration, request.method, route, status)
             if log.isEnabledFor(logging.INFO):  # the line's fields cost more than the check
                 log.info(
                     "%s %s %d",

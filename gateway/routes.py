@@ -102,21 +102,24 @@ def record_unfinished(request: web.Request, state: RequestState, reason: str) ->
 def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:
     arm = result.metadata.arm
     request[ARM] = arm if request.get(ARM, arm) == arm else "both"  # /compare runs both arms
-    request.app[STATS].record_result(
-        source=result.intent_source.value,
+    app = request.app
+    # `_value_`, the members' own attribute: `.value` is a Python-level property (~0.3 us each).
+    workflow = result.workflow_type._value_
+    app[STATS].record_result(
+        source=result.intent_source._value_,
         arm=result.metadata.arm,
-        workflow=result.workflow_type.value,
+        workflow=workflow,
         cache_hit=result.cache_hit,
         fallback_used=result.fallback_used,
     )
-    request.app[TIMELINE].record(
-        workflow=result.workflow_type.value,
+    app[TIMELINE].record(
+        workflow=workflow,
         confidence=result.intent_confidence,
         estimated_cost=result.estimated_cost,
         fallback_used=result.fallback_used,
         cache_hit=result.cache_hit,
     )
-    if (request_log := request.app.get(REQUEST_LOG)) is not None:
+    if (request_log := app.get(REQUEST_LOG)) is not None:
         request_log.record(preq, result, route=request.path.rsplit("/", 1)[-1])
 
 
@@ -138,16 +141,17 @@ async def stream_get(request: web.Request) -> web.StreamResponse:
 
 async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResponse:
     # Everything that can be refused with a status code was refused before this point.
+    app = request.app
     stream = EventStream(
-        heartbeat_seconds=request.app[SETTINGS].sse_heartbeat_seconds,
+        heartbeat_seconds=app[SETTINGS].sse_heartbeat_seconds,
         headers={"X-Trace-Id": preq.trace_id},
     )
     await stream.prepare(request)
-    stages: tuple[Stage, ...] = request.app[STAGES]
+    stages: tuple[Stage, ...] = app[STAGES]
     state = RequestState(request=preq)
-    events = run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS])
+    events = run_pipeline(stages, state, instruments=app[STAGE_INSTRUMENTS])
     unfinished: str | None = "client_disconnected"  # why no result was logged, until there is one
-    open_streams = request.app[STREAMS]
+    open_streams = app[STREAMS]
     open_streams.add(stream)
     try:
         async with contextlib.aclosing(events):
@@ -160,13 +164,13 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                     elif isinstance(event, ModelEvent):
                         await charge_cost(request, event.estimated_cost)
                     elif isinstance(event, ErrorEvent):
-                        request.app[STATS].record_error(event.code)
+                        app[STATS].record_error(event.code)
                     await stream.send(name, encode_json(event))
             except PipelineError as exc:
                 # Overload after the stream started: say so in-band, then end the stream.
                 unfinished = exc.code
                 error = as_gateway_error(exc)
-                request.app[STATS].record_error(error.code)
+                app[STATS].record_error(error.code)
                 await stream.send("error", encode_json(_error_event(error.code, error.detail, preq)))
         await stream.write_eof()
     except ConnectionResetError:

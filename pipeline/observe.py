@@ -12,23 +12,20 @@ def stage_span_attributes(stage: str, state: RequestState) -> dict[str, Attribut
     attributes: dict[str, AttributeValue] = {"stage": stage, "fallback_used": state.fallback_used}
     intent, selection = state.intent, state.selection
     if stage == "intent" and intent is not None:
-        attributes.update(
-            workflow_type=intent.workflow_type.value,
-            confidence=intent.confidence,
-            intent_source=intent.source.value,
-            cache_hit=state.cache_hit,
-            arm=state.arm,
-        )
+        # `_value_`, the member's own attribute: `.value` is a Python-level property (~0.3 us).
+        attributes["workflow_type"] = intent.workflow_type._value_
+        attributes["confidence"] = intent.confidence
+        attributes["intent_source"] = intent.source._value_
+        attributes["cache_hit"] = state.cache_hit
+        attributes["arm"] = state.arm
         # The embedded classifier's tier: "minilm" explains an intent stage of milliseconds
         # (the transformer, and its queue) where "static" answers in a fraction of one.
         if isinstance(tier := intent.metadata.get("tier"), str):
             attributes["classifier_tier"] = tier
     elif stage == "model" and selection is not None:
-        attributes.update(
-            model_id=selection.model_id,
-            provider=selection.provider,
-            estimated_cost=selection.estimated_cost,
-        )
+        attributes["model_id"] = selection.model_id
+        attributes["provider"] = selection.provider
+        attributes["estimated_cost"] = selection.estimated_cost
     elif stage == "prompt":
         attributes["enhancement_applied"] = state.enhancement_applied
     elif stage == "references" and state.reference_search is not None:
