@@ -6,10 +6,11 @@ auth_middleware (gateway/auth.py; its errors become JSON like any other).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import HttpVersion, web
 
 from gateway.appkeys import ARM, METRICS, STATS, TRACE_ID, TRACING, USER_ID
 from gateway.errors import Handler
@@ -70,23 +71,35 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _request_attributes(request: web.Request, route: str | bool) -> dict[str, str | int]:
+    """The server span's attributes from the request line and headers (shared: do not change)."""
+    return _http_attributes(request.scheme, request.host, request.version, route, request.remote,
+                            request.headers.get("User-Agent"))  # fmt: skip
+
+
+# A pure function, memoized: keep-alive clients send the same values request after request, and
+# the string work below cost ~12k instructions (1.7% of a cache hit) each time.
+@functools.lru_cache(maxsize=1024)
+def _http_attributes(
+    scheme: str, host_header: str, version: HttpVersion, route: str | bool, remote: str | None,
+    user_agent: str | None,
+) -> dict[str, str | int]:
     # The HTTP semantic conventions' names, as the contrib aiohttp-server instrumentation uses them.
     # From the Host header as sent: building request.url (yarl) costs more than the whole span.
-    host, sep, port = request.host.rpartition(":")
+    host, sep, port = host_header.rpartition(":")
     if not (sep and port.isdigit()):
-        host, port = request.host, ""
+        host, port = host_header, ""
     attributes: dict[str, str | int] = {
-        "url.scheme": request.scheme,
+        "url.scheme": scheme,
         "server.address": host.strip("[]"),
-        "network.protocol.version": f"{request.version.major}.{request.version.minor}",
+        "network.protocol.version": f"{version.major}.{version.minor}",
     }
     if port:
         attributes["server.port"] = int(port)
     if route:
         attributes["http.route"] = route
-    if request.remote:
-        attributes["client.address"] = request.remote
-    if user_agent := request.headers.get("User-Agent"):
+    if remote:
+        attributes["client.address"] = remote
+    if user_agent:
         attributes["user_agent.original"] = user_agent
     return attributes
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
+    INVALID_SPAN_CONTEXT,
     Link,
     NoOpTracer,
     SpanContext,
@@ -47,10 +49,11 @@ from observability.traces import TraceBuffer
 
 if TYPE_CHECKING:
     import aiohttp
-    from opentelemetry.context import Context
     from opentelemetry.metrics import MeterProvider
 
 MAX_STATEMENT = 2000  # characters of SQL kept on a span
+_SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
+_NO_PARENT = Context()  # what the propagator extracts from headers without a traceparent
 
 SAMPLERS = (
     "always_on", "always_off", "traceidratio",
@@ -69,7 +72,9 @@ def make_sampler(name: str, arg: float | None = None) -> Sampler:
         else ALWAYS_OFF if base == "always_off"
         else TraceIdRatioBased(1.0 if arg is None else arg)
     )  # fmt: skip
-    return RequestRootSampler(ParentBased(root) if name.startswith("parentbased_") else root)
+    inner = ParentBased(root) if name.startswith("parentbased_") else root
+    fixed = {"always_on": Decision.RECORD_AND_SAMPLE, "always_off": Decision.DROP}.get(base)
+    return RequestRootSampler(inner, root_decision=fixed)
 
 
 class RequestRootSampler(Sampler):
@@ -78,10 +83,15 @@ class RequestRootSampler(Sampler):
     Redis health pings and background flushes run outside any request; as roots they would
     fill the /debug/traces buffer and the collector with one-span traces. Inside a request
     they are children and the wrapped sampler decides as usual.
+
+    `root_decision`: what the wrapped sampler decides for every new trace's server span, when
+    that is fixed (always_on/always_off, parent-based or not); Tracing then skips asking it
+    (~10k instructions, 1.4% of a cache hit).
     """
 
-    def __init__(self, inner: Sampler) -> None:
+    def __init__(self, inner: Sampler, *, root_decision: Decision | None = None) -> None:
         self.inner = inner
+        self.root_decision = root_decision
 
     def should_sample(
         self,
@@ -176,6 +186,7 @@ class Tracing:
         # OTEL_SDK_DISABLED: spans cost nothing; trace ids still flow from traceparent headers.
         self.tracer: Tracer = self.provider.get_tracer("intent-gateway") if enabled else NoOpTracer()
         self.sampler = sampler
+        self._root_decision = sampler.root_decision if isinstance(sampler, RequestRootSampler) else None
         self._ids = RandomIdGenerator()
         self.scope = InstrumentationScope("intent-gateway")  # with `resource`, what light spans report
         self.resource = resource
@@ -304,17 +315,23 @@ class Tracing:
 
         Not traced (scrapes, probes) or tracing off: it still has ids, for X-Trace-Id and logs.
         """
-        parent_context = self.propagator.extract(headers)
-        parent = get_current_span(parent_context).get_span_context()
+        if "traceparent" in headers:  # continuing the caller's trace
+            parent_context: Context | None = self.propagator.extract(headers)
+            parent = get_current_span(parent_context).get_span_context()
+        else:  # a new trace: nothing to parse (the propagator would find no parent either)
+            parent_context, parent = _NO_PARENT, INVALID_SPAN_CONTEXT
         trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
         recording, flags, trace_state = False, parent.trace_flags, parent.trace_state
         if traced and self.enabled:
-            sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER, attributes)
-            recording = sampling.decision.is_recording()  # type: ignore[no-untyped-call]
-            sampled = sampling.decision.is_sampled()  # type: ignore[no-untyped-call]
-            flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
-            if sampling.trace_state is not None:
-                trace_state = sampling.trace_state
+            decision = None if parent.is_valid else self._root_decision
+            if decision is None:
+                sampling = self.sampler.should_sample(parent_context, trace_id, name, SpanKind.SERVER,
+                                                      attributes)  # fmt: skip
+                decision = sampling.decision
+                if sampling.trace_state is not None:
+                    trace_state = sampling.trace_state
+            recording = decision is not Decision.DROP
+            flags = _SAMPLED if decision is Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
         # Positional (trace_id, span_id, is_remote, flags, state): keywords cost SpanContext's
         # tuple __new__ a dict, ~0.7 us a span.
         context = SpanContext(trace_id, self._ids.generate_span_id(), False, flags, trace_state)

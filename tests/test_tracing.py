@@ -11,10 +11,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from opentelemetry.context import Context
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,6 +24,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.appkeys import TRACING
 from observability.logging import JsonFormatter
+from observability.tracing import SAMPLERS, RequestRootSampler, Tracing, make_sampler
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import FailingClassifier, MakeClient
 from tests.sse import parse_events
@@ -318,6 +321,21 @@ async def test_parent_based_sampler_follows_the_callers_decision(make_client: Ma
     await client.post(PROCESS, json={"prompt": "a red bicycle"}, headers={"traceparent": sampled})
     spans = exporter.get_finished_spans()
     assert len(spans) == 5 and {hex_trace(s) for s in spans} == {TRACE_ID}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_new_traces_fixed_decision_is_the_one_its_sampler_makes(name: str) -> None:
+    """Tracing skips the sampler for new traces when its answer is fixed: it must be the same."""
+    sampler = make_sampler(name, 0.5)
+    assert isinstance(sampler, RequestRootSampler)
+    assert (sampler.root_decision is None) == name.endswith("traceidratio")  # those depend on the id
+    tracing = Tracing(resource=Resource.create({}), sampler=sampler)
+    for _ in range(20):
+        span = tracing.server_span("POST /x", {}, {})
+        asked = sampler.should_sample(Context(), span.trace_number, "POST /x", SpanKind.SERVER).decision
+        assert sampler.root_decision in (None, asked)
+        assert span.recording is asked.is_recording()  # type: ignore[no-untyped-call]
+        assert span.context.trace_flags.sampled is asked.is_sampled()  # type: ignore[no-untyped-call]
 
 
 def test_otel_variables_are_read_and_checked() -> None:
