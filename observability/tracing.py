@@ -342,7 +342,7 @@ class Tracing:
     def child_span(self, name: str, parent: SpanContext, *, kind: SpanKind = SpanKind.INTERNAL) -> LightSpan:
         """A span under `parent`, sharing its sampling decision; its own ids are made when first
         asked for."""
-        return LightSpan(name, None, parent=parent, kind=kind, recording=True, home=self)
+        return LightSpan(name, None, parent, kind, True, self)  # positional, as for stage spans
 
     def new_span_id(self) -> int:
         return self._ids.generate_span_id()
