@@ -55,17 +55,18 @@ class SpanHome(Protocol):
 class CurrentSpan(NonRecordingSpan):
     """A request's current span, as one object in the context that the server span attaches.
 
-    Stage spans take its place in turn (`span` swapped) instead of attaching a context each:
-    a context copy, a contextvar set and reset and a SpanContext per stage were ~3 us, ~40% of a
-    stage span. Whatever asks for the current span (client spans, the aiohttp client
-    instrumentation, log lines) asks this object and gets the innermost open stage's.
+    Stage spans (and client spans made in the request's task, e.g. the limiter's calls) take
+    its place in turn (`span` swapped) instead of attaching a context each: a context copy, a
+    contextvar set and reset and a SpanContext per stage were ~3 us, ~40% of a stage span.
+    Whatever asks for the current span (client spans, the aiohttp client instrumentation, log
+    lines) asks this object and gets the innermost open span's.
 
     Only the task that entered the server span swaps (stages in other tasks, e.g. pipelines run
     side by side, attach a context of their own, since swaps would interleave). A task that may
     outlive the stage it starts in must start from `pinned_context()`: through this object it
     would see whichever stage is current when it calls out.
 
-    Stage spans that end here are filed with the server span when it ends (`ended`): one trip
+    Spans that end here are filed with the server span when it ends (`ended`): one trip
     to the ring buffer per request instead of one per span.
     """
 

@@ -254,12 +254,14 @@ class Tracing:
     def client_span(self, name: str, attributes: dict[str, AttributeValue]) -> LightSpan | NoSpan:
         """A CLIENT span under the current span when it is sampled (a call to an outside service
         made through a client no contrib instrumentation reaches, e.g. the openai SDK's)."""
-        parent = get_current_span().get_span_context()
+        current = get_current_span()
+        parent = current.get_span_context()
         if not self.enabled or not parent.is_valid or not parent.trace_flags.sampled:
             return NO_SPAN
-        span = self.child_span(name, parent, kind=SpanKind.CLIENT)
-        span.attributes.update(attributes)
-        return span
+        # In the request's own task (the limiter's admit and charge) it takes the request's
+        # place like a stage span, and is filed with the request: no context of its own.
+        swap = current if isinstance(current, CurrentSpan) and current.owned_here() else None
+        return LightSpan(name, None, parent, SpanKind.CLIENT, True, self, dict(attributes), swap)
 
     async def instrument_postgres(self, connection: Any) -> None:
         """asyncpg pool `init=` hook: a CLIENT span per query run inside a sampled request.

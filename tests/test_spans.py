@@ -59,6 +59,23 @@ async def test_stage_spans_are_filed_with_their_request_in_one_trace() -> None:
         ("POST /stream", None), ("stage.context", request.span_id), ("stage.intent", request.span_id)]
 
 
+async def test_a_client_call_in_the_requests_task_is_current_and_filed_with_the_request() -> None:
+    """The limiter's Redis calls: made in the request's task, they take its slot like stages."""
+    t = Named()
+    request = t.tracing.server_span("POST /stream", {}, {})
+    with t.name(request, "request"):
+        call = t.tracing.client_span("rate_limit.admit", {"db.system": "redis"})
+        assert isinstance(call, LightSpan)
+        with t.name(call, "admit"):
+            assert t.current() == "admit"
+        assert t.current() == "request"
+        assert t.tracing.buffer.get(request.trace_id) is None  # filed when the request ends
+    trace = t.tracing.buffer.get(request.trace_id)
+    assert trace is not None and trace.spans is not None
+    assert [(s.name, s.parent_span_id) for s in trace.spans] == [
+        ("POST /stream", None), ("rate_limit.admit", request.span_id)]
+
+
 async def test_pipelines_side_by_side_nest_under_the_request_and_leave_it_current() -> None:
     """Two pipelines under gather in one request: their stages overlap without nesting, so
     they must not take turns in the request's slot."""
