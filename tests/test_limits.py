@@ -252,6 +252,26 @@ async def test_redis_cost_ledger_forgets_charges_older_than_an_hour(redis_server
     assert usage.cost_last_hour == pytest.approx(0.25)
 
 
+@needs_redis
+async def test_redis_ledger_totals_stay_exact_in_the_hundreds_of_millions(redis_server: RedisServer) -> None:
+    """Totals of 15+ digits in micro-dollars come back digit for digit (Lua's tostring would
+    write 5e+14)."""
+    from gateway.config import Settings
+    from gateway.redis import open_redis
+
+    settings = Settings(redis_url=redis_server.url, redis_key_prefix=prefix())
+    async with open_redis(settings) as link:
+        assert link is not None
+        limiter = RedisRateLimiter(
+            link, Limits(requests_per_minute=0, requests_per_hour=0, cost_per_hour=1e9), fail_mode="open"
+        )
+        await limiter.charge("ann", "big", 500_000_000.000001)
+        usage = await limiter.usage("ann")
+        decision = await limiter.admit("ann")
+    assert usage.cost_last_hour == 500_000_000.000001
+    assert decision.allowed and decision.remaining == 1e9 - 500_000_000.000001
+
+
 async def test_hung_redis_costs_a_timeout_not_a_request(make_client: MakeClient) -> None:
     """A Redis that accepts connections and never answers: requests still 200, health degraded."""
     held: list[asyncio.StreamWriter] = []
