@@ -178,7 +178,8 @@ def _decision(
 # "token:micro-dollars" scored by charge time, with its running total in the cost total key.
 # The reply is one string, the operations' replies joined by ',': six integers for an admit or
 # read (the _Counts fields), the amount for a charge. redis-py parses a bulk string in two
-# reads; a nested array took a read per integer (8 a request: 14% of a full-stack cache hit).
+# reads, where a nested array took one per integer (8 a request); with one argument per
+# operation instead of three, a full-stack cache hit executes 14% fewer instructions.
 BATCH_SCRIPT = """
 local per_minute = tonumber(ARGV[1])
 local per_hour = tonumber(ARGV[2])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from gateway.appkeys import LIMITER
 from pipeline.limits import Limits, MemoryRateLimiter, RedisRateLimiter, TokenSource
 from tests.conftest import MakeClient
 from tests.redis_servers import RedisServer, free_port, needs_redis
+from tests.sse import parse_events
 
 PROCESS = "/api/v1/enhanced/process"
 STREAM = "/api/v1/enhanced/stream"
@@ -164,6 +166,20 @@ async def test_cost_limit_on_redis(make_client: MakeClient, redis_server: RedisS
 
 
 @needs_redis
+async def test_a_stream_is_charged_by_the_time_its_next_request_is_admitted(
+    make_client: MakeClient, redis_server: RedisServer
+) -> None:
+    """A stream's model-stage estimate is in the user's ledger when the stream has ended."""
+    client = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix(), cost_limit_per_hour=2.0)
+    ann = {"X-User-Id": "ann"}
+    for expected_total in (1, 2):
+        events = parse_events(await (await client.post(STREAM, json={"prompt": "a red fox"}, headers=ann)).read())
+        assert [e.event for e in events] == ["context", "intent", "model", "prompt", "done"]
+        usage = await (await client.get(USAGE, headers=ann)).json()
+        assert usage["cost_last_hour"] == pytest.approx(events[-1].data["estimated_cost"] * expected_total)
+
+
+@needs_redis
 async def test_redis_limit_is_exact_under_concurrency(redis_server: RedisServer) -> None:
     """50 concurrent admissions through two clients against 10/min: exactly 10 admitted."""
     from gateway.config import Settings
@@ -250,6 +266,30 @@ async def test_redis_cost_ledger_forgets_charges_older_than_an_hour(redis_server
         assert await link.client.zcard(cost_log) == 1
     assert decision.allowed and decision.remaining == pytest.approx(0.75)
     assert usage.cost_last_hour == pytest.approx(0.25)
+
+
+@needs_redis
+async def test_one_script_call_for_interleaved_users_keeps_their_windows_apart(redis_server: RedisServer) -> None:
+    """Admissions, then charges, of three users interleaved in one batch each: every operation
+    reaches its own user's keys."""
+    from gateway.config import Settings
+    from gateway.redis import open_redis
+
+    settings = Settings(redis_url=redis_server.url, redis_key_prefix=prefix())
+    users = ["ann", "bob", "cy"]
+    async with open_redis(settings) as link:
+        assert link is not None
+        limiter = RedisRateLimiter(
+            link, Limits(requests_per_minute=10, requests_per_hour=100, cost_per_hour=100.0), fail_mode="closed"
+        )
+        decisions = await asyncio.gather(*(limiter.admit(users[n % 3]) for n in range(45)))
+        admitted = [(users[n % 3], d.token) for n, d in enumerate(decisions) if d.allowed]
+        await asyncio.gather(*(limiter.charge(user, token, 0.25 * (1 + users.index(user)))
+                               for user, token in admitted))
+        usages = [await limiter.usage(user) for user in users]
+    assert Counter(user for user, _ in admitted) == {user: 10 for user in users}
+    assert [(u.requests_last_minute, u.cost_last_hour) for u in usages] == [(10, 2.5), (10, 5.0), (10, 7.5)]
+    assert limiter.stats()["batches"] == 2 + 3  # admissions, charges, then one usage read each
 
 
 @needs_redis
