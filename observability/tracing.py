@@ -134,6 +134,11 @@ def _no_span(name: str) -> NoSpan:
     return NO_SPAN
 
 
+def _slot_here(current: object) -> CurrentSpan | None:
+    """The request's current-span slot, when the running task may swap spans into it."""
+    return current if isinstance(current, CurrentSpan) and current.owned_here() else None
+
+
 class StageInstruments:
     """What the pipeline runner needs: light stage spans and the stage latency histogram."""
 
@@ -154,7 +159,7 @@ class StageInstruments:
         tracing = self._tracing
         if tracing is None or not parent.trace_flags.sampled or not parent.is_valid:
             return _no_span
-        swap = current if isinstance(current, CurrentSpan) and current.owned_here() else None
+        swap = _slot_here(current)
         # Positional: keywords to a class cost its __init__ a dict (~0.5 us a span).
         return lambda name: LightSpan(name, None, parent, SpanKind.INTERNAL, True, tracing, None, swap)
 
@@ -260,7 +265,7 @@ class Tracing:
             return NO_SPAN
         # In the request's own task (the limiter's admit and charge) it takes the request's
         # place like a stage span, and is filed with the request: no context of its own.
-        swap = current if isinstance(current, CurrentSpan) and current.owned_here() else None
+        swap = _slot_here(current)
         return LightSpan(name, None, parent, SpanKind.CLIENT, True, self, dict(attributes), swap)
 
     async def instrument_postgres(self, connection: Any) -> None:
@@ -290,8 +295,7 @@ class Tracing:
         if isinstance(record.conn_addr, tuple) and len(record.conn_addr) >= 2:
             attributes["server.address"] = str(record.conn_addr[0])
             attributes["server.port"] = int(record.conn_addr[1])
-        span = self.child_span(operation, parent, kind=SpanKind.CLIENT)
-        span.attributes.update(attributes)
+        span = LightSpan(operation, None, parent, SpanKind.CLIENT, True, self, attributes)
         if record.exception is not None:
             span.fail(record.exception, type(record.exception).__qualname__)
         span.report(end - int(record.elapsed * 1e9), end)
@@ -340,11 +344,6 @@ class Tracing:
         # Positional (name, context, parent, kind, recording, home, attributes), as for stage spans.
         return LightSpan(name, context, parent if parent.is_valid else None, SpanKind.SERVER, recording, self,
                          attributes)  # fmt: skip
-
-    def child_span(self, name: str, parent: SpanContext, *, kind: SpanKind = SpanKind.INTERNAL) -> LightSpan:
-        """A span under `parent`, sharing its sampling decision; its own ids are made when first
-        asked for."""
-        return LightSpan(name, None, parent, kind, True, self)  # positional, as for stage spans
 
     def new_span_id(self) -> int:
         return self._ids.generate_span_id()
