@@ -166,7 +166,7 @@ async def test_cost_limit_on_redis(make_client: MakeClient, redis_server: RedisS
 
 
 @needs_redis
-async def test_a_stream_is_charged_by_the_time_its_next_request_is_admitted(
+async def test_a_streams_estimate_is_in_the_ledger_when_the_stream_ends(
     make_client: MakeClient, redis_server: RedisServer
 ) -> None:
     """A stream's model-stage estimate is in the user's ledger when the stream has ended."""
