@@ -8,6 +8,8 @@ from typing import Literal
 
 import msgspec
 
+from pipeline.types import MiniLMRuntime
+
 ClassifierName = Literal["rules", "local", "llm", "cascade"]
 OTEL_SAMPLERS = (
     "always_on", "always_off", "traceidratio",
@@ -35,7 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     classification_queue_timeout: float = 2.0
     local_confidence_threshold: float = 0.6
     local_escalate_below: float | None = None  # None: the artifact's threshold (0.8)
-    local_runtime: Literal["onnx", "numpy"] = "onnx"  # what runs MiniLM for escalated prompts
+    local_runtime: MiniLMRuntime = "onnx-int8"  # what runs MiniLM for escalated prompts
     ai_classification_enabled: bool = True
     ai_classification_rollout_percentage: int = 100
 

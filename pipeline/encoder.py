@@ -53,6 +53,11 @@ class SentenceEncoder(Protocol):
     def dim(self) -> int: ...
 
     @property
+    def precision(self) -> str:
+        """"float32", or "int8" where the weights are quantized (its answers differ slightly)."""
+        ...
+
+    @property
     def tokenizer(self) -> Tokenizer: ...
 
     def token_ids(self, texts: list[str]) -> list[list[int]]: ...
@@ -180,6 +185,7 @@ class MiniLMEncoder:
     """Sentence embeddings (384-d, unit length) from all-MiniLM-L6-v2 in NumPy."""
 
     dim: Final = HIDDEN
+    precision: Final = "float32"
 
     def __init__(self, model_dir: Path | None = None, *, num_layers: int = LAYERS) -> None:
         if not 1 <= num_layers <= LAYERS:

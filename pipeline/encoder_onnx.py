@@ -8,11 +8,20 @@ adds a call per operation. ONNX Runtime's kernels do the same products in about 
 The graph is written here, node by node, from `MiniLMEncoder`'s own arrays when the encoder is
 loaded: no exported model file to keep in step with the weights or the code, and the NumPy
 encoder stays the reference it is tested against (embeddings agree within 1e-5).
+
+With ``int8=True`` (what serving uses) every linear layer's weights are quantized to 8 bits,
+one scale per output column, and ONNX Runtime quantizes each call's activations to 8 bits
+too (DynamicQuantizeMatMul): a prompt costs ~1.5 ms instead of ~4.4 (~2.8 per prompt in a
+float batch of 8; int8 runs prompts one at a time, see `encode_token_ids`). Embeddings move
+by up to ~0.03 (cosine >= 0.98 to the float ones); the classifier's 5-fold CV accuracy with
+its float-trained head is unchanged (0.956 vs 0.955).
 """
 
 from __future__ import annotations
 
 import math
+import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,13 +45,15 @@ __all__ = ["OnnxMiniLMEncoder"]
 
 OPSET = 17  # LayerNormalization
 IR_VERSION = 9  # what onnxruntime 1.2x reads; the onnx package may write newer by default
+CONTRIB = "com.microsoft"  # ONNX Runtime's own operators: DynamicQuantizeMatMul
 
 
 class OnnxMiniLMEncoder:
     """Sentence embeddings from MiniLM on ONNX Runtime, one thread; the tokenizer is NumPy's."""
 
-    def __init__(self, encoder: MiniLMEncoder) -> None:
+    def __init__(self, encoder: MiniLMEncoder, *, int8: bool = False) -> None:
         self._encoder = encoder
+        self.precision = "int8" if int8 else "float32"
         options = ort.SessionOptions()
         # One thread, like BLAS in `python -m gateway`: more would only fight the event loop.
         options.intra_op_num_threads = 1
@@ -50,7 +61,7 @@ class OnnxMiniLMEncoder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # warnings about unused initializers etc. are not ours
-        builder = _Builder()
+        builder = _Builder(int8=int8, signed_int8=int8 and _exact_signed_products())
         model = _graph(builder, encoder)
         # The weights stay NumPy's: handed over by reference, not serialized into the graph, so
         # they are kept alive here for as long as the session reads them.
@@ -72,7 +83,17 @@ class OnnxMiniLMEncoder:
         return self._encoder.token_ids(texts)
 
     def encode_token_ids(self, batch: list[list[int]]) -> FloatArray:
-        """Embed already-tokenized inputs as one padded batch."""
+        """Embed already-tokenized inputs: one padded batch in float32, one by one in int8.
+
+        int8 activations share one scale per call, taken over the whole batch (padding too): a
+        prompt's embedding, and so its answer, would depend on its batch mates. Alone, it is a
+        function of the prompt; and an int8 batch of 8 saved only ~4% per prompt anyway.
+        """
+        if self.precision == "int8" and len(batch) > 1:
+            return np.concatenate([self._run([sentence]) for sentence in batch])
+        return self._run(batch)
+
+    def _run(self, batch: list[list[int]]) -> FloatArray:
         n = max(len(ids) for ids in batch)
         ids = np.zeros((len(batch), n), dtype=np.int64)
         mask = np.zeros((len(batch), n), dtype=np.float32)
@@ -95,7 +116,8 @@ class OnnxMiniLMEncoder:
 class _Builder:
     """Nodes and initializers of one graph, with fresh names."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, int8: bool = False, signed_int8: bool = False) -> None:
+        self.int8, self.signed_int8 = int8, signed_int8
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.weights: dict[str, np.ndarray] = {}
@@ -114,10 +136,11 @@ class _Builder:
 
     def weight(self, name: str, value: np.ndarray) -> str:
         """A weight array, declared in the graph and handed to the session by reference."""
-        value = np.ascontiguousarray(value, dtype=np.float32)
+        value = np.ascontiguousarray(value, dtype=np.float32 if value.dtype.kind == "f" else value.dtype)
         self.weights[name] = value
         # Declared with its data "external"; the session gets the array itself (no copy).
-        tensor = TensorProto(name=name, dims=value.shape, data_type=TensorProto.FLOAT,
+        tensor = TensorProto(name=name, dims=value.shape,
+                             data_type=helper.np_dtype_to_tensor_dtype(value.dtype),
                              data_location=TensorProto.EXTERNAL)
         for key, text in (("location", name), ("offset", "0"), ("length", str(value.nbytes))):
             tensor.external_data.add(key=key, value=text)
@@ -134,8 +157,20 @@ class _Builder:
                        self.weight(f"{name}_b", bias), axis=-1, epsilon=LN_EPS)
 
     def linear(self, x: str, name: str, weight: np.ndarray, bias: np.ndarray) -> str:
-        return self.op("Add", self.op("MatMul", x, self.weight(f"{name}_w", weight)),
-                       self.weight(f"{name}_b", bias))
+        if not self.int8:
+            return self.op("Add", self.op("MatMul", x, self.weight(f"{name}_w", weight)),
+                           self.weight(f"{name}_b", bias))
+        # Symmetric, per output column: the largest weight of each column maps to +-127.
+        scale = np.abs(weight).max(axis=0).astype(np.float32) / 127
+        scale[scale == 0] = 1.0
+        quantized = np.rint(weight / scale).astype(np.int8)
+        zero_point = ""  # signed weights: zero is 0
+        if not self.signed_int8:
+            quantized = (quantized.astype(np.int16) + 128).astype(np.uint8)
+            zero_point = self.const(np.full(scale.shape, 128, dtype=np.uint8))
+        return self.op("DynamicQuantizeMatMul", x, self.weight(f"{name}_q", quantized),
+                       self.weight(f"{name}_scale", scale), zero_point, self.weight(f"{name}_b", bias),
+                       domain=CONTRIB)
 
 
 def _graph(b: _Builder, encoder: MiniLMEncoder) -> onnx.ModelProto:
@@ -155,7 +190,8 @@ def _graph(b: _Builder, encoder: MiniLMEncoder) -> onnx.ModelProto:
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
         b.initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(CONTRIB, 1)] if b.int8 else [])
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = IR_VERSION
     return model
 
@@ -179,3 +215,20 @@ def _layer(b: _Builder, name: str, layer: Layer, x: str) -> str:
     gelu = b.op("Mul", b.op("Mul", up, b.scalar(0.5)), b.op("Add", b.scalar(1.0), erf))
     down = b.linear(gelu, f"{name}_down", layer.down_w, layer.down_b)
     return b.layer_norm(b.op("Add", h, down), f"{name}_ln2", layer.ln2_w, layer.ln2_b)
+
+
+def _exact_signed_products() -> bool:
+    """Whether ONNX Runtime multiplies 8-bit activations by signed 8-bit weights exactly here.
+
+    It does with VNNI (one instruction sums four products into 32 bits). Without it, x86 sums
+    pairs of products in 16 bits, which can saturate; unsigned weights (offset by 128) take a
+    kernel that widens first: exact everywhere, ~40% slower per prompt on a VNNI machine.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "").split()
+    return "avx512_vnni" in flags or "avx_vnni" in flags

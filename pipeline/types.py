@@ -38,6 +38,8 @@ Style = Literal[
 ]
 Format = Literal["square", "portrait", "landscape", "1:1", "4:3", "3:4", "16:9", "9:16"]
 Arm = Literal["ai", "existing"]
+# What runs MiniLM for the embedded classifier's escalated prompts (LOCAL_RUNTIME).
+MiniLMRuntime = Literal["onnx-int8", "onnx", "numpy"]
 
 
 class Preferences(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

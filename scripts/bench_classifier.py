@@ -41,8 +41,8 @@ def main() -> int:
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="BLAS threads, set before numpy loads (default 1, as `python -m gateway`)")
     parser.add_argument("--escalate-below", type=float, help="override the artifact's escalation threshold")
-    parser.add_argument("--runtime", choices=("onnx", "numpy"), default="onnx",
-                        help="what runs MiniLM (LOCAL_RUNTIME; default onnx)")
+    parser.add_argument("--runtime", choices=("onnx-int8", "onnx", "numpy"), default="onnx-int8",
+                        help="what runs MiniLM (LOCAL_RUNTIME; default onnx-int8)")
     args = parser.parse_args()
     if args.blas_threads > 0:
         for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -53,7 +53,7 @@ def main() -> int:
     import numpy  # noqa: F401
     import tokenizers  # noqa: F401
 
-    if args.runtime == "onnx":
+    if args.runtime != "numpy":
         import onnxruntime  # noqa: F401
 
     from pipeline.classifiers.local import LocalClassifier

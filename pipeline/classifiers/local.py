@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -36,7 +35,7 @@ from pipeline.intent_model import (
     load_examples,
     train_model,
 )
-from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
+from pipeline.types import ClassifierInput, IntentClassification, IntentSource, MiniLMRuntime, WorkflowType
 
 __all__ = ["DEFAULT_TRAIN_FILE", "LocalClassifier", "build_artifact", "to_example"]
 
@@ -44,9 +43,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TRAIN_FILE = Path(__file__).resolve().parents[2] / "data" / "train.jsonl"
 DEFAULT_LOW_CONFIDENCE = 0.6
-Runtime = Literal["onnx", "numpy"]
-# A batch of 8 costs ~3.6 ms per prompt against ~5 ms alone on ONNX Runtime (4.2 vs 9 on NumPy);
-# more gains little and makes the first escalation in it wait for all the others.
+# A float32 batch of 8 costs ~2.8 ms per prompt against ~4.4 ms alone on ONNX Runtime (4.2 vs 9
+# on NumPy); more gains little and makes the first escalation in it wait for all the others. int8
+# runs a batch's prompts one by one (~1.5 ms each; see `OnnxMiniLMEncoder.encode_token_ids`):
+# there a batch saves only thread hops.
 TRANSFORMER_BATCH = 8
 TRANSFORMER_NICE = 10  # how much nicer than the event loop its thread runs (see below)
 TRANSFORMER_TIMEOUT = 2.0  # seconds an escalation may wait for MiniLM (a batch takes ~5-50 ms)
@@ -84,8 +84,10 @@ class LocalClassifier:
         meta_escalate = model.meta.get("escalate_below", DEFAULT_ESCALATE_BELOW)
         self.escalate_below = float(escalate_below if escalate_below is not None
                                     else meta_escalate)  # type: ignore[arg-type]
-        # The threshold changes answers, so it is part of the version (and the cache key).
-        self.version = f"local-{ARTIFACT_VERSION}-{model.fingerprint}-e{self.escalate_below:g}"
+        # The threshold and int8 weights change answers, so they are part of the version (and
+        # the cache key); float32 on NumPy or ONNX Runtime agree to 1e-7 and share one.
+        precision = "" if model.encoder.precision == "float32" else f"-{model.encoder.precision}"
+        self.version = f"local-{ARTIFACT_VERSION}-{model.fingerprint}-e{self.escalate_below:g}{precision}"
         self._workflows = [WorkflowType(label) for label in model.labels]
         self._thread: ThreadPoolExecutor | None = None
         self._closed = False
@@ -95,12 +97,13 @@ class LocalClassifier:
     @classmethod
     def load(cls, path: Path | None = None, *, build_if_missing: bool = False,
              low_confidence_below: float = DEFAULT_LOW_CONFIDENCE,
-             escalate_below: float | None = None, runtime: Runtime = "onnx",
+             escalate_below: float | None = None, runtime: MiniLMRuntime = "onnx-int8",
              runs: Counter[str] | None = None) -> LocalClassifier:
         """Load the artifact (building it first if asked and absent: the first start).
 
-        `runtime` runs MiniLM on ONNX Runtime (half the time per escalation) or NumPy (the
-        reference); their embeddings agree to ~1e-7, like BLAS builds do, so they share a version.
+        `runtime` runs MiniLM on ONNX Runtime with 8-bit weights (a third of float32's time per
+        escalation, answers as accurate: see `pipeline.encoder_onnx`), on ONNX Runtime in float32
+        (half NumPy's time) or on NumPy (the reference).
         """
         path = path or default_artifact_path()
         if not path.is_file():
@@ -111,11 +114,11 @@ class LocalClassifier:
         started = time.perf_counter()
         reference = MiniLMEncoder()
         encoder: SentenceEncoder = reference
-        if runtime == "onnx":
+        if runtime != "numpy":
             # Imported here: onnxruntime costs start-up time only when used.
             from pipeline.encoder_onnx import OnnxMiniLMEncoder
 
-            encoder = OnnxMiniLMEncoder(reference)
+            encoder = OnnxMiniLMEncoder(reference, int8=runtime == "onnx-int8")
         model = IntentModel.load(path, encoder)
         log.info("loaded %s (MiniLM on %s) in %.2f s", path.name, runtime, time.perf_counter() - started)
         return cls(model, low_confidence_below=low_confidence_below, escalate_below=escalate_below, runs=runs)
