@@ -227,7 +227,12 @@ def measure(chosen: list[Scenario], args: argparse.Namespace) -> list[dict[str, 
                 "paced_rate": rate,
                 "saturated": saturated,
                 "paced": paced,
+                # The walk counts on from slice to slice and into the paced run: its last count.
+                "repeated_misses": paced.get("repeated_misses") or 0,
             })
+            if reports[-1]["repeated_misses"]:
+                sys.stderr.write(f"WARNING: {scenario.name}: the prompt walk wrapped, "
+                                 f"{reports[-1]['repeated_misses']} misses repeated earlier prompts\n")
     return reports
 
 
@@ -356,6 +361,8 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
         )
     lines.append("")
     lines.extend(f"{r['scenario']:<18}{r['description']}" for r in reports)
+    lines.extend(f"WARNING: {r['scenario']}: {r['repeated_misses']} of its misses repeated earlier prompts "
+                 "(the walk wrapped): its miss numbers are too kind" for r in reports if r.get("repeated_misses"))
     lines.append("")
     lines.extend(verdicts(reports))
     return "\n".join(lines) + "\n"

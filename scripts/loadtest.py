@@ -62,12 +62,16 @@ PROMPTS: list[tuple[str, str | None]] = [
     ("add a rainbow over the lake", "lake"),
 ]
 # Cache misses are natural variations (who writes "prompt #1234"?): opener x prompt x detail x
-# closer gives 30 x 8 x 10 x 8 = 19,200 distinct prompts, walked in a shuffled order without repeats.
+# purpose x closer gives 8 x 30 x 10 x 12 x 8 = 230,400 distinct prompts, walked in a shuffled
+# order without repeats (19,200 without purposes ran out within one benchmark on a fast machine:
+# a wrapped walk repeats prompts, which Redis still holds). A walk that wraps is reported.
 OPENERS = ["", "please ", "can you ", "hey, ", "i want to see ", "quick one: ", "pls ", "could you do "]
 DETAILS = ["", ", soft light", ", in high detail", ", warm colors", ", at golden hour", ", moody",
            ", for my portfolio", ", keep it natural", ", very realistic", ", bold and bright"]
+PURPOSES = ["", " for my mom", " for a client", " for our wedding album", " for the team chat",
+            " for a birthday card", " for my blog", " for a school project", " for the shop window",
+            " for my profile", " for a poster", " for fun"]
 CLOSERS = ["", " thanks", " :)", " asap", " for instagram", " please", "!", " - looks great so far"]
-
 
 LAG_PROBE_SECONDS = 0.005
 
@@ -90,13 +94,17 @@ class PromptMix:
 
     def __init__(self, rng: random.Random, repeat_share: float, hot: int, *, walk_start: int = 0) -> None:
         self.rng, self.repeat_share, self.hot = rng, repeat_share, min(hot, len(PROMPTS))
-        sizes = (len(OPENERS), len(PROMPTS), len(DETAILS), len(CLOSERS))
-        self.total = sizes[0] * sizes[1] * sizes[2] * sizes[3]
-        self.sizes = sizes
+        self.sizes = (len(OPENERS), len(PROMPTS), len(DETAILS), len(PURPOSES), len(CLOSERS))
+        self.total = math.prod(self.sizes)
         # An affine walk k -> (a*k + b) mod total visits every variation once, in scrambled order.
         self.step = next(a for a in range(self.total // 3, self.total) if math.gcd(a, self.total) == 1)
         self.offset = rng.randrange(self.total)
         self.drawn = walk_start  # a later run continues where an earlier one stopped
+
+    @property
+    def repeated(self) -> int:
+        """Misses drawn after the walk wrapped: prompts already sent once (maybe still cached)."""
+        return max(0, self.drawn - self.total)
 
     def body(self) -> bytes:
         if self.rng.random() < self.repeat_share:
@@ -106,9 +114,10 @@ class PromptMix:
             self.drawn += 1
             index, opener = divmod(index, self.sizes[0])
             index, base = divmod(index, self.sizes[1])
-            closer, detail = divmod(index, self.sizes[2])
+            index, detail = divmod(index, self.sizes[2])
+            closer, purpose = divmod(index, self.sizes[3])
             prompt, image = PROMPTS[base]
-            prompt = f"{OPENERS[opener]}{prompt}{DETAILS[detail]}{CLOSERS[closer]}"
+            prompt = f"{OPENERS[opener]}{prompt}{DETAILS[detail]}{PURPOSES[purpose]}{CLOSERS[closer]}"
         return make_body(prompt, image)
 
 
@@ -333,6 +342,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "target_rate": args.rate,
         # --walk-start for a next run whose misses must be new too (a replayed file has no walk)
         "walk_end": mix.drawn if isinstance(mix, PromptMix) else None,
+        "repeated_misses": mix.repeated if isinstance(mix, PromptMix) else None,
     }
 
 
@@ -347,6 +357,8 @@ def render(report: dict[str, object]) -> str:
         ("errors", json.dumps(report["errors"]) if report["errors"] else "none"),
         ("load tester's loop lag p99/max ms", f"{lag['p99']} / {lag['max']}"),
     ]
+    if report.get("repeated_misses"):
+        rows.append(("WARNING: the walk wrapped", f"{report['repeated_misses']} 'misses' repeated earlier prompts"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows) + "\n"
 

@@ -152,3 +152,17 @@ def test_a_prompt_file_must_hold_request_bodies(tmp_path: Path) -> None:
         loadtest.FileMix.load(random.Random(1), str(bad))
     with pytest.raises(SystemExit):  # argparse: a file replays its own repeats
         loadtest.parse_args(["--prompts", str(bad), "--repeat-share", "0.9"])
+
+
+def test_a_wrapped_walk_counts_its_repeated_misses() -> None:
+    """Past the last variation the walk starts over: those misses are counted, not passed off as new."""
+    loadtest = load_script("loadtest")
+    mix = loadtest.PromptMix(random.Random(1), 0.0, 10, walk_start=0)
+    assert mix.total == 8 * 30 * 10 * 12 * 8
+    wrapped = loadtest.PromptMix(random.Random(1), 0.0, 10, walk_start=mix.total - 3)
+    first = [wrapped.body() for _ in range(3)]
+    assert wrapped.repeated == 0
+    again = [wrapped.body() for _ in range(2)]
+    assert wrapped.repeated == 2
+    assert again == [mix.body() for _ in range(2)]  # the walk's first two prompts, once more
+    assert not set(first) & set(again)
