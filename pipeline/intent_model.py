@@ -428,15 +428,20 @@ class TrainReport(msgspec.Struct, frozen=True):
     temperature_full: float
 
 
-def _cv_logits(x: _Design, y: npt.NDArray[np.intp], k: int) -> FloatArray:
-    """Out-of-fold logits: every row scored by a head that never saw it."""
+def _cv_logits(x: _Design, y: npt.NDArray[np.intp], k: int, *, scored: _Design | None = None) -> FloatArray:
+    """Out-of-fold logits: every row scored by a head that never saw it.
+
+    `scored`: the same rows with the features serving computes (int8 MiniLM embeddings, say),
+    when they differ from the ones the heads are trained on.
+    """
+    scored = scored or x
     order = np.random.default_rng(0).permutation(len(y))
     out = np.zeros((len(y), k), dtype=np.float32)
     for f in range(CV_FOLDS):
         test = np.sort(order[f::CV_FOLDS])
         train = np.setdiff1d(order, test)
         w, b = _fit_logreg(x.take(train), y[train], k)
-        out[test] = x.take(test).matmul(w) + b
+        out[test] = scored.take(test).matmul(w) + b
     return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.intent_model import Tfidf, _ngrams, load_examples
+from pipeline.intent_model import Tfidf, _cv_logits, _Design, _ngrams, load_examples
 
 TRAIN = Path(__file__).resolve().parents[1] / "data" / "train.jsonl"
 
@@ -42,3 +42,19 @@ def test_sparse_vectors_match_the_definition_first_time_and_from_the_word_cache(
     dense = tfidf.dense(prompts[:2])
     idx, val = tfidf.sparse(prompts[0])
     assert np.allclose(dense[0, idx], val) and np.count_nonzero(dense[0]) == len(idx)
+
+
+def test_out_of_fold_logits_can_score_other_features_of_the_same_rows() -> None:
+    """CV with heads trained on one set of features (float embeddings) and scored on another
+    (int8 ones): the same features score as the plain CV does; other features score differently."""
+    texts = [e.prompt for e in load_examples(TRAIN)][:200]
+    tfidf = Tfidf.fit(texts)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=len(texts)).astype(np.intp)
+    dense = rng.standard_normal((len(texts), 4)).astype(np.float32)
+    dense[:, 0] += y  # something to learn
+    x = _Design(dense, texts, tfidf)
+    plain = _cv_logits(x, y, 3)
+    assert np.array_equal(_cv_logits(x, y, 3, scored=_Design(dense.copy(), texts, tfidf)), plain)
+    nudged = _cv_logits(x, y, 3, scored=_Design(dense + np.float32(0.5), texts, tfidf))
+    assert nudged.shape == plain.shape and not np.allclose(nudged, plain)
