@@ -434,7 +434,7 @@ def _cv_logits(x: _Design, y: npt.NDArray[np.intp], k: int, *, scored: _Design |
     `scored`: the same rows with the features serving computes (int8 MiniLM embeddings, say),
     when they differ from the ones the heads are trained on.
     """
-    scored = scored or x
+    scored = x if scored is None else scored
     order = np.random.default_rng(0).permutation(len(y))
     out = np.zeros((len(y), k), dtype=np.float32)
     for f in range(CV_FOLDS):
