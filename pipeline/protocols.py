@@ -14,6 +14,14 @@ class Classifier(Protocol):
     name: str  # "rules" | "local" | "llm" | "cascade"
     version: str  # part of cache keys: change it when the classifier's answers can change
 
+    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
+        """The answer if it takes no waiting (no thread, no network), else None.
+
+        Such an answer cannot queue, so it takes no classification slot: only `classify`,
+        called when this returns None, does.
+        """
+        ...
+
     async def classify(self, query: ClassifierInput) -> IntentClassification: ...
 
 

@@ -53,6 +53,9 @@ class GatedClassifier:
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
+    def answer_now(self, query: Any) -> None:
+        return None  # answers only by awaiting
+
     async def classify(self, query: Any) -> Any:
         self.entered.set()
         await self.gate.wait()
@@ -64,6 +67,9 @@ class FailingClassifier:
 
     name = "failing"
     version = "failing-1"
+
+    def answer_now(self, query: Any) -> None:
+        return None  # answers only by awaiting
 
     async def classify(self, query: Any) -> Any:
         raise RuntimeError("classifier exploded")

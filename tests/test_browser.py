@@ -271,6 +271,9 @@ class ImageEverything:
     name = "stub"
     version = "stub-1"
 
+    def answer_now(self, query: Any) -> None:
+        return None  # answers only by awaiting
+
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         return IntentClassification(
             workflow_type=WorkflowType.IMAGE_GENERATION,

@@ -24,6 +24,9 @@ class Scripted:
         self.script = script
         self.seen: list[str] = []
 
+    def answer_now(self, query: Any) -> None:
+        return None  # answers only by awaiting
+
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         self.seen.append(query.prompt)
         workflow, confidence = self.script[query.prompt]
@@ -39,6 +42,9 @@ class Broken:
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
         self.calls = 0
+
+    def answer_now(self, query: Any) -> None:
+        return None  # answers only by awaiting
 
     async def classify(self, query: Any) -> Any:
         self.calls += 1

@@ -24,16 +24,26 @@ IMAGE = "https://a.supabase.co/p.jpg"
 
 
 class CountingClassifier:
-    """Delegates to the rules and counts the calls that reached it."""
+    """Delegates to the rules and counts the calls that reached it.
+
+    `at_once`: answers from `answer_now`, as the embedded classifier's fast tier does.
+    """
 
     name = "counting"
     version = "counting-1"
 
-    def __init__(self, *, fallback: bool = False) -> None:
+    def __init__(self, *, fallback: bool = False, at_once: bool = False) -> None:
         self.calls = 0
         self.fallback = fallback
+        self.at_once = at_once
+
+    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
+        return self._answer(query) if self.at_once else None
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
+        return self._answer(query)
+
+    def _answer(self, query: ClassifierInput) -> IntentClassification:
         self.calls += 1
         result = RulesClassifier().classify_sync(query)
         if self.fallback:
@@ -44,6 +54,9 @@ class CountingClassifier:
 class Versioned:
     def __init__(self, name: str, version: str) -> None:
         self.name, self.version = name, version
+
+    def answer_now(self, query: Any) -> None:
+        return None  # answers only by awaiting
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         raise NotImplementedError
@@ -88,6 +101,18 @@ async def test_second_identical_request_is_a_hit(make_client: MakeClient) -> Non
     assert counting.calls == 1
     stats = client.app[INTENT_CACHE].stats()
     assert (stats["hits"], stats["misses"], stats["backend"]) == (1, 1, "memory")
+
+
+async def test_a_miss_answered_at_once_is_cached_like_any_other(make_client: MakeClient) -> None:
+    """The fast tier's answer, given without a flight or a slot, is remembered too."""
+    counting = CountingClassifier(at_once=True)
+    client = await make_client(classifier=counting)
+    first = await (await client.post(PROCESS, json={"prompt": "A red fox"})).json()
+    second = await (await client.post(PROCESS, json={"prompt": "a red  fox"})).json()
+    assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+    assert counting.calls == 1
+    stats = client.app[INTENT_CACHE].stats()
+    assert (stats["hits"], stats["misses"], stats["coalesced"]) == (1, 1, 0)
 
 
 async def test_context_changes_the_answer_key(make_client: MakeClient) -> None:

@@ -119,6 +119,9 @@ async def test_a_pipeline_run_in_another_task_is_not_the_handlers_current_span()
 class _Classifier:
     name, version = "demo", "1"
 
+    def answer_now(self, query: ClassifierInput) -> None:
+        return None  # the test's classify() answers, by awaiting
+
 
 async def test_a_shared_classification_stays_a_child_of_the_stage_that_started_it() -> None:
     """Request A starts a classification, B joins it, A's client goes away: the classifier's

@@ -52,6 +52,9 @@ class FallbackClassifier:
         self.fallbacks = (*fallbacks, RulesClassifier())
         self.version = "+".join(c.version for c in (llm, *self.fallbacks))
 
+    def answer_now(self, query: ClassifierInput) -> None:
+        return None  # the LLM answers first
+
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         try:
             return await self.llm.classify(query)
@@ -74,6 +77,13 @@ class CascadeClassifier:
         self.usage = usage
         self.rules = RulesClassifier()
         self.version = f"{first.version}+{llm.version}@{threshold:g}"
+
+    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
+        local = self.first.answer_now(query)
+        if local is not None and confident(local, self.threshold):
+            self.usage.cascade_local += 1
+            return local
+        return None  # `classify` asks `first` again, then the LLM
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         local = await _first_answer((self.first, self.rules), query)
