@@ -97,18 +97,52 @@ class MsgspecSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is un
 
 
 class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]
-    """aiocache's memory cache, evicting the oldest entry beyond `max_entries`."""
+    """aiocache's memory cache, evicting the oldest entry beyond `max_entries`, with entries
+    that expire when read instead of by a timer each.
 
-    def __init__(self, *, max_entries: int, **kwargs: Any) -> None:
+    aiocache arms `loop.call_later(ttl)` per key, and a loop timer keeps a copy of the context
+    it was armed in: here the request that stored the entry, and through its span that
+    request's task, stream and headers, all alive for the TTL (an hour by default; only
+    eviction at `max_entries` let them go). Measured on 64 streams of misses: every miss
+    left its request behind, and the garbage collector walked them all (gen1/gen2 pauses of
+    40-50 ms at 500 misses/s).
+    """
+
+    def __init__(
+        self, *, max_entries: int, clock: Callable[[], float] = time.monotonic, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.max_entries = max_entries
+        self._clock = clock
+        self._expires: dict[str, float] = {}
+
+    async def _get(self, key: str, encoding: str = "utf-8", _conn: Any = None) -> Any:
+        expires = self._expires.get(key)
+        if expires is not None and expires <= self._clock():
+            await self._delete(key)
+            return None
+        return self._cache.get(key)
 
     async def _set(
         self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None
     ) -> Any:
         while len(self._cache) >= self.max_entries and key not in self._cache:
             await self._delete(next(iter(self._cache)))
-        return await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+        stored = await super()._set(key, value, ttl=None, _cas_token=_cas_token, _conn=_conn)
+        if stored and ttl:
+            self._expires[key] = self._clock() + ttl
+        elif stored:
+            self._expires.pop(key, None)
+        return stored
+
+    async def _delete(self, key: str, _conn: Any = None) -> Any:
+        self._expires.pop(key, None)
+        return await super()._delete(key, _conn=_conn)
+
+    async def _clear(self, namespace: str | None = None, _conn: Any = None) -> Any:
+        cleared = await super()._clear(namespace, _conn=_conn)
+        self._expires = {key: at for key, at in self._expires.items() if key in self._cache}
+        return cleared
 
 
 class SharedRedisCache(RedisCache):  # type: ignore[misc]

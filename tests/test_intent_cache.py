@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import gc
 import os
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +16,7 @@ import msgspec
 import pytest
 
 from gateway.appkeys import INTENT_CACHE, REDIS
-from pipeline.cache import FALLBACK_FLAG, IntentCache, NearCache, cache_key
+from pipeline.cache import FALLBACK_FLAG, BoundedMemoryCache, IntentCache, NearCache, cache_key
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.types import ClassifierInput, IntentClassification
 from tests.conftest import GatedClassifier, MakeClient, wait_until
@@ -264,6 +267,48 @@ def test_near_cache_entries_expire_and_the_oldest_go_first() -> None:
     assert near.get("b") is None and near.get("a") is result and near.get("c") is result
     now[0] = 30.0
     assert near.get("a") is None and len(near) == 1
+
+
+async def test_memory_entries_expire_when_read_and_the_oldest_go_first() -> None:
+    now = [0.0]
+    memory = BoundedMemoryCache(max_entries=2, clock=lambda: now[0])
+    await memory.set("a", 1, ttl=60)
+    await memory.set("b", 2)  # no TTL: kept until evicted
+    await memory.set("c", 3, ttl=60)  # full: "a" is the oldest
+    assert [await memory.get(k) for k in "abc"] == [None, 2, 3]
+    now[0] = 60.0
+    assert (await memory.get("c"), await memory.get("b")) == (None, 2)
+    assert list(memory._cache) == ["b"] and memory._expires == {}
+    await memory.clear()
+    assert await memory.get("b") is None
+
+
+async def test_a_memory_entry_does_not_keep_the_request_that_stored_it_alive() -> None:
+    """aiocache's own memory cache armed a loop timer per key, and the timer kept the storing
+    request's context (its span, task and stream) for the whole TTL."""
+
+    class Request:
+        pass
+
+    request = Request()
+    current: contextvars.ContextVar[Request] = contextvars.ContextVar("current")
+    cache = IntentCache(ttl=3600, redis=None, timeout=1.0)
+    classifier = CountingClassifier()
+    query = ClassifierInput(prompt="animate this sunset")
+
+    async def serve(request: Request) -> None:
+        current.set(request)
+        await cache.get_or_classify(classifier, query, lambda: classifier.classify(query))
+
+    served = asyncio.create_task(serve(request))  # a task of its own, with a context of its own
+    await served
+    await asyncio.sleep(0)  # the loop lets go of the handle that woke us (it holds `served`)
+    alive = weakref.ref(request)
+    del request, served
+    gc.collect()
+    assert alive() is None
+    assert (await cache.get_or_classify(classifier, query, lambda: classifier.classify(query)))[1] is True
+    await cache.close()
 
 
 @needs_redis
