@@ -39,6 +39,13 @@ class MalformedJSON(GatewayError):
     code = "malformed_json"
 
 
+class UnreadableBody(GatewayError):
+    """The body does not decode as its Content-Encoding says (gzip that is not gzip)."""
+
+    status = 400
+    code = "unreadable_body"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "payload_too_large"
@@ -162,6 +169,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(as_gateway_error(exc))
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("request body is larger than 64 KiB"))
+    except web.RequestPayloadError as exc:
+        return error_response(UnreadableBody(f"request body could not be read: {exc.__cause__ or exc}"))
     except web.HTTPException as exc:  # aiohttp's own 404/405/...: same JSON shape
         if exc.status < 400:
             raise

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 from aiohttp import web
 
 from gateway.apikeys import USER_ID_PATTERN, KeyInfo, NewKey, PgKeyStore
 from gateway.appkeys import AUTH
-from gateway.errors import GatewayError, MalformedJSON, ValidationFailed
+from gateway.errors import GatewayError, ValidationFailed
 from gateway.responses import json_response
+from gateway.wire import decode_json
 
 
 class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     user_id: str
     admin: bool = False
+
+
+_create_key_decoder = msgspec.json.Decoder(CreateKey)
+_KEY_ID = re.compile(r"[0-9a-f]{12,64}")
 
 
 class KeyList(msgspec.Struct, kw_only=True):
@@ -38,12 +45,7 @@ def _store(request: web.Request) -> PgKeyStore:
 
 async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/admin/keys {user_id, admin}: a new key, shown in this answer only."""
-    try:
-        body = msgspec.json.decode(await request.read(), type=CreateKey)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    body = decode_json(_create_key_decoder, await request.read())
     if not USER_ID_PATTERN.match(body.user_id):
         raise ValidationFailed("user_id must be 1-128 letters, digits or _.@:-", field="user_id")
     store = _store(request)
@@ -59,7 +61,11 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     """DELETE /api/v1/admin/keys/{key_id}: revoke; cached copies expire within a minute."""
-    return json_response(Revoked(revoked=await _store(request).revoke(request.match_info["key_id"])))
+    key_id = request.match_info["key_id"]
+    if not _KEY_ID.fullmatch(key_id):  # a typo would otherwise revoke nothing, quietly
+        raise ValidationFailed("key_id is the key's id from its creation or the list: 12-64 hex digits",
+                               field="key_id")
+    return json_response(Revoked(revoked=await _store(request).revoke(key_id)))
 
 
 def add_key_routes(app: web.Application) -> None:

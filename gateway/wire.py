@@ -6,6 +6,7 @@ Bad input stops here with a typed error; stages trust what passes.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 import msgspec
 
@@ -26,15 +27,21 @@ class ProcessBody(msgspec.Struct, kw_only=True):
     use_ai_classification: bool = True
 
 
+Body = TypeVar("Body")
 _decoder = msgspec.json.Decoder(ProcessBody)
 
 
 def decode_body(raw: bytes) -> ProcessBody:
+    return decode_json(_decoder, raw)
+
+
+def decode_json(decoder: msgspec.json.Decoder[Body], raw: bytes) -> Body:
+    """A JSON request body as `decoder`'s type, or the 400/422 that says what is wrong with it."""
     try:
-        return _decoder.decode(raw)
+        return decoder.decode(raw)
     except msgspec.ValidationError as exc:  # well-formed JSON, wrong shape: subclass of DecodeError
         raise _as_validation_error(exc) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8 inside a string
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
 
 

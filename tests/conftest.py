@@ -81,6 +81,23 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
             await asyncio.sleep(0.005)
 
 
+async def raw_request(client: TestClient, head: bytes, body: bytes = b"") -> tuple[int, str, Any]:
+    """Send bytes no HTTP client library would (bytes that are not UTF-8 in a header or a body);
+    returns the status, the Content-Type and the body (parsed when it is JSON)."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        length = f"Content-Length: {len(body)}\r\n".encode() if body else b""
+        writer.write(head.rstrip(b"\r\n") + b"\r\nConnection: close\r\n" + length + b"\r\n" + body)
+        response = await reader.read()
+    finally:
+        writer.close()
+    lines, _, payload = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = lines.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    content_type = headers.get("Content-Type", "").split(";")[0]
+    return int(status_line.split()[1]), content_type, msgspec.json.decode(payload) if content_type == "application/json" else payload
+
+
 @pytest.fixture
 def upstream() -> Iterator[aioresponses]:
     """The outside world (LLM, search providers): mocked; the test server itself passes through."""

@@ -19,7 +19,7 @@ from aioresponses import aioresponses
 from gateway.analytics.pool import create_pool
 from gateway.analytics.rows import LogEntry, prompt_columns
 from gateway.analytics.schema import migrate
-from gateway.analytics.writer import LogWriter
+from gateway.analytics.writer import LogWriter, is_transient
 from gateway.appkeys import ANALYTICS, REQUEST_LOG
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import GatedClassifier, MakeClient, wait_until
@@ -325,8 +325,11 @@ async def test_replaying_rows_already_written_stores_them_once(postgres_db: str,
     assert await _counts(postgres_db) == (6, 6)
 
 
-async def test_a_batch_failing_halfway_writes_nothing(postgres_db: str, tmp_path: Path) -> None:
-    """The second COPY of a batch fails: the first table keeps none of its rows; the rows are set aside."""
+async def test_a_batch_failing_halfway_keeps_nothing_and_only_the_bad_row_is_set_aside(
+    postgres_db: str, tmp_path: Path
+) -> None:
+    """A COPY of a batch fails: that attempt leaves no row in either table; the batch is then
+    split until the row Postgres refuses is alone, and only it goes to the .rejected file."""
     pool = await create_pool(postgres_db)
     try:
         async with pool.acquire() as conn:
@@ -342,9 +345,27 @@ async def test_a_batch_failing_halfway_writes_nothing(postgres_db: str, tmp_path
         await writer.close()
     finally:
         await pool.close()
-    assert await _counts(postgres_db) == (3, 3)
-    assert writer.stats.rejected == 2 and writer.stats.written == 3
-    assert len((tmp_path / "spill.jsonl.rejected").read_bytes().splitlines()) == 2
+    assert await _counts(postgres_db) == (4, 4)
+    assert writer.stats.rejected == 1 and writer.stats.written == 4 and writer.stats.duplicates == 0
+    (rejected,) = (tmp_path / "spill.jsonl.rejected").read_bytes().splitlines()
+    assert b"is not text to Postgres" in rejected
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (asyncpg.exceptions.InternalClientError("cannot switch to state 15; another operation (2) is in progress"),
+         True),  # a connection that died mid-COPY, as seen with pg_terminate_backend under load
+        (asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed"), True),
+        (asyncpg.exceptions.UndefinedTableError("no table"), True),  # not migrated yet
+        (ConnectionRefusedError(), True),
+        (asyncpg.exceptions.CharacterNotInRepertoireError("NUL"), False),  # SQLSTATE 22
+        (asyncpg.exceptions.NotNullViolationError("null"), False),  # SQLSTATE 23
+        (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), False),
+    ],
+)
+def test_only_rows_postgres_or_the_driver_refuse_are_set_aside(error: Exception, transient: bool) -> None:
+    assert is_transient(error) is transient
 
 
 def test_prompt_digest_is_keyed_when_a_key_is_configured() -> None:

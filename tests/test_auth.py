@@ -22,6 +22,7 @@ from gateway.apikeys import Authenticator, generate_key, hash_key, parse_static_
 from gateway.app import create_app
 from gateway.appkeys import AUTH
 from gateway.config import ConfigError, Settings
+from tests.conftest import raw_request
 from tests.sse import parse_events
 
 PROCESS = "/api/v1/enhanced/process"
@@ -71,6 +72,16 @@ async def test_invalid_credentials_are_401(secured: Any, header: str) -> None:
     resp = await secured.post(PROCESS, json={"prompt": "a cat"}, headers={"Authorization": header})
     assert resp.status == 401
     assert "Bearer" in resp.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("credentials", [b"\xff\xfe", b"\xff.\xff.\xff", "caf\u00e9".encode()])
+async def test_credentials_that_are_not_ascii_are_401_not_a_crash(secured: Any, credentials: bytes) -> None:
+    """Bytes that are not UTF-8 reach the app as lone surrogates, which neither the key hash nor
+    the JWT decoder can take."""
+    head = b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    status, _, error = await raw_request(secured, head + b"Authorization: Bearer " + credentials,
+                                         b'{"prompt": "a cat"}')
+    assert (status, error["error"]) == (401, "unauthorized")
 
 
 async def test_user_key_is_accepted_and_x_user_id_ignored(secured: Any) -> None:
@@ -279,6 +290,8 @@ async def test_admin_api_creates_and_revokes_keys(make_client: Any, pg_url: str)
     assert [k["user_id"] for k in listing["keys"]] == ["erin"] and "key" not in listing["keys"][0]
     revoked = await client.delete(f"/api/v1/admin/keys/{new['key_id']}", headers=bearer(ROOT))
     assert (await revoked.json())["revoked"] == 1
+    typo = await client.delete("/api/v1/admin/keys/zz", headers=bearer(ROOT))
+    assert typo.status == 422 and (await typo.json())["field"] == "key_id"
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(new["key"]))).status == 401
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import raw_request
+
 PROCESS = "/api/v1/enhanced/process"
 
 
@@ -66,3 +68,36 @@ async def test_bad_user_id_header_is_422(client: Any) -> None:
     resp = await client.post(PROCESS, json={"prompt": "a cat"}, headers={"X-User-Id": "a b\tc"})
     assert resp.status == 422
     assert (await resp.json())["field"] == "X-User-Id"
+
+
+def _post(path: str, *headers: bytes) -> bytes:
+    return b"\r\n".join([f"POST {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Content-Type: application/json", *headers])
+
+
+@pytest.mark.parametrize("path", [PROCESS, "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"])
+async def test_a_body_that_is_not_utf8_is_400_not_a_crash(client: Any, path: str) -> None:
+    status, content_type, error = await raw_request(client, _post(path), b'{"prompt": "\xff cat"}')
+    assert (status, content_type, error["error"]) == (400, "application/json", "malformed_json")
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
+async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(client: Any, encoding: bytes) -> None:
+    status, content_type, error = await raw_request(
+        client, _post(PROCESS, b"Content-Encoding: " + encoding), b'{"prompt": "a cat"}'
+    )
+    assert (status, content_type, error["error"]) == (400, "application/json", "unreadable_body")
+
+
+async def test_a_host_port_of_non_ascii_digits_is_only_a_host_header(client: Any) -> None:
+    """"\u00b2".isdigit() is true, and int() refuses it: the span's attributes must not crash on it."""
+    head = _post(PROCESS).replace(b"Host: 127.0.0.1", "Host: a:\u00b2".encode())
+    status, _, body = await raw_request(client, head, b'{"prompt": "a cat"}')
+    assert status == 200 and body["success"] is True
+
+
+@pytest.mark.parametrize("limit", ["abc", "-5", "0", "\u00b2"])
+async def test_a_debug_traces_limit_that_is_not_a_count_is_422(client: Any, limit: str) -> None:
+    resp = await client.get("/debug/traces", params={"limit": limit})
+    assert resp.status == 422
+    assert (await resp.json())["field"] == "limit"
+    assert (await client.get("/debug/traces", params={"limit": "2"})).status == 200

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
 from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
-from gateway.errors import AnalyticsNotConfigured, MalformedJSON, UnsupportedMediaType, ValidationFailed
+from gateway.errors import AnalyticsNotConfigured, UnsupportedMediaType, ValidationFailed
 from gateway.responses import json_response
-from gateway.wire import check_image_url
+from gateway.wire import check_image_url, decode_json
 
 # The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -82,12 +82,7 @@ def _decode_reference(request: web.Request, raw: bytes) -> UserReference:
     """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType(f"send Content-Type: application/json, not {request.content_type!r}")
-    try:
-        body = _reference_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed(str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    body = decode_json(_reference_decoder, raw)
     tag = body.tag.strip().removeprefix("@").lower()
     if not _TAG.match(tag) or tag.endswith("."):
         raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")

@@ -64,16 +64,16 @@ _INSERT_MODEL = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """False only for rows Postgres will never accept (data or integrity errors, SQLSTATE 22/23).
+    """False only for rows that will never be stored as they are: Postgres refused their data
+    (SQLSTATE class 22 or 23), or the driver could not encode a value (a ValueError/TypeError).
 
-    Anything else (unreachable, restarting, schema not migrated yet, credentials) may pass with
-    time, so the rows wait rather than being set aside.
+    Anything else (unreachable, restarting, a connection dropped mid-COPY and left in a state
+    asyncpg refuses to reuse, schema not migrated yet, credentials) may pass with time, so
+    the rows wait rather than being set aside.
     """
     if isinstance(exc, asyncpg.PostgresError):
         return not (exc.sqlstate or "").startswith(("22", "23"))
-    if isinstance(exc, asyncpg.DataError):  # the driver could not encode a value
-        return False
-    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+    return not isinstance(exc, ValueError | TypeError)
 
 
 class WriterStats(msgspec.Struct, kw_only=True):
@@ -230,6 +230,11 @@ class LogWriter:
         try:
             inserted = await self._write(batch)
         except Exception as exc:
+            if not is_transient(exc) and len(batch) > 1:  # set aside only the rows at fault
+                half = len(batch) // 2
+                # A half written twice (the second failed for now, the batch is retried) is
+                # stored once: _write skips rows already there.
+                return await self._write_batch(batch[:half]) and await self._write_batch(batch[half:])
             if not is_transient(exc):
                 log.error("postgres refused %d log rows: %r", len(batch), exc)
                 self.stats.rejected += len(batch)
