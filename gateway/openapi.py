@@ -92,7 +92,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/v1/admin/keys"): Operation(
         request=CreateKey, response=NewKey, status="201", errors=("400", "409", "422")
     ),
-    ("DELETE", "/api/v1/admin/keys/{key_id}"): Operation(response=Revoked, errors=("409",)),
+    ("DELETE", "/api/v1/admin/keys/{key_id}"): Operation(response=Revoked, errors=("409", "422")),
     ("POST", "/api/v1/references"): Operation(
         request=ReferenceBody, response=UserReference, status="201", errors=_BODY_ERRORS
     ),
