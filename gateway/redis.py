@@ -10,6 +10,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
@@ -21,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from gateway.appkeys import HEALTH_PROBES, INTENT_CACHE, METRICS, REDIS, SETTINGS, TRACING
 from gateway.config import Settings
 from pipeline.cache import IntentCache
+from pipeline.cancellation import raise_if_cancelled
 from pipeline.redis_link import UNAVAILABLE, RedisClient
 
 log = logging.getLogger(__name__)
@@ -46,21 +48,39 @@ def connect(settings: Settings) -> RedisClient:
     # One retry, only on a broken connection (Redis restarted): a timeout is not retried,
     # so a hung Redis costs one REDIS_TIMEOUT per call, never a backoff series.
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    client: RedisClient
     if cluster:
-        return RedisCluster.from_url(
+        client = RedisCluster.from_url(
             url,
             socket_timeout=settings.redis_timeout,
             socket_connect_timeout=settings.redis_timeout,
             health_check_interval=IDLE_CHECK_SECONDS,
             retry=retry,
         )
-    return Redis.from_url(
-        url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=IDLE_CHECK_SECONDS,
-        retry=retry,
-    )
+    else:
+        client = Redis.from_url(
+            url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            health_check_interval=IDLE_CHECK_SECONDS,
+            retry=retry,
+        )
+    _keep_cancellations(client)
+    return client
+
+
+def _keep_cancellations(client: RedisClient) -> None:
+    """Every command re-raises a cancellation that redis-py's wait_for dropped (see
+    pipeline/cancellation.py): the circuit breaker's reads, in the task that holds a
+    classification slot, were one place a client's hang-up got lost."""
+    execute = client.execute_command
+
+    async def execute_command(*args: Any, **options: Any) -> Any:
+        reply = await execute(*args, **options)
+        raise_if_cancelled()
+        return reply
+
+    client.execute_command = execute_command  # type: ignore[method-assign]
 
 
 class RedisConnection:

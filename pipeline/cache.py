@@ -28,6 +28,7 @@ from aiocache.base import BaseCache
 from aiocache.serializers import BaseSerializer
 
 from observability.spans import pinned_context
+from pipeline.cancellation import raise_if_cancelled
 from pipeline.protocols import Classifier
 from pipeline.redis_link import UNAVAILABLE, RedisClient, RedisLink
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource
@@ -333,6 +334,7 @@ class IntentCache:
         if self.remote is not None and self.redis is not None and self.redis.available:
             try:
                 result: IntentClassification | None = await self.remote.get(key)
+                raise_if_cancelled()  # aiocache's wait_for may have dropped it (pipeline/cancellation.py)
                 return result
             except UNAVAILABLE as exc:
                 self._remote_failed(exc)
@@ -343,6 +345,7 @@ class IntentCache:
         if self.remote is not None and self.redis is not None and self.redis.available:
             try:
                 await self.remote.set(key, result, ttl=self.ttl)
+                raise_if_cancelled()
                 return
             except UNAVAILABLE as exc:
                 self._remote_failed(exc)

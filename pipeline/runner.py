@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 
 from observability.tracing import StageInstruments
+from pipeline.cancellation import raise_if_cancelled
 from pipeline.errors import PipelineError
 from pipeline.events import ErrorEvent, ProcessResult, ResultMetadata, StageEvent
 from pipeline.observe import stage_span_attributes
@@ -31,6 +32,7 @@ async def run_pipeline(
     instruments = instruments or _UNOBSERVED
     stage_span = instruments.spans()
     for stage in stages:
+        raise_if_cancelled()  # a client gone during the last stage's outside call: no next stage
         failure: ErrorEvent | None = None
         outcome, started = "error", time.perf_counter()
         # Never yield inside the span: the consumer's code would run as the stage's child.

@@ -186,3 +186,39 @@ async def test_llm_redis_and_postgres_down_at_once_still_answer_200_and_lose_no_
         redis.stop()
         with contextlib.suppress(AssertionError):
             await proxy.stop()
+
+
+@needs_redis
+async def test_clients_gone_while_redis_answers_release_their_slots_at_once(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """Python 3.11's asyncio.wait_for, which redis-py wraps around every command and aiocache
+    around every lookup, drops a cancellation that lands as the command finishes: the request
+    of a client that hung up then went on to the LLM and held a classification slot."""
+
+    async def hang(url: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(30)
+
+    upstream.post(ENDPOINT, callback=hang, repeat=True)
+    redis = RedisServer().start()
+    try:
+        client = await make_client(intent_classifier="llm", openai_api_key="sk-test", openai_base_url=BASE_URL,
+                                   redis_url=redis.url, classification_timeout=20, **NO_LIMITS)
+        slots = client.app[SLOTS]
+        for attempt in range(3):  # each stream hangs up right after its first event
+            streams = []
+            for i in range(12):
+                reader, writer = await asyncio.open_connection(client.host, client.port)
+                body = json.dumps({"prompt": f"change my hair, take {attempt}.{i}"}).encode()
+                writer.write(b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                streams.append((reader, writer))
+            for reader, writer in streams:
+                await reader.readuntil(b"event: context")
+                writer.close()
+            try:
+                await wait_until(lambda: slots.in_use == 0 and slots.waiting == 0, timeout=2)
+            except TimeoutError:
+                raise AssertionError((attempt, slots.in_use, slots.waiting)) from None
+    finally:
+        redis.stop()
