@@ -38,7 +38,7 @@ from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
 from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
 from pipeline.errors import PipelineError
-from pipeline.events import ErrorEvent, ModelEvent, ProcessResult, StageEvent
+from pipeline.events import ErrorEvent, ModelEvent, ProcessResult
 from pipeline.protocols import Stage
 from pipeline.runner import run_pipeline
 from pipeline.state import RequestState
@@ -171,7 +171,9 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                 unfinished = exc.code
                 error = as_gateway_error(exc)
                 app[STATS].record_error(error.code)
-                await stream.send("error", encode_json(_error_event(error.code, error.detail, preq)))
+                event = ErrorEvent(code=error.code, message=error.detail, trace_id=preq.trace_id,
+                                   elapsed_ms=state.elapsed_ms())
+                await stream.send("error", encode_json(event))
         await stream.write_eof()
     except ConnectionResetError:
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})
@@ -181,10 +183,6 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         if unfinished is not None:
             record_unfinished(request, state, unfinished)
     return stream
-
-
-def _error_event(code: str, message: str, preq: PipelineRequest) -> StageEvent:
-    return ErrorEvent(code=code, message=message, trace_id=preq.trace_id)
 
 
 class Differences(msgspec.Struct, kw_only=True):

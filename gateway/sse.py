@@ -124,6 +124,7 @@ class EventStream(web.StreamResponse):
     async def _send_heartbeat(self) -> None:
         try:
             await self.write(self.HEARTBEAT)
-        except (ConnectionError, RuntimeError):
+        except (ConnectionError, RuntimeError) as exc:
             # The client is gone; the next event's send reports it to the handler.
+            self._failed = exc
             self.stop()

@@ -316,3 +316,27 @@ async def test_retry_after_as_http_date_or_garbage(harness: Harness, upstream: a
     await harness.llm.classify(QUERY)
     assert 2.0 < harness.sleeps[0] <= 4.0  # whole seconds in the header
     assert harness.sleeps[1] == 1.0  # the second backoff step
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("<html><body>502 from the proxy, sent as a 200</body></html>", "text/html"),
+        ("not json at all", "application/json"),
+        ('{"choices": "none"}', "application/json"),
+        ('{"choices": [{"message": null}]}', "application/json"),
+        ('[1, 2, 3]', "application/json"),
+        ('{"choices": [], "usage": "lots"}', "application/json"),
+    ],
+    ids=["html", "garbage", "choices-string", "message-null", "array", "usage-string"],
+)
+async def test_a_200_that_is_not_a_chat_completion_is_a_counted_failure(
+    harness: Harness, upstream: aioresponses, body: str, content_type: str
+) -> None:
+    """A proxy's page or a server that is not OpenAI-compatible: a failure with its reason, counted
+    like any other (not a Python error class name in `fallback_reason`)."""
+    upstream.post(ENDPOINT, body=body, content_type=content_type)
+    with pytest.raises(LLMFailed) as failed:
+        await harness.llm.classify(QUERY)
+    assert failed.value.reason == "unparsable"
+    assert harness.usage.failures["unparsable"] == 1

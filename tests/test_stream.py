@@ -6,8 +6,10 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.appkeys import SLOTS
+from gateway.sse import EventStream
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import FailingClassifier, GatedClassifier, MakeClient, wait_until
 from tests.sse import parse_events
@@ -153,6 +155,21 @@ async def test_overload_on_a_stream_is_an_error_event(make_client: MakeClient) -
     events = parse_events(await resp.read())
     assert [e.event for e in events] == ["context", "error"]
     assert events[1].data["code"] == "overloaded"
+    assert events[1].data["elapsed_ms"] >= 100  # stamped when sent, after the 0.1 s queue wait
+    assert events[1].data["trace_id"] == events[0].data["trace_id"]
     gated.gate.set()
     assert [e.event for e in parse_events(await (await first).read())] == STAGES
     assert client.app[SLOTS].in_use == 0
+
+
+async def test_a_heartbeat_that_finds_the_client_gone_makes_the_next_send_fail() -> None:
+    """The stage after a failed heartbeat learns the client is gone, instead of queueing frames."""
+    stream = EventStream(heartbeat_seconds=0.05)
+
+    async def gone(data: bytes) -> None:
+        raise ConnectionResetError("peer closed")
+
+    stream.write = gone  # type: ignore[method-assign]  # the transport, as a closed one answers
+    await stream._send_heartbeat()
+    with pytest.raises(ConnectionResetError, match="client went away"):
+        await stream.send("intent", b"{}")

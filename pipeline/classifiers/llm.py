@@ -14,7 +14,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import openai
@@ -279,9 +279,10 @@ class LLMClassifier:
                     max_tokens=self.max_tokens,
                     timeout=self.timeout,
                 )
-                if span.recording and completion.usage is not None:
-                    span.attributes["gen_ai.usage.input_tokens"] = completion.usage.prompt_tokens
-                    span.attributes["gen_ai.usage.output_tokens"] = completion.usage.completion_tokens
+                usage, content = _read_completion(completion)
+                if span.recording and usage is not None:
+                    span.attributes["gen_ai.usage.input_tokens"] = usage[0]
+                    span.attributes["gen_ai.usage.output_tokens"] = usage[1]
         except openai.RateLimitError as exc:
             raise _Retry("rate_limited", retry_after(exc)) from exc
         except openai.InternalServerError as exc:
@@ -294,11 +295,11 @@ class LLMClassifier:
             raise LLMFailed(f"status_{exc.status_code}", exc.message) from exc
         except openai.OpenAIError as exc:
             raise LLMFailed("client_error", str(exc)) from exc
-        if completion.usage is not None:
-            self.usage.record_tokens(completion.usage.prompt_tokens, completion.usage.completion_tokens)
-        if not completion.choices:
-            raise LLMFailed("unparsable", "no choices")
-        return parse_answer(completion.choices[0].message.content)
+        except ValueError as exc:  # a 200 whose body is not JSON: a proxy's page, say
+            raise LLMFailed("unparsable", f"the answer is not JSON: {exc}") from exc
+        if usage is not None:
+            self.usage.record_tokens(*usage)
+        return parse_answer(content)
 
     @staticmethod
     def _messages(query: ClassifierInput) -> list[ChatCompletionMessageParam]:
@@ -311,3 +312,20 @@ class LLMClassifier:
         self.usage.failures[reason] += 1
         # While the circuit is open every request would say so: the breaker logs the opening.
         log.log(logging.DEBUG if reason == "circuit_open" else logging.WARNING, "LLM failed: %s", reason)
+
+
+def _read_completion(completion: Any) -> tuple[tuple[int, int] | None, str | None]:
+    """(prompt and completion tokens, the first choice's content) of a 200 answer.
+
+    The SDK builds its objects without validating them, so a server that is not
+    OpenAI-compatible hands us strings, nulls or lists where objects belong.
+    """
+    try:
+        usage = completion.usage
+        tokens = None if usage is None else (int(usage.prompt_tokens), int(usage.completion_tokens))
+        if not completion.choices:
+            raise LLMFailed("unparsable", "no choices")
+        content = completion.choices[0].message.content
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        raise LLMFailed("unparsable", f"the answer is not a chat completion: {exc!r}") from exc
+    return tokens, content if isinstance(content, str) or content is None else str(content)
