@@ -375,3 +375,37 @@ def test_prompt_digest_is_keyed_when_a_key_is_configured() -> None:
     assert plain == (None, hashlib.sha256(b"a cat").hexdigest())
     assert keyed == (None, hmac.new(b"secret", b"a cat", hashlib.sha256).hexdigest())
     assert keyed != plain and prompt_columns("a cat", "full", b"secret")[0] == "a cat"
+
+
+async def test_a_schema_lost_while_running_is_migrated_again_and_no_row_is_lost(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """The database is emptied under a running gateway (dropped and created again, a restore):
+    /health says the log is degraded while rows buffer, upkeep migrates again, rows follow."""
+    client = await _db_client(make_client, postgres_db, tmp_path, analytics_refresh_seconds=0.1)
+    writer = client.app[REQUEST_LOG]
+    assert (await _process(client)).status == 200
+    await wait_until(lambda: writer.stats.written == 1, timeout=10)
+
+    conn = await asyncpg.connect(postgres_db)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
+    for _ in range(3):
+        assert (await _process(client)).status == 200
+    await wait_until(lambda: writer.stats.written == 4, timeout=15)
+    assert await _counts(postgres_db) == (3, 3)  # the three sent after the schema was lost
+    assert writer.stats.rejected == writer.stats.dropped == 0
+    health = await (await client.get("/health")).json()
+    assert health["dependencies"]["postgres"]["state"] == "ok"
+
+
+async def test_health_says_degraded_while_postgres_answers_but_refuses_the_log(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    client = await _db_client(make_client, postgres_db, tmp_path, database_migrate_on_start=False)
+    assert (await _process(client)).status == 200  # no tables: the row waits
+    await wait_until(lambda: client.app[REQUEST_LOG].connected is False, timeout=10)
+    health = await (await client.get("/health")).json()
+    assert (health["status"], health["dependencies"]["postgres"]["state"]) == ("degraded", "degraded")

@@ -111,6 +111,11 @@ async def _upkeep(pool: asyncpg.Pool, analytics: Analytics, settings: Settings, 
                     await ensure_partitions(conn)
                 partitions_due = loop.time() + PARTITION_CHECK_SECONDS
             await analytics.refresh()
+        except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
+            # The schema is gone (a database dropped and created again, a restore): migrate
+            # again next round, and the log writer's buffered rows follow.
+            log.warning("analytics schema missing (%r): migrating again", exc)
+            migrated = False
         except Exception as exc:  # keep refreshing once the database is back
             log.warning("analytics upkeep failed: %r", exc, exc_info=not is_unreachable(exc))
 
@@ -136,7 +141,8 @@ async def _probe(pool: asyncpg.Pool, writer: LogWriter) -> dict[str, object]:
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
             await pool.fetchval("SELECT 1")
-        state = "ok"
+        # Answering, but not taking the log's rows (schema gone, permissions): they pile up.
+        state = "degraded" if writer.connected is False else "ok"
     except Exception:
         state = "down"
     return {"state": state, "log_writer": writer.snapshot()}
