@@ -20,6 +20,11 @@ from observability.logging import configure_logging
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT = 10.0  # seconds open streams get to finish on SIGTERM
+# How aiohttp serves the app. handler_cancellation: a client that disconnects cancels its
+# handler and so its pipeline. max_line_size: GET /stream (EventSource cannot POST) carries
+# the prompt in the URL, and 2,000 characters of non-ASCII text percent-encode to up to
+# 24,000 bytes; aiohttp's default request line (8,190 bytes) refused such prompts.
+SERVER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "max_line_size": 64 * 1024}
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
@@ -95,10 +100,8 @@ async def _serve_forever(settings: Settings, host: str, port: int, *, reuse_port
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    # handler_cancellation: a client that disconnects cancels its handler and so its pipeline.
-    runner = web.AppRunner(
-        create_app(settings), handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
-    )
+    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+                           **SERVER_OPTIONS)  # type: ignore[arg-type]
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)

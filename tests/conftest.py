@@ -8,11 +8,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from aioresponses import aioresponses
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.server import SERVER_OPTIONS
 from pipeline.protocols import Classifier
 from tests.pg import SERVER as PG_SERVER
 from tests.pg import fresh_database
@@ -31,8 +32,11 @@ def make_client(aiohttp_client: Any) -> MakeClient:
         overrides.setdefault("intent_classifier", "rules")
         settings = msgspec.structs.replace(Settings.from_env({}), **overrides)
         app = create_app(settings, classifier=classifier)
-        # As in production: a client that disconnects cancels its handler.
-        return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+        # As in production. (aiohttp's TestServer drops constructor options and always
+        # cancels the handlers of clients that disconnect; the rest go to start_server.)
+        server = TestServer(app)
+        await server.start_server(**{k: v for k, v in SERVER_OPTIONS.items() if k != "handler_cancellation"})
+        return await aiohttp_client(server)
 
     return make
 

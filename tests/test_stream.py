@@ -77,6 +77,14 @@ async def test_get_stream_reads_the_query_string(client: Any) -> None:
     assert events[-1].data["workflow_type"] == "image_to_video"
 
 
+async def test_get_stream_takes_the_longest_prompt_in_any_script(client: Any) -> None:
+    """2,000 characters of 4-byte UTF-8 percent-encode to 24,000 bytes of request line."""
+    prompt = "\U0001f30a" * 1990 + " waves"
+    resp = await client.get(STREAM, params={"prompt": prompt})
+    assert resp.status == 200, await resp.text()
+    assert [e.event for e in parse_events(await resp.read())] == STAGES
+
+
 async def test_invalid_stream_request_is_refused_before_the_stream_starts(client: Any) -> None:
     """A bad GET query gets a 422 JSON error, not an event stream."""
     resp = await client.get(STREAM, params={"prompt": "x", "quality": "ultra"})
