@@ -48,23 +48,13 @@ def connect(settings: Settings) -> RedisClient:
     # One retry, only on a broken connection (Redis restarted): a timeout is not retried,
     # so a hung Redis costs one REDIS_TIMEOUT per call, never a backoff series.
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    client: RedisClient
-    if cluster:
-        client = RedisCluster.from_url(
-            url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            health_check_interval=IDLE_CHECK_SECONDS,
-            retry=retry,
-        )
-    else:
-        client = Redis.from_url(
-            url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-            health_check_interval=IDLE_CHECK_SECONDS,
-            retry=retry,
-        )
+    client: RedisClient = (RedisCluster if cluster else Redis).from_url(
+        url,
+        socket_timeout=settings.redis_timeout,
+        socket_connect_timeout=settings.redis_timeout,
+        health_check_interval=IDLE_CHECK_SECONDS,
+        retry=retry,
+    )
     _keep_cancellations(client)
     return client
 
