@@ -89,6 +89,7 @@ def local_classifier(settings: Settings, runs: Counter[str] | None = None) -> Lo
         escalate_below=settings.local_escalate_below,
         runtime=settings.local_runtime,
         runs=runs,
+        escalation_budget=settings.local_escalation_budget_ms / 1000,
     )
 
 

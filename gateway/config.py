@@ -38,6 +38,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     local_confidence_threshold: float = 0.6
     local_escalate_below: float | None = None  # None: the artifact's threshold (0.8)
     local_runtime: MiniLMRuntime = "onnx-int8"  # what runs MiniLM for escalated prompts
+    # An escalation that would queue longer than this for MiniLM gets the fast tier's answer
+    local_escalation_budget_ms: float = 25.0
     ai_classification_enabled: bool = True
     ai_classification_rollout_percentage: int = 100
 
@@ -138,6 +140,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("AI_CLASSIFICATION_ROLLOUT_PERCENTAGE must be 0..100")
         if self.local_escalate_below is not None and not 0 <= self.local_escalate_below <= 1:
             raise ConfigError("LOCAL_ESCALATE_BELOW must be 0..1")
+        if self.local_escalation_budget_ms < 0:
+            raise ConfigError("LOCAL_ESCALATION_BUDGET_MS must be 0 or more")
         if self.max_concurrent_classifications < 1:
             raise ConfigError("MAX_CONCURRENT_CLASSIFICATIONS must be at least 1")
         if self.otel_traces_sampler not in OTEL_SAMPLERS:

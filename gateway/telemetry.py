@@ -82,7 +82,8 @@ def observe_gateway(metrics: Metrics, stats: RequestStats, slots: Classification
     metrics.counter(
         "gateway.embedded_classifier.runs",
         lambda: [(n, {"tier": tier}) for tier, n in stats.embedded_runs.items()],
-        description="Embedded classifier runs (cache misses) by the tier that ran last: static or minilm",
+        description="Embedded classifier runs (cache misses) by the tier that answered: static, minilm, "
+        "or static_busy (MiniLM's queue was over LOCAL_ESCALATION_BUDGET_MS)",
     )
     metrics.counter("gateway.cache.hits", lambda: stats.cache_hits, description="Intent cache hits")
     metrics.gauge(

@@ -43,6 +43,10 @@ NEAR_TTL = 30.0  # seconds
 # A classifier that answers with a fallback (LLM failed, the rules answered) says so here;
 # such answers are never cached, so the next request tries the real classifier again.
 FALLBACK_FLAG = "fallback_used"
+# An answer given because the better one would have taken too long under load (the embedded
+# classifier's fast tier while MiniLM is busy): the next request, maybe on a calmer instance,
+# should get the better one.
+PROVISIONAL_FLAG = "provisional"
 MODEL_CLASSIFIERS = frozenset({"local", "llm", "cascade"})
 
 Classify = Callable[[], Awaitable[IntentClassification]]
@@ -69,7 +73,7 @@ def cache_key(classifier: Classifier, query: ClassifierInput) -> str:
 
 
 def cacheable(classifier: Classifier, result: IntentClassification) -> bool:
-    if result.metadata.get(FALLBACK_FLAG):
+    if result.metadata.get(FALLBACK_FLAG) or result.metadata.get(PROVISIONAL_FLAG):
         return False
     # These answer from the keyword rules only when they themselves failed.
     return not (classifier.name in MODEL_CLASSIFIERS and result.source is IntentSource.RULES)

@@ -52,6 +52,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -133,18 +134,28 @@ def running(
             process.kill()
 
 
+def metrics(port: int) -> dict[str, Any]:
+    """The gateway's own counters (GET /api/v1/enhanced/metrics); the floor has none: {}."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/enhanced/metrics", timeout=2) as response:
+            result: dict[str, Any] = json.load(response)
+            return result
+    except (OSError, ValueError):
+        return {}
+
+
+def tier_runs(port: int) -> dict[str, int]:
+    """Embedded classifier answers so far by tier: static, minilm, static_busy."""
+    return dict(metrics(port).get("embedded_classifier_runs_by_tier", {}))
+
+
 def settle(port: int, timeout: float = 30.0) -> None:
     """Wait until the request log has written the saturated run's rows (when there is one),
     so the paced run measures a server at that load, not one still catching up."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            url = f"http://127.0.0.1:{port}/api/v1/enhanced/metrics"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                backlog = json.load(response).get("request_log", {}).get("buffered", 0)
-        except (OSError, ValueError):
-            return  # the floor has no such endpoint: nothing to wait for
-        if not backlog:
+        # The floor has no such endpoint: nothing to wait for.
+        if not metrics(port).get("request_log", {}).get("buffered", 0):
             return
         time.sleep(0.2)
 
@@ -170,8 +181,12 @@ def load(
     ]
     if rate:
         command += ["--rate", str(rate)]
+    before = tier_runs(port)
     out = subprocess.run(pinned(1, command), cwd=ROOT, check=True, capture_output=True, text=True)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    # Warm-up included: the load tester's counts start after it, the server's cannot.
+    after = tier_runs(port)
+    result["embedded_runs"] = {tier: n - before.get(tier, 0) for tier, n in after.items()}
     return result
 
 
@@ -193,6 +208,7 @@ def combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
         "requests_per_s": round(completed / elapsed, 1) if elapsed else 0.0,
         "errors": errors,
         "slices_requests_per_s": [part["requests_per_s"] for part in slices],
+        "embedded_runs": dict(sum((Counter(part.get("embedded_runs", {})) for part in slices), Counter())),
         "walk_end": slices[-1]["walk_end"],
     }
 
@@ -359,6 +375,12 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
             f"{r['scenario']:<18}" + " ".join(f"{v:>7.0f}" for v in r["saturated"]["slices_requests_per_s"])
             for r in reports
         )
+    if busy := [r for r in reports if _skipped(r["saturated"]) is not None]:
+        lines.append("")
+        lines.append("escalations answered by the fast tier because MiniLM's queue was over its budget "
+                     "(LOCAL_ESCALATION_BUDGET_MS; not cached):")
+        lines.extend(f"{r['scenario']:<18}saturated {_skipped(r['saturated'])}, paced {_skipped(r['paced'])}"
+                     for r in busy)
     lines.append("")
     lines.extend(f"{r['scenario']:<18}{r['description']}" for r in reports)
     lines.extend(f"WARNING: {r['scenario']}: {r['repeated_misses']} of its misses repeated earlier prompts "
@@ -366,6 +388,13 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
     lines.append("")
     lines.extend(verdicts(reports))
     return "\n".join(lines) + "\n"
+
+
+def _skipped(run: dict[str, Any]) -> str | None:
+    """'skipped of wanted (share)' for a run that escalated at all."""
+    runs = run.get("embedded_runs", {})
+    skipped, wanted = runs.get("static_busy", 0), runs.get("static_busy", 0) + runs.get("minilm", 0)
+    return f"{skipped} of {wanted} ({skipped / wanted:.0%})" if wanted else None
 
 
 # The load-testing issue's targets: (scenario, least ratio to the floor).

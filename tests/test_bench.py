@@ -50,17 +50,35 @@ def test_slices_add_up_to_one_throughput_with_the_median_slices_latency() -> Non
     def part(completed: int, seconds: float, p99: float, walk_end: int, **errors: int) -> dict[str, Any]:
         return {"completed": completed, "requests": completed + sum(errors.values()), "duration_s": seconds,
                 "requests_per_s": completed / seconds, "errors": errors, "ttd_ms": {"p99": p99},
-                "walk_end": walk_end}
+                "walk_end": walk_end, "embedded_runs": {"static": completed, "minilm": walk_end}}
 
     combined = bench.combine([
         part(3000, 2.0, 9.0, 10), part(2000, 2.0, 7.0, 20, http_503=2), part(2500, 2.0, 8.0, 30, timeout=1),
     ])
+    assert combined["embedded_runs"] == {"static": 7500, "minilm": 60}
     assert combined["requests_per_s"] == 1250.0  # 7,500 done in 6 s, not the mean of the rates
     assert combined["completed"] == 7500 and combined["requests"] == 7503
     assert combined["errors"] == {"http_503": 2, "timeout": 1}
     assert combined["ttd_ms"]["p99"] == 8.0  # the median slice's
     assert combined["slices_requests_per_s"] == [1500.0, 1000.0, 1250.0]
     assert combined["walk_end"] == 30  # the next run's misses continue from the last slice
+
+
+def test_the_table_says_how_many_escalations_the_fast_tier_answered_under_load() -> None:
+    """Misses that skip MiniLM under load are faster and less accurate: the run must say so."""
+    bench = load_script("bench")
+    busy = run("miss", 1000)
+    busy["saturated"] = {**busy["paced"], "requests_per_s": 1000, "ttd_ms": {"p50": 3.0, "p99": 40.0},
+                         "errors": {}, "embedded_runs": {"static": 870, "minilm": 30, "static_busy": 90}}
+    busy["paced"] = {**busy["paced"], "ttfe_ms": {"p50": 1.0, "p99": 5.0}, "ttd_ms": {"p50": 2.0, "p99": 30.0},
+                     "errors": {}, "embedded_runs": {"static": 880, "minilm": 120}}
+    floor = run("floor", 4000)
+    floor["saturated"] = {**busy["saturated"], "embedded_runs": {}}
+    floor["paced"] = {**busy["paced"], "embedded_runs": {}}
+    floor["description"] = busy["description"] = "-"
+    table = bench.render([floor, busy], 1000)
+    assert "miss              saturated 90 of 120 (75%), paced 0 of 120 (0%)" in table
+    assert "floor             saturated" not in table
 
 
 def test_the_run_names_its_machine_and_commit() -> None:

@@ -16,7 +16,14 @@ import msgspec
 import pytest
 
 from gateway.appkeys import INTENT_CACHE, REDIS
-from pipeline.cache import FALLBACK_FLAG, BoundedMemoryCache, IntentCache, NearCache, cache_key
+from pipeline.cache import (
+    FALLBACK_FLAG,
+    PROVISIONAL_FLAG,
+    BoundedMemoryCache,
+    IntentCache,
+    NearCache,
+    cache_key,
+)
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.types import ClassifierInput, IntentClassification
 from tests.conftest import GatedClassifier, MakeClient, wait_until
@@ -35,9 +42,9 @@ class CountingClassifier:
     name = "counting"
     version = "counting-1"
 
-    def __init__(self, *, fallback: bool = False, at_once: bool = False) -> None:
+    def __init__(self, *, flag: str | None = None, at_once: bool = False) -> None:
         self.calls = 0
-        self.fallback = fallback
+        self.flag = flag  # a metadata flag every answer carries
         self.at_once = at_once
 
     def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
@@ -49,8 +56,8 @@ class CountingClassifier:
     def _answer(self, query: ClassifierInput) -> IntentClassification:
         self.calls += 1
         result = RulesClassifier().classify_sync(query)
-        if self.fallback:
-            return msgspec.structs.replace(result, metadata={FALLBACK_FLAG: True})
+        if self.flag:
+            return msgspec.structs.replace(result, metadata={self.flag: True})
         return result
 
 
@@ -135,9 +142,14 @@ async def test_ttl_zero_disables_the_cache(make_client: MakeClient) -> None:
     assert counting.calls == 3
 
 
-async def test_fallback_answers_are_not_cached(make_client: MakeClient) -> None:
-    """An answer the classifier flags as a fallback is served but not remembered."""
-    counting = CountingClassifier(fallback=True)
+@pytest.mark.parametrize("flag", [FALLBACK_FLAG, PROVISIONAL_FLAG])
+@pytest.mark.parametrize("at_once", [False, True])
+async def test_fallback_and_provisional_answers_are_not_cached(
+    make_client: MakeClient, flag: str, at_once: bool
+) -> None:
+    """An answer flagged as a fallback (the LLM failed) or provisional (MiniLM was too busy to
+    ask) is served but not remembered: the next request tries for the better answer."""
+    counting = CountingClassifier(flag=flag, at_once=at_once)
     client = await make_client(classifier=counting)
     for _ in range(2):
         assert (await (await client.post(PROCESS, json={"prompt": "a red fox"})).json())["cache_hit"] is False

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gateway.appkeys import CLASSIFIER
+from gateway.classifiers import local_classifier
 from gateway.config import ConfigError, Settings
 from pipeline.classifiers.local import TRANSFORMER_NICE, LocalClassifier, to_example
 from pipeline.evaluation import evaluate, load_examples
@@ -214,6 +215,47 @@ async def test_runs_are_counted_by_tier_into_the_counter_it_is_given(local: Loca
     finally:
         classifier.close()
     assert runs == {"minilm": 2, "static": 1}
+
+
+async def test_an_escalation_over_the_budget_gets_the_fast_tiers_answer_marked_provisional(
+    local: LocalClassifier,
+) -> None:
+    """With MiniLM's queue over budget an unsure prompt is answered at once by the fast tier,
+    flagged provisional (not cached) and counted apart; an idle MiniLM still runs."""
+    runs: Counter[str] = Counter()
+    classifier = LocalClassifier(local.model, runs=runs, escalation_budget=0.0)
+    try:
+        await classifier.classify(_query("hmm?"))  # idle: runs, and MiniLM's time gets measured
+        prompts = ["hmm", "waves", "waves and stuff"]
+        first, *queued = await asyncio.gather(*(classifier.classify(_query(p)) for p in prompts))
+        assert classifier.answer_now(_query("hmm")) is None  # idle again: it would escalate
+    finally:
+        classifier.close()
+    assert first.metadata["tier"] == "minilm" and not first.metadata["provisional"]
+    for prompt, answer in zip(prompts[1:], queued, strict=True):
+        fast = local.model.predict_fast(to_example(_query(prompt)))
+        assert answer.metadata["tier"] == "static" and answer.metadata["provisional"] is True
+        assert answer.confidence == round(float(fast.probs.max()), 4)
+        assert "MiniLM busy" in answer.reasoning
+    assert runs == {"minilm": 2, "static_busy": 2}
+
+
+async def test_an_escalation_within_the_budget_waits_for_minilm(local: LocalClassifier) -> None:
+    classifier = LocalClassifier(local.model, escalation_budget=10.0)
+    try:
+        await classifier.classify(_query("hmm?"))
+        answers = await asyncio.gather(*(classifier.classify(_query(p)) for p in ("hmm", "waves")))
+    finally:
+        classifier.close()
+    assert [a.metadata["tier"] for a in answers] == ["minilm", "minilm"]
+
+
+def test_escalation_budget_is_a_setting_in_milliseconds() -> None:
+    assert Settings.from_env({}).local_escalation_budget_ms == 25.0
+    classifier = local_classifier(Settings.from_env({"LOCAL_ESCALATION_BUDGET_MS": "40"}))
+    assert classifier.escalation_budget == 0.04
+    with pytest.raises(ConfigError, match="LOCAL_ESCALATION_BUDGET_MS"):
+        Settings.from_env({"LOCAL_ESCALATION_BUDGET_MS": "-1"})
 
 
 def test_ece_of_a_perfectly_calibrated_set_is_zero() -> None:
