@@ -19,7 +19,8 @@ def stage_span_attributes(stage: str, state: RequestState) -> dict[str, Attribut
         attributes["cache_hit"] = state.cache_hit
         attributes["arm"] = state.arm
         # The embedded classifier's tier: "minilm" explains an intent stage of milliseconds
-        # (the transformer, and its queue) where "static" answers in a fraction of one.
+        # (the transformer, and its queue) where "static" answers in a fraction of one, and
+        # "static_busy" says the fast tier answered because MiniLM's queue was too long.
         if isinstance(tier := intent.metadata.get("tier"), str):
             attributes["classifier_tier"] = tier
     elif stage == "model" and selection is not None:

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +56,8 @@ TRANSFORMER_TIMEOUT = 2.0  # seconds an escalation may wait for MiniLM (a batch 
 # `classify`). The load-testing targets ask for `done` p99 <= 50 ms; MiniLM's queue is the tail.
 DEFAULT_ESCALATION_BUDGET = 0.025  # seconds
 _EWMA = 0.2  # weight of the newest batch in the MiniLM time-per-prompt estimate
+# Which tier answered: the fast one (sure of itself, or MiniLM too busy to ask) or MiniLM.
+Tier = Literal["static", "static_busy", "minilm"]
 _SHORT_PROMPT_WORDS = 8  # the prompt stage's "quick enhancement" rule, as in the rules classifier
 
 
@@ -210,7 +213,7 @@ class LocalClassifier:
         return [self._workflows[int(i)] for i in self.predict_proba(queries).argmax(axis=1)]
 
     def _result(self, query: ClassifierInput, probs: npt.NDArray[np.float32], *,
-                tier: str) -> IntentClassification:
+                tier: Tier) -> IntentClassification:
         order = np.argsort(probs)[::-1]
         best, second = int(order[0]), int(order[1])
         confidence = float(probs[best])
@@ -232,7 +235,7 @@ class LocalClassifier:
             enhancement_needed=len(query.prompt.split()) < _SHORT_PROMPT_WORDS,
             metadata={
                 "low_confidence": low,
-                "tier": "static" if busy else tier,
+                "tier": tier,
                 "provisional": busy,  # never cached (pipeline/cache.py)
                 "alternatives": {self._workflows[int(i)].value: round(float(probs[i]), 4)
                                  for i in order[1:3]},
