@@ -134,19 +134,21 @@ def running(
             process.kill()
 
 
-def metrics(port: int) -> dict[str, Any]:
-    """The gateway's own counters (GET /api/v1/enhanced/metrics); the floor has none: {}."""
+def metrics(port: int) -> dict[str, Any] | None:
+    """The gateway's own counters (GET /api/v1/enhanced/metrics); None where there are none
+    (the floor) or they did not come."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/enhanced/metrics", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/enhanced/metrics", timeout=5) as response:
             result: dict[str, Any] = json.load(response)
             return result
     except (OSError, ValueError):
-        return {}
+        return None
 
 
-def tier_runs(port: int) -> dict[str, int]:
+def tier_runs(port: int) -> dict[str, int] | None:
     """Embedded classifier answers so far by tier: static, minilm, static_busy."""
-    return dict(metrics(port).get("embedded_classifier_runs_by_tier", {}))
+    counters = metrics(port)
+    return None if counters is None else dict(counters.get("embedded_classifier_runs_by_tier", {}))
 
 
 def settle(port: int, timeout: float = 30.0) -> None:
@@ -155,7 +157,7 @@ def settle(port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # The floor has no such endpoint: nothing to wait for.
-        if not metrics(port).get("request_log", {}).get("buffered", 0):
+        if not (metrics(port) or {}).get("request_log", {}).get("buffered", 0):
             return
         time.sleep(0.2)
 
@@ -186,7 +188,8 @@ def load(
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     # Warm-up included: the load tester's counts start after it, the server's cannot.
     after = tier_runs(port)
-    result["embedded_runs"] = {tier: n - before.get(tier, 0) for tier, n in after.items()}
+    if before is not None and after is not None:
+        result["embedded_runs"] = {tier: n - before.get(tier, 0) for tier, n in after.items()}
     return result
 
 
@@ -379,8 +382,8 @@ def render(reports: list[dict[str, object]], rate: float) -> str:
         lines.append("")
         lines.append("escalations answered by the fast tier because MiniLM's queue was over its budget "
                      "(LOCAL_ESCALATION_BUDGET_MS; not cached):")
-        lines.extend(f"{r['scenario']:<18}saturated {_skipped(r['saturated'])}, paced {_skipped(r['paced'])}"
-                     for r in busy)
+        lines.extend(f"{r['scenario']:<18}saturated {_skipped(r['saturated'])}, "
+                     f"paced {_skipped(r['paced']) or 'not read'}" for r in busy)
     lines.append("")
     lines.extend(f"{r['scenario']:<18}{r['description']}" for r in reports)
     lines.extend(f"WARNING: {r['scenario']}: {r['repeated_misses']} of its misses repeated earlier prompts "

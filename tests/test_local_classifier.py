@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from gateway.appkeys import CLASSIFIER
 from gateway.classifiers import local_classifier
 from gateway.config import ConfigError, Settings
+from pipeline.classifiers.cascade import CascadeClassifier
 from pipeline.classifiers.local import TRANSFORMER_NICE, LocalClassifier, to_example
+from pipeline.encoder import SentenceEncoder
 from pipeline.evaluation import evaluate, load_examples
 from pipeline.intent_model import expected_calibration_error
+from pipeline.llm_usage import LLMUsage
 from pipeline.references import find_mentions
 from pipeline.types import ClassifierInput, IntentSource, WorkflowType
 from tests.conftest import MakeClient
+from tests.test_cascade import Scripted
 
 DEV = Path(__file__).resolve().parents[1] / "data" / "dev.jsonl"
 TRAIN = Path(__file__).resolve().parents[1] / "data" / "train.jsonl"
@@ -196,7 +204,8 @@ async def test_a_closed_classifier_fails_escalations_instead_of_starting_a_threa
 
 async def test_an_escalation_that_waits_too_long_is_an_error_not_a_held_slot(local: LocalClassifier) -> None:
     """The wait for MiniLM has a deadline: past it the caller gets TimeoutError (then the rules)."""
-    classifier = LocalClassifier(local.model, transformer_timeout=0.0005)  # MiniLM takes ~5 ms
+    # A budget that never says busy: the batch the timeout left running must not answer for MiniLM.
+    classifier = LocalClassifier(local.model, transformer_timeout=0.0005, escalation_budget=10.0)
     try:
         with pytest.raises(TimeoutError):
             await classifier.classify(_query("hmm"))
@@ -231,13 +240,63 @@ async def test_an_escalation_over_the_budget_gets_the_fast_tiers_answer_marked_p
         assert classifier.answer_now(_query("hmm")) is None  # idle again: it would escalate
     finally:
         classifier.close()
-    assert first.metadata["tier"] == "minilm" and not first.metadata["provisional"]
+    assert first.metadata["tier"] == "minilm" and "provisional" not in first.metadata
     for prompt, answer in zip(prompts[1:], queued, strict=True):
         fast = local.model.predict_fast(to_example(_query(prompt)))
         assert answer.metadata["tier"] == "static_busy" and answer.metadata["provisional"] is True
         assert answer.confidence == round(float(fast.probs.max()), 4)
         assert "MiniLM busy" in answer.reasoning
     assert runs == {"minilm": 2, "static_busy": 2}
+
+
+class SlowEncoder:
+    """MiniLM that takes `seconds` longer per batch: a thread starved of its core."""
+
+    def __init__(self, encoder: SentenceEncoder, seconds: float) -> None:
+        self.encoder, self.seconds = encoder, seconds
+        self.dim, self.precision, self.tokenizer = encoder.dim, encoder.precision, encoder.tokenizer
+
+    def encode_token_ids(self, batch: list[list[int]]) -> npt.NDArray[np.float32]:
+        time.sleep(self.seconds)
+        return self.encoder.encode_token_ids(batch)
+
+
+def slowed(local: LocalClassifier, seconds: float, **options: Any) -> LocalClassifier:
+    model = copy.copy(local.model)
+    model.encoder = SlowEncoder(local.model.encoder, seconds)  # type: ignore[assignment]
+    return LocalClassifier(model, **options)
+
+
+async def test_a_batch_running_past_the_budget_counts_as_busy_before_it_ends(local: LocalClassifier) -> None:
+    """A stalled MiniLM is busy even though no finished batch has measured it yet."""
+    classifier = slowed(local, 0.3, escalation_budget=0.05)
+    try:
+        stalled = asyncio.create_task(classifier.classify(_query("hmm?")))
+        await asyncio.sleep(0.15)  # its batch has run for 150 ms of a 50 ms budget
+        meanwhile = await classifier.classify(_query("waves"))
+        assert (await stalled).metadata["tier"] == "minilm"
+    finally:
+        classifier.close()
+    assert meanwhile.metadata["tier"] == "static_busy"
+
+
+async def test_a_busy_answer_the_cascade_takes_to_the_llm_is_counted_once(local: LocalClassifier) -> None:
+    """Under the low-confidence line a busy answer is not given at once: the cascade's
+    `classify` asks again and then the LLM, and the embedded classifier counts one run."""
+    runs: Counter[str] = Counter()
+    first = slowed(local, 0.3, runs=runs, escalation_budget=0.05, low_confidence_below=0.6)
+    llm = Scripted("llm", IntentSource.LLM, {"hmm": (WorkflowType.IMAGE_GENERATION, 0.9)})
+    cascade = CascadeClassifier(first, llm, threshold=0.6, usage=LLMUsage())
+    try:
+        stalled = asyncio.create_task(first.classify(_query("hmm?")))
+        await asyncio.sleep(0.15)
+        assert cascade.answer_now(_query("hmm")) is None  # p=0.45 and MiniLM busy
+        answer = await cascade.classify(_query("hmm"))
+        await stalled
+    finally:
+        first.close()
+    assert answer.source is IntentSource.LLM and llm.seen == ["hmm"]
+    assert runs == {"minilm": 1, "static_busy": 1}
 
 
 async def test_an_escalation_within_the_budget_waits_for_minilm(local: LocalClassifier) -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -53,11 +53,14 @@ TRANSFORMER_BATCH = 8
 TRANSFORMER_NICE = 10  # how much nicer than the event loop its thread runs (see below)
 TRANSFORMER_TIMEOUT = 2.0  # seconds an escalation may wait for MiniLM (a batch takes ~5-50 ms)
 # An escalation that would queue longer than this for MiniLM gets the fast tier's answer (see
-# `classify`). The load-testing targets ask for `done` p99 <= 50 ms; MiniLM's queue is the tail.
+# `_minilm_busy`). The load-testing targets ask for `done` p99 <= 50 ms; MiniLM's queue is the tail.
 DEFAULT_ESCALATION_BUDGET = 0.025  # seconds
 _EWMA = 0.2  # weight of the newest batch in the MiniLM time-per-prompt estimate
 # Which tier answered: the fast one (sure of itself, or MiniLM too busy to ask) or MiniLM.
 Tier = Literal["static", "static_busy", "minilm"]
+_TIER_NAMES: dict[Tier, str] = {
+    "static": "static tier", "static_busy": "static tier, MiniLM busy", "minilm": "minilm tier",
+}
 _SHORT_PROMPT_WORDS = 8  # the prompt stage's "quick enhancement" rule, as in the rules classifier
 
 
@@ -93,6 +96,7 @@ class LocalClassifier:
         self.escalation_budget = escalation_budget
         self._escalating = 0  # escalations queued for or inside MiniLM
         self._seconds_per_escalation = 0.0  # MiniLM's recent wall time per prompt, as the loop sees it
+        self._batch_started: float | None = None  # perf_counter() when the running batch went in
         self.low_confidence_below = low_confidence_below
         meta_escalate = model.meta.get("escalate_below", DEFAULT_ESCALATE_BELOW)
         self.escalate_below = float(escalate_below if escalate_below is not None
@@ -140,7 +144,13 @@ class LocalClassifier:
 
     def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
         # The fast tier (~0.1 ms) runs inline: cheaper than a thread hop.
-        return self._without_minilm(query, self.model.predict_fast(to_example(query)))
+        fast = self.model.predict_fast(to_example(query))
+        tier = self._tier_without_minilm(fast)
+        # A busy answer under the low-confidence line is not final: the cascade's `classify`
+        # takes it to the LLM. Given here, the cascade would ask again and it would count twice.
+        if tier is None or (tier == "static_busy" and float(fast.probs.max()) < self.low_confidence_below):
+            return None
+        return self._result(query, fast.probs, tier=tier)
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
         # The transformer (~2 ms) would stall every other stream on this event loop, so it
@@ -149,8 +159,8 @@ class LocalClassifier:
         # rules' answer (the stage's fallback), not their slot. (After `answer_now` said no,
         # the fast tier runs again here: 0.08 ms, once per escalation.)
         fast = self.model.predict_fast(to_example(query))
-        if (answer := self._without_minilm(query, fast)) is not None:
-            return answer
+        if (tier := self._tier_without_minilm(fast)) is not None:
+            return self._result(query, fast.probs, tier=tier)
         self._escalating += 1
         try:
             async with asyncio.timeout(self.transformer_timeout):
@@ -159,17 +169,26 @@ class LocalClassifier:
             self._escalating -= 1
         return self._result(query, self.model.predict_full(fast, embedding), tier="minilm")
 
-    def _without_minilm(self, query: ClassifierInput, fast: FastTier) -> IntentClassification | None:
-        """The fast tier's answer if it is confident, or if MiniLM's queue is over budget."""
+    def _tier_without_minilm(self, fast: FastTier) -> Tier | None:
+        """The tier that answers without MiniLM: "static" if the fast tier is sure, "static_busy"
+        if MiniLM is too busy to ask; None: ask MiniLM."""
         if fast.confident(self.escalate_below):
-            return self._result(query, fast.probs, tier="static")
-        # Under load MiniLM's queue grows faster than it drains (one core, a thread the loop has
-        # priority over): escalations waited 0.6-1 s at p95 on a slow VM. Past the budget the
-        # fast tier's answer stands, marked provisional so it is not cached; an idle MiniLM
-        # always runs.
-        if self._escalating * self._seconds_per_escalation > self.escalation_budget:
-            return self._result(query, fast.probs, tier="static_busy")
-        return None
+            return "static"
+        return "static_busy" if self._minilm_busy() else None
+
+    def _minilm_busy(self) -> bool:
+        """Whether a new escalation would wait longer than the budget for MiniLM.
+
+        Under load MiniLM's queue grew faster than it drained (one core, a thread the loop has
+        priority over): escalations waited 0.6-1 s at p95 on a slow VM. Past the budget the fast
+        tier's answer stands, marked provisional so it is not cached. An idle MiniLM always runs.
+        A batch that has already run longer than the budget counts as over it: a stalled thread
+        would otherwise look as fast as its last finished batch.
+        """
+        wait = self._escalating * self._seconds_per_escalation
+        if self._batch_started is not None:
+            wait = max(wait, time.perf_counter() - self._batch_started)
+        return wait > self.escalation_budget
 
     async def _embed(self, batch: list[list[int]]) -> list[npt.NDArray[np.float32]]:
         if self._closed:  # an error, so the stage falls back to the rules
@@ -178,9 +197,12 @@ class LocalClassifier:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm",
                                               initializer=_yield_to_the_event_loop)
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+        self._batch_started = started = time.perf_counter()
         embed = self.model.encoder.encode_token_ids
-        embeddings = list(await loop.run_in_executor(self._thread, embed, batch))
+        try:
+            embeddings = list(await loop.run_in_executor(self._thread, embed, batch))
+        finally:
+            self._batch_started = None
         # Wall time, not the thread's CPU time: what a queued escalation waits includes the
         # loop's share of the core and the thread hops.
         per_prompt = (time.perf_counter() - started) / len(batch)
@@ -192,7 +214,8 @@ class LocalClassifier:
         """Stop the transformer's thread (a classifier that never escalated has none).
 
         A batch already handed over still runs (cancelling it would reach its callers as a
-        cancellation, not an error they can fall back from); escalations after this fail.
+        cancellation, not an error they can fall back from); escalations after this fail (or,
+        while MiniLM counts as busy, get the fast tier's answer).
         """
         self._closed = True
         if self._thread is not None:
@@ -220,26 +243,25 @@ class LocalClassifier:
         workflow = self._workflows[best]
         low = confidence < self.low_confidence_below
         self.runs[tier] += 1
-        busy = tier == "static_busy"
         # Celebrity/event looks need reference images: the same names the rules search for.
         looks = named_looks(query.prompt) if workflow is WorkflowType.REFERENCE_STYLING else []
+        metadata: dict[str, Any] = {
+            "low_confidence": low,
+            "tier": tier,
+            "alternatives": {self._workflows[int(i)].value: round(float(probs[i]), 4) for i in order[1:3]},
+        }
+        if tier == "static_busy":
+            metadata["provisional"] = True  # never cached (pipeline/cache.py)
         return IntentClassification(
             workflow_type=workflow,
             confidence=round(confidence, 4),
-            reasoning=(f"embedded classifier ({'static tier, MiniLM busy' if busy else tier + ' tier'}): "
-                       f"{workflow.value} p={confidence:.2f}, "
+            reasoning=(f"embedded classifier ({_TIER_NAMES[tier]}): {workflow.value} p={confidence:.2f}, "
                        f"next {self._workflows[second].value} p={float(probs[second]):.2f}"),
             source=IntentSource.LOCAL,
             requires_web_search=bool(looks),
             web_search_query=(" ".join(looks) + " look") if looks else None,
             enhancement_needed=len(query.prompt.split()) < _SHORT_PROMPT_WORDS,
-            metadata={
-                "low_confidence": low,
-                "tier": tier,
-                "provisional": busy,  # never cached (pipeline/cache.py)
-                "alternatives": {self._workflows[int(i)].value: round(float(probs[i]), 4)
-                                 for i in order[1:3]},
-            },
+            metadata=metadata,
         )
 
 
