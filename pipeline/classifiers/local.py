@@ -96,7 +96,7 @@ class LocalClassifier:
         self.escalation_budget = escalation_budget
         self._escalating = 0  # escalations queued for or inside MiniLM
         self._seconds_per_escalation = 0.0  # MiniLM's recent wall time per prompt, as the loop sees it
-        self._batch_started: float | None = None  # perf_counter() when the running batch went in
+        self._running: tuple[float, int] | None = None  # the running batch: perf_counter() at start, size
         self.low_confidence_below = low_confidence_below
         meta_escalate = model.meta.get("escalate_below", DEFAULT_ESCALATE_BELOW)
         self.escalate_below = float(escalate_below if escalate_below is not None
@@ -182,12 +182,14 @@ class LocalClassifier:
         Under load MiniLM's queue grew faster than it drained (one core, a thread the loop has
         priority over): escalations waited 0.6-1 s at p95 on a slow VM. Past the budget the fast
         tier's answer stands, marked provisional so it is not cached. An idle MiniLM always runs.
-        A batch that has already run longer than the budget counts as over it: a stalled thread
-        would otherwise look as fast as its last finished batch.
+        The running batch's overrun (how much longer it has taken than the estimate says it
+        should) is added: a stalled thread would otherwise look as fast as its last batch.
         """
-        wait = self._escalating * self._seconds_per_escalation
-        if self._batch_started is not None:
-            wait = max(wait, time.perf_counter() - self._batch_started)
+        per_prompt = self._seconds_per_escalation
+        wait = self._escalating * per_prompt
+        if self._running is not None:
+            started, size = self._running
+            wait += max(0.0, time.perf_counter() - started - size * per_prompt)
         return wait > self.escalation_budget
 
     async def _embed(self, batch: list[list[int]]) -> list[npt.NDArray[np.float32]]:
@@ -197,12 +199,13 @@ class LocalClassifier:
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm",
                                               initializer=_yield_to_the_event_loop)
         loop = asyncio.get_running_loop()
-        self._batch_started = started = time.perf_counter()
+        started = time.perf_counter()
+        self._running = (started, len(batch))
         embed = self.model.encoder.encode_token_ids
         try:
             embeddings = list(await loop.run_in_executor(self._thread, embed, batch))
         finally:
-            self._batch_started = None
+            self._running = None
         # Wall time, not the thread's CPU time: what a queued escalation waits includes the
         # loop's share of the core and the thread hops.
         per_prompt = (time.perf_counter() - started) / len(batch)
