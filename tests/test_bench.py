@@ -79,6 +79,10 @@ def test_the_table_says_how_many_escalations_the_fast_tier_answered_under_load()
     table = bench.render([floor, busy], 1000)
     assert "miss              saturated 90 of 120 (75%), paced 0 of 120 (0%)" in table
     assert "floor             saturated" not in table
+    del busy["paced"]["embedded_runs"]  # the server's counters did not come
+    assert "miss              saturated 90 of 120 (75%), paced not read" in bench.render([floor, busy], 1000)
+    busy["paced"]["embedded_runs"] = {"static": 700}
+    assert "paced none wanted MiniLM" in bench.render([floor, busy], 1000)
 
 
 def test_the_run_names_its_machine_and_commit() -> None:
