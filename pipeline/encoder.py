@@ -27,7 +27,7 @@ from tokenizers import Tokenizer
 
 __all__ = [
     "Layer", "MiniLMEncoder", "SentenceEncoder", "StaticEncoder", "default_model_dir", "distill_static_table",
-    "encode_by_length",
+    "encode_by_length", "minilm_tokenizer",
 ]
 
 FloatArray = npt.NDArray[np.float32]
@@ -181,6 +181,16 @@ class Layer:
         return _layer_norm(h + (up @ self.down_w + self.down_b), self.ln2_w, self.ln2_b)
 
 
+def minilm_tokenizer(model_dir: Path | None = None) -> Tokenizer:
+    """MiniLM's BERT tokenizer, as sentence-transformers runs it."""
+    tokenizer = Tokenizer.from_file(str((model_dir or default_model_dir()) / "tokenizer.json"))
+    # The shipped tokenizer.json pads every input to 128: batches are packed without padding
+    # instead (`MiniLMEncoder.encode_token_ids`), and truncation follows max_seq_length.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+    return tokenizer
+
+
 class MiniLMEncoder:
     """Sentence embeddings (384-d, unit length) from all-MiniLM-L6-v2 in NumPy."""
 
@@ -192,11 +202,7 @@ class MiniLMEncoder:
             raise ValueError(f"num_layers must be in 1..{LAYERS}, got {num_layers}")
         model_dir = model_dir or default_model_dir()
         self.num_layers = num_layers
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        # The shipped tokenizer.json pads every input to 128: batches are packed
-        # without padding below instead, and truncation follows max_seq_length.
-        self._tokenizer.no_padding()
-        self._tokenizer.enable_truncation(MAX_SEQ_LENGTH)
+        self._tokenizer = minilm_tokenizer(model_dir)
         w = load_file(str(model_dir / "model.safetensors"))
         self.word_embeddings = w["embeddings.word_embeddings.weight"]
         # token_type is always 0 for single sentences: fold it into positions.

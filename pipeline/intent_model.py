@@ -29,7 +29,14 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.encoder import MiniLMEncoder, SentenceEncoder, StaticEncoder, distill_static_table
+from pipeline.encoder import (
+    MAX_SEQ_LENGTH,
+    MiniLMEncoder,
+    SentenceEncoder,
+    StaticEncoder,
+    distill_static_table,
+)
+from pipeline.tokens import WordCachedTokenizer
 
 __all__ = [
     "ARTIFACT_VERSION", "IntentExample", "IntentModel", "TrainReport",
@@ -325,6 +332,7 @@ class IntentModel:
         self._fast_w, self._fast_b, self._fast_t = fast
         self._full_w, self._full_b, self._full_t = full
         self.meta = meta
+        self._token_ids = WordCachedTokenizer(encoder.tokenizer, max_length=MAX_SEQ_LENGTH).ids
         s, c, e = static.dim, CONTEXT_FEATURES, encoder.dim
         # Row blocks of the weight matrices (layout [static, context, tfidf] and
         # [minilm, static, context, tfidf]), so inference never builds the
@@ -339,7 +347,7 @@ class IntentModel:
 
     def predict_fast(self, ex: IntentExample) -> FastTier:
         """The fast tier's calibrated probabilities, and the features the slow tier reuses."""
-        ids = self.encoder.tokenizer.encode(ex.prompt).ids
+        ids = self._token_ids(ex.prompt)
         st = self.static.encode_ids(ids)
         idx, val = self.tfidf.sparse(ex.prompt)
         ctx = _context(ex)
