@@ -280,6 +280,25 @@ async def test_a_batch_running_past_the_budget_counts_as_busy_before_it_ends(loc
     assert meanwhile.metadata["tier"] == "static_busy"
 
 
+async def test_a_cold_classifier_timed_at_load_keeps_its_budget_from_the_first_burst(
+    local: LocalClassifier,
+) -> None:
+    """Untimed, no queue looks long and a whole burst waits for MiniLM; timed (as `load` does),
+    only the first escalation of the burst does."""
+    prompts = ("hmm", "waves", "waves and stuff")
+    untimed = slowed(local, 0.05, escalation_budget=0.02)
+    timed = slowed(local, 0.05, escalation_budget=0.02)
+    timed.time_minilm()
+    try:
+        cold = await asyncio.gather(*(untimed.classify(_query(p)) for p in prompts))
+        warm = await asyncio.gather(*(timed.classify(_query(p)) for p in prompts))
+    finally:
+        untimed.close()
+        timed.close()
+    assert [a.metadata["tier"] for a in cold] == ["minilm", "minilm", "minilm"]
+    assert [a.metadata["tier"] for a in warm] == ["minilm", "static_busy", "static_busy"]
+
+
 async def test_a_busy_answer_the_cascade_takes_to_the_llm_is_counted_once(local: LocalClassifier) -> None:
     """Under the low-confidence line a busy answer is not given at once: the cascade's
     `classify` asks again and then the LLM, and the embedded classifier counts one run."""
