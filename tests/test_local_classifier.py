@@ -21,7 +21,13 @@ from gateway.appkeys import CLASSIFIER
 from gateway.classifiers import local_classifier
 from gateway.config import ConfigError, Settings
 from pipeline.classifiers.cascade import CascadeClassifier
-from pipeline.classifiers.local import TRANSFORMER_NICE, LocalClassifier, to_example
+from pipeline.classifiers.local import (
+    TRANSFORMER_BATCH,
+    TRANSFORMER_NICE,
+    TRANSFORMER_TIMEOUT,
+    LocalClassifier,
+    to_example,
+)
 from pipeline.encoder import SentenceEncoder
 from pipeline.evaluation import evaluate, load_examples
 from pipeline.intent_model import expected_calibration_error
@@ -297,6 +303,17 @@ async def test_a_cold_classifier_timed_at_load_keeps_its_budget_from_the_first_b
         timed.close()
     assert [a.metadata["tier"] for a in cold] == ["minilm", "minilm", "minilm"]
     assert [a.metadata["tier"] for a in warm] == ["minilm", "static_busy", "static_busy"]
+
+
+def test_timing_raises_the_deadline_only_where_minilm_is_that_slow(local: LocalClassifier) -> None:
+    """The 2 s deadline is for a stuck thread; where one prompt takes 50 ms (valgrind does
+    worse), ten batches of eight would not fit in it."""
+    fast = LocalClassifier(local.model)
+    slow = slowed(local, 0.05)
+    fast.time_minilm()
+    slow.time_minilm()
+    assert fast.transformer_timeout == TRANSFORMER_TIMEOUT
+    assert slow.transformer_timeout >= 10 * TRANSFORMER_BATCH * 0.05
 
 
 async def test_a_busy_answer_the_cascade_takes_to_the_llm_is_counted_once(local: LocalClassifier) -> None:

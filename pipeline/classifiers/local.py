@@ -149,15 +149,17 @@ class LocalClassifier:
         """Start MiniLM's time-per-prompt estimate from a measured run instead of from zero.
 
         With no estimate yet, no queue looks long: a cold instance's first burst of escalations
-        all queued for MiniLM (under valgrind, ~50x slower, they ran past the 2 s deadline). The
-        first run also pays the runtime's one-time set-up here rather than in a request.
+        all queued for MiniLM. The first run also pays the runtime's one-time set-up here rather
+        than in a request. The deadline, meant for a stuck thread, is raised where ten full
+        batches at the measured pace would not fit in it (under valgrind, ~1 s a prompt).
         """
         ids = self.model.predict_fast(IntentExample.from_prompt("a photo of waves at sunset")).token_ids
         encode = self.model.encoder.encode_token_ids
         encode([ids])
         started = time.perf_counter()
         encode([ids])
-        self._seconds_per_escalation = time.perf_counter() - started
+        self._seconds_per_escalation = per_prompt = time.perf_counter() - started
+        self.transformer_timeout = max(self.transformer_timeout, 10 * TRANSFORMER_BATCH * per_prompt)
 
     def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
         # The fast tier (~0.1 ms) runs inline: cheaper than a thread hop.
