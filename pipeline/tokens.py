@@ -26,6 +26,9 @@ from tokenizers import Tokenizer
 # (str.split() also splits on \x0b, \x0c and \x1c-\x1f, which BERT removes as control characters.)
 _COVERED: Final = re.compile(r"[\t\n\r\x20-\x7e]*")
 CHUNK_CACHE: Final = 50_000  # distinct chunks kept (cleared when full, like the TF-IDF words)
+# A prompt with more new chunks than this is mostly words never seen (a paste, random text): it
+# is tokenized whole, in one call, and teaches the cache nothing, so it cannot flush the cache.
+NEW_CHUNKS_PER_PROMPT: Final = 8
 
 
 class WordCachedTokenizer:
@@ -45,15 +48,23 @@ class WordCachedTokenizer:
             return list(self.tokenizer.encode(text).ids)
         ids = [self._cls]
         chunks = self._chunks
+        new: dict[str, list[int]] = {}
         for chunk in text.lower().split():
-            known = chunks.get(chunk)
+            known = chunks.get(chunk) or new.get(chunk)
             if known is None:
-                known = self.tokenizer.encode(chunk, add_special_tokens=False).ids
-                if len(chunks) >= CHUNK_CACHE:
-                    chunks.clear()
-                chunks[chunk] = known
+                if len(new) == NEW_CHUNKS_PER_PROMPT:
+                    return list(self.tokenizer.encode(text).ids)
+                known = new[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
             ids += known
+        if new:
+            if len(chunks) + len(new) > CHUNK_CACHE:
+                chunks.clear()
+            chunks.update(new)
         if len(ids) >= self.max_length:  # the tokenizer keeps the first max_length - 2 tokens
             del ids[self.max_length - 1:]
         ids.append(self._sep)
         return ids
+
+    def __len__(self) -> int:
+        """Chunks cached."""
+        return len(self._chunks)

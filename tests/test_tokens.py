@@ -73,6 +73,17 @@ def test_edge_cases_tokenize_as_the_tokenizer_does(
     assert_same_ids(tokenizer, cached, [text])
 
 
+def test_a_prompt_of_mostly_new_words_is_tokenized_whole_and_not_cached(
+    tokenizer: Tokenizer, cached: WordCachedTokenizer
+) -> None:
+    rng = random.Random(5)
+    words = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=8)) for _ in range(300)]
+    assert_same_ids(tokenizer, cached, [" ".join(words)])
+    assert len(cached) == 0
+    assert_same_ids(tokenizer, cached, ["make my hair blonde with bangs"])
+    assert len(cached) == 6
+
+
 def test_long_text_is_truncated_to_the_models_length(cached: WordCachedTokenizer) -> None:
     ids = cached.ids("animate this sunset " * 200)
     assert len(ids) == MAX_SEQ_LENGTH
