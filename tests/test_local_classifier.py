@@ -286,6 +286,30 @@ async def test_a_batch_running_past_the_budget_counts_as_busy_before_it_ends(loc
     assert meanwhile.metadata["tier"] == "static_busy"
 
 
+async def test_an_escalation_after_answer_now_runs_the_fast_tier_once(local: LocalClassifier) -> None:
+    """`answer_now` said "ask MiniLM": `classify` of the same query reuses its fast tier; an
+    equal but distinct query computes its own."""
+    model = copy.copy(local.model)
+    seen: list[str] = []
+
+    def counted(example: Any) -> Any:
+        seen.append(example.prompt)
+        return local.model.predict_fast(example)
+
+    model.predict_fast = counted  # type: ignore[method-assign]
+    classifier = LocalClassifier(model, escalation_budget=10.0)
+    query = _query("hmm")
+    try:
+        assert classifier.answer_now(query) is None
+        answer = await classifier.classify(query)
+        assert seen == ["hmm"]
+        assert (await classifier.classify(_query("hmm"))).metadata["tier"] == "minilm"
+    finally:
+        classifier.close()
+    assert answer.metadata["tier"] == "minilm"
+    assert seen == ["hmm", "hmm"]
+
+
 async def test_a_cold_classifier_timed_at_load_keeps_its_budget_from_the_first_burst(
     local: LocalClassifier,
 ) -> None:

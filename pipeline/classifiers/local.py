@@ -61,6 +61,9 @@ Tier = Literal["static", "static_busy", "minilm"]
 _TIER_NAMES: dict[Tier, str] = {
     "static": "static tier", "static_busy": "static tier, MiniLM busy", "minilm": "minilm tier",
 }
+# At most this many queries wait between `answer_now` and `classify` (a slot each, so ~8; more
+# are requests that ended or joined another's classification in between).
+_UNDECIDED_KEPT = 256
 _SHORT_PROMPT_WORDS = 8  # the prompt stage's "quick enhancement" rule, as in the rules classifier
 
 
@@ -97,6 +100,8 @@ class LocalClassifier:
         self._escalating = 0  # escalations queued for or inside MiniLM
         self._seconds_per_escalation = 0.0  # MiniLM's recent wall time per prompt, as the loop sees it
         self._running: tuple[float, int] | None = None  # the running batch: perf_counter() at start, size
+        # Queries `answer_now` left to `classify`, by id() (the query is kept, so the id stays its own).
+        self._undecided: dict[int, tuple[ClassifierInput, FastTier]] = {}
         self.low_confidence_below = low_confidence_below
         meta_escalate = model.meta.get("escalate_below", DEFAULT_ESCALATE_BELOW)
         self.escalate_below = float(escalate_below if escalate_below is not None
@@ -168,6 +173,10 @@ class LocalClassifier:
         # A busy answer under the low-confidence line is not final: the cascade's `classify`
         # takes it to the LLM. Given here, the cascade would ask again and it would count twice.
         if tier is None or (tier == "static_busy" and float(fast.probs.max()) < self.low_confidence_below):
+            # `classify(query)` follows: it takes this fast tier instead of computing it again.
+            if len(self._undecided) >= _UNDECIDED_KEPT:  # callers that never followed up
+                self._undecided.clear()
+            self._undecided[id(query)] = (query, fast)
             return None
         return self._result(query, fast.probs, tier=tier)
 
@@ -175,9 +184,8 @@ class LocalClassifier:
         # The transformer (~2 ms) would stall every other stream on this event loop, so it
         # runs on the classifier's own thread, and escalations that queue while it is busy go
         # as one batch. A deadline bounds the wait, so a stuck thread costs requests the
-        # rules' answer (the stage's fallback), not their slot. (After `answer_now` said no,
-        # the fast tier runs again here: 0.08 ms, once per escalation.)
-        fast = self.model.predict_fast(to_example(query))
+        # rules' answer (the stage's fallback), not their slot.
+        fast = self._fast_tier(query)
         if (tier := self._tier_without_minilm(fast)) is not None:
             return self._result(query, fast.probs, tier=tier)
         self._escalating += 1
@@ -187,6 +195,13 @@ class LocalClassifier:
         finally:
             self._escalating -= 1
         return self._result(query, self.model.predict_full(fast, embedding), tier="minilm")
+
+    def _fast_tier(self, query: ClassifierInput) -> FastTier:
+        """The fast tier of `query`: the one `answer_now` computed for this very object, if any."""
+        undecided = self._undecided.pop(id(query), None)
+        if undecided is not None and undecided[0] is query:
+            return undecided[1]
+        return self.model.predict_fast(to_example(query))
 
     def _tier_without_minilm(self, fast: FastTier) -> Tier | None:
         """The tier that answers without MiniLM: "static" if the fast tier is sure, "static_busy"
