@@ -123,6 +123,24 @@ async def test_cascade_with_a_broken_first_classifier_uses_the_rules() -> None:
     assert result.source is IntentSource.LLM  # rules said 0.6 < 0.9: escalated
 
 
+class BrokenAtOnce(Broken):
+    def answer_now(self, query: Any) -> None:
+        self.calls += 1
+        raise self.exc
+
+
+async def test_cascade_with_a_first_classifier_failing_at_once_still_answers() -> None:
+    """An exception from the first classifier's `answer_now` is its failure, not the request's:
+    `classify` goes on to the rules and the LLM, as it does when `classify` itself raises."""
+    llm = Scripted("llm", IntentSource.LLM, {"video of waves with ocean sounds": (W.VIDEO_GENERATION, 0.9)})
+    first = BrokenAtOnce(RuntimeError("tokenizer bug"))
+    cascade = CascadeClassifier(first, llm, threshold=0.9, usage=LLMUsage())
+    query = ClassifierInput(prompt="video of waves with ocean sounds")
+    assert cascade.answer_now(query) is None
+    result = await cascade.classify(query)
+    assert result.source is IntentSource.LLM and first.calls == 2
+
+
 @pytest.mark.parametrize("exc", [LLMFailed("status_500"), RuntimeError("sdk bug")])
 async def test_llm_mode_falls_back_local_then_rules(exc: Exception) -> None:
     """INTENT_CLASSIFIER=llm: on failure the local classifier answers; without it, the rules."""

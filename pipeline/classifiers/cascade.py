@@ -79,7 +79,11 @@ class CascadeClassifier:
         self.version = f"{first.version}+{llm.version}@{threshold:g}"
 
     def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
-        local = self.first.answer_now(query)
+        try:
+            local = self.first.answer_now(query)
+        except Exception as exc:  # as in `classify`: its failure is not the request's
+            log.warning("classifier %s failed: %r", self.first.name, exc)
+            return None  # `classify` asks `first` again, then the rules
         if local is not None and confident(local, self.threshold):
             self.usage.cascade_local += 1
             return local
