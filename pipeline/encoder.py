@@ -300,8 +300,9 @@ class StaticEncoder:
             return np.zeros(self.dim, dtype=np.float32)
         # The sum, not the mean: normalising removes the scale, and numpy's mean() is a Python
         # wrapper that costs more than the arithmetic for a dozen rows.
-        v: FloatArray = np.add.reduce(self._table[inner], axis=0)
-        v /= max(math.sqrt(float(v @ v)), 1e-12)
+        # `take`, not `table[inner]`: ~13 us against ~19 for a dozen rows.
+        v: FloatArray = np.add.reduce(self._table.take(inner, axis=0), axis=0)
+        v *= 1.0 / max(math.sqrt(float(np.dot(v, v))), 1e-12)
         return v
 
     def encode_batch_ids(self, batch: list[list[int]]) -> FloatArray:

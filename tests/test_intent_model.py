@@ -30,6 +30,8 @@ def test_sparse_vectors_match_the_definition_first_time_and_from_the_word_cache(
         "animte this sunset plz",  # a typo still shares char n-grams
         "zqxj vbnm",  # hardly anything known
         "Animate THIS sunset!",  # case and punctuation
+        "sunset",  # one word: no bigrams
+        "make the sunset glow " * 40,  # over 255 grams, each many times: tf past the lookup table
     ]
     for _ in range(2):  # the second pass reads every word from the cache
         for text in prompts:

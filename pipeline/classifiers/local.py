@@ -172,7 +172,7 @@ class LocalClassifier:
         tier = self._tier_without_minilm(fast)
         # A busy answer under the low-confidence line is not final: the cascade's `classify`
         # takes it to the LLM. Given here, the cascade would ask again and it would count twice.
-        if tier is None or (tier == "static_busy" and float(fast.probs.max()) < self.low_confidence_below):
+        if tier is None or (tier == "static_busy" and max(fast.probs) < self.low_confidence_below):
             # `classify(query)` follows: it takes this fast tier instead of computing it again.
             if len(self._undecided) >= _UNDECIDED_KEPT:  # callers that never followed up
                 self._undecided.clear()
@@ -272,10 +272,7 @@ class LocalClassifier:
     def predict(self, queries: Sequence[ClassifierInput]) -> list[WorkflowType]:
         return [self._workflows[int(i)] for i in self.predict_proba(queries).argmax(axis=1)]
 
-    def _result(self, query: ClassifierInput, probs: npt.NDArray[np.float32], *,
-                tier: Tier) -> IntentClassification:
-        # Nine numbers: plain Python sorts them in a fraction of NumPy's per-call overhead.
-        p = probs.tolist()
+    def _result(self, query: ClassifierInput, p: list[float], *, tier: Tier) -> IntentClassification:
         order = sorted(range(len(p)), key=p.__getitem__, reverse=True)
         best, second = order[0], order[1]
         confidence = p[best]
