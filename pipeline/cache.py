@@ -210,21 +210,6 @@ class _Flight:
         self.waiters = 0
 
 
-async def _answer_in_own_turn(classifier: Classifier, query: ClassifierInput) -> IntentClassification | None:
-    """`classifier.answer_now(query)`, between two yields to the event loop.
-
-    The request's first event goes out before the classifier computes, and the loop runs the
-    classifications of all the requests it has ready back to back, where the classifier's code
-    and tables stay in the CPU's caches. On the pinned server, 64 streams of cache misses: a
-    whole miss in one turn 1,750-1,790 req/s, in three turns 2,290-2,500 (fast tier only);
-    1,200-1,220 with escalations, 1,170 with only the first yield.
-    """
-    await asyncio.sleep(0)
-    answer = classifier.answer_now(query)
-    await asyncio.sleep(0)
-    return answer
-
-
 class IntentCache:
     """get-or-classify with a TTL, Redis-or-memory storage and single flight per instance."""
 
@@ -273,7 +258,7 @@ class IntentCache:
         cancelled too, so its classification slot frees at once.
         """
         if not self.enabled:
-            return classifier.answer_now(query) or await classify(), False
+            return await classifier.quick_answer(query) or await classify(), False
         key = cache_key(classifier, query)
         cached = self.near.get(key)
         if cached is not None:
@@ -288,7 +273,7 @@ class IntentCache:
                 self.near.put(key, cached)
                 return cached, True
             # An answer that needs no waiting needs no flight to share.
-            answer = await _answer_in_own_turn(classifier, query)
+            answer = await classifier.quick_answer(query)
             if answer is not None:
                 self.misses += 1
                 await self._store(classifier, key, answer)

@@ -14,11 +14,12 @@ class Classifier(Protocol):
     name: str  # "rules" | "local" | "llm" | "cascade"
     version: str  # part of cache keys: change it when the classifier's answers can change
 
-    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
-        """The answer if it takes no waiting (no thread, no network), else None.
+    async def quick_answer(self, query: ClassifierInput) -> IntentClassification | None:
+        """The answer if it needs no thread and no network, else None.
 
         Such an answer cannot queue, so it takes no classification slot: only `classify`,
-        called when this returns None, does.
+        called when this returns None, does. It may take one turn of the event loop: the
+        embedded classifier computes the quick answers asked for in one turn together.
         """
         ...
 

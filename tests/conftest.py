@@ -57,7 +57,7 @@ class GatedClassifier:
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         return None  # answers only by awaiting
 
     async def classify(self, query: Any) -> Any:
@@ -72,7 +72,7 @@ class FailingClassifier:
     name = "failing"
     version = "failing-1"
 
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         return None  # answers only by awaiting
 
     async def classify(self, query: Any) -> Any:

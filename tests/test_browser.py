@@ -271,7 +271,7 @@ class ImageEverything:
     name = "stub"
     version = "stub-1"
 
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         return None  # answers only by awaiting
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:

@@ -24,7 +24,7 @@ class Scripted:
         self.script = script
         self.seen: list[str] = []
 
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         return None  # answers only by awaiting
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
@@ -43,7 +43,7 @@ class Broken:
         self.exc = exc
         self.calls = 0
 
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         return None  # answers only by awaiting
 
     async def classify(self, query: Any) -> Any:
@@ -124,19 +124,19 @@ async def test_cascade_with_a_broken_first_classifier_uses_the_rules() -> None:
 
 
 class BrokenAtOnce(Broken):
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         self.calls += 1
         raise self.exc
 
 
 async def test_cascade_with_a_first_classifier_failing_at_once_still_answers() -> None:
-    """An exception from the first classifier's `answer_now` is its failure, not the request's:
+    """An exception from the first classifier's `quick_answer` is its failure, not the request's:
     `classify` goes on to the rules and the LLM, as it does when `classify` itself raises."""
     llm = Scripted("llm", IntentSource.LLM, {"video of waves with ocean sounds": (W.VIDEO_GENERATION, 0.9)})
     first = BrokenAtOnce(RuntimeError("tokenizer bug"))
     cascade = CascadeClassifier(first, llm, threshold=0.9, usage=LLMUsage())
     query = ClassifierInput(prompt="video of waves with ocean sounds")
-    assert cascade.answer_now(query) is None
+    assert await cascade.quick_answer(query) is None
     result = await cascade.classify(query)
     assert result.source is IntentSource.LLM and first.calls == 2
 

@@ -36,7 +36,7 @@ IMAGE = "https://a.supabase.co/p.jpg"
 class CountingClassifier:
     """Delegates to the rules and counts the calls that reached it.
 
-    `at_once`: answers from `answer_now`, as the embedded classifier's fast tier does.
+    `at_once`: answers from `quick_answer`, as the embedded classifier's fast tier does.
     """
 
     name = "counting"
@@ -47,7 +47,7 @@ class CountingClassifier:
         self.flag = flag  # a metadata flag every answer carries
         self.at_once = at_once
 
-    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
+    async def quick_answer(self, query: ClassifierInput) -> IntentClassification | None:
         return self._answer(query) if self.at_once else None
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
@@ -65,7 +65,7 @@ class Versioned:
     def __init__(self, name: str, version: str) -> None:
         self.name, self.version = name, version
 
-    def answer_now(self, query: Any) -> None:
+    async def quick_answer(self, query: Any) -> None:
         return None  # answers only by awaiting
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:

@@ -29,7 +29,7 @@ class NotingClassifier:
         self.at_once = at_once
         self.seen: list[tuple[int, int]] = []  # (in use, waiting) while classifying
 
-    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
+    async def quick_answer(self, query: ClassifierInput) -> IntentClassification | None:
         return self._answer() if self.at_once else None
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:

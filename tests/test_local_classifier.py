@@ -243,7 +243,7 @@ async def test_an_escalation_over_the_budget_gets_the_fast_tiers_answer_marked_p
         await classifier.classify(_query("hmm?"))  # idle: runs, and MiniLM's time gets measured
         prompts = ["hmm", "waves", "waves and stuff"]
         first, *queued = await asyncio.gather(*(classifier.classify(_query(p)) for p in prompts))
-        assert classifier.answer_now(_query("hmm")) is None  # idle again: it would escalate
+        assert await classifier.quick_answer(_query("hmm")) is None  # idle again: it would escalate
     finally:
         classifier.close()
     assert first.metadata["tier"] == "minilm" and "provisional" not in first.metadata
@@ -286,8 +286,8 @@ async def test_a_batch_running_past_the_budget_counts_as_busy_before_it_ends(loc
     assert meanwhile.metadata["tier"] == "static_busy"
 
 
-async def test_an_escalation_after_answer_now_runs_the_fast_tier_once(local: LocalClassifier) -> None:
-    """`answer_now` said "ask MiniLM": `classify` of the same query reuses its fast tier; an
+async def test_an_escalation_after_quick_answer_runs_the_fast_tier_once(local: LocalClassifier) -> None:
+    """`quick_answer` said "ask MiniLM": `classify` of the same query reuses its fast tier; an
     equal but distinct query computes its own."""
     model = copy.copy(local.model)
     seen: list[str] = []
@@ -300,7 +300,7 @@ async def test_an_escalation_after_answer_now_runs_the_fast_tier_once(local: Loc
     classifier = LocalClassifier(model, escalation_budget=10.0)
     query = _query("hmm")
     try:
-        assert classifier.answer_now(query) is None
+        assert await classifier.quick_answer(query) is None
         answer = await classifier.classify(query)
         assert seen == ["hmm"]
         assert (await classifier.classify(_query("hmm"))).metadata["tier"] == "minilm"
@@ -350,7 +350,7 @@ async def test_a_busy_answer_the_cascade_takes_to_the_llm_is_counted_once(local:
     try:
         stalled = asyncio.create_task(first.classify(_query("hmm?")))
         await asyncio.sleep(0.15)
-        assert cascade.answer_now(_query("hmm")) is None  # p=0.45 and MiniLM busy
+        assert await cascade.quick_answer(_query("hmm")) is None  # p=0.45 and MiniLM busy
         answer = await cascade.classify(_query("hmm"))
         await stalled
     finally:
@@ -449,3 +449,41 @@ async def test_the_gateway_stops_the_transformer_thread_when_it_shuts_down(make_
     await client.close()
     thread.join(timeout=5)
     assert not thread.is_alive() and classifier._thread is None
+
+
+def test_a_batch_of_fast_tiers_agrees_with_one_at_a_time(local: LocalClassifier) -> None:
+    """`predict_fast_many` (the serving path under load) gives each prompt the features and
+    probabilities `predict_fast` gives it alone, edge cases included."""
+    prompts = [e.prompt for e in load_examples(DEV)[::5]]
+    prompts += ["", "!!!", "a", "put @sarah in this red dress", "make the sunset glow " * 40]
+    examples = [to_example(_query(p, *([IMAGE] if i % 3 == 0 else []))) for i, p in enumerate(prompts)]
+    model = local.model
+    for start in range(0, len(examples), 7):  # batches of 7, and a last short one
+        batch = examples[start:start + 7]
+        for alone, together in zip(map(model.predict_fast, batch), model.predict_fast_many(batch), strict=True):
+            assert together.token_ids == alone.token_ids and together.context == alone.context
+            assert np.array_equal(together.tfidf_index, alone.tfidf_index)
+            assert np.allclose(together.tfidf_values, alone.tfidf_values, atol=1e-6)
+            assert np.allclose(together.static, alone.static, atol=1e-6)
+            assert np.allclose(together.probs, alone.probs, atol=1e-5)
+
+
+async def test_quick_answers_asked_in_one_loop_turn_are_computed_together(local: LocalClassifier) -> None:
+    model = copy.copy(local.model)
+    batches: list[int] = []
+
+    def counted(examples: Any) -> Any:
+        batches.append(len(examples))
+        return local.model.predict_fast_many(examples)
+
+    model.predict_fast_many = counted  # type: ignore[method-assign]
+    classifier = LocalClassifier(model)
+    prompts = ["animate this sunset", "change my hair to blonde with bangs", "upscale this photo"]
+    try:
+        together = await asyncio.gather(*(classifier.quick_answer(_query(p, IMAGE)) for p in prompts))
+        alone = [await classifier.quick_answer(_query(p, IMAGE)) for p in prompts]
+    finally:
+        classifier.close()
+    assert batches == [3, 1, 1, 1]
+    assert [a and a.workflow_type for a in together] == [a and a.workflow_type for a in alone]
+    assert all(a is not None for a in alone)

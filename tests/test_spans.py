@@ -119,7 +119,7 @@ async def test_a_pipeline_run_in_another_task_is_not_the_handlers_current_span()
 class _Classifier:
     name, version = "demo", "1"
 
-    def answer_now(self, query: ClassifierInput) -> None:
+    async def quick_answer(self, query: ClassifierInput) -> None:
         return None  # the test's classify() answers, by awaiting
 
 

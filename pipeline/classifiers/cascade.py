@@ -52,7 +52,7 @@ class FallbackClassifier:
         self.fallbacks = (*fallbacks, RulesClassifier())
         self.version = "+".join(c.version for c in (llm, *self.fallbacks))
 
-    def answer_now(self, query: ClassifierInput) -> None:
+    async def quick_answer(self, query: ClassifierInput) -> None:
         return None  # the LLM answers first
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:
@@ -78,9 +78,9 @@ class CascadeClassifier:
         self.rules = RulesClassifier()
         self.version = f"{first.version}+{llm.version}@{threshold:g}"
 
-    def answer_now(self, query: ClassifierInput) -> IntentClassification | None:
+    async def quick_answer(self, query: ClassifierInput) -> IntentClassification | None:
         try:
-            local = self.first.answer_now(query)
+            local = await self.first.quick_answer(query)
         except Exception as exc:  # as in `classify`: its failure is not the request's
             log.warning("classifier %s failed: %r", self.first.name, exc)
             return None  # `classify` asks `first` again, then the rules

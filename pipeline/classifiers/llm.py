@@ -211,7 +211,7 @@ class LLMClassifier:
             "gen_ai.request.model": model,
         }
 
-    def answer_now(self, query: ClassifierInput) -> None:
+    async def quick_answer(self, query: ClassifierInput) -> None:
         return None  # every answer is a network call
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:

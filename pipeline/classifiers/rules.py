@@ -67,7 +67,7 @@ class RulesClassifier:
     name = "rules"
     version = "rules-2"
 
-    def answer_now(self, query: ClassifierInput) -> IntentClassification:
+    async def quick_answer(self, query: ClassifierInput) -> IntentClassification:
         return self.classify_sync(query)
 
     async def classify(self, query: ClassifierInput) -> IntentClassification:

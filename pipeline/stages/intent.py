@@ -42,14 +42,14 @@ class IntentStage:
                 classifier, query, lambda: self._classify(classifier, query)
             )
         else:
-            state.intent = classifier.answer_now(query) or await self._classify(classifier, query)
+            state.intent = await classifier.quick_answer(query) or await self._classify(classifier, query)
         # The LLM failed and a fallback classifier answered: still a 200, but say so.
         state.fallback_used |= bool(state.intent.metadata.get("fallback_used"))
         return self._event(state)
 
     async def _classify(self, classifier: Classifier, query: ClassifierInput) -> IntentClassification:
         # Only classifications that wait (the MiniLM thread, the LLM) take a slot: not cache
-        # hits, coalesced waiters, or answers the classifier gave at once (`answer_now`).
+        # hits, coalesced waiters, or answers the classifier gave at once (`quick_answer`).
         # Fast answers that took one queued behind escalations holding all eight, each under
         # a timeout: -15% throughput on cache misses. No yield to the loop inside the slot
         # before the classifier runs: that let concurrent misses fill the slots the same way.
