@@ -19,9 +19,8 @@ from gateway.appkeys import INTENT_CACHE, REDIS
 from pipeline.cache import (
     FALLBACK_FLAG,
     PROVISIONAL_FLAG,
-    BoundedMemoryCache,
     IntentCache,
-    NearCache,
+    MemoryCache,
     cache_key,
 )
 from pipeline.classifiers.rules import RulesClassifier
@@ -268,9 +267,9 @@ async def test_a_memory_hit_is_answered_without_waiting_on_the_loop() -> None:
     await cache.close()
 
 
-def test_near_cache_entries_expire_and_the_oldest_go_first() -> None:
+def test_memory_cache_entries_expire_when_read_and_the_oldest_go_first() -> None:
     now = [0.0]
-    near = NearCache(entries=2, ttl=30.0, clock=lambda: now[0])
+    near = MemoryCache(entries=2, ttl=30.0, clock=lambda: now[0])
     result = RulesClassifier().classify_sync(ClassifierInput(prompt="animate this sunset"))
     near.put("a", result)
     near.put("b", result)
@@ -279,20 +278,6 @@ def test_near_cache_entries_expire_and_the_oldest_go_first() -> None:
     assert near.get("b") is None and near.get("a") is result and near.get("c") is result
     now[0] = 30.0
     assert near.get("a") is None and len(near) == 1
-
-
-async def test_memory_entries_expire_when_read_and_the_oldest_go_first() -> None:
-    now = [0.0]
-    memory = BoundedMemoryCache(max_entries=2, clock=lambda: now[0])
-    await memory.set("a", 1, ttl=60)
-    await memory.set("b", 2)  # no TTL: kept until evicted
-    await memory.set("c", 3, ttl=60)  # full: "a" is the oldest
-    assert [await memory.get(k) for k in "abc"] == [None, 2, 3]
-    now[0] = 60.0
-    assert (await memory.get("c"), await memory.get("b")) == (None, 2)
-    assert list(memory._cache) == ["b"] and memory._expires == {}
-    await memory.clear()
-    assert await memory.get("b") is None
 
 
 async def test_a_memory_entry_does_not_keep_the_request_that_stored_it_alive() -> None:
