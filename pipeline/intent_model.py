@@ -306,10 +306,12 @@ def _context_flags(ex: IntentExample) -> int:
     return ex.has_working_image | ex.has_uploaded_images << 1 | ex.has_mentions << 2
 
 
-def _context_biases(bias: FloatArray, weights: FloatArray) -> list[FloatArray]:
-    """The bias plus the context features' share of the logits, for each of the 8 `_context_flags`."""
-    return [bias + np.array([flags >> i & 1 for i in range(CONTEXT_FEATURES)], dtype=np.float32) @ weights
-            for flags in range(1 << CONTEXT_FEATURES)]
+def _context_biases(bias: FloatArray, weights: FloatArray) -> FloatArray:
+    """The bias plus the context features' share of the logits: row `f` for `_context_flags` f."""
+    flags = np.array([[f >> i & 1 for i in range(CONTEXT_FEATURES)] for f in range(1 << CONTEXT_FEATURES)],
+                     dtype=np.float32)
+    out: FloatArray = bias + flags @ weights
+    return out
 
 
 # --- the head ----------------------------------------------------------------
@@ -454,7 +456,7 @@ class IntentModel:
         val = np.concatenate([row[1] for row in grams])
         z = st @ ws
         z += segment_sums(val[:, None] * wt.take(idx, axis=0), [len(row[0]) for row in grams])
-        z += np.stack(self._fast_biases).take(flags, axis=0)
+        z += self._fast_biases.take(flags, axis=0)
         probs = _softmax(z / np.float32(self._fast_t)).tolist()
         return [FastTier(p, i, s, gi, gv, f)
                 for p, i, s, (gi, gv), f in zip(probs, ids, st, grams, flags, strict=True)]
