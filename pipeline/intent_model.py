@@ -177,13 +177,15 @@ class Tfidf:
         val *= 1.0 / math.sqrt(float(np.dot(val, val)))
         return idx, val
 
-    def sparse_many(self, texts: Sequence[str]) -> list[tuple[npt.NDArray[np.intp], FloatArray]]:
-        """`sparse` of each text, counted in one sort over all of them (row * vocabulary + id)."""
+    def sparse_many(self, texts: Sequence[str]) -> tuple[npt.NDArray[np.intp], FloatArray, list[int]]:
+        """`sparse` of every text, counted in one sort over all of them (row * vocabulary + id):
+        the indices and values of all rows end to end, and where each row starts and ends (row
+        i is ``[bounds[i]:bounds[i + 1]]``)."""
         rows = [self._gram_ids(text) for text in texts]
         lengths = [len(ids) for ids in rows]
         keys = np.concatenate(rows)
         if not len(keys):
-            return [(keys, np.zeros(0, dtype=np.float32)) for _ in texts]
+            return keys, np.zeros(0, dtype=np.float32), [0] * (len(texts) + 1)
         keys += np.repeat(np.arange(len(texts), dtype=np.intp) * len(self.vocab), lengths)
         keys.sort()
         keys, tf = self._runs(keys, max(lengths))
@@ -193,8 +195,8 @@ class Tfidf:
             val *= tf
         squares = np.bincount(row_of, weights=val * val, minlength=len(texts))
         val *= (1.0 / np.sqrt(np.maximum(squares, 1e-30))).astype(np.float32)[row_of]
-        bounds = np.searchsorted(row_of, np.arange(len(texts) + 1)).tolist()
-        return [(idx[a:b], val[a:b]) for a, b in itertools.pairwise(bounds)]
+        bounds: list[int] = np.searchsorted(row_of, np.arange(len(texts) + 1)).tolist()
+        return idx, val, bounds
 
     def _gram_ids(self, text: str) -> npt.NDArray[np.intp]:
         """The vocabulary ids of ``_ngrams(text)``, as often as each occurs, unsorted: a new array."""
@@ -449,17 +451,15 @@ class IntentModel:
         texts = [ex.prompt for ex in examples]
         ids = [self._token_ids(text) for text in texts]
         st = self.static.encode_many_ids(ids)
-        grams = self.tfidf.sparse_many(texts)
+        idx, val, bounds = self.tfidf.sparse_many(texts)
         flags = [_context_flags(ex) for ex in examples]
         ws, wt = self._fast_blocks
-        idx = np.concatenate([row[0] for row in grams])
-        val = np.concatenate([row[1] for row in grams])
         z = st @ ws
-        z += segment_sums(val[:, None] * wt.take(idx, axis=0), [len(row[0]) for row in grams])
+        z += segment_sums(val[:, None] * wt.take(idx, axis=0), [b - a for a, b in itertools.pairwise(bounds)])
         z += self._fast_biases.take(flags, axis=0)
         probs = _softmax(z / np.float32(self._fast_t)).tolist()
-        return [FastTier(p, i, s, gi, gv, f)
-                for p, i, s, (gi, gv), f in zip(probs, ids, st, grams, flags, strict=True)]
+        return [FastTier(p, i, s, idx[a:b], val[a:b], f)
+                for p, i, s, (a, b), f in zip(probs, ids, st, itertools.pairwise(bounds), flags, strict=True)]
 
     def predict_full(self, fast: FastTier, embedding: FloatArray) -> list[float]:
         """The slow tier's calibrated probabilities, given the prompt's MiniLM embedding."""

@@ -458,8 +458,9 @@ def test_a_batch_of_fast_tiers_agrees_with_one_at_a_time(local: LocalClassifier)
     prompts += ["", "!!!", "a", "put @sarah in this red dress", "make the sunset glow " * 40]
     examples = [to_example(_query(p, *([IMAGE] if i % 3 == 0 else []))) for i, p in enumerate(prompts)]
     model = local.model
-    for start in range(0, len(examples), 7):  # batches of 7, and a last short one
-        batch = examples[start:start + 7]
+    batches = [examples[start:start + 7] for start in range(0, len(examples), 7)]  # and a last short one
+    batches.append(examples[-5:-3])  # nothing in the vocabulary in the whole batch: "" and "!!!"
+    for batch in batches:
         for alone, together in zip(map(model.predict_fast, batch), model.predict_fast_many(batch), strict=True):
             assert together.token_ids == alone.token_ids and together.context == alone.context
             assert np.array_equal(together.tfidf_index, alone.tfidf_index)
