@@ -39,6 +39,13 @@ class MalformedJSON(GatewayError):
     code = "malformed_json"
 
 
+class MalformedRequest(GatewayError):
+    """What aiohttp's HTTP parser refused: a garbled request line, a bad or oversized header."""
+
+    status = 400
+    code = "malformed_request"
+
+
 class UnreadableBody(GatewayError):
     """The body does not decode as its Content-Encoding says (gzip that is not gzip)."""
 

@@ -12,9 +12,11 @@ from collections.abc import Callable
 
 import msgspec
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.errors import GatewayError, MalformedRequest, error_response
 from observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,44 @@ SHUTDOWN_TIMEOUT = 10.0  # seconds open streams get to finish on SIGTERM
 # the prompt in the URL, and 2,000 characters of non-ASCII text percent-encode to up to
 # 24,000 bytes; aiohttp's default request line (8,190 bytes) refused such prompts.
 SERVER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "max_line_size": 64 * 1024}
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose connections answer in JSON what never reaches the app.
+
+    aiohttp's HTTP parser refuses a garbled request line, a malformed or oversized header or a
+    bad Content-Length before any middleware runs, and answered those in plain text: the one
+    place a client got an error body not shaped like every other one.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()  # runs the app's start-up, as AppRunner does
+        return _JsonErrorServer(server.request_handler, request_factory=server.request_factory,
+                                handler_cancellation=server.handler_cancellation, loop=server._loop,
+                                **server._kwargs)  # fmt: skip
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _JsonErrorHandler(RequestHandler):
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        if 400 <= status < 500:
+            # The client's mistake, not ours: one line, not aiohttp's ERROR with a traceback.
+            log.info("refused a malformed request from %s: %s", request.remote, message)
+            error: GatewayError = MalformedRequest(message or "the request could not be parsed")
+        else:
+            super().handle_error(request, status, exc, message)  # logs; refuses a half-sent response
+            error = GatewayError("internal error")
+        error.status = status  # as aiohttp decided it (400; 504 for a handler timeout)
+        response = error_response(error)
+        response.force_close()  # the parser may be anywhere in the byte stream: start afresh
+        return response
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1) -> int:
@@ -100,7 +140,7 @@ async def _serve_forever(settings: Settings, host: str, port: int, *, reuse_port
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    runner = web.AppRunner(create_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+    runner = GatewayRunner(create_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            **SERVER_OPTIONS)  # type: ignore[arg-type]
     await runner.setup()
     try:

@@ -9,17 +9,25 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from aioresponses import aioresponses
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.server import SERVER_OPTIONS
+from gateway.server import SERVER_OPTIONS, GatewayRunner
 from pipeline.protocols import Classifier
 from tests.pg import SERVER as PG_SERVER
 from tests.pg import fresh_database
 from tests.upstream import mock_upstream
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+class GatewayTestServer(TestServer):
+    """aiohttp's TestServer on the runner `serve` uses (JSON for what the HTTP parser refuses)."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return GatewayRunner(self.app, **kwargs)
 
 
 @pytest.fixture
@@ -34,7 +42,7 @@ def make_client(aiohttp_client: Any) -> MakeClient:
         app = create_app(settings, classifier=classifier)
         # As in production. (aiohttp's TestServer drops constructor options and always
         # cancels the handlers of clients that disconnect; the rest go to start_server.)
-        server = TestServer(app)
+        server = GatewayTestServer(app)
         await server.start_server(**{k: v for k, v in SERVER_OPTIONS.items() if k != "handler_cancellation"})
         return await aiohttp_client(server)
 

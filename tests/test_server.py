@@ -1,0 +1,56 @@
+"""What aiohttp's HTTP parser refuses, before any middleware, still gets the gateway's JSON error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import MakeClient
+
+
+async def exchange(client: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a fresh connection; read to EOF: fails (timeout) unless the server closes."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+MALFORMED = {
+    "garbled request line": b"NOT HTTP AT ALL\r\n\r\n",
+    "bad content-length": (
+        b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: t\r\nContent-Length: ten\r\n\r\n"
+    ),
+    "header too long": b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "header without a colon": b"GET /health HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+async def test_a_request_the_parser_refuses_gets_a_json_400_and_a_closed_connection(
+    make_client: MakeClient, raw: bytes
+) -> None:
+    client = await make_client()
+    status, headers, body = await exchange(client, raw)
+    assert status == 400
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)
+    assert error["error"] == "malformed_request"
+    assert error["detail"]  # aiohttp's own words on what it refused
+
+
+async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(make_client: MakeClient) -> None:
+    client = await make_client()
+    status, _, body = await exchange(client, b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    assert json.loads(body)["status"] == "ok"
