@@ -319,6 +319,28 @@ async def test_retry_after_as_http_date_or_garbage(harness: Harness, upstream: a
 
 
 @pytest.mark.parametrize(
+    "usage",
+    [None, "lots", {"prompt_tokens": None, "completion_tokens": None}, {"total_tokens": 150}],
+    ids=["absent", "string", "nulls", "no-counts"],
+)
+async def test_token_counts_that_are_missing_or_malformed_do_not_cost_the_answer(
+    harness: Harness, upstream: aioresponses, usage: object
+) -> None:
+    """Local OpenAI-compatible servers send usage as nulls, partly or not at all: the answer
+    stands; only the token bookkeeping has nothing to add."""
+    body = completion(answer("hair_styling"))
+    if usage is None:
+        del body["usage"]
+    else:
+        body["usage"] = usage
+    upstream.post(ENDPOINT, payload=body)
+    result = await harness.llm.classify(QUERY)
+    assert result.workflow_type.value == "hair_styling"
+    assert harness.usage.answers == 1 and not harness.usage.failures
+    assert (harness.usage.prompt_tokens, harness.usage.completion_tokens) == (0, 0)
+
+
+@pytest.mark.parametrize(
     ("body", "content_type"),
     [
         ("<html><body>502 from the proxy, sent as a 200</body></html>", "text/html"),

@@ -321,11 +321,22 @@ def _read_completion(completion: Any) -> tuple[tuple[int, int] | None, str | Non
     OpenAI-compatible hands us strings, nulls or lists where objects belong.
     """
     try:
-        usage = completion.usage
-        tokens = None if usage is None else (int(usage.prompt_tokens), int(usage.completion_tokens))
         if not completion.choices:
             raise LLMFailed("unparsable", "no choices")
         content = completion.choices[0].message.content
     except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
         raise LLMFailed("unparsable", f"the answer is not a chat completion: {exc!r}") from exc
+    tokens = _read_usage(getattr(completion, "usage", None))
     return tokens, content if isinstance(content, str) or content is None else str(content)
+
+
+def _read_usage(usage: Any) -> tuple[int, int] | None:
+    """The token counts, when the answer carries them as numbers. Bookkeeping only: local servers
+    send nulls or leave them out, and that is no reason to throw a good answer away."""
+    if usage is None:
+        return None
+    try:
+        return int(usage.prompt_tokens), int(usage.completion_tokens)
+    except (AttributeError, TypeError, ValueError):
+        log.debug("LLM answer without usable token counts: %r", usage)
+        return None
