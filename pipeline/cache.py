@@ -255,6 +255,10 @@ class IntentCache:
             flight.waiters -= 1
             if flight.waiters == 0 and not flight.task.done():
                 flight.task.cancel()
+                # Out of the table now, not when the task has wound down (a loop turn later): a
+                # request arriving in between would join a cancelled flight and lose its answer.
+                if self._inflight.get(key) is flight:
+                    del self._inflight[key]
 
     def _finished(self, key: str, task: asyncio.Task[tuple[IntentClassification, bool]]) -> None:
         flight = self._inflight.get(key)

@@ -198,6 +198,29 @@ async def test_one_cancelled_waiter_does_not_cancel_the_others(make_client: Make
     assert counting.calls == 1
 
 
+async def test_a_request_arriving_as_the_last_waiter_leaves_gets_its_own_answer() -> None:
+    """The flight the last waiter cancels is not joined by a request that comes a moment later."""
+    cache = IntentCache(ttl=60, redis=None, timeout=1.0)
+    classifier = CountingClassifier()
+    query = ClassifierInput(prompt="animate this sunset")
+    gate = asyncio.Event()
+
+    async def slow_classify() -> IntentClassification:
+        await gate.wait()
+        return await classifier.classify(query)
+
+    leaving = asyncio.create_task(cache.get_or_classify(classifier, query, slow_classify))
+    await asyncio.sleep(0)  # its flight has taken off and waits at the gate
+    leaving.cancel()
+    await asyncio.sleep(0)  # the leaver has gone; its flight is cancelled but not yet wound down
+    arriving = asyncio.create_task(cache.get_or_classify(classifier, query, slow_classify))
+    gate.set()
+    result, hit = await asyncio.wait_for(arriving, 5)
+    assert (result.workflow_type.value, hit) == ("image_to_video", False)
+    assert leaving.cancelled()
+    await cache.close()
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
