@@ -8,17 +8,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import TRACING
-from gateway.errors import ValidationFailed
 from gateway.responses import json_response
+from gateway.wire import query_count
 from observability.traces import render_waterfall
 
 
 async def list_traces(request: web.Request) -> web.Response:
     """GET /debug/traces[?limit=N]: summaries of the recent traces, newest first."""
-    limit = request.query.get("limit")
-    if limit is not None and not (limit.isascii() and limit.isdigit() and int(limit) > 0):
-        raise ValidationFailed("limit must be a whole number of traces, 1 or more", field="limit")
-    traces = request.app[TRACING].buffer.recent(int(limit) if limit is not None else None)
+    limit = query_count(request.query, "limit", default=None, high=1_000_000)  # more than any buffer holds
+    traces = request.app[TRACING].buffer.recent(limit)
     return json_response(traces)
 
 

@@ -6,7 +6,7 @@ Bad input stops here with a typed error; stages trust what passes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import msgspec
 
@@ -43,6 +43,26 @@ def decode_json(decoder: msgspec.json.Decoder[Body], raw: bytes) -> Body:
         raise _as_validation_error(exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8 inside a string
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested ~1,000 deep, even in an ignored field
+        raise MalformedJSON("request body nests too deeply") from None
+
+
+@overload
+def query_count(query: Mapping[str, str], name: str, *, default: int, high: int) -> int: ...
+@overload
+def query_count(query: Mapping[str, str], name: str, *, default: None, high: int) -> int | None: ...
+def query_count(query: Mapping[str, str], name: str, *, default: int | None, high: int) -> int | None:
+    """A whole-number query parameter from 1 to `high`, or the 422 that names it.
+
+    ASCII digits only: "\u00b2".isdigit() is true and int() refuses it, and int() refuses
+    strings over 4,300 digits; both would otherwise be 500s.
+    """
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(high)) and 1 <= int(raw) <= high):
+        raise ValidationFailed(f"{name} must be a whole number from 1 to {high}", field=name)
+    return int(raw)
 
 
 def decode_query(query: Mapping[str, str]) -> ProcessBody:

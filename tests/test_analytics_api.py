@@ -57,7 +57,7 @@ async def test_views_refresh_and_endpoints_return_their_numbers(
 @pytest.mark.parametrize(
     ("path", "query"),
     [(INTENTS, "hours=0"), (INTENTS, "hours=abc"), (INTENTS, "hours=169"), (COSTS, "days=31"),
-     (COSTS, "days=-1")],
+     (COSTS, "days=-1"), (INTENTS, "hours=%C2%B2"), (COSTS, "days=%D9%A3"), (INTENTS, "hours=" + "1" * 5000)],
 )
 async def test_window_is_validated(
     postgres_db: str, make_client: MakeClient, tmp_path: Path, path: str, query: str

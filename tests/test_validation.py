@@ -51,6 +51,14 @@ async def test_malformed_json_is_400(client: Any) -> None:
     assert (await resp.json())["error"] == "malformed_json"
 
 
+@pytest.mark.parametrize("path", [PROCESS, "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"])
+async def test_json_nested_too_deeply_is_400_even_in_an_ignored_field(client: Any, path: str) -> None:
+    body = b'{"prompt": "a cat", "extra": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    resp = await client.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "malformed_json"
+
+
 async def test_body_over_64_kib_is_413(client: Any) -> None:
     body = b'{"prompt": "' + b"a" * (65 * 1024) + b'"}'
     resp = await client.post(PROCESS, data=body, headers={"Content-Type": "application/json"})
@@ -95,7 +103,7 @@ async def test_a_host_port_of_non_ascii_digits_is_only_a_host_header(client: Any
     assert status == 200 and body["success"] is True
 
 
-@pytest.mark.parametrize("limit", ["abc", "-5", "0", "\u00b2"])
+@pytest.mark.parametrize("limit", ["abc", "-5", "0", "\u00b2", "1" * 4301])
 async def test_a_debug_traces_limit_that_is_not_a_count_is_422(client: Any, limit: str) -> None:
     resp = await client.get("/debug/traces", params={"limit": limit})
     assert resp.status == 422

@@ -12,7 +12,7 @@ from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, 
 from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
 from gateway.errors import AnalyticsNotConfigured, UnsupportedMediaType, ValidationFailed
 from gateway.responses import json_response
-from gateway.wire import check_image_url, decode_json
+from gateway.wire import check_image_url, decode_json, query_count
 
 # The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -36,19 +36,11 @@ def _analytics(request: web.Request) -> Analytics:
     return analytics
 
 
-def _int_query(request: web.Request, name: str, *, default: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not 1 <= int(raw) <= high:
-        raise ValidationFailed(f"{name} must be a whole number from 1 to {high}", field=name)
-    return int(raw)
-
 
 async def intent_analytics(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/analytics/intents?hours=N: per workflow and hour."""
     analytics = _analytics(request)
-    hours = _int_query(request, "hours", default=24, high=MAX_HOURS)
+    hours = query_count(request.query, "hours", default=24, high=MAX_HOURS)
     buckets = await analytics.intents(hours)
     return json_response(IntentReport(hours=hours, refreshed_at=analytics.refreshed_at, buckets=buckets))
 
@@ -56,7 +48,7 @@ async def intent_analytics(request: web.Request) -> web.Response:
 async def cost_analytics(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/analytics/costs?days=N: per user and day."""
     analytics = _analytics(request)
-    days = _int_query(request, "days", default=7, high=MAX_DAYS)
+    days = query_count(request.query, "days", default=7, high=MAX_DAYS)
     buckets = await analytics.costs(days)
     return json_response(CostReport(days=days, refreshed_at=analytics.refreshed_at, buckets=buckets))
 
