@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "igw_"
 # What generate_key() makes: only a token of this shape can be in the Postgres table.
 ISSUED_KEY = re.compile(r"igw_[A-Za-z0-9_-]{43}")
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}\Z")  # \Z: "$" also matches before a final newline
 
 
 

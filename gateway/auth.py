@@ -33,7 +33,7 @@ ADMIN_PREFIXES = ("/api/v1/enhanced/analytics", "/debug/", "/api/v1/admin/")
 
 # Keys and JWTs are printable ASCII; anything else (bytes that are not UTF-8 arrive as lone
 # surrogates) is not a credential, and must not reach the hash or the JWT decoder.
-_BEARER = re.compile(r"^Bearer +([\x21-\x7e]+) *$", re.IGNORECASE)
+_BEARER = re.compile(r"^Bearer +([\x21-\x7e]+) *\Z", re.IGNORECASE)
 
 
 def scope_for(path: str) -> Scope:

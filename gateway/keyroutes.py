@@ -11,7 +11,7 @@ from gateway.apikeys import USER_ID_PATTERN, KeyInfo, NewKey, PgKeyStore
 from gateway.appkeys import AUTH
 from gateway.errors import GatewayError, ValidationFailed
 from gateway.responses import json_response
-from gateway.wire import decode_json
+from gateway.wire import decode_json, require_json
 
 
 class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,6 +45,7 @@ def _store(request: web.Request) -> PgKeyStore:
 
 async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/admin/keys {user_id, admin}: a new key, shown in this answer only."""
+    require_json(request.content_type)
     body = decode_json(_create_key_decoder, await request.read())
     if not USER_ID_PATTERN.match(body.user_id):
         raise ValidationFailed("user_id must be 1-128 letters, digits or _.@:-", field="user_id")

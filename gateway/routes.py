@@ -29,14 +29,21 @@ from gateway.appkeys import (
     USER_ID,
 )
 from gateway.debug import add_debug_routes
-from gateway.errors import UnsupportedMediaType, as_gateway_error
+from gateway.errors import as_gateway_error
 from gateway.keyroutes import add_key_routes
 from gateway.limits import charge_cost, usage
 from gateway.llm import llm_metrics
 from gateway.responses import encode_json, json_response
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
-from gateway.wire import MAX_BODY_BYTES, ProcessBody, decode_body, decode_query, to_pipeline_request
+from gateway.wire import (
+    MAX_BODY_BYTES,
+    ProcessBody,
+    decode_body,
+    decode_query,
+    require_json,
+    to_pipeline_request,
+)
 from pipeline.errors import PipelineError
 from pipeline.events import ErrorEvent, ModelEvent, ProcessResult
 from pipeline.protocols import Stage
@@ -47,8 +54,7 @@ from pipeline.types import PipelineRequest
 log = logging.getLogger(__name__)
 
 async def read_body(request: web.Request) -> ProcessBody:
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType(f"send Content-Type: application/json, not {request.content_type!r}")
+    require_json(request.content_type)
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     return decode_body(await request.read())

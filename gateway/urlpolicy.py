@@ -22,8 +22,8 @@ from gateway.errors import ValidationFailed
 MAX_URL_CHARS = 2048
 
 # Letters, digits and hyphens, dot-separated: what a DNS name (or its punycode form) is.
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)\Z")
 _UNSAFE_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
 # Every IP notation (IPv4 in any base, IPv6) is written with these characters only.
 _NOT_IP_CHAR = re.compile(r"[^0-9a-fA-FxX.:]")

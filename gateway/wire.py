@@ -10,7 +10,7 @@ from typing import TypeVar, overload
 
 import msgspec
 
-from gateway.errors import MalformedJSON, ValidationFailed
+from gateway.errors import MalformedJSON, UnsupportedMediaType, ValidationFailed
 from gateway.prompttext import MAX_PROMPT_CHARS, clean_prompt  # noqa: F401 - re-exported
 from gateway.urlpolicy import MAX_URL_CHARS, ImageUrlPolicy, UrlPolicy  # noqa: F401 - re-exported
 from pipeline.types import PipelineRequest, Preferences
@@ -33,6 +33,12 @@ _decoder = msgspec.json.Decoder(ProcessBody)
 
 def decode_body(raw: bytes) -> ProcessBody:
     return decode_json(_decoder, raw)
+
+
+def require_json(content_type: str) -> None:
+    """A JSON body must say so: a form or plain text is a 415, not a guess."""
+    if content_type != "application/json":
+        raise UnsupportedMediaType(f"send Content-Type: application/json, not {content_type!r}")
 
 
 def decode_json(decoder: msgspec.json.Decoder[Body], raw: bytes) -> Body:

@@ -139,6 +139,7 @@ async def test_valid_jwt_authenticates_its_subject(secured: Any) -> None:
         pytest.param(lambda: jwt.encode({"sub": "carol"}, SECRET, algorithm="HS256"), id="no-exp"),
         pytest.param(lambda: jwt.encode({"exp": time.time() + 60}, SECRET, algorithm="HS256"), id="no-sub"),
         pytest.param(lambda: token("bad user id"), id="bad-sub"),
+        pytest.param(lambda: token("carol\n"), id="sub-ending-in-a-newline"),
         pytest.param(lambda: jwt.encode(CLAIMS, SECRET * 2, algorithm="HS512"), id="HS512"),
     ],
 )
@@ -290,6 +291,11 @@ async def test_admin_api_creates_and_revokes_keys(make_client: Any, pg_url: str)
     assert [k["user_id"] for k in listing["keys"]] == ["erin"] and "key" not in listing["keys"][0]
     revoked = await client.delete(f"/api/v1/admin/keys/{new['key_id']}", headers=bearer(ROOT))
     assert (await revoked.json())["revoked"] == 1
+    newline = await client.post("/api/v1/admin/keys", json={"user_id": "erin\n"}, headers=bearer(ROOT))
+    assert newline.status == 422 and (await newline.json())["field"] == "user_id"
+    as_text = await client.post("/api/v1/admin/keys", data='{"user_id": "erin"}',
+                                headers={**bearer(ROOT), "Content-Type": "text/plain"})  # fmt: skip
+    assert as_text.status == 415
     typo = await client.delete("/api/v1/admin/keys/zz", headers=bearer(ROOT))
     assert typo.status == 422 and (await typo.json())["field"] == "key_id"
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(new["key"]))).status == 401

@@ -10,12 +10,12 @@ from aiohttp import web
 
 from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
 from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
-from gateway.errors import AnalyticsNotConfigured, UnsupportedMediaType, ValidationFailed
+from gateway.errors import AnalyticsNotConfigured, ValidationFailed
 from gateway.responses import json_response
-from gateway.wire import check_image_url, decode_json, query_count
+from gateway.wire import check_image_url, decode_json, query_count, require_json
 
 # The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
-_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
 
 class IntentReport(msgspec.Struct, kw_only=True):
     hours: int
@@ -72,8 +72,7 @@ _reference_decoder = msgspec.json.Decoder(ReferenceBody)
 
 def _decode_reference(request: web.Request, raw: bytes) -> UserReference:
     """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType(f"send Content-Type: application/json, not {request.content_type!r}")
+    require_json(request.content_type)
     body = decode_json(_reference_decoder, raw)
     tag = body.tag.strip().removeprefix("@").lower()
     if not _TAG.match(tag) or tag.endswith("."):
