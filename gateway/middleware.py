@@ -6,6 +6,7 @@ auth_middleware (gateway/auth.py; its errors become JSON like any other).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -17,6 +18,10 @@ from gateway.errors import Handler
 from observability.spans import LightSpan
 
 log = logging.getLogger("gateway.request")
+
+# nginx's "client closed request": a request whose client left before its answer was finished is
+# not a server error (500) in the metrics, the log line or the span.
+CLIENT_CLOSED = 499
 
 # Scrapes, probes and the web UI's files and dashboard polling: a trace each would push the
 # requests out of the /debug/traces buffer.
@@ -47,6 +52,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             if not response.prepared:
                 response.headers["X-Trace-Id"] = trace_id
             return response
+        except asyncio.CancelledError:  # the client went away (handler cancellation)
+            status = CLIENT_CLOSED
+            raise
         finally:
             duration = time.perf_counter() - started
             _set_status(span, status)

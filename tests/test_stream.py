@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.appkeys import SLOTS
+from gateway.appkeys import SLOTS, STATS
 from gateway.sse import EventStream
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import FailingClassifier, GatedClassifier, MakeClient, wait_until
@@ -132,6 +132,8 @@ async def test_client_disconnect_cancels_pipeline_and_frees_the_slot(make_client
         resp.close()  # drop the connection without reading on
     await wait_until(lambda: slots.in_use == 0)
     assert slots.waiting == 0
+    await wait_until(lambda: "499" in client.app[STATS].snapshot()["responses_by_status"])
+    assert client.app[STATS].snapshot()["responses_by_status"] == {"499": 1}  # not a server error
 
 
 async def test_overload_gives_503_with_retry_after(make_client: MakeClient) -> None:
