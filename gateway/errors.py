@@ -163,6 +163,18 @@ def error_response(error: GatewayError) -> web.Response:
     )
 
 
+def http_error_response(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 4xx (404, 405, an unmet Expect's 417) in the gateway's JSON shape."""
+    body = ErrorBody(
+        error=exc.reason.lower().replace(" ", "_"),
+        detail=f"{request.method} {request.path}: {exc.reason}",
+    )
+    keep = {name: exc.headers[name] for name in ("Allow", "Retry-After") if name in exc.headers}
+    return web.Response(
+        status=exc.status, body=_encoder.encode(body), content_type="application/json", headers=keep
+    )
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -181,14 +193,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:  # aiohttp's own 404/405/...: same JSON shape
         if exc.status < 400:
             raise
-        body = ErrorBody(
-            error=exc.reason.lower().replace(" ", "_"),
-            detail=f"{request.method} {request.path}: {exc.reason}",
-        )
-        keep = {name: exc.headers[name] for name in ("Allow", "Retry-After") if name in exc.headers}
-        return web.Response(
-            status=exc.status, body=_encoder.encode(body), content_type="application/json", headers=keep
-        )
+        return http_error_response(request, exc)
     except Exception:
         # A bug, not a user error: log it with its trace and answer with a generic body.
         log.exception("unhandled error on %s %s", request.method, request.path)

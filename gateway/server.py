@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -16,7 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.errors import GatewayError, MalformedRequest, error_response
+from gateway.errors import GatewayError, MalformedRequest, error_response, http_error_response
 from observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,25 @@ class _JsonErrorServer(web.Server):
 
 
 class _JsonErrorHandler(RequestHandler):
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
+            # A body that does not decode as its Content-Encoding says (or chunks that break
+            # off): its request got a 400 (unreadable_body), and aiohttp, reading the rest of it
+            # off the connection after the response, meets the same error again. The client's
+            # mistake: one line.
+            log.info("dropped the rest of an unreadable request body: %s", kw["exc_info"])
+            return
+        super().log_exception(*args, **kw)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            # Raised before the app's middlewares run, where aiohttp answers in plain text: an
+            # Expect header other than 100-continue (417).
+            resp = http_error_response(request, resp)
+        return await super().finish_response(request, resp, start_time)
+
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
         message: str | None = None,

@@ -54,3 +54,15 @@ async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(mak
     status, _, body = await exchange(client, b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/enhanced/process", "/no/such/route"])
+async def test_an_expectation_the_server_cannot_meet_is_a_json_417(make_client: MakeClient, path: str) -> None:
+    """aiohttp answers an Expect other than 100-continue before any middleware runs."""
+    client = await make_client()
+    body = b'{"prompt": "a cat"}'
+    raw = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: bogus\r\n"
+           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
+    status, headers, answer = await exchange(client, raw)
+    assert (status, headers["content-type"]) == (417, "application/json")
+    assert json.loads(answer)["error"] == "expectation_failed"
