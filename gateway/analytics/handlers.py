@@ -36,7 +36,6 @@ def _analytics(request: web.Request) -> Analytics:
     return analytics
 
 
-
 async def intent_analytics(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/analytics/intents?hours=N: per workflow and hour."""
     analytics = _analytics(request)
