@@ -93,21 +93,31 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 2.0) -> Non
             await asyncio.sleep(0.005)
 
 
+async def exchange(client: TestClient, raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes on a fresh connection and read to EOF (times out unless the server closes);
+    returns the status, the headers (names in lower case) and the body."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
 async def raw_request(client: TestClient, head: bytes, body: bytes = b"") -> tuple[int, str, Any]:
     """Send bytes no HTTP client library would (bytes that are not UTF-8 in a header or a body);
     returns the status, the Content-Type and the body (parsed when it is JSON)."""
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        length = f"Content-Length: {len(body)}\r\n".encode() if body else b""
-        writer.write(head.rstrip(b"\r\n") + b"\r\nConnection: close\r\n" + length + b"\r\n" + body)
-        response = await reader.read()
-    finally:
-        writer.close()
-    lines, _, payload = response.partition(b"\r\n\r\n")
-    status_line, *header_lines = lines.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines)
-    content_type = headers.get("Content-Type", "").split(";")[0]
-    return int(status_line.split()[1]), content_type, msgspec.json.decode(payload) if content_type == "application/json" else payload
+    length = f"Content-Length: {len(body)}\r\n".encode() if body else b""
+    status, headers, payload = await exchange(
+        client, head.rstrip(b"\r\n") + b"\r\nConnection: close\r\n" + length + b"\r\n" + body
+    )
+    content_type = headers.get("content-type", "").split(";")[0]
+    return status, content_type, msgspec.json.decode(payload) if content_type == "application/json" else payload
 
 
 @pytest.fixture

@@ -2,29 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 import pytest
 
-from tests.conftest import MakeClient
-
-
-async def exchange(client: Any, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send raw bytes on a fresh connection; read to EOF: fails (timeout) unless the server closes."""
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    try:
-        writer.write(raw)
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.read(), timeout=10)
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, body
-
+from tests.conftest import MakeClient, exchange, raw_request
 
 MALFORMED = {
     "garbled request line": b"NOT HTTP AT ALL\r\n\r\n",
@@ -60,9 +42,6 @@ async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(mak
 async def test_an_expectation_the_server_cannot_meet_is_a_json_417(make_client: MakeClient, path: str) -> None:
     """aiohttp answers an Expect other than 100-continue before any middleware runs."""
     client = await make_client()
-    body = b'{"prompt": "a cat"}'
-    raw = (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: bogus\r\n"
-           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
-    status, headers, answer = await exchange(client, raw)
-    assert (status, headers["content-type"]) == (417, "application/json")
-    assert json.loads(answer)["error"] == "expectation_failed"
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: bogus".encode()
+    status, content_type, error = await raw_request(client, head, b'{"prompt": "a cat"}')
+    assert (status, content_type, error["error"]) == (417, "application/json", "expectation_failed")
