@@ -63,6 +63,27 @@ class UnsupportedMediaType(GatewayError):
     code = "unsupported_media_type"
 
 
+# The request codings aiohttp decodes with what the gateway installs (br and zstd need optional
+# packages; x-gzip, compress and lists of codings it passes through undecoded).
+CONTENT_CODINGS = ("gzip", "deflate")
+
+
+class UnsupportedContentEncoding(GatewayError):
+    """A request body in a coding the gateway cannot read: a 415 that names the ones it can
+    (RFC 9110 15.5.16), rather than a body read as JSON that is not."""
+
+    status = 415
+    code = "unsupported_content_encoding"
+
+    def __init__(self, coding: str = "") -> None:
+        named = f" {coding[:40]!r}" if coding else ""
+        super().__init__(f"Content-Encoding{named} is not one this gateway reads: "
+                         f"send the body as is or in one of {', '.join(CONTENT_CODINGS)}")
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept-Encoding": ", ".join(CONTENT_CODINGS)}
+
+
 class ValidationFailed(GatewayError):
     status = 422
     code = "validation_error"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.apikeys import USER_ID_PATTERN, KeyInfo, NewKey, PgKeyStore
 from gateway.appkeys import AUTH
@@ -45,7 +45,7 @@ def _store(request: web.Request) -> PgKeyStore:
 
 async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/admin/keys {user_id, admin}: a new key, shown in this answer only."""
-    require_json(request.content_type)
+    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
     body = decode_json(_create_key_decoder, await request.read())
     if not USER_ID_PATTERN.match(body.user_id):
         raise ValidationFailed("user_id must be 1-128 letters, digits or _.@:-", field="user_id")

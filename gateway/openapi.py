@@ -40,7 +40,7 @@ ERROR_STATUSES = {
     "404": "Not found",
     "405": "Method not allowed",
     "413": "Body larger than 64 KiB",
-    "415": "Content-Type is not application/json",
+    "415": "Content-Type is not application/json, or Content-Encoding is not gzip or deflate",
     "422": "A field is invalid; `field` names it",
     "429": "A per-user rate or cost limit (Retry-After)",
     "503": "Overloaded: no classification slot in time (Retry-After)",

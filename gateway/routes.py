@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.analytics import handlers as analytics
 from gateway.appkeys import (
@@ -54,7 +54,7 @@ from pipeline.types import PipelineRequest
 log = logging.getLogger(__name__)
 
 async def read_body(request: web.Request) -> ProcessBody:
-    require_json(request.content_type)
+    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     return decode_body(await request.read())

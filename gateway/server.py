@@ -13,11 +13,18 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.errors import GatewayError, MalformedRequest, error_response, http_error_response
+from gateway.errors import (
+    GatewayError,
+    MalformedRequest,
+    UnsupportedContentEncoding,
+    error_response,
+    http_error_response,
+)
 from observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
@@ -74,14 +81,21 @@ class _JsonErrorHandler(RequestHandler):
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:  # fmt: skip
-        if 400 <= status < 500:
+        error: GatewayError
+        if isinstance(exc, ContentEncodingError):
+            # br or zstd, refused as the headers were read (aiohttp lacks the optional package):
+            # the client can send it again uncompressed or gzipped, so say which, not "install".
+            log.info("refused a body in an unsupported coding from %s: %s", request.remote, message)
+            error = UnsupportedContentEncoding()  # the request was not parsed: no header to quote
+        elif 400 <= status < 500:
             # The client's mistake, not ours: one line, not aiohttp's ERROR with a traceback.
             log.info("refused a malformed request from %s: %s", request.remote, message)
-            error: GatewayError = MalformedRequest(message or "the request could not be parsed")
+            error = MalformedRequest(message or "the request could not be parsed")
+            error.status = status  # as aiohttp decided it (400)
         else:
             super().handle_error(request, status, exc, message)  # logs; refuses a half-sent response
             error = GatewayError("internal error")
-        error.status = status  # as aiohttp decided it (400; 504 for a handler timeout)
+            error.status = status  # as aiohttp decided it (500; 504 for a handler timeout)
         response = error_response(error)
         response.force_close()  # the parser may be anywhere in the byte stream: start afresh
         return response

@@ -10,7 +10,13 @@ from typing import TypeVar, overload
 
 import msgspec
 
-from gateway.errors import MalformedJSON, UnsupportedMediaType, ValidationFailed
+from gateway.errors import (
+    CONTENT_CODINGS,
+    MalformedJSON,
+    UnsupportedContentEncoding,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from gateway.prompttext import MAX_PROMPT_CHARS, clean_prompt  # noqa: F401 - re-exported
 from gateway.urlpolicy import MAX_URL_CHARS, ImageUrlPolicy, UrlPolicy  # noqa: F401 - re-exported
 from pipeline.types import PipelineRequest, Preferences
@@ -35,10 +41,16 @@ def decode_body(raw: bytes) -> ProcessBody:
     return decode_json(_decoder, raw)
 
 
-def require_json(content_type: str) -> None:
-    """A JSON body must say so: a form or plain text is a 415, not a guess."""
+_READABLE_CODINGS = ("", "identity", *CONTENT_CODINGS)  # "": an empty header, as aiohttp reads it
+
+
+def require_json(content_type: str, content_encoding: str | None) -> None:
+    """A JSON body must say so, in a coding the gateway reads: a form, plain text or a body in
+    an unknown coding is a 415, not a guess."""
     if content_type != "application/json":
         raise UnsupportedMediaType(f"send Content-Type: application/json, not {content_type!r}")
+    if content_encoding is not None and content_encoding.strip().lower() not in _READABLE_CODINGS:
+        raise UnsupportedContentEncoding(content_encoding)
 
 
 def decode_json(decoder: msgspec.json.Decoder[Body], raw: bytes) -> Body:

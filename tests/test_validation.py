@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
-from tests.conftest import raw_request
+from tests.conftest import exchange, raw_request
 
 PROCESS = "/api/v1/enhanced/process"
 
@@ -99,6 +100,24 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(
     assert (status, content_type, error["error"]) == (400, "application/json", "unreadable_body")
     # aiohttp reads what is left of the body after the response, before it closes the connection.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # the client's mistake
+
+
+@pytest.mark.parametrize("coding", [b"br", b"zstd", b"x-gzip", b"gzip, br", b"foo"])
+async def test_a_body_in_a_coding_the_gateway_cannot_read_is_415_naming_the_ones_it_can(
+    client: Any, coding: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not read as plain JSON, and not aiohttp's "please install Brotli": the client can resend."""
+    body = b'{"prompt": "a cat"}'
+    head = _post(PROCESS, b"Content-Encoding: " + coding, b"Connection: close", b"Content-Length: %d" % len(body))
+    status, headers, payload = await exchange(client, head + b"\r\n\r\n" + body)
+    assert (status, headers["accept-encoding"]) == (415, "gzip, deflate")
+    assert msgspec.json.decode(payload)["error"] == "unsupported_content_encoding"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_identity_is_a_body_sent_as_is(client: Any) -> None:
+    status, _, body = await raw_request(client, _post(PROCESS, b"Content-Encoding: identity"), b'{"prompt": "a cat"}')
+    assert status == 200 and body["success"] is True
 
 
 async def test_a_host_port_of_non_ascii_digits_is_only_a_host_header(client: Any) -> None:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
 from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
@@ -71,7 +71,7 @@ _reference_decoder = msgspec.json.Decoder(ReferenceBody)
 
 def _decode_reference(request: web.Request, raw: bytes) -> UserReference:
     """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
-    require_json(request.content_type)
+    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
     body = decode_json(_reference_decoder, raw)
     tag = body.tag.strip().removeprefix("@").lower()
     if not _TAG.match(tag) or tag.endswith("."):
