@@ -69,3 +69,14 @@ async def test_invalid_reference_is_refused(client: Any, body: dict[str, str], f
     resp = await client.post(REFS, json=body)
     assert resp.status == 422
     assert (await resp.json())["field"] == field
+
+
+@pytest.mark.parametrize("headers", [{"Content-Type": "text/plain"}, {"Content-Encoding": "br"}, {"Content-Encoding": "foo"}])
+async def test_a_reference_body_the_gateway_cannot_read_is_415_and_nothing_is_saved(
+    client: Any, headers: dict[str, str]
+) -> None:
+    body = b'{"tag": "sarah", "image_url": "%s"}' % SARAH.encode()
+    resp = await client.post(REFS, data=body, headers={"Content-Type": "application/json", "X-User-Id": "u1", **headers})
+    assert resp.status == 415
+    listed = await (await client.get(REFS, headers={"X-User-Id": "u1"})).json()
+    assert listed == {"references": []}

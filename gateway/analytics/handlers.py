@@ -69,10 +69,10 @@ class ReferenceList(msgspec.Struct, kw_only=True):
 _reference_decoder = msgspec.json.Decoder(ReferenceBody)
 
 
-def _decode_reference(request: web.Request, raw: bytes) -> UserReference:
+async def _read_reference(request: web.Request) -> UserReference:
     """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
-    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
-    body = decode_json(_reference_decoder, raw)
+    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))  # before reading
+    body = decode_json(_reference_decoder, await request.read())
     tag = body.tag.strip().removeprefix("@").lower()
     if not _TAG.match(tag) or tag.endswith("."):
         raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")
@@ -83,7 +83,7 @@ def _decode_reference(request: web.Request, raw: bytes) -> UserReference:
 
 async def save_reference(request: web.Request) -> web.Response:
     """POST /api/v1/references {tag, image_url}: save (or replace) one of the caller's @tags."""
-    ref = _decode_reference(request, await request.read())
+    ref = await _read_reference(request)
     await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url)
     return json_response(ref, status=201)
 
