@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgspec
 import pytest
 
-from tests.conftest import exchange, raw_request
+from tests.conftest import raw_request
 
 PROCESS = "/api/v1/enhanced/process"
 
@@ -102,16 +101,15 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # the client's mistake
 
 
-@pytest.mark.parametrize("coding", [b"br", b"zstd", b"x-gzip", b"gzip, br", b"foo"])
+@pytest.mark.parametrize("coding", ["br", "zstd", "x-gzip", "gzip, br", "foo"])
 async def test_a_body_in_a_coding_the_gateway_cannot_read_is_415_naming_the_ones_it_can(
-    client: Any, coding: bytes, caplog: pytest.LogCaptureFixture
+    client: Any, coding: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Not read as plain JSON, and not aiohttp's "please install Brotli": the client can resend."""
-    body = b'{"prompt": "a cat"}'
-    head = _post(PROCESS, b"Content-Encoding: " + coding, b"Connection: close", b"Content-Length: %d" % len(body))
-    status, headers, payload = await exchange(client, head + b"\r\n\r\n" + body)
-    assert (status, headers["accept-encoding"]) == (415, "gzip, deflate")
-    assert msgspec.json.decode(payload)["error"] == "unsupported_content_encoding"
+    headers = {"Content-Type": "application/json", "Content-Encoding": coding}
+    resp = await client.post(PROCESS, data=b'{"prompt": "a cat"}', headers=headers)
+    assert (resp.status, resp.headers["Accept-Encoding"]) == (415, "gzip, deflate")
+    assert (await resp.json())["error"] == "unsupported_content_encoding"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
