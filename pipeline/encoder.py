@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -310,28 +309,21 @@ class StaticEncoder:
         return np.stack([self.encode_ids(ids) for ids in batch])
 
     def encode_many_ids(self, batch: list[list[int]]) -> FloatArray:
-        """`encode_batch_ids` in a fixed number of NumPy calls, whatever the batch size (the
-        serving path; the sums' order differs, so the two agree to float32 rounding)."""
+        """`encode_batch_ids` for the serving path: one gather for the whole batch, then each
+        prompt's rows summed in place. `np.add.reduceat` over the gathered 384-wide rows took
+        ~100 us for 16 prompts where a reduce per prompt takes ~37 (the sums are the same as
+        `encode_ids`'; the normalisation rounds differently, to float32 precision)."""
         inner = [ids[1:-1] for ids in batch]
         lengths = [len(ids) for ids in inner]
         flat = np.fromiter(itertools.chain.from_iterable(inner), dtype=np.intp, count=sum(lengths))
-        sums = segment_sums(self._table.take(flat, axis=0), lengths)
+        rows = self._table.take(flat, axis=0)
+        sums = np.empty((len(batch), self.dim), dtype=np.float32)
+        for out, (start, end) in zip(sums, itertools.pairwise(itertools.accumulate(lengths, initial=0)),
+                                     strict=True):
+            np.add.reduce(rows[start:end], axis=0, out=out)  # an empty prompt sums to zeros
         norms = np.sqrt(np.add.reduce(sums * sums, axis=1))
         sums /= np.maximum(norms, 1e-12)[:, None]
         return sums
-
-
-def segment_sums(values: FloatArray, lengths: Sequence[int]) -> FloatArray:
-    """Sums of consecutive runs of `values`' rows, `lengths[i]` rows in run i (an empty run sums to 0)."""
-    starts = list(itertools.accumulate(lengths, initial=0))[:-1]
-    if all(lengths):
-        out: FloatArray = np.add.reduceat(values, starts, axis=0)
-        return out
-    out = np.zeros((len(lengths), *values.shape[1:]), dtype=values.dtype)
-    filled = [row for row, n in enumerate(lengths) if n]
-    if filled:  # reduceat reads an empty run as the one row at its start: leave those out
-        out[filled] = np.add.reduceat(values, [starts[row] for row in filled], axis=0)
-    return out
 
 
 def distill_static_table(encoder: MiniLMEncoder, *, batch_size: int = 2048) -> FloatArray:

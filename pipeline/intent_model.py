@@ -35,7 +35,6 @@ from pipeline.encoder import (
     SentenceEncoder,
     StaticEncoder,
     distill_static_table,
-    segment_sums,
 )
 from pipeline.tokens import WordCachedTokenizer
 
@@ -443,9 +442,10 @@ class IntentModel:
         return FastTier(_calibrated(z, self._fast_t), ids, st, idx, val, flags)
 
     def predict_fast_many(self, examples: Sequence[IntentExample]) -> list[FastTier]:
-        """`predict_fast` of each example, in a fixed number of NumPy calls for the whole batch:
-        under load the event loop has many cache misses ready at once, and per call overhead, not
-        arithmetic, is most of one prompt's cost. Agrees with `predict_fast` to float32 rounding."""
+        """`predict_fast` of each example, batched: under load the event loop has many cache misses
+        ready at once, and per call overhead, not arithmetic, is most of one prompt's cost, so the
+        gathers, the TF-IDF count and the head run once a batch (only the sums run per prompt).
+        Agrees with `predict_fast` to float32 rounding."""
         if len(examples) == 1:
             return [self.predict_fast(examples[0])]
         texts = [ex.prompt for ex in examples]
@@ -455,7 +455,11 @@ class IntentModel:
         flags = [_context_flags(ex) for ex in examples]
         ws, wt = self._fast_blocks
         z = st @ ws
-        z += segment_sums(val[:, None] * wt.take(idx, axis=0), [b - a for a, b in itertools.pairwise(bounds)])
+        # Each prompt's TF-IDF logits as `predict_fast` computes them: a dot per prompt beat
+        # one broadcast multiply and `np.add.reduceat` over the batch (~10 us against ~17 for 8).
+        rows = wt.take(idx, axis=0)
+        for out, (a, b) in zip(z, itertools.pairwise(bounds), strict=True):
+            out += np.dot(val[a:b], rows[a:b])
         z += self._fast_biases.take(flags, axis=0)
         probs = _softmax(z / np.float32(self._fast_t)).tolist()
         return [FastTier(p, i, s, idx[a:b], val[a:b], f)
