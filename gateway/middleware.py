@@ -94,7 +94,8 @@ def _http_attributes(
     # The HTTP semantic conventions' names, as the contrib aiohttp-server instrumentation uses them.
     # From the Host header as sent: building request.url (yarl) costs more than the whole span.
     host, sep, port = host_header.rpartition(":")
-    if not (sep and port.isascii() and port.isdigit()):  # "²".isdigit(), but int() refuses it
+    # "²".isdigit(), but int() refuses it; int() also refuses over 4,300 digits (and no port has 6)
+    if not (sep and port.isascii() and port.isdigit() and len(port) <= 5):
         host, port = host_header, ""
     attributes: dict[str, str | int] = {
         "url.scheme": scheme,

@@ -83,6 +83,19 @@ async def test_one_trace_per_request_with_a_span_per_stage(make_client: MakeClie
     assert len(spans) == 1 + len(STAGES)
 
 
+@pytest.mark.parametrize("port", ["9" * 4301, "123456", "²"])
+async def test_a_host_header_whose_port_is_no_port_is_traced_without_one(make_client: MakeClient, port: str) -> None:
+    """The Host header is the client's: a port int() refuses (over 4,300 digits) or no port could be
+    (six digits) leaves server.port out rather than failing the request."""
+    client, exporter = await traced(make_client)
+    response = await client.post(PROCESS, json={"prompt": "animate this sunset"}, headers={"Host": f"a:{port}"})
+    assert response.status == 200
+    server = by_name(exporter.get_finished_spans())[f"POST {PROCESS}"]
+    assert server.attributes is not None
+    assert "server.port" not in server.attributes
+    assert server.attributes["server.address"] == f"a:{port}"
+
+
 async def test_the_intent_span_says_which_tier_of_the_embedded_classifier_answered(
     make_client: MakeClient,
 ) -> None:
