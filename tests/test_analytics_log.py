@@ -409,3 +409,21 @@ async def test_health_says_degraded_while_postgres_answers_but_refuses_the_log(
     await wait_until(lambda: client.app[REQUEST_LOG].connected is False, timeout=10)
     health = await (await client.get("/health")).json()
     assert (health["status"], health["dependencies"]["postgres"]["state"]) == ("degraded", "degraded")
+
+
+async def test_starts_while_postgres_answers_but_takes_no_connections(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A database at its connection limit (53300) or closed to connections (55000) at start-up is
+    waited for like one that is down: the gateway starts, answers, and keeps the row."""
+    name = postgres_db.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(postgres_db.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        client = await _db_client(make_client, postgres_db, tmp_path)
+        assert (await _process(client)).status == 200
+        await wait_until(lambda: client.app[REQUEST_LOG].connected is False, timeout=10)
+        assert client.app[REQUEST_LOG].buffered == 1
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()

@@ -53,7 +53,10 @@ def is_unreachable(exc: BaseException) -> bool:
     """The database cannot be reached (yet): worth waiting for, unlike a failing statement."""
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
-        return state.startswith("08") or state in ("57P01", "57P02", "57P03", "3D000")
+        # 08: connection; 53: out of resources (53300: too many connections); 55000: not accepting
+        # connections (ALLOW_CONNECTIONS false); 57P01-03: shutting down or starting; 3D000: no
+        # database yet. Each passes with time; a failing statement does not.
+        return state.startswith(("08", "53")) or state in ("55000", "57P01", "57P02", "57P03", "3D000")
     return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
 
 
