@@ -6,6 +6,7 @@ with 429 in a middleware, charges the model stage's estimated cost, and serves /
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -61,17 +62,28 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     if resource is None or resource.canonical not in LIMITED_PATHS:
         return await handler(request)
     user_id = request[USER_ID]
-    decision = await request.app[LIMITER].admit(user_id)
+    try:
+        decision = await request.app[LIMITER].admit(user_id)
+    except asyncio.CancelledError:  # the client left while Redis decided
+        record_unstarted(request, "client_disconnected")
+        raise
     if not decision.allowed:
-        if (request_log := request.app.get(REQUEST_LOG)) is not None:  # Postgres analytics
-            route = request.path.rsplit("/", 1)[-1]
-            request_log.record_refused(user_id=user_id, trace_id=request[TRACE_ID], route=route)
+        record_unstarted(request, "rate_limited")
         raise RateLimited(decision)
     request[ADMISSION] = Admission(user_id=user_id, token=decision.token)
     response = await handler(request)
     if not response.prepared:  # a stream's headers are long gone
         response.headers.update(rate_limit_headers(decision))
     return response
+
+
+def record_unstarted(request: web.Request, reason: str) -> None:
+    """The request log's row for a pipeline request that ended before its body was read (the
+    pipeline logs every one that got further): refused, or its client gone."""
+    if (request_log := request.app.get(REQUEST_LOG)) is not None:  # Postgres analytics
+        route = request.path.rsplit("/", 1)[-1]
+        request_log.record_unstarted(user_id=request[USER_ID], trace_id=request[TRACE_ID], route=route,
+                                     reason=reason)  # fmt: skip
 
 
 async def charge_cost(request: web.Request, estimated_cost: float) -> None:

@@ -31,7 +31,7 @@ from gateway.appkeys import (
 from gateway.debug import add_debug_routes
 from gateway.errors import as_gateway_error
 from gateway.keyroutes import add_key_routes
-from gateway.limits import charge_cost, usage
+from gateway.limits import charge_cost, record_unstarted, usage
 from gateway.llm import llm_metrics
 from gateway.responses import encode_json, json_response
 from gateway.sse import EventStream
@@ -57,7 +57,12 @@ async def read_body(request: web.Request) -> ProcessBody:
     require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
-    return decode_body(await request.read())
+    try:
+        body = await request.read()
+    except asyncio.CancelledError:  # the client left before it had sent its body
+        record_unstarted(request, "client_disconnected")
+        raise
+    return decode_body(body)
 
 
 def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest:

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import redis.asyncio
 from aioresponses import aioresponses
 
 from gateway.analytics.pool import create_pool
@@ -24,6 +25,7 @@ from gateway.appkeys import ANALYTICS, REQUEST_LOG
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import GatedClassifier, MakeClient, wait_until
 from tests.pg import TcpProxy
+from tests.redis_servers import RedisServer
 from tests.test_llm import ENDPOINT, ERROR, answer, completion
 from tests.test_llm_app import LLM
 
@@ -175,6 +177,41 @@ async def test_rate_limited_requests_are_logged(
     assert len(refused) == 2 and limited == 2
     described = {(r["classified_workflow"], r["route"], r["prompt"]) for r in refused}
     assert described == {("unclassified", "process", None)}
+
+
+async def test_clients_gone_before_the_pipeline_starts_are_logged(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """A client that leaves while it sends its body, or while Redis decides its admission, leaves a
+    client_disconnected row (no prompt: none was read), as one that leaves mid-stream does."""
+    redis_server = RedisServer().start()
+    try:
+        client = await _db_client(make_client, postgres_db, tmp_path, redis_url=redis_server.url, redis_timeout=5.0)
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(f"POST {PROCESS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     "Content-Length: 100\r\n\r\n{\"prompt\": ".encode())  # fmt: skip
+        await writer.drain()
+        await asyncio.sleep(0.3)  # admitted, reading the body
+        writer.close()
+        pauser = redis.asyncio.Redis.from_url(redis_server.url)
+        await pauser.execute_command("CLIENT", "PAUSE", 3000, "ALL")
+        with pytest.raises(TimeoutError):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+                await session.post(client.make_url(STREAM), json={"prompt": "too slow for me"})
+        await pauser.execute_command("CLIENT", "UNPAUSE")
+        await pauser.aclose()
+        await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 2, timeout=10)
+        conn = await asyncpg.connect(postgres_db)
+        try:
+            rows = await conn.fetch("SELECT * FROM intent_classification_logs ORDER BY route")
+        finally:
+            await conn.close()
+        assert [(r["outcome"], r["route"], r["prompt"], r["rate_limited"]) for r in rows] == [
+            ("client_disconnected", "process", None, False),
+            ("client_disconnected", "stream", None, False),
+        ]
+    finally:
+        redis_server.cleanup()
 
 
 @pytest.mark.parametrize(("policy", "stored", "hashed"), [("hash", False, True), ("none", False, False)])

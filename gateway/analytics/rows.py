@@ -84,10 +84,12 @@ def log_entry(
 UNCLASSIFIED = "unclassified"
 
 
-def refused_entry(*, user_id: str, trace_id: str, route: str) -> LogEntry:
-    """A request the rate limiter refused: logged with rate_limited, no prompt, no model."""
+def unstarted_entry(*, user_id: str, trace_id: str, route: str, reason: str) -> LogEntry:
+    """A request that ended before its body was read: refused by the rate limiter (flagged
+    rate_limited) or left by its client while it waited for admission or sent its body.
+    No prompt (none was read), no model."""
     return unfinished_entry(
-        user_id=user_id, trace_id=trace_id, route=route, reason="rate_limited", rate_limited=True
+        user_id=user_id, trace_id=trace_id, route=route, reason=reason, rate_limited=reason == "rate_limited"
     )
 
 

@@ -34,8 +34,8 @@ from gateway.analytics.rows import (
     log_entry,
     model_record,
     prompt_columns,
-    refused_entry,
     unfinished_entry,
+    unstarted_entry,
 )
 from pipeline.events import ProcessResult
 from pipeline.types import PipelineRequest
@@ -131,8 +131,9 @@ class LogWriter:
                           breaker_state=breaker)  # fmt: skip
         self.enqueue(entry)
 
-    def record_refused(self, *, user_id: str, trace_id: str, route: str) -> None:
-        self.enqueue(refused_entry(user_id=user_id, trace_id=trace_id, route=route))
+    def record_unstarted(self, *, user_id: str, trace_id: str, route: str, reason: str) -> None:
+        """A request that ended before its body was read: rate_limited or client_disconnected."""
+        self.enqueue(unstarted_entry(user_id=user_id, trace_id=trace_id, route=route, reason=reason))
 
     def record_unfinished(self, preq: PipelineRequest, *, reason: str, route: str, elapsed_ms: float) -> None:
         """A request that ended before its result: overloaded, or its client went away."""
