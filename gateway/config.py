@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_cluster: bool = False
     redis_timeout: float = 0.5  # seconds, connect and every command: Redis trouble must stay cheap
     redis_health_interval: float = 2.0  # seconds between background pings (reconnect detection)
+    # Connections to Redis per instance (per node on a cluster): one per command in flight.
+    redis_max_connections: int = 128
     redis_key_prefix: str = "gw:"
     intent_cache_ttl: int = 3600  # seconds; 0 disables the intent cache
     rate_limit_requests_per_minute: int = 100  # per user; 0 disables this limit
@@ -148,6 +150,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(OTEL_SAMPLERS)}")
         if self.redis_timeout <= 0 or self.redis_health_interval <= 0:
             raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
+        if self.redis_max_connections < 1:
+            raise ConfigError("REDIS_MAX_CONNECTIONS must be 1 or more")
         if self.gateway_jwt_secret is not None and len(self.gateway_jwt_secret.encode()) < 32:
             raise ConfigError("GATEWAY_JWT_SECRET must be at least 32 bytes (HS256, RFC 7518 3.2)")
         if not 1 <= self.analytics_batch_rows <= self.analytics_buffer_rows:

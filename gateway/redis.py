@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -48,13 +48,23 @@ def connect(settings: Settings) -> RedisClient:
     # One retry, only on a broken connection (Redis restarted): a timeout is not retried,
     # so a hung Redis costs one REDIS_TIMEOUT per call, never a backoff series.
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    client: RedisClient = (RedisCluster if cluster else Redis).from_url(
-        url,
-        socket_timeout=settings.redis_timeout,
-        socket_connect_timeout=settings.redis_timeout,
-        health_check_interval=IDLE_CHECK_SECONDS,
-        retry=retry,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": settings.redis_timeout,
+        "socket_connect_timeout": settings.redis_timeout,
+        "health_check_interval": IDLE_CHECK_SECONDS,
+        "retry": retry,
+        "max_connections": settings.redis_max_connections,
+    }
+    client: RedisClient
+    if cluster:
+        # redis-py's cluster nodes have no waiting pool: past the cap a command fails at once.
+        client = RedisCluster.from_url(url, **options)
+    else:
+        # A command finds every connection busy (a burst of misses, each its own GET): it waits
+        # up to REDIS_TIMEOUT for one. redis-py's default pool raised MaxConnectionsError at
+        # 100, which read as "Redis unreachable": limits failed open, the cache went to memory.
+        pool = BlockingConnectionPool.from_url(url, timeout=settings.redis_timeout, **options)
+        client = Redis.from_pool(pool)
     _keep_cancellations(client)
     return client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,3 +76,22 @@ async def test_starts_while_redis_is_down(make_client: MakeClient) -> None:
         await wait_until(lambda: connection.available, timeout=10)
     finally:
         server.cleanup()
+
+
+async def test_more_requests_in_flight_than_connections_wait_for_one(
+    make_client: MakeClient, redis_server: RedisServer
+) -> None:
+    """A burst of misses from many users, each wanting a connection for its cache and limit calls,
+    queues for the pool: every request is admitted by Redis (limits fail closed here) and Redis is
+    never taken for unreachable. redis-py's default pool raised at its cap instead."""
+    client = await make_client(redis_url=redis_server.url, redis_max_connections=2, rate_limit_fail_mode="closed",
+                               redis_timeout=5.0)  # fmt: skip
+    responses = await asyncio.gather(*(
+        client.post("/api/v1/enhanced/process", json={"prompt": f"a red fox number {n}"},
+                    headers={"X-User-Id": f"burst-{n}"})
+        for n in range(60)
+    ))  # fmt: skip
+    assert [r.status for r in responses] == [200] * 60
+    connection = client.app[REDIS]
+    assert connection is not None
+    assert (connection.failures, connection.available) == (0, True)
