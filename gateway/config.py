@@ -91,6 +91,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # SSE
     sse_heartbeat_seconds: float = 15.0
+    # Seconds for a request body (at most 64 KiB) to arrive once its headers have; then 408.
+    request_body_timeout: float = 10.0
 
     # Observability: the standard OpenTelemetry variables (README "Observability")
     otel_sdk_disabled: bool = False
@@ -150,6 +152,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(OTEL_SAMPLERS)}")
         if self.redis_timeout <= 0 or self.redis_health_interval <= 0:
             raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
+        if self.request_body_timeout <= 0:
+            raise ConfigError("REQUEST_BODY_TIMEOUT must be positive")
         if self.redis_max_connections < 1:
             raise ConfigError("REDIS_MAX_CONNECTIONS must be 1 or more")
         if self.gateway_jwt_secret is not None and len(self.gateway_jwt_secret.encode()) < 32:

@@ -24,6 +24,7 @@ class ErrorBody(msgspec.Struct, kw_only=True, omit_defaults=True):
 class GatewayError(Exception):
     status = 500
     code = "internal_error"
+    closes_connection = False  # the connection cannot carry another request after this answer
 
     def __init__(self, detail: str, *, field: str | None = None) -> None:
         super().__init__(detail)
@@ -51,6 +52,15 @@ class UnreadableBody(GatewayError):
 
     status = 400
     code = "unreadable_body"
+
+
+class RequestTimeout(GatewayError):
+    """The body did not arrive in time: 408, and the connection closes (RFC 9110 15.5.9), as
+    the rest of that body may still come."""
+
+    status = 408
+    code = "request_timeout"
+    closes_connection = True
 
 
 class PayloadTooLarge(GatewayError):
@@ -176,12 +186,15 @@ _encoder = msgspec.json.Encoder()
 
 def error_response(error: GatewayError) -> web.Response:
     body = ErrorBody(error=error.code, detail=error.detail, field=error.field)
-    return web.Response(
+    response = web.Response(
         status=error.status,
         body=_encoder.encode(body),
         content_type="application/json",
         headers=error.headers(),
     )
+    if error.closes_connection:
+        response.force_close()
+    return response
 
 
 def http_error_response(request: web.BaseRequest, exc: web.HTTPException) -> web.Response:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 
 import msgspec
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway.apikeys import USER_ID_PATTERN, KeyInfo, NewKey, PgKeyStore
 from gateway.appkeys import AUTH
+from gateway.bodies import read_json_body
 from gateway.errors import GatewayError, ValidationFailed
 from gateway.responses import json_response
-from gateway.wire import decode_json, require_json
+from gateway.wire import decode_json
 
 
 class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -45,8 +46,7 @@ def _store(request: web.Request) -> PgKeyStore:
 
 async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/admin/keys {user_id, admin}: a new key, shown in this answer only."""
-    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
-    body = decode_json(_create_key_decoder, await request.read())
+    body = decode_json(_create_key_decoder, await read_json_body(request))
     if not USER_ID_PATTERN.match(body.user_id):
         raise ValidationFailed("user_id must be 1-128 letters, digits or _.@:-", field="user_id")
     store = _store(request)

@@ -39,13 +39,14 @@ ERROR_STATUSES = {
     "403": "The credentials lack the admin scope",
     "404": "Not found",
     "405": "Method not allowed",
+    "408": "The body did not all arrive within REQUEST_BODY_TIMEOUT (the connection closes)",
     "413": "Body larger than 64 KiB",
     "415": "Content-Type is not application/json, or Content-Encoding is not gzip or deflate",
     "422": "A field is invalid; `field` names it",
     "429": "A per-user rate or cost limit (Retry-After)",
     "503": "Overloaded: no classification slot in time (Retry-After)",
 }
-_BODY_ERRORS = ("400", "413", "415", "422")
+_BODY_ERRORS = ("400", "408", "413", "415", "422")
 
 
 class Operation(msgspec.Struct, kw_only=True):

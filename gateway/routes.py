@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 import msgspec
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway.analytics import handlers as analytics
 from gateway.appkeys import (
@@ -28,6 +28,7 @@ from gateway.appkeys import (
     TRACE_ID,
     USER_ID,
 )
+from gateway.bodies import read_json_body
 from gateway.debug import add_debug_routes
 from gateway.errors import as_gateway_error
 from gateway.keyroutes import add_key_routes
@@ -37,11 +38,9 @@ from gateway.responses import encode_json, json_response
 from gateway.sse import EventStream
 from gateway.telemetry import prometheus_metrics
 from gateway.wire import (
-    MAX_BODY_BYTES,
     ProcessBody,
     decode_body,
     decode_query,
-    require_json,
     to_pipeline_request,
 )
 from pipeline.errors import PipelineError
@@ -54,11 +53,8 @@ from pipeline.types import PipelineRequest
 log = logging.getLogger(__name__)
 
 async def read_body(request: web.Request) -> ProcessBody:
-    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
     try:
-        body = await request.read()
+        body = await read_json_body(request)
     except asyncio.CancelledError:  # the client left before it had sent its body
         record_unstarted(request, "client_disconnected")
         raise

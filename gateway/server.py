@@ -34,7 +34,16 @@ SHUTDOWN_TIMEOUT = 10.0  # seconds open streams get to finish on SIGTERM
 # handler and so its pipeline. max_line_size: GET /stream (EventSource cannot POST) carries
 # the prompt in the URL, and 2,000 characters of non-ASCII text percent-encode to up to
 # 24,000 bytes; aiohttp's default request line (8,190 bytes) refused such prompts.
-SERVER_OPTIONS: dict[str, object] = {"handler_cancellation": True, "max_line_size": 64 * 1024}
+# keepalive_timeout: an idle connection, or one whose request headers never finish, closes after
+# 75 s (aiohttp's default is an hour, so a client could hold a socket per request it never sent);
+# above the 60 s idle timeout of common load balancers, so they close first and never race it.
+# lingering_time: after an answer given before the body was all read (408, 413), the rest of it
+# is read and dropped for this long so the client sees the answer, then the connection closes
+# (aiohttp's 10 s let a stalled client keep the socket that much longer).
+SERVER_OPTIONS: dict[str, object] = {
+    "handler_cancellation": True, "max_line_size": 64 * 1024, "keepalive_timeout": 75.0,
+    "lingering_time": 2.0,
+}
 
 
 class GatewayRunner(web.AppRunner):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 import pytest
 
-from tests.conftest import raw_request
+from tests.conftest import MakeClient, exchange, raw_request
 
 PROCESS = "/api/v1/enhanced/process"
 
@@ -131,3 +132,16 @@ async def test_a_debug_traces_limit_that_is_not_a_count_is_422(client: Any, limi
     assert resp.status == 422
     assert (await resp.json())["field"] == "limit"
     assert (await client.get("/debug/traces", params={"limit": "2"})).status == 200
+
+
+@pytest.mark.parametrize("path", [PROCESS, "/api/v1/references"])
+async def test_a_body_that_stops_arriving_is_408_and_the_connection_closes(make_client: MakeClient, path: str) -> None:
+    """A client that sends its headers and then stalls mid-body holds a handler only until the
+    body deadline: a JSON 408, then the server closes the connection (after lingering_time:
+    the rest of the body may still come)."""
+    client = await make_client(request_body_timeout=0.2)
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    status, headers, body = await exchange(client, head.encode() + b'{"prompt": ')  # reads to EOF
+    assert status == 408
+    assert headers["content-type"].startswith("application/json")
+    assert msgspec.json.decode(body)["error"] == "request_timeout"

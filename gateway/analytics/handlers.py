@@ -6,13 +6,14 @@ import re
 from datetime import datetime
 
 import msgspec
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
 from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
+from gateway.bodies import read_json_body
 from gateway.errors import AnalyticsNotConfigured, ValidationFailed
 from gateway.responses import json_response
-from gateway.wire import check_image_url, decode_json, query_count, require_json
+from gateway.wire import check_image_url, decode_json, query_count
 
 # The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
@@ -71,8 +72,7 @@ _reference_decoder = msgspec.json.Decoder(ReferenceBody)
 
 async def _read_reference(request: web.Request) -> UserReference:
     """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
-    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))  # before reading
-    body = decode_json(_reference_decoder, await request.read())
+    body = decode_json(_reference_decoder, await read_json_body(request))
     tag = body.tag.strip().removeprefix("@").lower()
     if not _TAG.match(tag) or tag.endswith("."):
         raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")

@@ -1,0 +1,27 @@
+"""Reading a JSON request body: its type and coding checked before any byte is read, its size
+capped, and a deadline for it to arrive (a client that stalls mid-body holds no handler)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import hdrs, web
+
+from gateway.appkeys import SETTINGS
+from gateway.errors import RequestTimeout
+from gateway.wire import MAX_BODY_BYTES, require_json
+
+
+async def read_json_body(request: web.Request) -> bytes:
+    """The body's bytes; 415 for a type or coding the gateway cannot read, 413 over 64 KiB, 408
+    when it has not all arrived within REQUEST_BODY_TIMEOUT (a body this small takes a slow
+    phone link well under a second: a client that stalls or trickles it holds no handler)."""
+    require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+    timeout = request.app[SETTINGS].request_body_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
