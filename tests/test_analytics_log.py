@@ -42,6 +42,15 @@ async def _count(url: str, table: str) -> int:
         await conn.close()
 
 
+async def _fetch(url: str, query: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows: list[asyncpg.Record] = await conn.fetch(query)
+        return rows
+    finally:
+        await conn.close()
+
+
 async def _counts(url: str) -> tuple[int, int]:
     return await _count(url, "intent_classification_logs"), await _count(url, "model_selection_logs")
 
@@ -115,13 +124,9 @@ async def test_rows_say_what_the_llm_breaker_was(
         await _process(client, prompt)
     writer = client.app[REQUEST_LOG]
     await wait_until(lambda: writer.stats.written == 3, timeout=10)
-    conn = await asyncpg.connect(postgres_db)
-    try:
-        rows = await conn.fetch(
-            "SELECT circuit_breaker_state, intent_source FROM intent_classification_logs ORDER BY created_at"
-        )
-    finally:
-        await conn.close()
+    rows = await _fetch(
+        postgres_db, "SELECT circuit_breaker_state, intent_source FROM intent_classification_logs ORDER BY created_at"
+    )
     assert [(r["circuit_breaker_state"], r["intent_source"]) for r in rows] == [
         ("closed", "llm"), ("open", "local"), ("open", "local"),
     ]  # fmt: skip
@@ -145,11 +150,7 @@ async def test_requests_that_end_without_a_result_are_logged_with_the_reason(
         resp.close()
     writer = client.app[REQUEST_LOG]
     await wait_until(lambda: writer.stats.written == 2, timeout=10)
-    conn = await asyncpg.connect(postgres_db)
-    try:
-        rows = await conn.fetch("SELECT * FROM intent_classification_logs ORDER BY outcome")
-    finally:
-        await conn.close()
+    rows = await _fetch(postgres_db, "SELECT * FROM intent_classification_logs ORDER BY outcome")
     assert [(r["outcome"], r["route"], r["prompt"]) for r in rows] == [
         ("client_disconnected", "stream", "walk away from me"),
         ("overloaded", "process", "no slot for me"),
@@ -201,11 +202,7 @@ async def test_clients_gone_before_the_pipeline_starts_are_logged(
         await pauser.execute_command("CLIENT", "UNPAUSE")
         await pauser.aclose()
         await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 2, timeout=10)
-        conn = await asyncpg.connect(postgres_db)
-        try:
-            rows = await conn.fetch("SELECT * FROM intent_classification_logs ORDER BY route")
-        finally:
-            await conn.close()
+        rows = await _fetch(postgres_db, "SELECT * FROM intent_classification_logs ORDER BY route")
         assert [(r["outcome"], r["route"], r["prompt"], r["rate_limited"]) for r in rows] == [
             ("client_disconnected", "process", None, False),
             ("client_disconnected", "stream", None, False),
@@ -222,11 +219,7 @@ async def test_log_prompts_policy(
     client = await _db_client(make_client, postgres_db, tmp_path, log_prompts=policy)
     await _process(client, "my secret prompt")
     await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 1, timeout=10)
-    conn = await asyncpg.connect(postgres_db)
-    try:
-        row = await conn.fetchrow("SELECT prompt, prompt_sha256 FROM intent_classification_logs")
-    finally:
-        await conn.close()
+    [row] = await _fetch(postgres_db, "SELECT prompt, prompt_sha256 FROM intent_classification_logs")
     assert (row["prompt"] is not None) is stored
     assert (row["prompt_sha256"] is not None) is hashed
 
