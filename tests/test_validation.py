@@ -140,8 +140,8 @@ async def test_a_body_that_stops_arriving_is_408_and_the_connection_closes(make_
     body deadline: a JSON 408, then the server closes the connection (after lingering_time:
     the rest of the body may still come)."""
     client = await make_client(request_body_timeout=0.2)
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
-    status, headers, body = await exchange(client, head.encode() + b'{"prompt": ')  # reads to EOF
+    head = _post(path, b"Content-Length: 100") + b"\r\n\r\n"
+    status, headers, body = await exchange(client, head + b'{"prompt": ')  # reads to EOF
     assert status == 408
     assert headers["content-type"].startswith("application/json")
     assert msgspec.json.decode(body)["error"] == "request_timeout"
