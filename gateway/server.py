@@ -7,6 +7,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -83,7 +84,11 @@ class _JsonErrorHandler(RequestHandler):
         if isinstance(resp, web.HTTPException) and resp.status >= 400:
             # Raised before the app's middlewares run, where aiohttp answers in plain text: an
             # Expect header other than 100-continue (417).
+            trace_id = _refusal_id()
+            log.info("refused an expectation from %s: %s", request.remote, resp.reason,
+                     extra={"trace_id": trace_id, "status": resp.status})  # fmt: skip
             resp = http_error_response(request, resp)
+            resp.headers["X-Trace-Id"] = trace_id
         return await super().finish_response(request, resp, start_time)
 
     def handle_error(
@@ -91,14 +96,16 @@ class _JsonErrorHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:  # fmt: skip
         error: GatewayError
+        trace_id = _refusal_id()
+        extra = {"trace_id": trace_id, "status": status}
         if isinstance(exc, ContentEncodingError):
             # br or zstd, refused as the headers were read (aiohttp lacks the optional package):
             # the client can send it again uncompressed or gzipped, so say which, not "install".
-            log.info("refused a body in an unsupported coding from %s: %s", request.remote, message)
+            log.info("refused a body in an unsupported coding from %s: %s", request.remote, message, extra=extra)
             error = UnsupportedContentEncoding()  # the request was not parsed: no header to quote
         elif 400 <= status < 500:
             # The client's mistake, not ours: one line, not aiohttp's ERROR with a traceback.
-            log.info("refused a malformed request from %s: %s", request.remote, message)
+            log.info("refused a malformed request from %s: %s", request.remote, message, extra=extra)
             error = MalformedRequest(message or "the request could not be parsed")
             error.status = status  # as aiohttp decided it (400)
         else:
@@ -106,8 +113,15 @@ class _JsonErrorHandler(RequestHandler):
             error = GatewayError("internal error")
             error.status = status  # as aiohttp decided it (500; 504 for a handler timeout)
         response = error_response(error)
+        response.headers["X-Trace-Id"] = trace_id
         response.force_close()  # the parser may be anywhere in the byte stream: start afresh
         return response
+
+
+def _refusal_id() -> str:
+    """An X-Trace-Id for a request refused before the app saw it, so the client has one to quote
+    like every other answer's. No trace holds it (no span was started); the refusal's log line does."""
+    return secrets.token_hex(16)  # a W3C trace id's shape: 32 hex digits
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, workers: int = 1) -> int:

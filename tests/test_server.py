@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import pytest
 
@@ -31,6 +33,20 @@ async def test_a_request_the_parser_refuses_gets_a_json_400_and_a_closed_connect
     assert error["detail"]  # aiohttp's own words on what it refused
 
 
+async def test_a_refusal_before_the_app_carries_a_trace_id_that_its_log_line_holds(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No span exists for a request the parser refused, but the client still gets an id to quote,
+    and an SRE finds the refusal's log line by it."""
+    client = await make_client()
+    with caplog.at_level(logging.INFO, logger="gateway.server"):
+        _, first, _ = await exchange(client, MALFORMED["garbled request line"])
+        _, second, _ = await exchange(client, MALFORMED["garbled request line"])
+    assert re.fullmatch(r"[0-9a-f]{32}", first["x-trace-id"]) and first["x-trace-id"] != second["x-trace-id"]
+    (line,) = [r for r in caplog.records if getattr(r, "trace_id", None) == first["x-trace-id"]]
+    assert line.getMessage().startswith("refused a malformed request") and line.status == 400  # type: ignore[attr-defined]
+
+
 async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(make_client: MakeClient) -> None:
     client = await make_client()
     status, _, body = await exchange(client, b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
@@ -45,3 +61,15 @@ async def test_an_expectation_the_server_cannot_meet_is_a_json_417(make_client: 
     head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: bogus".encode()
     status, content_type, error = await raw_request(client, head, b'{"prompt": "a cat"}')
     assert (status, content_type, error["error"]) == (417, "application/json", "expectation_failed")
+
+
+async def test_an_unmet_expectation_carries_a_trace_id_that_its_log_line_holds(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await make_client()
+    raw = b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\nConnection: close\r\n\r\n"
+    with caplog.at_level(logging.INFO, logger="gateway.server"):
+        status, headers, _ = await exchange(client, raw)
+    assert status == 417 and re.fullmatch(r"[0-9a-f]{32}", headers["x-trace-id"])
+    (line,) = [r for r in caplog.records if getattr(r, "trace_id", None) == headers["x-trace-id"]]
+    assert line.status == 417  # type: ignore[attr-defined]
