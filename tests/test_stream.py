@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 import pytest
 
 from gateway.appkeys import SLOTS, STATS
@@ -183,3 +184,34 @@ async def test_a_heartbeat_that_finds_the_client_gone_makes_the_next_send_fail()
     await stream._send_heartbeat()
     with pytest.raises(ConnectionResetError, match="client went away"):
         await stream.send("intent", b"{}")
+
+
+async def test_a_flush_not_yet_begun_leaves_with_the_end_of_the_stream_in_one_write(
+    aiohttp_client: Any,
+) -> None:
+    """A handler woken before its first flush ran (as cache misses are, by the fast tier's batch)
+    ends the stream in one write: headers, every event and the terminating chunk."""
+    writes: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        transport = request.transport
+        assert transport is not None
+        write = transport.write
+        transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        woken = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(woken.set_result, None)  # due before the flush
+        stream = EventStream(heartbeat_seconds=30)
+        await stream.prepare(request)
+        await stream.send("context", b"{}")
+        await woken
+        await stream.send("done", b"{}")
+        await stream.write_eof()
+        return stream
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    client = await aiohttp_client(app)
+    response = await client.get("/")
+    assert [e.event for e in parse_events(await response.read())] == ["context", "done"]
+    assert len(writes) == 1
+    assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"0\r\n\r\n")
