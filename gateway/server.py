@@ -101,7 +101,8 @@ class _JsonErrorHandler(RequestHandler):
         if isinstance(exc, ContentEncodingError):
             # br or zstd, refused as the headers were read (aiohttp lacks the optional package):
             # the client can send it again uncompressed or gzipped, so say which, not "install".
-            log.info("refused a body in an unsupported coding from %s: %s", request.remote, message, extra=extra)
+            log.info("refused a body in an unsupported coding from %s: %s", request.remote, message,
+                     extra=extra)  # fmt: skip
             error = UnsupportedContentEncoding()  # the request was not parsed: no header to quote
         elif 400 <= status < 500:
             # The client's mistake, not ours: one line, not aiohttp's ERROR with a traceback.

@@ -6,8 +6,8 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 import pytest
+from aiohttp import web
 
 from gateway.appkeys import SLOTS, STATS
 from gateway.sse import EventStream
