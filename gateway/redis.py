@@ -57,8 +57,8 @@ def connect(settings: Settings) -> RedisClient:
     }
     client: RedisClient
     if cluster:
-        # redis-py's cluster nodes have no waiting pool: past the cap a command fails at once.
         client = RedisCluster.from_url(url, **options)
+        _wait_for_a_connection(client, settings.redis_max_connections, settings.redis_timeout)
     else:
         # A command finds every connection busy (a burst of misses, each its own GET): it waits
         # up to REDIS_TIMEOUT for one. redis-py's default pool raised MaxConnectionsError at
@@ -67,6 +67,29 @@ def connect(settings: Settings) -> RedisClient:
         client = Redis.from_pool(pool)
     _keep_cancellations(client)
     return client
+
+
+def _wait_for_a_connection(client: RedisCluster, connections: int, timeout: float) -> None:
+    """Commands past `connections` in flight wait up to `timeout` for one to finish, as the
+    standalone client's BlockingConnectionPool makes them. redis-py's cluster nodes have no
+    waiting pool: a burst past the cap raised MaxConnectionsError at once, which read as "Redis
+    unreachable" (limits failed per RATE_LIMIT_FAIL_MODE, the cache went to memory). One count
+    for the client, so no node can be asked for more connections than its cap."""
+    free = asyncio.Semaphore(connections)
+    execute = client.execute_command
+
+    async def execute_command(*args: Any, **options: Any) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                await free.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"no free connection within {timeout} s") from None
+        try:
+            return await execute(*args, **options)
+        finally:
+            free.release()
+
+    client.execute_command = execute_command  # type: ignore[method-assign]
 
 
 def _keep_cancellations(client: RedisClient) -> None:

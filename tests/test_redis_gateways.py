@@ -16,9 +16,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.appkeys import REDIS
 from gateway.config import Settings
 from gateway.redis import open_redis
 from pipeline.limits import Limits, RedisRateLimiter
+from tests.conftest import MakeClient
 from tests.redis_servers import REDIS_CLI, RedisClusterServers, RedisServer, free_port, needs_redis
 
 pytestmark = needs_redis
@@ -191,3 +193,20 @@ async def test_cluster_batch_of_many_users_is_split_by_slot_and_stays_exact(clus
     admitted = Counter(users[n % 6] for n, decision in enumerate(decisions) if decision.allowed)
     assert admitted == {user: 10 for user in users}
     assert limiter.stats()["batches"] == 1
+
+
+async def test_cluster_requests_beyond_the_connection_cap_wait_for_one(
+    make_client: MakeClient, cluster: RedisClusterServers
+) -> None:
+    """As on one server (test_redis.py): a burst wanting more connections than a node allows
+    queues for them; no request is refused and Redis is never taken for unreachable."""
+    client = await make_client(redis_url=cluster.url, redis_key_prefix=f"cap-{os.urandom(4).hex()}:",
+                               redis_max_connections=2, rate_limit_fail_mode="closed", redis_timeout=5.0)  # fmt: skip
+    responses = await asyncio.gather(*(
+        client.post(PROCESS, json={"prompt": f"a red fox number {n}"}, headers={"X-User-Id": f"burst-{n}"})
+        for n in range(60)
+    ))  # fmt: skip
+    assert [r.status for r in responses] == [200] * 60
+    connection = client.app[REDIS]
+    assert connection is not None
+    assert (connection.failures, connection.available) == (0, True)
