@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.types import WorkflowType
+from pipeline.types import Format, Preferences, Style, WorkflowType
 
 W = WorkflowType
 
@@ -22,8 +22,39 @@ SUFFIXES: dict[WorkflowType, str] = {
 }
 
 
-def enhance(prompt: str, workflow: WorkflowType) -> str:
-    """Append workflow detail to short prompts; longer prompts already say what they want."""
-    if len(prompt.split()) >= SHORT_PROMPT_WORDS:
+# The user's `style` and `format` preferences, as a prompt says them.
+STYLES: dict[Style, str] = {
+    "photorealistic": "photorealistic", "cinematic": "cinematic", "anime": "anime style",
+    "cartoon": "cartoon style", "watercolor": "watercolor painting", "oil_painting": "oil painting",
+    "sketch": "pencil sketch", "digital_art": "digital art", "3d_render": "3D render",
+    "vintage": "vintage look", "minimalist": "minimalist style",
+}
+FORMATS: dict[Format, str] = {
+    "square": "square format", "portrait": "portrait orientation", "landscape": "landscape orientation",
+    "1:1": "1:1 aspect ratio", "4:3": "4:3 aspect ratio", "3:4": "3:4 aspect ratio",
+    "16:9": "16:9 aspect ratio", "9:16": "9:16 aspect ratio",
+}
+# A new picture or clip made from words takes the user's style and format. The other workflows
+# start from an image, which already has both (the look a style transfer aims at is a style too).
+FROM_TEXT = frozenset({W.IMAGE_GENERATION, W.VIDEO_GENERATION, W.TEXT_TO_VIDEO})
+STYLED = FROM_TEXT | {W.STYLE_TRANSFER}
+
+
+def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> str:
+    """Append workflow detail to short prompts (longer ones already say what they want), and the
+    preferred style and format where the workflow makes something new and the prompt does not
+    say them already."""
+    detail = SUFFIXES[workflow] if len(prompt.split()) < SHORT_PROMPT_WORDS else ""
+    said = f"{prompt.lower()} {detail}"
+    style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
+    shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
+    additions = []
+    if style and style not in said:
+        additions.append(style)
+    if detail:
+        additions.append(detail)
+    if shape and shape not in said:
+        additions.append(shape)
+    if not additions:
         return prompt
-    return f"{prompt.rstrip(' .,;')}, {SUFFIXES[workflow]}"
+    return f"{prompt.rstrip(' .,;')}, {', '.join(additions)}"

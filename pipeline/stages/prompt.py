@@ -23,7 +23,7 @@ class PromptStage:
             Reference(kind="user_tag", tag=tag, image_url=url) for tag, url in known.items()
         )
         state.unknown_tags = [tag for tag in context.mentions if tag not in known]
-        state.final_prompt = enhance(request.prompt, intent.workflow_type)
+        state.final_prompt = enhance(request.prompt, intent.workflow_type, request.preferences)
         state.enhancement_applied = state.final_prompt != request.prompt
         return self._event(state)
 
