@@ -11,11 +11,15 @@
   in a prompt, arrive innocently from copy-paste, and split keywords ("ha\u200bir") so that
   rules and caches see a different prompt than the user typed. ZWJ and ZWNJ stay: emoji
   sequences and several scripts (Persian, Indic) need them.
+- A prompt of nothing visible (joiners, marks, format and space characters, the Hangul fillers,
+  the blank braille cell) is refused as empty: it asks for nothing, yet would be classified
+  and priced like a request.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from gateway.errors import ValidationFailed
 
@@ -26,6 +30,10 @@ _BIDI_CONTROL = re.compile("[\u202a-\u202e\u2066-\u2069]")
 _FLAG_SEQUENCE = re.compile("\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f")
 _TAG = re.compile("[\U000e0000-\U000e007f]")
 _INVISIBLE = re.compile("[\u00ad\u180e\u200b\u2060-\u2064\ufeff]")
+# Letters or symbols to Unicode, blank to the eye: the Hangul fillers and the blank braille cell.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Marks, format characters (ZWJ, ZWNJ, LRM...), separators and controls: nothing on their own.
+_UNSEEN = frozenset({"Mn", "Me", "Cf", "Zs", "Zl", "Zp", "Cc"})
 
 
 def clean_prompt(raw: str, *, field: str = "prompt") -> str:
@@ -33,6 +41,8 @@ def clean_prompt(raw: str, *, field: str = "prompt") -> str:
     prompt = _INVISIBLE.sub("", raw).strip()
     if not prompt:
         raise ValidationFailed("prompt must not be empty", field=field)
+    if not _shows_anything(prompt):
+        raise ValidationFailed("prompt must not be empty: it has no visible characters", field=field)
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValidationFailed(
             f"prompt is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}", field=field
@@ -44,3 +54,8 @@ def clean_prompt(raw: str, *, field: str = "prompt") -> str:
     if _TAG.search(_FLAG_SEQUENCE.sub("", prompt)):
         raise ValidationFailed("prompt contains invisible Unicode tag characters", field=field)
     return prompt
+
+
+def _shows_anything(prompt: str) -> bool:
+    # Stops at the first visible character: the first one, for almost every prompt.
+    return any(ch not in _BLANK and unicodedata.category(ch) not in _UNSEEN for ch in prompt)

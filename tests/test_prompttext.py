@@ -48,3 +48,20 @@ async def test_only_invisibles_is_empty(client: Any) -> None:
     """A prompt of nothing but zero-width characters is empty."""
     resp = await client.post(PROCESS, json={"prompt": "\u200b\u200b \ufeff"})
     assert resp.status == 422
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["\u200d", "\u200c\u200e", "\u061c", "\u0301", "\ufe0f", "\u3164 \u3164", "\u2800", "\u200d\u3000\u0301"],
+)
+async def test_a_prompt_with_nothing_visible_is_empty(client: Any, prompt: str) -> None:
+    """Joiners, marks, a combining accent alone, Hangul fillers, a blank braille cell: no request."""
+    resp = await client.post(PROCESS, json={"prompt": prompt})
+    assert resp.status == 422
+    assert (await resp.json())["field"] == "prompt"
+
+
+async def test_a_visible_character_among_invisibles_is_a_prompt(client: Any) -> None:
+    """One emoji, an accented letter or a CJK character is something to classify."""
+    for prompt in ("\u200d\U0001f408", "e\u0301", "\u732b"):
+        assert (await client.post(PROCESS, json={"prompt": prompt})).status == 200
