@@ -7,7 +7,7 @@ import math
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from pipeline.errors import Overloaded, PipelineError
 from pipeline.limits import Decision, LimitsUnavailable
@@ -223,7 +223,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPRequestEntityTooLarge:
         return error_response(PayloadTooLarge("request body is larger than 64 KiB"))
     except web.RequestPayloadError as exc:
-        return error_response(UnreadableBody(f"request body could not be read: {exc.__cause__ or exc}"))
+        # aiohttp's own words ("400, message: Can not decode content-encoding: gzip") say less
+        # to a client than which coding failed.
+        coding = request.headers.get(hdrs.CONTENT_ENCODING)
+        detail = (f"request body does not decode as its Content-Encoding says ({coding})" if coding
+                  else "request body could not be read: it ended early or its chunks are malformed")
+        log.info("unreadable request body: %s", exc.__cause__ or exc)
+        return error_response(UnreadableBody(detail))
     except web.HTTPException as exc:  # aiohttp's own 404/405/...: same JSON shape
         if exc.status < 400:
             raise

@@ -22,6 +22,7 @@ from gateway.config import Settings
 from gateway.errors import (
     GatewayError,
     MalformedRequest,
+    UnreadableBody,
     UnsupportedContentEncoding,
     error_response,
     http_error_response,
@@ -98,7 +99,12 @@ class _JsonErrorHandler(RequestHandler):
         error: GatewayError
         trace_id = _refusal_id()
         extra = {"trace_id": trace_id, "status": status}
-        if isinstance(exc, ContentEncodingError):
+        if isinstance(exc, ContentEncodingError) and _names_a_coding_we_read(message):
+            # gzip or deflate that broke off, when the whole body came with the headers: the
+            # client's body is at fault, not its choice of coding (which we read).
+            log.info("refused an unreadable body from %s: %s", request.remote, message, extra=extra)
+            error = UnreadableBody(f"request body does not decode as its Content-Encoding says ({message})")
+        elif isinstance(exc, ContentEncodingError):
             # br or zstd, refused as the headers were read (aiohttp lacks the optional package):
             # the client can send it again uncompressed or gzipped, so say which, not "install".
             log.info("refused a body in an unsupported coding from %s: %s", request.remote, message,
@@ -117,6 +123,13 @@ class _JsonErrorHandler(RequestHandler):
         response.headers["X-Trace-Id"] = trace_id
         response.force_close()  # the parser may be anywhere in the byte stream: start afresh
         return response
+
+
+def _names_a_coding_we_read(message: str | None) -> bool:
+    # Only the message tells aiohttp's two ContentEncodingErrors apart: "Can not decode
+    # content-encoding: brotli (br). Please install `Brotli`" for a coding it lacks, and
+    # "deflate" / "... content-encoding: gzip" for a body in one it reads.
+    return message is not None and ("gzip" in message or "deflate" in message)
 
 
 def _refusal_id() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 import msgspec
@@ -98,8 +99,17 @@ async def test_a_body_that_is_not_what_its_content_encoding_says_is_400(
         client, _post(PROCESS, b"Content-Encoding: " + encoding), b'{"prompt": "a cat"}'
     )
     assert (status, content_type, error["error"]) == (400, "application/json", "unreadable_body")
+    assert error["detail"] == f"request body does not decode as its Content-Encoding says ({encoding.decode()})"
     # aiohttp reads what is left of the body after the response, before it closes the connection.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []  # the client's mistake
+
+
+async def test_a_deflate_body_that_breaks_off_is_400_unreadable_not_an_unsupported_coding(client: Any) -> None:
+    """Deflate is a coding the gateway reads: a body cut short is the body's fault (400), not a
+    415 telling the client to send another coding."""
+    cut = zlib.compress(b'{"prompt": "a cat on a sofa"}')[:-4]
+    status, content_type, error = await raw_request(client, _post(PROCESS, b"Content-Encoding: deflate"), cut)
+    assert (status, content_type, error["error"]) == (400, "application/json", "unreadable_body")
 
 
 @pytest.mark.parametrize("coding", ["br", "zstd", "x-gzip", "gzip, br", "foo"])
