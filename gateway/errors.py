@@ -40,6 +40,13 @@ class MalformedJSON(GatewayError):
     code = "malformed_json"
 
 
+class MalformedQuery(GatewayError):
+    """A query string whose percent-escapes do not decode to UTF-8."""
+
+    status = 400
+    code = "malformed_query"
+
+
 class MalformedRequest(GatewayError):
     """What aiohttp's HTTP parser refused: a garbled request line, a bad or oversized header."""
 

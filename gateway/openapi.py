@@ -34,7 +34,8 @@ from pipeline.types import Format, Quality, Style
 _REF = "#/components/schemas/{name}"
 
 ERROR_STATUSES = {
-    "400": "Malformed JSON",
+    "400": "Malformed JSON or query string (`malformed_json`, `malformed_query`), or a body that does"
+           " not decode as its Content-Encoding says (`unreadable_body`)",
     "401": "No or invalid credentials (WWW-Authenticate: Bearer)",
     "403": "The credentials lack the admin scope",
     "404": "Not found",
@@ -82,7 +83,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         request=ProcessBody, response=SSE_EVENT, content_type="text/event-stream", errors=_BODY_ERRORS
     ),
     ("GET", "/api/v1/enhanced/stream"): Operation(
-        query=_STREAM_QUERY, response=SSE_EVENT, content_type="text/event-stream", errors=("422",)
+        query=_STREAM_QUERY, response=SSE_EVENT, content_type="text/event-stream", errors=("400", "422")
     ),
     ("POST", "/api/v1/enhanced/compare"): Operation(
         request=ProcessBody, response=Comparison, errors=_BODY_ERRORS

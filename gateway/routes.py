@@ -143,7 +143,7 @@ async def stream_post(request: web.Request) -> web.StreamResponse:
 
 async def stream_get(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/enhanced/stream?prompt=...: the same, for EventSource."""
-    return await _stream(request, pipeline_request(request, decode_query(request.query)))
+    return await _stream(request, pipeline_request(request, decode_query(request.rel_url.raw_query_string)))
 
 
 async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResponse:

@@ -5,6 +5,7 @@ Bad input stops here with a typed error; stages trust what passes.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import TypeVar, overload
 
@@ -13,6 +14,7 @@ import msgspec
 from gateway.errors import (
     CONTENT_CODINGS,
     MalformedJSON,
+    MalformedQuery,
     UnsupportedContentEncoding,
     UnsupportedMediaType,
     ValidationFailed,
@@ -83,12 +85,23 @@ def query_count(query: Mapping[str, str], name: str, *, default: int | None, hig
     return int(raw)
 
 
-def decode_query(query: Mapping[str, str]) -> ProcessBody:
-    """The GET stream's query string (for EventSource, which cannot POST)."""
+def decode_query(raw_query: str) -> ProcessBody:
+    """The GET stream's query string (for EventSource, which cannot POST), as sent.
+
+    Decoded here rather than by yarl, which turns percent-escapes that are not UTF-8 into U+FFFD:
+    "caf%E9" (Latin-1) reached the classifier as "caf\ufffd". An empty optional parameter is an
+    absent one, as an HTML form sends a select left alone.
+    """
+    query: dict[str, str] = {}
+    try:
+        for key, value in urllib.parse.parse_qsl(raw_query, keep_blank_values=True, errors="strict"):
+            query.setdefault(key, value)  # the first of a repeated name, as request.query gives
+    except UnicodeDecodeError:
+        raise MalformedQuery("query string is not UTF-8 once its percent-escapes are decoded") from None
     raw: dict[str, object] = {key: query[key] for key in ("prompt", "working_image_url") if key in query}
-    if "use_ai_classification" in query:
+    if query.get("use_ai_classification"):
         raw["use_ai_classification"] = query["use_ai_classification"]
-    prefs = {key: query[key] for key in ("quality", "style", "format") if key in query}
+    prefs = {key: query[key] for key in ("quality", "style", "format") if query.get(key)}
     if prefs:
         raw["user_preferences"] = prefs
     try:

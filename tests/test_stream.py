@@ -94,6 +94,23 @@ async def test_invalid_stream_request_is_refused_before_the_stream_starts(client
     assert (await resp.json())["field"] == "quality"
 
 
+async def test_a_query_whose_escapes_are_not_utf8_is_400_not_a_replacement_character(client: Any) -> None:
+    """ "caf%E9" (Latin-1 \u00e9) would reach the classifier as "caf\ufffd"; the POST refuses such
+    bytes as malformed JSON, and the GET refuses them too."""
+    resp = await client.get(f"{STREAM}?prompt=caf%E9+latte+art")
+    assert (resp.status, resp.content_type) == (400, "application/json")
+    assert (await resp.json())["error"] == "malformed_query"
+
+
+async def test_get_stream_takes_empty_options_as_absent_and_the_first_of_a_repeated_name(client: Any) -> None:
+    """An HTML form sends a select left alone as `quality=`: the default, not a 422."""
+    resp = await client.get(f"{STREAM}?prompt=caf%C3%A9+latte+art&prompt=ignored&quality=&style=&format=")
+    assert resp.status == 200, await resp.text()
+    events = parse_events(await resp.read())
+    assert events[0].data["preferences"] == {"quality": "balanced", "style": None, "format": None}
+    assert events[-1].data["final_prompt"].startswith("caf\u00e9 latte art")
+
+
 async def test_failing_stage_yields_error_event_and_falls_back(make_client: MakeClient) -> None:
     """A classifier bug becomes an `error` event; the rules answer and done says fallback_used."""
     client = await make_client(classifier=FailingClassifier())
