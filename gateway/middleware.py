@@ -39,7 +39,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         f"{request.method} {route}" if resource is not None else request.method,
         request.headers,
         {"http.request.method": request.method, "url.path": request.path},
-        traced=route not in _UNTRACED and not route.startswith("/debug/"),
+        # By path, not route: /debug/traces/<not an id> matches no route and was traced.
+        traced=route not in _UNTRACED and not request.path.startswith("/debug/"),
     )
     request[TRACE_ID] = trace_id = span.trace_id
     status = 500

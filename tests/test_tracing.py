@@ -238,10 +238,23 @@ async def test_debug_traces_lists_and_shows_recent_traces(make_client: MakeClien
     assert page.content_type == "text/html"
     text = await page.text()
     assert trace_id in text and "stage.intent" in text and "model_id=" in text
+    assert page.headers["Content-Security-Policy"].startswith("default-src 'none'")  # no script, ever
     same = await client.get(f"/debug/traces/{trace_id}?format=html")
     assert await same.text() == text
+    upper = await client.get(f"/debug/traces/{trace_id.upper()}")
+    assert (await upper.json())["trace_id"] == trace_id
     missing = await client.get(f"/debug/traces/{'0' * 31}1")
     assert missing.status == 404
+
+
+async def test_debug_requests_make_no_trace_even_when_they_match_no_route(make_client: MakeClient) -> None:
+    """/debug/traces/<not an id> is a 404 of no route; it still must not push traces out."""
+    client = await make_client()
+    trace_id = (await (await client.post(PROCESS, json={"prompt": "a cat"})).json())["trace_id"]
+    for path in ("/debug/traces/deadbeef", "/debug/nothing", "/debug/traces"):
+        await client.get(path)
+    listed = await (await client.get("/debug/traces")).json()
+    assert [t["trace_id"] for t in listed] == [trace_id]
 
 
 async def test_buffer_keeps_only_the_most_recent_traces(make_client: MakeClient) -> None:
