@@ -5,6 +5,7 @@ Bad input stops here with a typed error; stages trust what passes.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Mapping
 from typing import TypeVar, overload
@@ -110,14 +111,20 @@ def decode_query(raw_query: str) -> ProcessBody:
         raise _as_validation_error(exc, query_string=True) from None
 
 
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
 def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = False) -> ValidationFailed:
     message = str(exc)
     head, sep, path = message.rpartition(" - at `$")
-    field = path.rstrip("`").lstrip(".") if sep else None
+    field = path.rstrip("`").lstrip(".") if sep else ""
+    # "Object missing required field `image_url`" names the field in the message, and only the
+    # object that lacks it (if not the body itself) in the path.
+    missing = _MISSING_FIELD.search(message)
+    if missing:
+        field = f"{field}.{missing[1]}" if field else missing[1]
     if field and query_string:
         field = field.removeprefix("user_preferences.")
-    if "missing required field `prompt`" in message:
-        field = "prompt"
     return ValidationFailed(head if sep else message, field=field or None)
 
 

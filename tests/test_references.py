@@ -62,6 +62,8 @@ async def test_saved_tag_lives_in_postgres(postgres_db: str, make_client: MakeCl
         ({"tag": "sa rah", "image_url": SARAH}, "tag"),
         ({"tag": "", "image_url": SARAH}, "tag"),
         ({"tag": "x" * 65, "image_url": SARAH}, "tag"),
+        ({"tag": "sarah"}, "image_url"),  # missing: named as a wrong one is
+        ({"image_url": SARAH}, "tag"),
     ],
 )
 async def test_invalid_reference_is_refused(client: Any, body: dict[str, str], field: str) -> None:
