@@ -63,6 +63,8 @@ def decode_json(decoder: msgspec.json.Decoder[Body], raw: bytes) -> Body:
     except msgspec.ValidationError as exc:  # well-formed JSON, wrong shape: subclass of DecodeError
         raise _as_validation_error(exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8 inside a string
+        if not raw.strip():  # msgspec's words for it, "Input data was truncated", puzzle a client
+            raise MalformedJSON("request body is empty: send a JSON object") from None
         raise MalformedJSON(f"request body is not valid JSON: {exc}") from None
     except RecursionError:  # arrays or objects nested ~1,000 deep, even in an ignored field
         raise MalformedJSON("request body nests too deeply") from None

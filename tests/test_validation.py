@@ -85,6 +85,13 @@ def _post(path: str, *headers: bytes) -> bytes:
     return b"\r\n".join([f"POST {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Content-Type: application/json", *headers])
 
 
+@pytest.mark.parametrize("body", [b"", b" \r\n "])
+async def test_an_empty_body_is_400_saying_so(client: Any, body: bytes) -> None:
+    resp = await client.post(PROCESS, data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert await resp.json() == {"error": "malformed_json", "detail": "request body is empty: send a JSON object"}
+
+
 @pytest.mark.parametrize("path", [PROCESS, "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"])
 async def test_a_body_that_is_not_utf8_is_400_not_a_crash(client: Any, path: str) -> None:
     status, content_type, error = await raw_request(client, _post(path), b'{"prompt": "\xff cat"}')
