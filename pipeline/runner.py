@@ -13,6 +13,7 @@ from pipeline.events import ErrorEvent, ProcessResult, ResultMetadata, StageEven
 from pipeline.observe import stage_span_attributes
 from pipeline.protocols import Stage
 from pipeline.state import RequestState
+from pipeline.types import IMAGE_INPUT_WORKFLOWS
 
 log = logging.getLogger(__name__)
 
@@ -94,5 +95,12 @@ def build_result(state: RequestState) -> ProcessResult:
             arm=state.arm,
             unknown_tags=state.unknown_tags,
             low_confidence=bool(intent.metadata.get("low_confidence", False)),
+            image_missing=intent.workflow_type in IMAGE_INPUT_WORKFLOWS and not _brings_an_image(state),
         ),
     )
+
+
+def _brings_an_image(state: RequestState) -> bool:
+    context = state.context
+    has_own = context is not None and bool(context.working_images or context.uploaded_images)
+    return has_own or any(reference.kind == "user_tag" for reference in state.references)

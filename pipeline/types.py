@@ -20,6 +20,12 @@ class WorkflowType(str, enum.Enum):
     STYLE_TRANSFER = "style_transfer"
 
 
+# Workflows that change or animate an image the user brings: a working image, an upload, or
+# the image behind an @tag.
+IMAGE_INPUT_WORKFLOWS = frozenset({
+    WorkflowType.IMAGE_TO_VIDEO, WorkflowType.IMAGE_EDITING, WorkflowType.IMAGE_ENHANCEMENT,
+    WorkflowType.REFERENCE_STYLING, WorkflowType.HAIR_STYLING, WorkflowType.STYLE_TRANSFER,
+})  # fmt: skip
 VIDEO_WORKFLOWS = frozenset(
     {WorkflowType.VIDEO_GENERATION, WorkflowType.IMAGE_TO_VIDEO, WorkflowType.TEXT_TO_VIDEO}
 )

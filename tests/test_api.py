@@ -118,3 +118,20 @@ async def test_unknown_route_and_method_answer_json(client: Any) -> None:
     wrong = await client.get(PROCESS)
     assert wrong.status == 405 and "POST" in wrong.headers["Allow"]
     assert (await wrong.json())["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("body", "workflow", "missing"),
+    [
+        ({"prompt": "animate this sunset"}, "image_to_video", True),
+        ({"prompt": "animate this sunset", "working_image_url": f"{SUPABASE}/sunset.jpg"}, "image_to_video", False),
+        ({"prompt": "change my hair to blonde with bangs"}, "hair_styling", True),
+        ({"prompt": "a cat on a sofa"}, "image_generation", False),
+    ],
+)
+async def test_a_workflow_that_works_on_an_image_says_when_none_came(
+    client: Any, body: dict[str, Any], workflow: str, missing: bool
+) -> None:
+    """The frontend can ask for the image before a generation that would fail without one."""
+    result = await (await client.post(PROCESS, json=body)).json()
+    assert (result["workflow_type"], result["metadata"]["image_missing"]) == (workflow, missing)

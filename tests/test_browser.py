@@ -149,6 +149,7 @@ async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_brow
     result = page.locator("#g-result-fields")
     await expect(result).to_contain_text("hair_styling")
     await expect(result).to_contain_text("flux-kontext-apps/change-haircut")
+    await expect(result).to_contain_text("missing: this workflow works on an image")  # none attached
     trace = result.locator("a[href^='/debug/traces/']")
     href = await trace.get_attribute("href") or ""
     assert re.fullmatch(r"/debug/traces/[0-9a-f]{32}", href)

@@ -30,10 +30,17 @@ async def test_saved_tag_is_resolved_in_memory(client: Any) -> None:
     refs = [(r["kind"], r["tag"], r["image_url"]) for r in result["references"]]
     assert refs == [("user_tag", "sarah", SARAH)]
     assert result["metadata"]["unknown_tags"] == []
+    assert result["metadata"]["image_missing"] is False  # @sarah's image is the one to work on
     listed = await (await client.get(REFS, headers={"X-User-Id": "u1"})).json()
     assert listed == {"references": [{"tag": "sarah", "image_url": SARAH}]}
     other = await (await client.get(REFS, headers={"X-User-Id": "u2"})).json()
     assert other == {"references": []}
+
+
+async def test_an_unknown_tag_brings_no_image(client: Any) -> None:
+    result = await (await client.post(PROCESS, json={"prompt": "put @nobody in this red dress"})).json()
+    assert result["metadata"]["unknown_tags"] == ["nobody"]
+    assert (result["workflow_type"], result["metadata"]["image_missing"]) == ("reference_styling", True)
 
 
 async def test_saved_tag_lives_in_postgres(postgres_db: str, make_client: MakeClient, tmp_path: Path) -> None:
