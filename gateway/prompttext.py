@@ -11,6 +11,9 @@
   in a prompt, arrive innocently from copy-paste, and split keywords ("ha\u200bir") so that
   rules and caches see a different prompt than the user typed. ZWJ and ZWNJ stay: emoji
   sequences and several scripts (Persian, Indic) need them.
+- Composed (NFC): "e" + a combining acute is "\u00e9", as most keyboards type it. The same visible
+  prompt is one cache entry and one log line however it was typed, and the 2,000-character
+  limit counts characters as people see them, not code points.
 - A prompt of nothing visible (joiners, marks, format and space characters, the Hangul fillers,
   the blank braille cell) is refused as empty: it asks for nothing, yet would be classified
   and priced like a request.
@@ -38,7 +41,7 @@ _UNSEEN = frozenset({"Mn", "Me", "Cf", "Zs", "Zl", "Zp", "Cc"})
 
 def clean_prompt(raw: str, *, field: str = "prompt") -> str:
     """The prompt as stages will see it, or a 422 naming `field`."""
-    prompt = _INVISIBLE.sub("", raw).strip()
+    prompt = unicodedata.normalize("NFC", _INVISIBLE.sub("", raw)).strip()
     if not prompt:
         raise ValidationFailed("prompt must not be empty", field=field)
     if not _shows_anything(prompt):

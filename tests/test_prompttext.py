@@ -65,3 +65,13 @@ async def test_a_visible_character_among_invisibles_is_a_prompt(client: Any) -> 
     """One emoji, an accented letter or a CJK character is something to classify."""
     for prompt in ("\u200d\U0001f408", "e\u0301", "\u732b"):
         assert (await client.post(PROCESS, json={"prompt": prompt})).status == 200
+
+
+async def test_a_decomposed_prompt_is_composed_and_shares_the_composed_ones_cache_entry(client: Any) -> None:
+    """ "cafe\u0301" is "caf\u00e9" as the user sees it: one cache entry, one character each."""
+    first = await (await client.post(PROCESS, json={"prompt": "a caf\u00e9 at night in the rain"})).json()
+    second = await (await client.post(PROCESS, json={"prompt": "a cafe\u0301 at night in the rain"})).json()
+    assert second["final_prompt"] == first["final_prompt"] and "caf\u00e9" in second["final_prompt"]
+    assert (first["cache_hit"], second["cache_hit"]) == (False, True)
+    accents = await client.post(PROCESS, json={"prompt": "e\u0301" * 1000 + "s"})  # 2,001 code points
+    assert accents.status == 200
