@@ -77,3 +77,9 @@ async def test_without_a_database_analytics_is_not_configured(client: Any, path:
     assert (await resp.json())["error"] == "analytics_not_configured"
     health = await (await client.get("/health")).json()
     assert health["dependencies"]["postgres"] == {"state": "not_configured"}
+
+
+async def test_a_bad_window_is_the_callers_422_with_or_without_a_database(client: Any) -> None:
+    """The caller's own mistake comes first: fixing the database would not fix hours=999."""
+    resp = await client.get(f"{INTENTS}?hours=999")
+    assert (resp.status, (await resp.json())["field"]) == (422, "hours")

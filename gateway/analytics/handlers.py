@@ -39,16 +39,16 @@ def _analytics(request: web.Request) -> Analytics:
 
 async def intent_analytics(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/analytics/intents?hours=N: per workflow and hour."""
+    hours = query_count(request.query, "hours", default=24, high=MAX_HOURS)  # the request's own error first
     analytics = _analytics(request)
-    hours = query_count(request.query, "hours", default=24, high=MAX_HOURS)
     buckets = await analytics.intents(hours)
     return json_response(IntentReport(hours=hours, refreshed_at=analytics.refreshed_at, buckets=buckets))
 
 
 async def cost_analytics(request: web.Request) -> web.Response:
     """GET /api/v1/enhanced/analytics/costs?days=N: per user and day."""
-    analytics = _analytics(request)
     days = query_count(request.query, "days", default=7, high=MAX_DAYS)
+    analytics = _analytics(request)
     buckets = await analytics.costs(days)
     return json_response(CostReport(days=days, refreshed_at=analytics.refreshed_at, buckets=buckets))
 
