@@ -110,7 +110,11 @@ def decode_query(raw_query: str) -> ProcessBody:
     try:
         return msgspec.convert(raw, ProcessBody, strict=False)
     except msgspec.ValidationError as exc:
-        raise _as_validation_error(exc, query_string=True) from None
+        error = _as_validation_error(exc, query_string=True)
+        if error.field == "use_ai_classification":  # not "Expected `bool`, got `str`": all values are
+            error = ValidationFailed("use_ai_classification must be true or false (or 1 or 0)",
+                                     field="use_ai_classification")  # fmt: skip
+        raise error from None
 
 
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")

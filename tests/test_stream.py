@@ -102,6 +102,15 @@ async def test_a_query_whose_escapes_are_not_utf8_is_400_not_a_replacement_chara
     assert (await resp.json())["error"] == "malformed_query"
 
 
+async def test_get_stream_says_which_values_a_flag_takes(client: Any) -> None:
+    resp = await client.get(STREAM, params={"prompt": "a cat", "use_ai_classification": "yes"})
+    assert resp.status == 422
+    assert await resp.json() == {"error": "validation_error", "field": "use_ai_classification",
+                                 "detail": "use_ai_classification must be true or false (or 1 or 0)"}
+    off = await client.get(STREAM, params={"prompt": "a cat", "use_ai_classification": "0"})
+    assert parse_events(await off.read())[-1].data["metadata"]["arm"] == "existing"
+
+
 async def test_get_stream_takes_empty_options_as_absent_and_the_first_of_a_repeated_name(client: Any) -> None:
     """An HTML form sends a select left alone as `quality=`: the default, not a 422."""
     resp = await client.get(f"{STREAM}?prompt=caf%C3%A9+latte+art&prompt=ignored&quality=&style=&format=")
