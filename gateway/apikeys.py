@@ -19,8 +19,10 @@ import asyncpg
 import jwt
 import msgspec
 
+from gateway.analytics.pool import database_errors
 from gateway.analytics.schema import migrate
 from gateway.config import ConfigError
+from gateway.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -79,25 +81,33 @@ class PgKeyStore:
     """Keys in Postgres, with a short positive cache so most requests never touch the database.
 
     Revocation takes effect within CACHE_SECONDS. While Postgres is down, a key seen within
-    STALE_SECONDS still authenticates (stale-if-error), so an outage is not a lock-out.
+    STALE_SECONDS still authenticates (stale-if-error), so an outage is not a lock-out; a key
+    not seen is a 503 (the client retries), not a 401 (the client drops its key). After a
+    failed lookup, Postgres is left alone for RETRY_SECONDS: a hung database would otherwise
+    cost every request LOOKUP_TIMEOUT.
     """
 
     CACHE_SECONDS = 60.0
     STALE_SECONDS = 3600.0
     UNKNOWN_SECONDS = 10.0  # a client retrying a revoked or mistyped key asks Postgres once
+    RETRY_SECONDS = 5.0
     MAX_CACHED = 10_000
     LOOKUP_TIMEOUT = 1.0  # for a connection and again for the query
+    ADMIN_TIMEOUT = 5.0  # the key management endpoints: an admin waits, a request does not
+    SCHEMA_TIMEOUT = 30.0  # migrations, the first time
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._unknown: dict[bytes, float] = {}
+        self._down_until = 0.0  # monotonic: no lookup reaches Postgres before then
         self.queries = 0  # lookups that reached Postgres
 
     async def ensure_schema(self) -> None:
         """Apply the migrations (the keys table is 0004), so the CLI works before the gateway ran."""
-        async with self.pool.acquire() as conn:
-            await migrate(conn)
+        async with database_errors("prepare the keys table", self.SCHEMA_TIMEOUT):
+            async with self.pool.acquire() as conn:
+                await migrate(conn)
 
     async def count_active(self) -> int:
         try:
@@ -115,6 +125,8 @@ class PgKeyStore:
             return cached[0]
         if now - self._unknown.get(digest, -self.UNKNOWN_SECONDS) < self.UNKNOWN_SECONDS:
             return None
+        if now < self._down_until:
+            return self._stale(cached, now)
         self.queries += 1
         try:
             # A bounded wait for a connection too: a flood of unknown keys must not queue
@@ -126,10 +138,9 @@ class PgKeyStore:
                     timeout=self.LOOKUP_TIMEOUT,
                 )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("key store unavailable: %r", exc)
-            if cached is not None and now - cached[1] < self.STALE_SECONDS:
-                return cached[0]
-            return None
+            log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc)
+            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            return self._stale(cached, now)
         if row is None:
             self._cache.pop(digest, None)
             if len(self._unknown) >= self.MAX_CACHED:
@@ -142,22 +153,29 @@ class PgKeyStore:
         self._cache[digest] = (principal, now)
         return principal
 
+    def _stale(self, cached: tuple[Principal, float] | None, now: float) -> Principal:
+        if cached is not None and now - cached[1] < self.STALE_SECONDS:
+            return cached[0]
+        raise DatabaseUnavailable("cannot check the API key now: the key store is unavailable")
+
     async def create(self, user_id: str, *, admin: bool = False) -> NewKey:
         key = generate_key()
         digest = hash_key(key).hex()
-        await self.pool.execute(
-            "INSERT INTO gateway_api_keys (key_hash, user_id, admin) VALUES ($1, $2, $3)",
-            digest,
-            user_id,
-            admin,
-        )
+        async with database_errors("create the key", self.ADMIN_TIMEOUT):
+            await self.pool.execute(
+                "INSERT INTO gateway_api_keys (key_hash, user_id, admin) VALUES ($1, $2, $3)",
+                digest,
+                user_id,
+                admin,
+            )
         return NewKey(key=key, key_id=digest[:12], user_id=user_id, admin=admin)
 
     async def list(self) -> list[KeyInfo]:
-        rows = await self.pool.fetch(
-            "SELECT key_hash, user_id, admin, created_at, revoked_at"
-            " FROM gateway_api_keys ORDER BY created_at"
-        )
+        async with database_errors("list the keys", self.ADMIN_TIMEOUT):
+            rows = await self.pool.fetch(
+                "SELECT key_hash, user_id, admin, created_at, revoked_at"
+                " FROM gateway_api_keys ORDER BY created_at"
+            )
         return [
             KeyInfo(
                 key_id=row["key_hash"][:12],
@@ -173,11 +191,12 @@ class PgKeyStore:
         """Revoke every active key whose id (hash prefix, at least 12 hex digits) matches."""
         if len(key_id) < 12 or any(c not in "0123456789abcdef" for c in key_id):
             return 0
-        result = await self.pool.execute(
-            "UPDATE gateway_api_keys SET revoked_at = now()"
-            " WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
-            key_id,
-        )
+        async with database_errors("revoke the key", self.ADMIN_TIMEOUT):
+            result = await self.pool.execute(
+                "UPDATE gateway_api_keys SET revoked_at = now()"
+                " WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
+                key_id,
+            )
         self._cache.clear()
         return int(result.split()[-1])
 

@@ -178,6 +178,9 @@ class DatabaseUnavailable(GatewayError):
     status = 503
     code = "database_unavailable"
 
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}  # an outage is seconds to minutes; a client should not spin
+
 
 def as_gateway_error(exc: PipelineError) -> GatewayError:
     """Pipeline errors that end a request, in HTTP terms."""

@@ -10,6 +10,7 @@ import msgspec
 
 from gateway.apikeys import USER_ID_PATTERN, PgKeyStore
 from gateway.config import Settings
+from gateway.errors import DatabaseUnavailable
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,6 +26,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        return await _run(settings, args)
+    except (DatabaseUnavailable, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        sys.stderr.write(f"keys: cannot use the database: {exc}\n")  # a line, not a traceback
+        return 1
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> int:
     if not settings.database_url:
         sys.stderr.write("keys: set DATABASE_URL (keys live in Postgres; env keys go in GATEWAY_API_KEYS)\n")
         return 2

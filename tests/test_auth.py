@@ -23,6 +23,7 @@ from gateway.app import create_app
 from gateway.appkeys import AUTH
 from gateway.config import ConfigError, Settings
 from tests.conftest import raw_request
+from tests.pg import TcpProxy
 from tests.sse import parse_events
 
 PROCESS = "/api/v1/enhanced/process"
@@ -302,11 +303,41 @@ async def test_admin_api_creates_and_revokes_keys(make_client: Any, pg_url: str)
 
 
 async def test_unreachable_postgres_does_not_stop_env_keys(make_client: Any) -> None:
-    """With Postgres down, the gateway starts and env keys still work; unknown keys are 401."""
+    """With Postgres down, the gateway starts and env keys still work. A key it cannot check is
+    a 503 to retry, not a 401: clients drop a key that was refused."""
     client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/none", gateway_api_keys=KEYS)
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(ALICE))).status == 200
     unknown = generate_key()  # shaped like an issued key, so the lookup does reach for Postgres
-    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(unknown))).status == 401
+    resp = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(unknown))
+    assert (resp.status, (await resp.json())["error"], resp.headers["Retry-After"]) == (503, "database_unavailable", "5")
+
+
+async def test_key_management_without_its_database_is_503_not_500(make_client: Any) -> None:
+    client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/none", gateway_api_keys=KEYS)
+    for method, path, body in [("POST", "/api/v1/admin/keys", {"user_id": "gus"}), ("GET", "/api/v1/admin/keys", None),
+                               ("DELETE", "/api/v1/admin/keys/abcdef123456", None)]:  # fmt: skip
+        resp = await client.request(method, path, json=body, headers=bearer(ROOT))
+        assert (resp.status, (await resp.json())["error"]) == (503, "database_unavailable"), path
+
+
+async def test_a_key_store_outage_costs_one_lookup_then_known_keys_pass_from_the_cache(
+    make_client: Any, pg_url: str
+) -> None:
+    """After a failed lookup Postgres is left alone for RETRY_SECONDS: a hung database would
+    otherwise cost every request its timeout. Keys seen before still pass (stale-if-error)."""
+    proxy = TcpProxy()
+    await proxy.start()
+    client = await make_client(database_url=pg_url.replace(":5432/", f":{proxy.port}/"), gateway_api_keys=KEYS)
+    store = client.app[AUTH].store
+    assert store is not None
+    key = (await (await client.post("/api/v1/admin/keys", json={"user_id": "hal"}, headers=bearer(ROOT))).json())["key"]
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(key))).status == 200
+    store.CACHE_SECONDS = 0.0  # every lookup now wants Postgres
+    await proxy.stop()
+    before = store.queries
+    for _ in range(5):
+        assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(key))).status == 200
+    assert store.queries == before + 1
 
 
 async def test_unknown_keys_cost_postgres_at_most_one_query_each(make_client: Any, pg_url: str) -> None:
