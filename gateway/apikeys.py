@@ -19,7 +19,7 @@ import asyncpg
 import jwt
 import msgspec
 
-from gateway.analytics.pool import database_errors
+from gateway.analytics.pool import database_call
 from gateway.analytics.schema import migrate
 from gateway.config import ConfigError
 from gateway.errors import DatabaseUnavailable
@@ -105,9 +105,11 @@ class PgKeyStore:
 
     async def ensure_schema(self) -> None:
         """Apply the migrations (the keys table is 0004), so the CLI works before the gateway ran."""
-        async with database_errors("prepare the keys table", self.SCHEMA_TIMEOUT):
-            async with self.pool.acquire() as conn:
-                await migrate(conn)
+        await database_call("prepare the keys table", self._migrate(), self.SCHEMA_TIMEOUT)
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as conn:
+            await migrate(conn)
 
     async def count_active(self) -> int:
         try:
@@ -161,21 +163,17 @@ class PgKeyStore:
     async def create(self, user_id: str, *, admin: bool = False) -> NewKey:
         key = generate_key()
         digest = hash_key(key).hex()
-        async with database_errors("create the key", self.ADMIN_TIMEOUT):
-            await self.pool.execute(
-                "INSERT INTO gateway_api_keys (key_hash, user_id, admin) VALUES ($1, $2, $3)",
-                digest,
-                user_id,
-                admin,
-            )
+        await database_call("create the key", self.pool.execute(
+            "INSERT INTO gateway_api_keys (key_hash, user_id, admin) VALUES ($1, $2, $3)",
+            digest, user_id, admin,
+        ), self.ADMIN_TIMEOUT)
         return NewKey(key=key, key_id=digest[:12], user_id=user_id, admin=admin)
 
     async def list(self) -> list[KeyInfo]:
-        async with database_errors("list the keys", self.ADMIN_TIMEOUT):
-            rows = await self.pool.fetch(
-                "SELECT key_hash, user_id, admin, created_at, revoked_at"
-                " FROM gateway_api_keys ORDER BY created_at"
-            )
+        rows = await database_call("list the keys", self.pool.fetch(
+            "SELECT key_hash, user_id, admin, created_at, revoked_at"
+            " FROM gateway_api_keys ORDER BY created_at"
+        ), self.ADMIN_TIMEOUT)
         return [
             KeyInfo(
                 key_id=row["key_hash"][:12],
@@ -191,12 +189,11 @@ class PgKeyStore:
         """Revoke every active key whose id (hash prefix, at least 12 hex digits) matches."""
         if len(key_id) < 12 or any(c not in "0123456789abcdef" for c in key_id):
             return 0
-        async with database_errors("revoke the key", self.ADMIN_TIMEOUT):
-            result = await self.pool.execute(
-                "UPDATE gateway_api_keys SET revoked_at = now()"
-                " WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
-                key_id,
-            )
+        result = await database_call("revoke the key", self.pool.execute(
+            "UPDATE gateway_api_keys SET revoked_at = now()"
+            " WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
+            key_id,
+        ), self.ADMIN_TIMEOUT)
         self._cache.clear()
         return int(result.split()[-1])
 

@@ -26,13 +26,22 @@ async def fresh_database() -> AsyncIterator[str]:
 
 
 class TcpProxy:
-    """127.0.0.1:<port> -> Postgres. stop() refuses new connections and cuts the open ones."""
+    """127.0.0.1:<port> -> Postgres. stop() refuses new connections and cuts the open ones;
+    pause() keeps every connection open but passes no byte (a hung server), resume() again."""
 
     def __init__(self, target_port: int = 5432) -> None:
         self.target_port = target_port
         self.port = 0
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def pause(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> None:
         # The same port each time, so the gateway's DATABASE_URL stays valid across a cut.
@@ -55,7 +64,8 @@ class TcpProxy:
         upstream_writer: asyncio.StreamWriter | None = None
         try:
             up_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            await asyncio.gather(_pump(reader, upstream_writer), _pump(up_reader, writer))
+            await asyncio.gather(_pump(reader, upstream_writer, self._flowing),
+                                 _pump(up_reader, writer, self._flowing))  # fmt: skip
         except (OSError, asyncio.CancelledError):
             pass
         finally:
@@ -65,8 +75,9 @@ class TcpProxy:
                     w.transport.abort()
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
     while data := await reader.read(65536):
+        await flowing.wait()
         writer.write(data)
         await writer.drain()
     writer.transport.abort()

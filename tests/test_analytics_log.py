@@ -256,6 +256,30 @@ async def test_network_cut_loses_nothing(postgres_db: str, make_client: MakeClie
     await proxy.stop()
 
 
+async def test_a_hung_database_holds_health_and_requests_no_longer_than_their_timeouts(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Postgres stops answering but keeps its connections (a frozen host, a network black hole):
+    /health says down within its 1 s probe and an @tag lookup fails over within its 2 s, though
+    asyncpg holds a cancelled query's connection for up to command_timeout (30 s)."""
+    proxy = TcpProxy()
+    await proxy.start()
+    client = await _db_client(make_client, postgres_db.replace(":5432/", f":{proxy.port}/"), tmp_path)
+    assert (await (await client.get("/health")).json())["dependencies"]["postgres"]["state"] == "ok"
+    proxy.pause()
+    loop = asyncio.get_running_loop()
+    for _ in range(2):
+        started = loop.time()
+        health = await (await client.get("/health")).json()
+        assert health["dependencies"]["postgres"]["state"] == "down" and loop.time() - started < 3
+    started = loop.time()
+    resp = await client.post(PROCESS, json={"prompt": "put @sarah in a red dress"})
+    assert resp.status == 200 and loop.time() - started < 4  # the prompt stage's fallback answers
+    proxy.resume()
+    await client.close()
+    await proxy.stop()
+
+
 async def test_overflow_spills_to_file_and_replays(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:

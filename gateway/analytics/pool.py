@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -12,6 +12,8 @@ from gateway.errors import DatabaseUnavailable
 
 CONNECT_TIMEOUT = 2.0  # seconds: an unreachable database is noticed quickly
 QUERY_TIMEOUT = 2.0  # reads on the request path (references, analytics endpoints)
+
+T = TypeVar("T")
 
 
 async def create_pool(
@@ -60,11 +62,26 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
 
 
-@contextlib.asynccontextmanager
-async def database_errors(what: str, seconds: float = QUERY_TIMEOUT) -> AsyncIterator[None]:
-    """Bound a read on the request path and turn driver failures into DatabaseUnavailable."""
+async def database_call(what: str, operation: Awaitable[T], seconds: float = QUERY_TIMEOUT) -> T:
+    """`operation`'s result within `seconds`, or DatabaseUnavailable; driver failures are too.
+
+    The operation runs in a task of its own, cancelled at the deadline but not waited for:
+    asyncpg gives a connection whose query was cancelled back to the pool only once the server
+    acknowledges the cancel, up to command_timeout (30 s) from a hung server, and an
+    `asyncio.timeout` around the query held its caller (a request, /health) for all of that.
+    """
+    task = asyncio.ensure_future(operation)
     try:
-        async with asyncio.timeout(seconds):
-            yield
+        return await asyncio.wait_for(asyncio.shield(task), seconds)
     except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot {what}: the database is unavailable") from exc
+    finally:
+        if not task.done():  # timed out, or our caller was cancelled: wind down on its own
+            task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Read the outcome of a call nobody awaits any more, so asyncio does not log it as lost.
+    if not task.cancelled():
+        task.exception()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from gateway.analytics.pool import database_errors
+from gateway.analytics.pool import database_call
 
 
 class PostgresReferenceStore:
@@ -12,25 +12,22 @@ class PostgresReferenceStore:
         self._pool = pool
 
     async def resolve(self, user_id: str, tags: tuple[str, ...]) -> dict[str, str]:
-        async with database_errors("resolve references"):
-            rows = await self._pool.fetch(
-                "SELECT tag, image_url FROM user_references WHERE user_id = $1 AND tag = ANY($2::text[])",
-                user_id, list(tags),
-            )
+        rows = await database_call("resolve references", self._pool.fetch(
+            "SELECT tag, image_url FROM user_references WHERE user_id = $1 AND tag = ANY($2::text[])",
+            user_id, list(tags),
+        ))
         return {row["tag"]: row["image_url"] for row in rows}
 
     async def save(self, user_id: str, tag: str, image_url: str) -> None:
-        async with database_errors("save the reference"):
-            await self._pool.execute(
-                "INSERT INTO user_references (user_id, tag, image_url) VALUES ($1, $2, $3)"
-                " ON CONFLICT (user_id, tag)"
-                " DO UPDATE SET image_url = EXCLUDED.image_url, updated_at = now()",
-                user_id, tag.lower(), image_url,
-            )
+        await database_call("save the reference", self._pool.execute(
+            "INSERT INTO user_references (user_id, tag, image_url) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id, tag)"
+            " DO UPDATE SET image_url = EXCLUDED.image_url, updated_at = now()",
+            user_id, tag.lower(), image_url,
+        ))
 
     async def list(self, user_id: str) -> dict[str, str]:
-        async with database_errors("list references"):
-            rows = await self._pool.fetch(
-                "SELECT tag, image_url FROM user_references WHERE user_id = $1 ORDER BY tag", user_id
-            )
+        rows = await database_call("list references", self._pool.fetch(
+            "SELECT tag, image_url FROM user_references WHERE user_id = $1 ORDER BY tag", user_id
+        ))
         return {row["tag"]: row["image_url"] for row in rows}

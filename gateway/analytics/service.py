@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from gateway.analytics.pool import close_pool, create_pool, is_unreachable
+from gateway.analytics.pool import close_pool, create_pool, database_call, is_unreachable
 from gateway.analytics.references import PostgresReferenceStore
 from gateway.analytics.schema import ensure_partitions, migrate
 from gateway.analytics.views import Analytics
@@ -139,10 +139,9 @@ def observe_writer(metrics: Metrics, writer: LogWriter) -> None:
 
 async def _probe(pool: asyncpg.Pool, writer: LogWriter) -> dict[str, object]:
     try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            await pool.fetchval("SELECT 1")
+        await database_call("probe", pool.fetchval("SELECT 1"), PROBE_TIMEOUT)
         # Answering, but not taking the log's rows (schema gone, permissions): they pile up.
         state = "degraded" if writer.connected is False else "ok"
-    except Exception:
+    except Exception:  # whatever failed, /health answers, and says so
         state = "down"
     return {"state": state, "log_writer": writer.snapshot()}

@@ -8,7 +8,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from gateway.analytics.pool import database_errors
+from gateway.analytics.pool import database_call
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +54,19 @@ class Analytics:
         return refreshed
 
     async def intents(self, hours: int) -> list[IntentBucket]:
-        async with database_errors("read intent analytics"):
-            rows = await self._pool.fetch(
-                "SELECT * FROM intent_analytics"
-                " WHERE hour >= date_trunc('hour', now() - make_interval(hours => $1), 'UTC')"
-                " ORDER BY hour DESC, classified_workflow",
-                hours,
-            )
+        rows = await database_call("read intent analytics", self._pool.fetch(
+            "SELECT * FROM intent_analytics"
+            " WHERE hour >= date_trunc('hour', now() - make_interval(hours => $1), 'UTC')"
+            " ORDER BY hour DESC, classified_workflow",
+            hours,
+        ))
         return [IntentBucket(**dict(row)) for row in rows]
 
     async def costs(self, days: int) -> list[CostBucket]:
-        async with database_errors("read cost analytics"):
-            rows = await self._pool.fetch(
-                "SELECT * FROM cost_analytics"
-                " WHERE day >= date_trunc('day', now() - make_interval(days => $1), 'UTC')"
-                " ORDER BY day DESC, user_id",
-                days,
-            )
+        rows = await database_call("read cost analytics", self._pool.fetch(
+            "SELECT * FROM cost_analytics"
+            " WHERE day >= date_trunc('day', now() - make_interval(days => $1), 'UTC')"
+            " ORDER BY day DESC, user_id",
+            days,
+        ))
         return [CostBucket(**dict(row)) for row in rows]
