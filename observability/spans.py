@@ -175,7 +175,12 @@ class LightSpan:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         end = time.time_ns()
-        if exc is not None:
+        if isinstance(exc, asyncio.CancelledError):
+            # Cut short (the client left, or shutdown): no error of this span's, so the status
+            # stays unset, as a 499 is no server error.
+            if self.recording:
+                self.attributes["cancelled"] = True
+        elif exc is not None:
             self.fail(exc, type(exc).__qualname__)
         self.end_time = end
         if (swap := self._swap) is not None:  # a stage span: hand the request its place back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -42,6 +43,9 @@ async def run_pipeline(
                 try:
                     event = await stage.run(state)
                     outcome = "ok"
+                except asyncio.CancelledError:  # the client left (or shutdown): not the stage's failure
+                    outcome = "cancelled"
+                    raise
                 except PipelineError:
                     raise
                 except Exception as exc:  # any other stage bug or dependency failure

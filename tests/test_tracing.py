@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from opentelemetry.context import Context
@@ -26,10 +27,11 @@ from gateway.appkeys import TRACING
 from observability.logging import JsonFormatter
 from observability.tracing import SAMPLERS, RequestRootSampler, Tracing, make_sampler
 from pipeline.classifiers.rules import RulesClassifier
-from tests.conftest import FailingClassifier, MakeClient
+from tests.conftest import FailingClassifier, GatedClassifier, MakeClient, wait_until
 from tests.sse import parse_events
 
 PROCESS = "/api/v1/enhanced/process"
+STREAM = "/api/v1/enhanced/stream"
 STAGES = ("context", "intent", "model", "prompt")
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -81,6 +83,30 @@ async def test_one_trace_per_request_with_a_span_per_stage(make_client: MakeClie
     assert model["model_id"] == body["model_selection"]["model_id"]
     assert model["estimated_cost"] == body["estimated_cost"]
     assert len(spans) == 1 + len(STAGES)
+
+
+async def test_a_client_that_leaves_mid_stage_is_no_error_in_the_trace_or_the_stage_metric(
+    make_client: MakeClient,
+) -> None:
+    """499 is the client's doing: the server span and the stage it cut short keep an unset status
+    (marked cancelled), and the stage's duration is counted as cancelled, not as an error."""
+    gated = GatedClassifier(RulesClassifier())
+    client, exporter = await traced(make_client, classifier=gated)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url(STREAM), json={"prompt": "walk away from me"})
+        await resp.content.readuntil(b"\n\n")  # the context event
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        resp.close()
+    await wait_until(lambda: f"POST {STREAM}" in by_name(exporter.get_finished_spans()), timeout=5)
+    named = by_name(exporter.get_finished_spans())
+    server, intent = named[f"POST {STREAM}"], named["stage.intent"]
+    assert server.attributes is not None and server.attributes["http.response.status_code"] == 499
+    for span in (server, intent):
+        assert span.status.status_code is StatusCode.UNSET and not span.events, span.name
+        assert span.attributes is not None and span.attributes["cancelled"] is True
+    metrics = await (await client.get("/metrics")).text()
+    assert 'gateway_stage_duration_seconds_count{stage="intent",outcome="cancelled"} 1' in metrics
+    assert 'stage="intent",outcome="error"' not in metrics
 
 
 @pytest.mark.parametrize("port", ["9" * 4301, "123456", "²"])
