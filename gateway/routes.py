@@ -86,8 +86,9 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
                 await charge_cost(request, event.estimated_cost)
             if isinstance(event, ErrorEvent):
                 request.app[STATS].record_error(event.code)
-    except PipelineError as exc:
+    except PipelineError as exc:  # overloaded: counted as the stream counts its error event
         unfinished = exc.code
+        request.app[STATS].record_error(exc.code)
         raise
     except asyncio.CancelledError:  # the client went away (handler cancellation)
         unfinished = "client_disconnected"

@@ -178,6 +178,9 @@ async def test_overload_gives_503_with_retry_after(make_client: MakeClient) -> N
     gated.gate.set()
     assert (await first).status == 200
     await wait_until(lambda: client.app[SLOTS].in_use == 0 and client.app[SLOTS].waiting == 0)
+    # Counted as the stream's overload event is: dashboards see both routes' refusals.
+    assert client.app[STATS].errors == {"overloaded": 1}
+    assert 'gateway_errors_total{code="overloaded"} 1' in await (await client.get("/metrics")).text()
 
 
 async def test_overload_on_a_stream_is_an_error_event(make_client: MakeClient) -> None:
