@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from gateway.appkeys import (
     REFERENCE_LOOKUP,
     REFERENCES,
     SETTINGS,
+    SHUTTING_DOWN,
     SLOTS,
     STAGES,
     STATS,
@@ -38,7 +40,6 @@ from gateway.openapi import add_openapi_route
 from gateway.redis import intent_cache_ctx, redis_ctx
 from gateway.routes import add_routes
 from gateway.search import observe_reference_search, open_reference_lookup
-from gateway.sse import EventStream
 from gateway.telemetry import telemetry_ctx
 from gateway.urlpolicy import CachedUrlPolicy, ImageUrlPolicy, parse_hosts
 from gateway.web import add_web_routes
@@ -71,7 +72,8 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app[SLOTS] = ClassificationSlots(
         settings.max_concurrent_classifications, settings.classification_queue_timeout
     )
-    app[STREAMS] = set()  # a stream leaves it in its handler's finally: a WeakSet cost ~1% per stream
+    app[STREAMS] = {}  # a stream leaves it in its handler's finally: a WeakSet cost ~1% per stream
+    app[SHUTTING_DOWN] = asyncio.Event()
     app[HEALTH_PROBES] = {}
     app[IMAGE_URL_POLICY] = CachedUrlPolicy(ImageUrlPolicy(
         allowed_hosts=parse_hosts(settings.image_url_allowed_hosts),
@@ -100,7 +102,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app.cleanup_ctx.append(reference_search_ctx)
     app.cleanup_ctx.append(postgres_ctx)  # before the stages: it may replace app[REFERENCES]
     app.cleanup_ctx.append(stages_ctx)
-    app.on_shutdown.append(stop_streams)
+    app.on_shutdown.append(end_streams)
     add_routes(app)
     add_web_routes(app)
     add_openapi_route(app)
@@ -142,8 +144,16 @@ def reference_stages(app: web.Application) -> tuple[Stage, ...]:
     return (ReferencesStage(lookup),) if lookup is not None else ()
 
 
-async def stop_streams(app: web.Application) -> None:
-    """On shutdown, stop heartbeats so open streams end with their pipelines."""
-    streams: set[EventStream] = app[STREAMS]
-    for stream in list(streams):
-        stream.stop()
+async def end_streams(app: web.Application) -> None:
+    """On SIGTERM: open streams get SHUTDOWN_GRACE_SECONDS to finish; those still running then
+    end with an `error` event (shutting_down) and a proper end of stream, which a client can
+    retry on, instead of a connection cut when aiohttp's own shutdown timeout cancels them."""
+    app[SHUTTING_DOWN].set()
+    streams = app[STREAMS]
+    if streams:
+        await asyncio.wait(list(streams.values()), timeout=app[SETTINGS].shutdown_grace_seconds)
+    handlers = list(streams.values())  # those still running, and any begun meanwhile (keep-alive)
+    for handler in handlers:
+        handler.cancel()  # the handler sees SHUTTING_DOWN set: it says so and ends the stream
+    if handlers:
+        await asyncio.wait(handlers, timeout=1.0)

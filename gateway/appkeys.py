@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -52,7 +53,8 @@ REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)
 # A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
-STREAMS = web.AppKey("streams", set[EventStream])  # open SSE responses, for shutdown
+STREAMS = web.AppKey("streams", dict[EventStream, asyncio.Task[Any]])  # open SSE responses and their handlers
+SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)  # set on SIGTERM: a cancellation is ours
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
 IMAGE_URL_POLICY = web.AppKey("image_url_policy", CachedUrlPolicy)

@@ -91,6 +91,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # SSE
     sse_heartbeat_seconds: float = 15.0
+    # On SIGTERM, seconds open streams get to finish; then each ends with an `error` event
+    # (shutting_down) the client can retry on, and the process exits soon after.
+    shutdown_grace_seconds: float = 8.0
     # Seconds for a request body (at most 64 KiB) to arrive once its headers have; then 408.
     request_body_timeout: float = 10.0
 
@@ -140,6 +143,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return settings
 
     def check(self) -> None:
+        if self.shutdown_grace_seconds < 0:
+            raise ConfigError("SHUTDOWN_GRACE_SECONDS must be 0 or more")
         if not 0 <= self.ai_classification_rollout_percentage <= 100:
             raise ConfigError("AI_CLASSIFICATION_ROLLOUT_PERCENTAGE must be 0..100")
         if self.local_escalate_below is not None and not 0 <= self.local_escalate_below <= 1:

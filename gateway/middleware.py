@@ -13,7 +13,7 @@ import time
 
 from aiohttp import HttpVersion, web
 
-from gateway.appkeys import ARM, METRICS, STATS, TRACE_ID, TRACING, USER_ID
+from gateway.appkeys import ARM, METRICS, SHUTTING_DOWN, STATS, TRACE_ID, TRACING, USER_ID
 from gateway.errors import Handler
 from observability.spans import LightSpan
 
@@ -53,8 +53,8 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             if not response.prepared:
                 response.headers["X-Trace-Id"] = trace_id
             return response
-        except asyncio.CancelledError:  # the client went away (handler cancellation)
-            status = CLIENT_CLOSED
+        except asyncio.CancelledError:  # the client went away (handler cancellation), or shutdown
+            status = 503 if app[SHUTTING_DOWN].is_set() else CLIENT_CLOSED
             raise
         finally:
             duration = time.perf_counter() - started

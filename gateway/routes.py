@@ -19,6 +19,7 @@ from gateway.appkeys import (
     REDIS,
     REQUEST_LOG,
     SETTINGS,
+    SHUTTING_DOWN,
     SLOTS,
     STAGE_INSTRUMENTS,
     STAGES,
@@ -90,8 +91,8 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
         unfinished = exc.code
         request.app[STATS].record_error(exc.code)
         raise
-    except asyncio.CancelledError:  # the client went away (handler cancellation)
-        unfinished = "client_disconnected"
+    except asyncio.CancelledError:  # the client went away (handler cancellation), or shutdown
+        unfinished = "shutting_down" if request.app[SHUTTING_DOWN].is_set() else "client_disconnected"
         raise
     finally:
         if unfinished is not None:
@@ -160,7 +161,9 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     events = run_pipeline(stages, state, instruments=app[STAGE_INSTRUMENTS])
     unfinished: str | None = "client_disconnected"  # why no result was logged, until there is one
     open_streams = app[STREAMS]
-    open_streams.add(stream)
+    handler = asyncio.current_task()
+    assert handler is not None
+    open_streams[stream] = handler
     try:
         async with contextlib.aclosing(events):
             try:
@@ -185,12 +188,29 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         await stream.write_eof()
     except ConnectionResetError:
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})
+    except asyncio.CancelledError:
+        if not app[SHUTTING_DOWN].is_set():
+            raise  # the client went away (handler cancellation)
+        # Our own cancellation (app.end_streams), past the shutdown grace: the pipeline has
+        # stopped; the client hears why, and the stream ends properly, so it retries elsewhere.
+        handler.uncancel()
+        unfinished = "shutting_down"
+        await _end_with_error(stream, ErrorEvent(
+            code="shutting_down", message="the gateway is restarting: send the request again",
+            trace_id=preq.trace_id, elapsed_ms=state.elapsed_ms(),
+        ))  # fmt: skip
     finally:
         stream.stop()
-        open_streams.discard(stream)
+        open_streams.pop(stream, None)
         if unfinished is not None:
             record_unfinished(request, state, unfinished)
     return stream
+
+
+async def _end_with_error(stream: EventStream, error: ErrorEvent) -> None:
+    with contextlib.suppress(ConnectionResetError):  # it may have left meanwhile
+        await stream.send("error", encode_json(error))
+        await stream.write_eof()
 
 
 class Differences(msgspec.Struct, kw_only=True):

@@ -31,7 +31,9 @@ from observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_TIMEOUT = 10.0  # seconds open streams get to finish on SIGTERM
+# On SIGTERM, after the streams' SHUTDOWN_GRACE_SECONDS (app.end_streams): seconds any other
+# handler still running gets before aiohttp cancels it. A JSON request has been running all along.
+SHUTDOWN_TIMEOUT = 2.0
 # How aiohttp serves the app. handler_cancellation: a client that disconnects cancels its
 # handler and so its pipeline. max_line_size: GET /stream (EventSource cannot POST) carries
 # the prompt in the URL, and 2,000 characters of non-ASCII text percent-encode to up to

@@ -159,6 +159,20 @@ async def test_requests_that_end_without_a_result_are_logged_with_the_reason(
     assert await _count(postgres_db, "model_selection_logs") == 0
 
 
+async def test_a_stream_ended_by_shutdown_is_logged_as_such_not_as_the_clients_leaving(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    gated = GatedClassifier(RulesClassifier())
+    client = await _db_client(make_client, postgres_db, tmp_path, classifier=gated, shutdown_grace_seconds=0.1)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url(STREAM), json={"prompt": "stopped mid-way"})
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        await client.close()  # the writer flushes what it holds as the gateway stops
+        await resp.read()
+    rows = await _fetch(postgres_db, "SELECT * FROM intent_classification_logs")
+    assert [(r["outcome"], r["route"], r["prompt"]) for r in rows] == [("shutting_down", "stream", "stopped mid-way")]
+
+
 async def test_rate_limited_requests_are_logged(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:

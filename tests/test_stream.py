@@ -244,3 +244,44 @@ async def test_a_flush_not_yet_begun_leaves_with_the_end_of_the_stream_in_one_wr
     assert [e.event for e in parse_events(await response.read())] == ["context", "done"]
     assert len(writes) == 1
     assert writes[0].startswith(b"HTTP/1.1 200") and writes[0].endswith(b"0\r\n\r\n")
+
+
+async def test_on_shutdown_a_stream_past_its_grace_ends_with_an_error_event_it_can_retry_on(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM (the server stopping): a stream still waiting on its classifier after
+    SHUTDOWN_GRACE_SECONDS hears `shutting_down` and a proper end of stream, not a cut
+    connection (its log line: 200, the error in-band as for an overload once a stream began, not
+    the client's 499); the server stops soon after."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(classifier=gated, shutdown_grace_seconds=0.3)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url(STREAM), json={"prompt": "a long wait"})
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with caplog.at_level("INFO", logger="gateway.request"):
+            closing = asyncio.create_task(client.server.close())
+            body = await asyncio.wait_for(resp.read(), 5)  # ends: no ClientPayloadError
+            await closing
+        took = loop.time() - started
+    events = parse_events(body)
+    assert [e.event for e in events] == ["context", "error"]
+    assert events[1].data["code"] == "shutting_down" and events[1].data["trace_id"] == events[0].data["trace_id"]
+    assert 0.3 <= took < 2.0
+    (line,) = [r for r in caplog.records if r.name == "gateway.request"]
+    assert line.status == 200  # type: ignore[attr-defined]  # the stream had begun: the error is in-band
+
+
+async def test_on_shutdown_a_stream_that_finishes_within_its_grace_is_untouched(make_client: MakeClient) -> None:
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(classifier=gated, shutdown_grace_seconds=5)
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(client.make_url(STREAM), json={"prompt": "change my hair to blonde"})
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        closing = asyncio.create_task(client.server.close())
+        await asyncio.sleep(0.1)
+        gated.gate.set()  # the classifier answers during the grace
+        events = parse_events(await asyncio.wait_for(resp.read(), 5))
+        await closing
+    assert [e.event for e in events] == STAGES

@@ -42,7 +42,8 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     success: bool
     circuit_breaker_state: str | None = None
     error_message: str | None = None
-    outcome: str = "ok"  # or why there is no result: rate_limited, overloaded, client_disconnected
+    # "ok", or why there is no result: rate_limited, overloaded, client_disconnected, shutting_down
+    outcome: str = "ok"
 
 
 def log_entry(
