@@ -25,7 +25,14 @@ from gateway.appkeys import (
 from gateway.config import Settings
 from gateway.errors import Handler, RateLimited, rate_limit_headers
 from gateway.responses import json_response
-from pipeline.limits import Admission, Limits, MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from pipeline.limits import (
+    Admission,
+    Limits,
+    LimitsUnavailable,
+    MemoryRateLimiter,
+    RateLimiter,
+    RedisRateLimiter,
+)
 
 # Requests that run the pipeline; health, metrics and usage are never limited.
 LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})
@@ -66,6 +73,9 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
         decision = await request.app[LIMITER].admit(user_id)
     except asyncio.CancelledError:  # the client left while Redis decided
         record_unstarted(request, "client_disconnected")
+        raise
+    except LimitsUnavailable as exc:  # Redis down and RATE_LIMIT_FAIL_MODE=closed: a 503
+        record_unstarted(request, exc.code)
         raise
     if not decision.allowed:
         record_unstarted(request, "rate_limited")

@@ -159,6 +159,23 @@ async def test_requests_that_end_without_a_result_are_logged_with_the_reason(
     assert await _count(postgres_db, "model_selection_logs") == 0
 
 
+async def test_a_refusal_because_limits_are_unavailable_leaves_a_row(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """RATE_LIMIT_FAIL_MODE=closed with Redis down: the 503 is a request like any other, logged."""
+    redis_server = RedisServer().start()
+    try:
+        client = await _db_client(make_client, postgres_db, tmp_path, redis_url=redis_server.url,
+                                  rate_limit_fail_mode="closed")  # fmt: skip
+        redis_server.stop()
+        assert (await client.post(PROCESS, json={"prompt": "a red fox"})).status == 503
+        await client.close()
+    finally:
+        redis_server.cleanup()
+    rows = await _fetch(postgres_db, "SELECT * FROM intent_classification_logs")
+    assert [(r["outcome"], r["route"], r["rate_limited"]) for r in rows] == [("rate_limit_unavailable", "process", False)]
+
+
 async def test_a_stream_ended_by_shutdown_is_logged_as_such_not_as_the_clients_leaving(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:
