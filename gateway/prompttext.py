@@ -44,7 +44,7 @@ def clean_prompt(raw: str, *, field: str = "prompt") -> str:
     prompt = unicodedata.normalize("NFC", _INVISIBLE.sub("", raw)).strip()
     if not prompt:
         raise ValidationFailed("prompt must not be empty", field=field)
-    if not _shows_anything(prompt):
+    if not "!" <= prompt[0] <= "~" and not _shows_anything(prompt):  # ASCII first: visible
         raise ValidationFailed("prompt must not be empty: it has no visible characters", field=field)
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ValidationFailed(
@@ -60,5 +60,5 @@ def clean_prompt(raw: str, *, field: str = "prompt") -> str:
 
 
 def _shows_anything(prompt: str) -> bool:
-    # Stops at the first visible character: the first one, for almost every prompt.
+    # Stops at the first visible character.
     return any(ch not in _BLANK and unicodedata.category(ch) not in _UNSEEN for ch in prompt)
