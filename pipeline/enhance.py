@@ -45,16 +45,15 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     preferred style and format where the workflow makes something new and the prompt does not
     say them already."""
     detail = SUFFIXES[workflow] if len(prompt.split()) < SHORT_PROMPT_WORDS else ""
-    said = f"{prompt.lower()} {detail}"
+    additions = [detail] if detail else []
     style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
-    additions = []
-    if style and style not in said:
-        additions.append(style)
-    if detail:
-        additions.append(detail)
-    if shape and shape not in said:
-        additions.append(shape)
+    if style or shape:
+        said = f"{prompt.lower()} {detail}"
+        if style and style not in said:
+            additions.insert(0, style)
+        if shape and shape not in said:
+            additions.append(shape)
     if not additions:
         return prompt
     return f"{prompt.rstrip(' .,;')}, {', '.join(additions)}"
