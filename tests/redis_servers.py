@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 import pytest
+
+from gateway.appkeys import REDIS
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
@@ -142,3 +146,17 @@ class RedisClusterServers:
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()
+
+
+async def assert_a_burst_waits_for_connections(client: Any) -> None:
+    """60 concurrent misses from 60 users, on a gateway capped at a few Redis connections with
+    limits failing closed: every one is admitted, and Redis is never taken for unreachable."""
+    responses = await asyncio.gather(*(
+        client.post("/api/v1/enhanced/process", json={"prompt": f"a red fox number {n}"},
+                    headers={"X-User-Id": f"burst-{n}"})
+        for n in range(60)
+    ))  # fmt: skip
+    assert [r.status for r in responses] == [200] * 60
+    connection = client.app[REDIS]
+    assert connection is not None
+    assert (connection.failures, connection.available) == (0, True)

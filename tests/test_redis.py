@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 from gateway.appkeys import REDIS
 from gateway.redis import parse_url
 from tests.conftest import MakeClient, wait_until
-from tests.redis_servers import RedisServer, needs_redis
+from tests.redis_servers import RedisServer, assert_a_burst_waits_for_connections, needs_redis
 
 pytestmark = needs_redis
 
@@ -86,12 +85,4 @@ async def test_more_requests_in_flight_than_connections_wait_for_one(
     never taken for unreachable. redis-py's default pool raised at its cap instead."""
     client = await make_client(redis_url=redis_server.url, redis_max_connections=2, rate_limit_fail_mode="closed",
                                redis_timeout=5.0)  # fmt: skip
-    responses = await asyncio.gather(*(
-        client.post("/api/v1/enhanced/process", json={"prompt": f"a red fox number {n}"},
-                    headers={"X-User-Id": f"burst-{n}"})
-        for n in range(60)
-    ))  # fmt: skip
-    assert [r.status for r in responses] == [200] * 60
-    connection = client.app[REDIS]
-    assert connection is not None
-    assert (connection.failures, connection.available) == (0, True)
+    await assert_a_burst_waits_for_connections(client)

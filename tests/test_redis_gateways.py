@@ -16,12 +16,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.appkeys import REDIS
 from gateway.config import Settings
 from gateway.redis import open_redis
 from pipeline.limits import Limits, RedisRateLimiter
 from tests.conftest import MakeClient
-from tests.redis_servers import REDIS_CLI, RedisClusterServers, RedisServer, free_port, needs_redis
+from tests.redis_servers import (
+    REDIS_CLI,
+    RedisClusterServers,
+    RedisServer,
+    assert_a_burst_waits_for_connections,
+    free_port,
+    needs_redis,
+)
 
 pytestmark = needs_redis
 
@@ -202,11 +208,4 @@ async def test_cluster_requests_beyond_the_connection_cap_wait_for_one(
     queues for them; no request is refused and Redis is never taken for unreachable."""
     client = await make_client(redis_url=cluster.url, redis_key_prefix=f"cap-{os.urandom(4).hex()}:",
                                redis_max_connections=2, rate_limit_fail_mode="closed", redis_timeout=5.0)  # fmt: skip
-    responses = await asyncio.gather(*(
-        client.post(PROCESS, json={"prompt": f"a red fox number {n}"}, headers={"X-User-Id": f"burst-{n}"})
-        for n in range(60)
-    ))  # fmt: skip
-    assert [r.status for r in responses] == [200] * 60
-    connection = client.app[REDIS]
-    assert connection is not None
-    assert (connection.failures, connection.available) == (0, True)
+    await assert_a_burst_waits_for_connections(client)
