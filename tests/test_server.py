@@ -47,6 +47,19 @@ async def test_a_refusal_before_the_app_carries_a_trace_id_that_its_log_line_hol
     assert line.getMessage().startswith("refused a malformed request") and line.status == 400  # type: ignore[attr-defined]
 
 
+async def test_refusals_before_the_app_are_counted_under_route_unparsed(make_client: MakeClient) -> None:
+    """A flood of garbage shows on the dashboards, not only in the logs."""
+    client = await make_client()
+    await exchange(client, MALFORMED["garbled request line"])
+    await exchange(client, b"POST /x HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\nConnection: close\r\n\r\n")
+    metrics = await (await client.get("/metrics")).text()
+    assert ('http_server_request_duration_seconds_count{http_request_method="_OTHER",'
+            'http_route="unparsed",http_response_status_code="400"} 1') in metrics
+    assert 'http_route="unparsed",http_response_status_code="417"} 1' in metrics
+    stats = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert stats["requests_by_route"]["unparsed"] == 2
+
+
 async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(make_client: MakeClient) -> None:
     client = await make_client()
     status, _, body = await exchange(client, b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
