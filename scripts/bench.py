@@ -501,7 +501,8 @@ def main() -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=64)
     parser.add_argument("--latency-rate", type=float, default=1000.0,
                         help="requests/s of the paced run that measures latency (64 streams open)")
-    parser.add_argument("--only", nargs="*", help="scenario names to run")
+    parser.add_argument("--only", nargs="*", metavar="SCENARIO",
+                        help="scenarios to run (one it does not know lists them all)")
     parser.add_argument("--slices", type=int, default=5,
                         help="interleaved slices each scenario's --duration is cut into")
     parser.add_argument("--instructions", type=int, metavar="REQUESTS",
@@ -514,6 +515,9 @@ def main() -> int:
         parser.error("--slices must be at least 1")
 
     database = f"gateway_bench_{uuid.uuid4().hex[:8]}"
+    known = [scenario.name for scenario in scenarios(database)]
+    if unknown := sorted(set(args.only or ()) - set(known)):  # a typo would run nothing, silently
+        parser.error(f"--only: no scenario {', '.join(unknown)}; the scenarios are {', '.join(known)}")
     chosen = []
     for scenario in scenarios(database):
         if args.only and scenario.name not in args.only:

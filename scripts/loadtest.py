@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
+import signal
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 # A realistic mix: the workflows users ask for, terse and wordy, with and without an image.
@@ -74,11 +77,13 @@ PURPOSES = ["", " for my mom", " for a client", " for our wedding album", " for 
 CLOSERS = ["", " thanks", " :)", " asap", " for instagram", " please", "!", " - looks great so far"]
 
 LAG_PROBE_SECONDS = 0.005
+CONNECT_RETRY_SECONDS = 0.1  # a client whose connect failed waits this long before the next try
 
 
 @dataclass
 class Stats:
     started: float = field(default_factory=time.perf_counter)
+    requests: int = 0  # answered or failed, each once (a stream with an error event may still end in done)
     done: int = 0
     ttfe: list[float] = field(default_factory=list)  # ms
     ttd: list[float] = field(default_factory=list)  # ms
@@ -130,18 +135,21 @@ class FileMix:
 
     @classmethod
     def load(cls, rng: random.Random, path: str) -> FileMix:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"{path}: cannot read it: {exc}") from None
         bodies = []
-        with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    body = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise SystemExit(f"{path}:{number}: not JSON: {exc}") from None
-                if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
-                    raise SystemExit(f'{path}:{number}: expected an object with a "prompt" string')
-                bodies.append(json.dumps(body).encode())
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                body = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{number}: not JSON: {exc}") from None
+            if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+                raise SystemExit(f'{path}:{number}: expected an object with a "prompt" string')
+            bodies.append(json.dumps(body).encode())
         if not bodies:
             raise SystemExit(f"{path}: no request bodies")
         return cls(rng, bodies)
@@ -176,23 +184,32 @@ class StreamClient:
             self.reader = self.writer = None
 
     async def request(self, body: bytes, stats: Stats) -> None:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        start = time.perf_counter()
-        self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        measured = stats.measuring  # a request begun in the warm-up is not measured, wherever it ends
         try:
             async with asyncio.timeout(self.timeout):
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                assert self.reader is not None
+                start = time.perf_counter()  # latencies from the request, as before a reconnect
+                self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 outcome = await self._read_response(self.reader, start)
         except TimeoutError:
             outcome = (["timeout"], None, None)
             await self.close()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except OSError:  # ConnectionError included (TimeoutError, one too, is caught above)
+            if self.writer is not None:  # the connection was up: it broke mid-request
+                outcome = (["disconnect"], None, None)
+                await self.close()
+            else:  # the server is not there (stopped, restarting): no spinning on refusals
+                outcome = (["connect_failed"], None, None)
+                await asyncio.sleep(CONNECT_RETRY_SECONDS)
+        except (asyncio.IncompleteReadError, ValueError):
             outcome = (["disconnect"], None, None)
             await self.close()
-        if not stats.measuring:
+        if not measured:
             return
         errors, first, done = outcome
+        stats.requests += 1
         stats.errors.update(errors)
         if first is not None:
             stats.ttfe.append(first)
@@ -285,7 +302,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         next_start = time.perf_counter() + interval * index / args.concurrency
         try:
             while time.perf_counter() < deadline:
-                if args.requests:
+                if args.requests and stats.measuring:  # -n counts measured requests, not the warm-up's
                     if budget[0] <= 0:
                         return
                     budget[0] -= 1
@@ -319,7 +336,24 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     reporter = asyncio.create_task(progress()) if args.progress else None
     warm = asyncio.create_task(end_warmup()) if args.warmup > 0 else None
     prober = asyncio.create_task(probe_lag())
-    await asyncio.gather(*(client_loop(i) for i in range(args.concurrency)))
+    clients = asyncio.gather(*(client_loop(i) for i in range(args.concurrency)))
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+
+    def interrupt() -> None:  # Ctrl-C: stop the clients and report what was measured
+        interrupted.set()
+        clients.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        await clients
+    except asyncio.CancelledError:
+        if not interrupted.is_set():
+            raise  # our caller's cancellation, not Ctrl-C
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
     elapsed = time.perf_counter() - stats.started
     for task in (reporter, warm, prober):
         if task:
@@ -330,9 +364,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "url": args.url,
         "concurrency": args.concurrency,
         "duration_s": round(elapsed, 3),
-        "requests": stats.done + sum(stats.errors.values()),
-        "completed": stats.done,
-        "requests_per_s": round(stats.done / elapsed, 1) if elapsed else 0.0,
+        "interrupted": interrupted.is_set(),  # Ctrl-C: the figures are for what ran until then
+        "requests": stats.requests,
+        "completed": stats.done,  # streams that reached `done`
+        "requests_per_s": round(stats.done / elapsed, 1) if elapsed else 0.0,  # completed ones
+        "answered_per_s": round(stats.requests / elapsed, 1) if elapsed else 0.0,  # errors too
         "ttfe_ms": percentiles(stats.ttfe),
         "ttd_ms": percentiles(stats.ttd),
         "errors": dict(stats.errors),
@@ -350,8 +386,9 @@ def render(report: dict[str, object]) -> str:
     ttfe, ttd, lag = report["ttfe_ms"], report["ttd_ms"], report["client_lag_ms"]
     assert isinstance(ttfe, dict) and isinstance(ttd, dict) and isinstance(lag, dict)
     rows = [
-        ("requests/s", f"{report['requests_per_s']}"),
-        ("completed", f"{report['completed']} of {report['requests']} in {report['duration_s']} s"),
+        ("requests/s", f"{report['requests_per_s']} completed ({report['answered_per_s']} with errors)"),
+        ("completed", f"{report['completed']} of {report['requests']} in {report['duration_s']} s"
+                      + (" (interrupted)" if report["interrupted"] else "")),
         ("first event p50/p95/p99 ms", f"{ttfe['p50']} / {ttfe['p95']} / {ttfe['p99']}"),
         ("done p50/p95/p99 ms", f"{ttd['p50']} / {ttd['p95']} / {ttd['p99']}"),
         ("errors", json.dumps(report["errors"]) if report["errors"] else "none"),

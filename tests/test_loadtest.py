@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import random
 import signal
@@ -166,3 +167,53 @@ def test_a_wrapped_walk_counts_its_repeated_misses() -> None:
     assert wrapped.repeated == 2
     assert again == [mix.body() for _ in range(2)]  # the walk's first two prompts, once more
     assert not set(first) & set(again)
+
+
+async def test_a_server_that_is_not_there_is_counted_not_a_crash() -> None:
+    """Connects that fail are errors of their own kind (no spinning on them); the report still comes."""
+    loadtest = load_script("loadtest")
+    args = loadtest.parse_args(["--url", f"http://127.0.0.1:{free_port()}", "-c", "2", "-n", "4", "--no-progress"])
+    report = await loadtest.run(args)
+    assert (report["requests"], report["completed"], report["errors"]) == (4, 0, {"connect_failed": 4})
+
+
+async def test_a_stream_with_an_error_event_that_still_ends_in_done_is_one_request(make_client: MakeClient) -> None:
+    """A stage failure is reported in-band and the fallback still answers: 10 requests, 10 completed."""
+    from tests.conftest import FailingClassifier
+
+    client = await make_client(classifier=FailingClassifier())
+    loadtest = load_script("loadtest")
+    report = await loadtest.run(loadtest.parse_args(["--url", str(client.make_url("/")), "-c", "2", "-n", "10",
+                                                     "--no-progress"]))  # fmt: skip
+    assert (report["requests"], report["completed"]) == (10, 10)
+    assert report["errors"] == {"event_stage_failed": 10}
+
+
+async def test_a_request_count_is_measured_after_the_warm_up(make_client: MakeClient) -> None:
+    # No limits: the warm-up alone sends more than the default 100 a minute per user.
+    client = await make_client(rate_limit_requests_per_minute=0, rate_limit_requests_per_hour=0, cost_limit_per_hour=0)
+    loadtest = load_script("loadtest")
+    args = loadtest.parse_args(["--url", str(client.make_url("/")), "-c", "3", "-n", "20", "--warmup", "0.3",
+                                "--no-progress"])  # fmt: skip
+    report = await loadtest.run(args)
+    assert (report["requests"], report["completed"]) == (20, 20)
+
+
+async def test_ctrl_c_ends_the_run_with_a_report_of_what_was_measured(client: Any) -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", str(client.make_url("/")),
+               "-c", "2", "-d", "30", "--no-progress"]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    await asyncio.sleep(2.0)  # start-up, then some requests
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 0, stderr.decode()
+    report = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert report["interrupted"] is True and report["completed"] > 0 and report["duration_s"] < 10
+    assert "(interrupted)" in stdout.decode()
+
+
+def test_a_prompt_file_that_cannot_be_read_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    loadtest = load_script("loadtest")
+    with pytest.raises(SystemExit, match=r"missing.jsonl: cannot read it"):
+        loadtest.FileMix.load(random.Random(1), str(tmp_path / "missing.jsonl"))
