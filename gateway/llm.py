@@ -99,6 +99,6 @@ def observe_llm(metrics: Metrics, usage: LLMUsage, breaker: CircuitBreaker) -> N
     )
     metrics.gauge(
         "gateway.llm.breaker.state",
-        lambda: BREAKER_CODES[breaker.last_state],
+        lambda: BREAKER_CODES[breaker.seen_state],
         description="LLM circuit breaker: 0 closed, 1 half-open, 2 open",
     )

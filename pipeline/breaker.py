@@ -137,6 +137,7 @@ class CircuitBreaker:
         self._probing = False  # one half-open probe at a time per instance
         self._store_ok = True
         self.last_state = BreakerState.CLOSED
+        self._last_record = BreakerRecord()  # as this instance last read or wrote it
         self.opened = 0  # times this instance saw the circuit open
         self.rejected = 0  # calls refused while open
 
@@ -194,10 +195,17 @@ class CircuitBreaker:
             self.release()
         await self.record_success()
 
+    @property
+    def seen_state(self) -> BreakerState:
+        """The state as this instance last saw it, moved on by the clock: an open circuit whose
+        reset timeout has passed reads half-open, as the next call would find it, though no call
+        came since. Free (no store round trip): for metrics, snapshots and log rows."""
+        return self._last_record.state(self._clock(), self.policy)
+
     def snapshot(self) -> dict[str, object]:
         return {
             "name": self.name,
-            "state": self.last_state.value,
+            "state": self.seen_state.value,
             "opened": self.opened,
             "rejected": self.rejected,
             "failure_threshold": self.policy.failure_threshold,
@@ -218,10 +226,12 @@ class CircuitBreaker:
             if self._store_ok:  # once per outage, not once per call
                 log.warning("breaker %s: store failed (%r); using local state", self.name, exc)
             self._store_ok = False
-            return await _apply(self._local, op, self.name, now, self.policy)
-        if not self._store_ok:
-            log.warning("breaker %s: store is back; using shared state", self.name)
-            self._store_ok = True
+            record = await _apply(self._local, op, self.name, now, self.policy)
+        else:
+            if not self._store_ok:
+                log.warning("breaker %s: store is back; using shared state", self.name)
+                self._store_ok = True
+        self._last_record = record
         return record
 
 

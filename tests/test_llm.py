@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -214,6 +215,21 @@ async def test_timeout(openai_client: AsyncOpenAI, upstream: aioresponses) -> No
     assert record.failures == 1
 
 
+async def test_an_upstream_that_is_not_listening_is_a_connection_error_not_a_timeout() -> None:
+    """The SDK's aiohttp adapter reports a refused connection as a connect timeout; the failure
+    counts as connection_error, so an operator looks for a server that is down, not a slow one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the call: nothing listens there
+    async with AsyncOpenAI(api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0,
+                           http_client=DefaultAioHttpClient()) as client:  # fmt: skip
+        harness = Harness(client)
+        with pytest.raises(LLMFailed) as failed:
+            await harness.llm.classify(QUERY)
+    assert failed.value.reason == "connection_error"
+    assert harness.usage.failures == {"connection_error": 1}
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
@@ -289,6 +305,9 @@ async def test_half_open_recovery(harness: Harness, upstream: aioresponses) -> N
     assert len(calls(upstream)) == 3
 
     harness.clock.now += 31
+    # What metrics and log rows read, without a store round trip: moved on by the clock alone.
+    assert harness.breaker.seen_state is BreakerState.HALF_OPEN
+    assert harness.breaker.snapshot()["state"] == "half_open"
     assert await harness.breaker.state() is BreakerState.HALF_OPEN
     assert (await harness.llm.classify(QUERY)).source is IntentSource.LLM
     assert await harness.breaker.state() is BreakerState.HALF_OPEN

@@ -79,7 +79,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
 def _breaker_state(app: web.Application) -> Callable[[], str]:
     """The LLM breaker's state as this instance last saw it, for circuit_breaker_state."""
     breaker = app[LLM_BREAKER]
-    return lambda: breaker.last_state.value
+    return lambda: breaker.seen_state.value
 
 
 async def _try_migrate(pool: asyncpg.Pool) -> bool:

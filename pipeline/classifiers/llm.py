@@ -109,6 +109,18 @@ class LLMFailed(Exception):
         self.reason = reason
 
 
+def _timed_out(exc: BaseException) -> bool:
+    """Whether an APITimeoutError was a timeout. The SDK's aiohttp adapter maps any connection
+    failure (refused, reset, the server gone) to a connect timeout, so an upstream that is down
+    read as a slow one; a real timeout has a TimeoutError among its causes."""
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 class _Retry(Exception):
     """An attempt failed in a way worth retrying, after `delay` seconds if given."""
 
@@ -288,7 +300,7 @@ class LLMClassifier:
         except openai.InternalServerError as exc:
             raise _Retry(f"status_{exc.status_code}") from exc
         except openai.APITimeoutError as exc:
-            raise _Retry("upstream_timeout") from exc
+            raise _Retry("upstream_timeout" if _timed_out(exc) else "connection_error") from exc
         except openai.APIConnectionError as exc:
             raise _Retry("connection_error") from exc
         except openai.APIStatusError as exc:
