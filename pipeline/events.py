@@ -87,6 +87,8 @@ class ResultMetadata(msgspec.Struct, kw_only=True):
     # The workflow works on an image and the request brought none (no working image, upload or
     # resolved @tag): the frontend can ask for one before anything is generated.
     image_missing: bool
+    # With fallback_used: what failed and what answered instead, in words.
+    fallback_reason: str | None
 
 
 class ProcessResult(StageEvent, kw_only=True):

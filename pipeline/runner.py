@@ -52,6 +52,8 @@ async def run_pipeline(
                     log.warning("stage %s failed: %r", stage.name, exc, exc_info=exc)
                     span.fail(exc, f"{stage.name} stage failed")
                     state.fallback_used = True
+                    if state.fallback_reason is None:
+                        state.fallback_reason = f"the {stage.name} stage failed; a safe default answered"
                     failure = ErrorEvent(
                         code="stage_failed", message=f"{stage.name} stage failed", stage=stage.name
                     )
@@ -100,6 +102,7 @@ def build_result(state: RequestState) -> ProcessResult:
             unknown_tags=state.unknown_tags,
             low_confidence=bool(intent.metadata.get("low_confidence", False)),
             image_missing=intent.workflow_type in IMAGE_INPUT_WORKFLOWS and not _brings_an_image(state),
+            fallback_reason=state.fallback_reason,
         ),
     )
 

@@ -45,6 +45,7 @@ class RequestState(msgspec.Struct, kw_only=True):
     unknown_tags: list[str] = msgspec.field(default_factory=list)
     reference_search: str | None = None  # "skipped" | "failed" | "found N" when that step ran
     fallback_used: bool = False
+    fallback_reason: str | None = None  # why, in words, for the frontend (the first one)
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)

@@ -32,12 +32,16 @@ async def test_dead_upstream_costs_a_handful_of_calls(
     """Upstream answering 500: 30 requests all get 200, the upstream sees only 5 calls."""
     upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)
     client = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=5, **LLM)
+    reasons = set()
     for _ in range(30):
         body = await process(client, "make my hair blonde with bangs")
         assert body["intent_source"] == "local"  # llm -> local -> rules
         assert body["workflow_type"] == "hair_styling"
         assert body["fallback_used"] is True
+        reasons.add(body["metadata"]["fallback_reason"])
     assert upstream_calls(upstream) == 5  # 3 attempts, then 2 more open the circuit
+    assert reasons == {"the llm classifier failed (status_500); the local classifier answered",
+                       "the llm classifier failed (circuit_open); the local classifier answered"}  # fmt: skip
 
     health = await (await client.get("/health")).json()
     assert health["status"] == "degraded"

@@ -130,6 +130,7 @@ async def test_failing_stage_yields_error_event_and_falls_back(make_client: Make
     assert events[1].data["code"] == "stage_failed" and events[1].data["stage"] == "intent"
     assert events[2].data["source"] == "rules"
     assert events[-1].data["fallback_used"] is True
+    assert events[-1].data["metadata"]["fallback_reason"] == "the intent stage failed; a safe default answered"
     assert client.app[SLOTS].in_use == 0
 
 

@@ -115,7 +115,7 @@ function resultFacts(result, prompt) {
     ["Estimated time", `${result.estimated_time} s`],
     ["Enhanced prompt", result.final_prompt !== prompt ? result.final_prompt : null],
     ["References", referenceList(result.references)],
-    ["Fallback used", result.fallback_used ? "yes: a stage failed and a safe default was used" : "no"],
+    ["Fallback used", result.fallback_used ? `yes: ${result.metadata.fallback_reason || "a safe default was used"}` : "no"],
     ["Processing time", formatMs(result.processing_time * 1000)],
     ["Trace", traceLinks(result.trace_id)],
   ];

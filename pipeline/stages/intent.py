@@ -44,7 +44,14 @@ class IntentStage:
         else:
             state.intent = await classifier.quick_answer(query) or await self._classify(classifier, query)
         # The LLM failed and a fallback classifier answered: still a 200, but say so.
-        state.fallback_used |= bool(state.intent.metadata.get("fallback_used"))
+        metadata = state.intent.metadata
+        if metadata.get("fallback_used"):
+            state.fallback_used = True
+            failed, why = metadata.get("fallback_from", "llm"), metadata.get("fallback_reason")
+            answered = state.intent.source._value_
+            state.fallback_reason = state.fallback_reason or (
+                f"the {failed} classifier failed ({why}); the {answered} classifier answered"
+            )
         return self._event(state)
 
     async def _classify(self, classifier: Classifier, query: ClassifierInput) -> IntentClassification:
