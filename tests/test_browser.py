@@ -181,6 +181,21 @@ async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: Op
     assert (422, "/api/v1/enhanced/stream") in browser.failed
 
 
+async def test_stop_is_a_status_not_an_alert(open_browser: OpenBrowser) -> None:
+    """Stopping a stream is the user's own choice: the status says so, the alert stays empty."""
+    gated = GatedClassifier(RulesClassifier())
+    browser = await open_browser(gated)
+    page = browser.page
+    await browser.goto()
+    await page.fill("#g-prompt", "a long wait")
+    await page.click("#g-submit")
+    await gated.entered.wait()
+    await page.click("#g-stop")
+    await expect(page.locator("#g-status")).to_have_text("Stopped.")
+    await expect(page.locator("#g-error")).to_be_hidden()
+    gated.gate.set()
+
+
 async def test_overload_and_rate_limit_are_shown_in_words(open_browser: OpenBrowser) -> None:
     """An in-band `overloaded` event and a 429 with Retry-After each become a readable alert."""
     gated = GatedClassifier(RulesClassifier())

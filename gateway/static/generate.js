@@ -228,9 +228,13 @@ export function setupGenerate() {
       }
       if (!finished) say(status, "The stream ended without a result.");
     } catch (error) {
-      say(status, "");
-      markField(form, "g", error.field, describeError(error));
-      say(alert, describeError(error));
+      if (error.name === "AbortError") {
+        say(status, "Stopped."); // the user's own choice: a status, not an alert
+      } else {
+        say(status, "");
+        markField(form, "g", error.field, describeError(error));
+        say(alert, describeError(error));
+      }
     } finally {
       stop.disabled = true;
     }
