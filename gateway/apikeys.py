@@ -92,7 +92,7 @@ class PgKeyStore:
     UNKNOWN_SECONDS = 10.0  # a client retrying a revoked or mistyped key asks Postgres once
     RETRY_SECONDS = 5.0
     MAX_CACHED = 10_000
-    LOOKUP_TIMEOUT = 1.0  # for a connection and again for the query
+    LOOKUP_TIMEOUT = 1.0  # for a connection and the query together
     ADMIN_TIMEOUT = 5.0  # the key management endpoints: an admin waits, a request does not
     SCHEMA_TIMEOUT = 30.0  # migrations, the first time
 
@@ -131,16 +131,12 @@ class PgKeyStore:
             return self._stale(cached, now)
         self.queries += 1
         try:
-            # A bounded wait for a connection too: a flood of unknown keys must not queue
-            # every later lookup behind it for as long as the flood lasts.
-            async with self.pool.acquire(timeout=self.LOOKUP_TIMEOUT) as conn:
-                row = await conn.fetchrow(
-                    "SELECT user_id, admin FROM gateway_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-                    digest.hex(),
-                    timeout=self.LOOKUP_TIMEOUT,
-                )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc)
+            # One bound for the wait for a connection and the query: a flood of unknown keys
+            # must not queue every later lookup behind it, and a hung database must not hold
+            # this request while asyncpg winds the cancelled query down (database_call).
+            row = await database_call("check the API key", self._fetch(digest), self.LOOKUP_TIMEOUT)
+        except DatabaseUnavailable as exc:
+            log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
             self._down_until = time.monotonic() + self.RETRY_SECONDS
             return self._stale(cached, now)
         if row is None:
@@ -154,6 +150,13 @@ class PgKeyStore:
             self._cache.clear()
         self._cache[digest] = (principal, now)
         return principal
+
+    async def _fetch(self, digest: bytes) -> asyncpg.Record | None:
+        async with self.pool.acquire() as conn:
+            return await conn.fetchrow(
+                "SELECT user_id, admin FROM gateway_api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+                digest.hex(),
+            )
 
     def _stale(self, cached: tuple[Principal, float] | None, now: float) -> Principal:
         if cached is not None and now - cached[1] < self.STALE_SECONDS:

@@ -13,7 +13,8 @@
   sequences and several scripts (Persian, Indic) need them.
 - Composed (NFC): "e" + a combining acute is "\u00e9", as most keyboards type it. The same visible
   prompt is one cache entry and one log line however it was typed, and the 2,000-character
-  limit counts characters as people see them, not code points.
+  limit counts an accented letter once (it still counts code points: an emoji sequence joined
+  by ZWJs counts each of its parts).
 - A prompt of nothing visible (joiners, marks, format and space characters, the Hangul fillers,
   the blank braille cell) is refused as empty: it asks for nothing, yet would be classified
   and priced like a request.

@@ -189,12 +189,13 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     except ConnectionResetError:
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})
     except asyncio.CancelledError:
-        if not app[SHUTTING_DOWN].is_set():
-            raise  # the client went away (handler cancellation)
+        if not stream.shutting_down or unfinished is None:
+            raise  # the client went away (handler cancellation), or the result went out already
         # Our own cancellation (app.end_streams), past the shutdown grace: the pipeline has
         # stopped; the client hears why, and the stream ends properly, so it retries elsewhere.
         handler.uncancel()
         unfinished = "shutting_down"
+        app[STATS].record_error(unfinished)
         await _end_with_error(stream, ErrorEvent(
             code="shutting_down", message="the gateway is restarting: send the request again",
             trace_id=preq.trace_id, elapsed_ms=state.elapsed_ms(),

@@ -34,7 +34,8 @@ from observability.logging import configure_logging
 log = logging.getLogger(__name__)
 
 # On SIGTERM, after the streams' SHUTDOWN_GRACE_SECONDS (app.end_streams): seconds any other
-# handler still running gets before aiohttp cancels it. A JSON request has been running all along.
+# handler still running gets before aiohttp cancels it, and again to wind down once cancelled.
+# A JSON request has been running all along.
 SHUTDOWN_TIMEOUT = 2.0
 # How aiohttp serves the app. handler_cancellation: a client that disconnects cancels its
 # handler and so its pipeline. max_line_size: GET /stream (EventSource cannot POST) carries
@@ -69,14 +70,14 @@ class GatewayRunner(web.AppRunner):
         return refused
 
 
+UNPARSED = "unparsed"
+
+
 def _count_refusal(app: web.Application, status: int) -> None:
     # What never reaches the app's middlewares still counts, under route "unparsed": a flood
     # of garbage is seen on the dashboards, not only in the logs.
     app[STATS].record_request(UNPARSED, status)
     app[METRICS].http_duration.record(0.0, "_OTHER", UNPARSED, status)
-
-
-UNPARSED = "unparsed"
 
 
 class _JsonErrorServer(web.Server):

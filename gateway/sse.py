@@ -50,6 +50,7 @@ class EventStream(web.StreamResponse):
         self._flush_started = False
         self._failed: BaseException | None = None
         self._stopped = False
+        self.shutting_down = False  # set by the app's shutdown before it cancels the handler
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # aiohttp calls prepare() again on the response a handler returns: arm the heartbeat

@@ -50,9 +50,9 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
     if style or shape:
         said = f"{prompt.lower()} {detail}"
-        if style and style not in said:
+        if style and style.lower() not in said:
             additions.insert(0, style)
-        if shape and shape not in said:
+        if shape and shape.lower() not in said:
             additions.append(shape)
     if not additions:
         return prompt

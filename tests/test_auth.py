@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -310,6 +311,25 @@ async def test_unreachable_postgres_does_not_stop_env_keys(make_client: Any) -> 
     unknown = generate_key()  # shaped like an issued key, so the lookup does reach for Postgres
     resp = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(unknown))
     assert (resp.status, (await resp.json())["error"], resp.headers["Retry-After"]) == (503, "database_unavailable", "5")
+
+
+async def test_a_hung_key_store_costs_one_request_its_timeout_and_the_next_nothing(
+    make_client: Any, pg_url: str
+) -> None:
+    """Postgres keeps its connections but answers nothing: the first lookup gives up after its
+    1 s (not when asyncpg has wound the query down), and the next is refused at once."""
+    proxy = TcpProxy()
+    await proxy.start()
+    client = await make_client(database_url=pg_url.replace(":5432/", f":{proxy.port}/"), gateway_api_keys=KEYS)
+    assert (await client.get("/api/v1/admin/keys", headers=bearer(ROOT))).status == 200  # a connection is open
+    proxy.pause()
+    loop = asyncio.get_running_loop()
+    for budget in (3.0, 0.5):
+        started = loop.time()
+        resp = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(generate_key()))
+        assert resp.status == 503 and loop.time() - started < budget
+    proxy.resume()
+    await proxy.stop()
 
 
 async def test_key_management_without_its_database_is_503_not_500(make_client: Any) -> None:

@@ -44,6 +44,8 @@ def test_what_the_prompt_or_its_detail_already_says_is_not_said_twice() -> None:
     assert enhance("waves", W.VIDEO_GENERATION, Preferences(style="cinematic")) == (
         "waves, cinematic, smooth motion, synchronized audio"
     )
+    castle = "a 3D render of a castle on a hill at night under a full moon"  # said in other case
+    assert enhance(castle, W.IMAGE_GENERATION, Preferences(style="3d_render")) == castle
 
 
 async def test_process_answers_with_the_preferred_style_in_the_final_prompt(client: Any) -> None:

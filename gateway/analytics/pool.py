@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
@@ -72,16 +72,12 @@ async def database_call(what: str, operation: Awaitable[T], seconds: float = QUE
     """
     task = asyncio.ensure_future(operation)
     try:
-        return await asyncio.wait_for(asyncio.shield(task), seconds)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that arrives
+        # with the result (pipeline/cancellation.py). shield reads the outcome of a task left behind.
+        async with asyncio.timeout(seconds):
+            return await asyncio.shield(task)
     except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot {what}: the database is unavailable") from exc
     finally:
         if not task.done():  # timed out, or our caller was cancelled: wind down on its own
             task.cancel()
-            task.add_done_callback(_retrieve)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    # Read the outcome of a call nobody awaits any more, so asyncio does not log it as lost.
-    if not task.cancelled():
-        task.exception()

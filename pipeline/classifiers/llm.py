@@ -114,7 +114,9 @@ def _timed_out(exc: BaseException) -> bool:
     failure (refused, reset, the server gone) to a connect timeout, so an upstream that is down
     read as a slow one; a real timeout has a TimeoutError among its causes."""
     cause = exc.__cause__ or exc.__context__
-    while cause is not None:
+    for _ in range(16):  # a chain can loop back on itself; a real one is a few links long
+        if cause is None:
+            return False
         if isinstance(cause, TimeoutError):
             return True
         cause = cause.__cause__ or cause.__context__
