@@ -152,9 +152,9 @@ async def end_streams(app: web.Application) -> None:
     streams = app[STREAMS]
     if streams:
         await asyncio.wait(list(streams.values()), timeout=app[SETTINGS].shutdown_grace_seconds)
-    handlers = list(streams.values())  # those still running past the grace
-    for stream, handler in list(streams.items()):
+    still_running = list(streams.items())
+    for stream, handler in still_running:
         stream.shutting_down = True  # so the handler tells this cancel from its client leaving
         handler.cancel()  # it says so in an error event and ends the stream
-    if handlers:
-        await asyncio.wait(handlers, timeout=1.0)
+    if still_running:
+        await asyncio.wait([handler for _, handler in still_running], timeout=1.0)

@@ -9,16 +9,17 @@ from aiohttp import web
 
 from gateway.appkeys import TRACING
 from gateway.responses import json_response
+from gateway.web import SECURITY_HEADERS
 from gateway.wire import query_count
 from observability.traces import render_waterfall
 
-# The waterfall escapes every span name and attribute; should that ever fail, no script runs.
-# Its styles are inline (one self-contained page), so they are the one thing allowed.
+# The web UI's headers, with a policy of its own: the waterfall escapes every span name and
+# attribute, and should that ever fail, no script runs. Its styles are inline (one
+# self-contained page), so they are the one thing allowed.
 WATERFALL_HEADERS = {
+    **SECURITY_HEADERS,
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
                                "form-action 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
 }
 
 

@@ -22,6 +22,7 @@ from gateway.app import create_app
 from gateway.appkeys import METRICS, STATS
 from gateway.config import Settings
 from gateway.errors import (
+    CONTENT_CODINGS,
     GatewayError,
     MalformedRequest,
     UnreadableBody,
@@ -152,7 +153,7 @@ def _names_a_coding_we_read(message: str | None) -> bool:
     # Only the message tells aiohttp's two ContentEncodingErrors apart: "Can not decode
     # content-encoding: brotli (br). Please install `Brotli`" for a coding it lacks, and
     # "deflate" / "... content-encoding: gzip" for a body in one it reads.
-    return message is not None and ("gzip" in message or "deflate" in message)
+    return message is not None and any(coding in message for coding in CONTENT_CODINGS)
 
 
 def _refusal_id() -> str:

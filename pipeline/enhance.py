@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.types import Format, Preferences, Style, WorkflowType
+from pipeline.types import IMAGE_INPUT_WORKFLOWS, Format, Preferences, Style, WorkflowType
 
 W = WorkflowType
 
@@ -36,7 +36,7 @@ FORMATS: dict[Format, str] = {
 }
 # A new picture or clip made from words takes the user's style and format. The other workflows
 # start from an image, which already has both (the look a style transfer aims at is a style too).
-FROM_TEXT = frozenset({W.IMAGE_GENERATION, W.VIDEO_GENERATION, W.TEXT_TO_VIDEO})
+FROM_TEXT = frozenset(WorkflowType) - IMAGE_INPUT_WORKFLOWS
 STYLED = FROM_TEXT | {W.STYLE_TRANSFER}
 
 
