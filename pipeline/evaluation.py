@@ -9,15 +9,19 @@ import msgspec
 
 from pipeline.protocols import Classifier
 from pipeline.references import find_mentions
-from pipeline.types import ClassifierInput, WorkflowType
+from pipeline.types import LABELS, NO_CLEAR_INTENT, ClassifierInput, IntentClassification
 
 
 class Example(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One line of an eval file."""
 
     prompt: str
-    workflow: WorkflowType
+    workflow: str  # one of LABELS: a workflow, or that the prompt asks for nothing
     working_images: list[str] = []
+
+    def __post_init__(self) -> None:
+        if self.workflow not in LABELS:
+            raise ValueError(f"workflow {self.workflow!r} is not one of {', '.join(LABELS)}")
 
 
 class ClassScores(msgspec.Struct):
@@ -64,7 +68,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def evaluate(classifier: Classifier, examples: list[Example]) -> Report:
-    predictions: list[tuple[WorkflowType, WorkflowType, float]] = []
+    predictions: list[tuple[str, str, float]] = []
     latencies: list[float] = []
     for example in examples:
         query = ClassifierInput(
@@ -75,20 +79,22 @@ async def evaluate(classifier: Classifier, examples: list[Example]) -> Report:
         started = time.perf_counter()
         result = await classifier.classify(query)
         latencies.append((time.perf_counter() - started) * 1000)
-        predictions.append((example.workflow, result.workflow_type, result.confidence))
+        predictions.append((example.workflow, _label(result), result.confidence))
     return _score(classifier.name, predictions, latencies)
 
 
-def _score(
-    name: str, predictions: list[tuple[WorkflowType, WorkflowType, float]], latencies: list[float]
-) -> Report:
+def _label(result: IntentClassification) -> str:
+    """What the classifier said: a workflow, or (with its default workflow) that nothing was asked."""
+    return NO_CLEAR_INTENT if result.metadata.get("no_clear_intent") else result.workflow_type.value
+
+
+def _score(name: str, predictions: list[tuple[str, str, float]], latencies: list[float]) -> Report:
     n = len(predictions)
-    labels = [w.value for w in WorkflowType]
-    confusion = {e: {p: 0 for p in labels} for e in labels}
+    confusion = {e: {p: 0 for p in LABELS} for e in LABELS}
     for expected, predicted, _ in predictions:
-        confusion[expected.value][predicted.value] += 1
+        confusion[expected][predicted] += 1
     per_class = {}
-    for label in labels:
+    for label in LABELS:
         tp = confusion[label][label]
         support = sum(confusion[label].values())
         predicted_as = sum(row[label] for row in confusion.values())
@@ -113,8 +119,13 @@ def _score(
     )
 
 
-def _ece(predictions: list[tuple[WorkflowType, WorkflowType, float]], bins: int = 10) -> float:
-    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+def _ece(predictions: list[tuple[str, str, float]], bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size.
+
+    Over the examples that expect a workflow: for a prompt that asks nothing, the confidence
+    is the default workflow's, which no answer makes right.
+    """
+    predictions = [prediction for prediction in predictions if prediction[0] != NO_CLEAR_INTENT]
     if not predictions:
         return 0.0
     buckets: list[list[tuple[bool, float]]] = [[] for _ in range(bins)]
@@ -135,7 +146,10 @@ def render_report(report: Report, baseline: Report | None = None) -> str:
     if baseline:
         head += f"{'rules f1':>10}"
     lines = [f"classifier: {report.classifier}", head, "-" * len(head)]
+    predicted = {label for row in report.confusion.values() for label in row}
     for label, scores in report.per_class.items():
+        if not scores.n and label not in predicted:
+            continue  # neither expected nor said: a row of zeros (most files expect no `unclear`)
         line = f"{label:<20}{scores.n:>5}{scores.precision:>8.3f}{scores.recall:>8.3f}{scores.f1:>8.3f}"
         if baseline:
             line += f"{baseline.per_class[label].f1:>10.3f}"

@@ -84,6 +84,9 @@ class ResultMetadata(msgspec.Struct, kw_only=True):
     arm: Arm
     unknown_tags: list[str]
     low_confidence: bool
+    # The prompt asks for nothing a workflow makes ("hi", "do something"): `workflow_type` is the
+    # safe default, and the frontend can ask what the user wants before generating.
+    no_clear_intent: bool
     # The workflow works on an image and the request brought none (no working image, upload or
     # resolved @tag): the frontend can ask for one before anything is generated.
     image_missing: bool

@@ -101,6 +101,7 @@ def build_result(state: RequestState) -> ProcessResult:
             arm=state.arm,
             unknown_tags=state.unknown_tags,
             low_confidence=bool(intent.metadata.get("low_confidence", False)),
+            no_clear_intent=bool(intent.metadata.get("no_clear_intent", False)),
             image_missing=intent.workflow_type in IMAGE_INPUT_WORKFLOWS and not _brings_an_image(state),
             fallback_reason=state.fallback_reason,
         ),

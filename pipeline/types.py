@@ -26,6 +26,12 @@ IMAGE_INPUT_WORKFLOWS = frozenset({
     WorkflowType.IMAGE_TO_VIDEO, WorkflowType.IMAGE_EDITING, WorkflowType.IMAGE_ENHANCEMENT,
     WorkflowType.REFERENCE_STYLING, WorkflowType.HAIR_STYLING, WorkflowType.STYLE_TRANSFER,
 })  # fmt: skip
+# The embedded classifier's tenth label, for prompts that ask for nothing a workflow makes ("hi",
+# "thanks", "do something"): trained on, never answered. The gateway answers the rules' default
+# workflow with `no_clear_intent`, so the frontend can ask what the user wants.
+NO_CLEAR_INTENT = "unclear"
+# What the embedded classifier is trained on and an eval file may expect.
+LABELS = (*(workflow.value for workflow in WorkflowType), NO_CLEAR_INTENT)
 VIDEO_WORKFLOWS = frozenset(
     {WorkflowType.VIDEO_GENERATION, WorkflowType.IMAGE_TO_VIDEO, WorkflowType.TEXT_TO_VIDEO}
 )

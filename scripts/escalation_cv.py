@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import intent_model as im
 from pipeline.encoder import MiniLMEncoder, StaticEncoder
-from pipeline.types import WorkflowType
+from pipeline.types import LABELS
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
 
     examples = im.load_examples(args.data)
-    labels = [w.value for w in WorkflowType]
+    labels = list(LABELS)
     y = np.array([labels.index(str(e.label)) for e in examples])
     encoder = MiniLMEncoder()
     # The same float16 rounding of the distilled table as the served artifact.

@@ -165,6 +165,22 @@ async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_brow
     assert browser.unexpected_failures((404, href)) == []
 
 
+async def test_a_prompt_that_asks_for_nothing_is_said_to_be_unclear(open_browser: OpenBrowser) -> None:
+    """"hi" on the embedded classifier: the result says the request was unclear and a default chosen."""
+    browser = await open_browser(intent_classifier="local")
+    page = browser.page
+    await browser.goto()
+    await page.fill("#g-prompt", "hi")
+    await page.click("#g-submit")
+    result = page.locator("#g-result-fields")
+    await expect(result).to_contain_text("unclear: the default workflow was chosen")
+    await page.fill("#g-prompt", "a lighthouse in a storm at night")
+    await page.click("#g-submit")
+    await expect(result).to_contain_text("lighthouse")
+    await expect(result).not_to_contain_text("unclear")
+    assert browser.unexpected_failures() == []
+
+
 async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: OpenBrowser) -> None:
     """The gateway's 422 is shown next to the prompt field, which is marked invalid."""
     browser = await open_browser()

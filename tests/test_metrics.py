@@ -55,7 +55,8 @@ async def test_request_and_classification_counters(client: Any) -> None:
 async def test_embedded_classifier_runs_are_counted_by_tier(make_client: MakeClient) -> None:
     """Misses count by the tier that answered (the escalation rate sizes CPU); cache hits do not."""
     client = await make_client(intent_classifier="local")
-    for prompt in ("hmm", "change my hair to blonde with bangs", "hmm"):  # the second "hmm": a hit
+    unsure = "something with the sky"  # the fast tier is unsure of it: MiniLM answers
+    for prompt in (unsure, "change my hair to blonde with bangs", unsure):  # the second: a hit
         assert (await client.post("/api/v1/enhanced/process", json={"prompt": prompt})).status == 200
     parsed = families(await (await client.get("/metrics")).text())
     runs = {s.labels["tier"]: s.value for s in parsed["gateway_embedded_classifier_runs"].samples}

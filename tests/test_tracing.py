@@ -127,7 +127,7 @@ async def test_the_intent_span_says_which_tier_of_the_embedded_classifier_answer
 ) -> None:
     """An SRE reading a slow stage.intent sees that MiniLM ran (and a fast one that it did not)."""
     client, exporter = await traced(make_client, intent_classifier="local")
-    for prompt in ("hmm", "change my hair to blonde with bangs"):
+    for prompt in ("something with the sky", "change my hair to blonde with bangs"):
         response = await client.post(PROCESS, json={"prompt": prompt})
         assert response.status == 200
     tiers = [s.attributes["classifier_tier"] for s in exporter.get_finished_spans()

@@ -105,6 +105,7 @@ function resultFacts(result, prompt) {
   const selection = result.model_selection;
   return [
     ["Workflow", result.workflow_type],
+    ["Request", result.metadata.no_clear_intent ? "unclear: the default workflow was chosen; say what to make or change" : null],
     ["Input image", result.metadata.image_missing ? "missing: this workflow works on an image, so attach one" : null],
     ["Model", `${selection.model_id} (${selection.provider})`],
     ["Fallback models", list(selection.fallback_models)],

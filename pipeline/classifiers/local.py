@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.classifiers.rules import named_looks
+from pipeline.classifiers.rules import default_workflow, named_looks
 from pipeline.encoder import MiniLMEncoder, SentenceEncoder
 from pipeline.group_commit import GroupCommit
 from pipeline.intent_model import (
@@ -37,7 +37,15 @@ from pipeline.intent_model import (
     load_examples,
     train_model,
 )
-from pipeline.types import ClassifierInput, IntentClassification, IntentSource, MiniLMRuntime, WorkflowType
+from pipeline.types import (
+    LABELS,
+    NO_CLEAR_INTENT,
+    ClassifierInput,
+    IntentClassification,
+    IntentSource,
+    MiniLMRuntime,
+    WorkflowType,
+)
 
 __all__ = ["DEFAULT_TRAIN_FILE", "LocalClassifier", "build_artifact", "to_example"]
 
@@ -73,8 +81,7 @@ FAST_BATCH = 64
 def build_artifact(train_file: Path = DEFAULT_TRAIN_FILE, out: Path | None = None) -> TrainReport:
     """Train on ``train_file`` and write the artifact; returns the training report."""
     out = out or default_artifact_path()
-    labels = [w.value for w in WorkflowType]
-    model, report = train_model(load_examples(train_file), labels)
+    model, report = train_model(load_examples(train_file), LABELS)
     model.save(out)
     log.info("built %s in %.1f s (distill %.1f s): cv accuracy %.4f, escalation %.3f, ece %.4f",
              out, report.seconds, report.distill_seconds, report.cv_accuracy_cascade,
@@ -113,7 +120,12 @@ class LocalClassifier:
         # the cache key); float32 on NumPy or ONNX Runtime agree to 1e-7 and share one.
         precision = "" if model.encoder.precision == "float32" else f"-{model.encoder.precision}"
         self.version = f"local-{ARTIFACT_VERSION}-{model.fingerprint}-e{self.escalate_below:g}{precision}"
-        self._workflows = [WorkflowType(label) for label in model.labels]
+        # The probability columns: one per workflow, and the "no clear request" label's (absent
+        # from artifacts built before it).
+        self._workflows = {i: WorkflowType(label) for i, label in enumerate(model.labels)
+                           if label != NO_CLEAR_INTENT}
+        self._columns = {workflow: i for i, workflow in self._workflows.items()}
+        self._nothing_asked = model.labels.index(NO_CLEAR_INTENT) if NO_CLEAR_INTENT in model.labels else None
         self._thread: ThreadPoolExecutor | None = None
         self._closed = False
         self._transformer: GroupCommit[list[int], npt.NDArray[np.float32]] = GroupCommit(
@@ -175,9 +187,10 @@ class LocalClassifier:
         # all the queries that ask in one loop turn at once (see `IntentModel.predict_fast_many`).
         fast = await self._fast(to_example(query))
         tier = self._tier_without_minilm(fast)
-        # A busy answer under the low-confidence line is not final: the cascade's `classify`
-        # takes it to the LLM. Given here, the cascade would ask again and it would count twice.
-        if tier is None or (tier == "static_busy" and max(fast.probs) < self.low_confidence_below):
+        # An answer flagged low (under the line when MiniLM is busy, or nothing asked) is not
+        # final: the cascade's `classify` takes it to the LLM. Given here, the cascade would ask
+        # again and it would count twice.
+        if tier is None or self._flagged_low(fast.probs):
             # `classify(query)` follows: it takes this fast tier instead of computing it again.
             if len(self._undecided) >= _UNDECIDED_KEPT:  # callers that never followed up
                 self._undecided.clear()
@@ -274,35 +287,52 @@ class LocalClassifier:
         return self._result(query, probs, tier="minilm" if escalated else "static")
 
     def predict_proba(self, queries: Sequence[ClassifierInput]) -> npt.NDArray[np.float32]:
-        """Batch probabilities, columns in ``WorkflowType`` order of the artifact's labels."""
+        """Batch probabilities, columns in the order of the artifact's labels."""
         probs, _ = self.model.predict_proba([to_example(q) for q in queries],
                                             escalate_below=self.escalate_below)
         return probs
 
-    def predict(self, queries: Sequence[ClassifierInput]) -> list[WorkflowType]:
-        return [self._workflows[int(i)] for i in self.predict_proba(queries).argmax(axis=1)]
+    def _unclear(self, p: list[float]) -> float:
+        """The probability that the prompt asks for nothing (0 from artifacts without the label)."""
+        return p[self._nothing_asked] if self._nothing_asked is not None else 0.0
+
+    def _flagged_low(self, p: list[float]) -> bool:
+        """Whether `_result` flags these probabilities low_confidence: the best is under the line,
+        or is that nothing was asked."""
+        best = max(p)
+        return best < self.low_confidence_below or self._unclear(p) == best
 
     def _result(self, query: ClassifierInput, p: list[float], *, tier: Tier) -> IntentClassification:
-        order = sorted(range(len(p)), key=p.__getitem__, reverse=True)
-        best, second = order[0], order[1]
-        confidence = p[best]
-        workflow = self._workflows[best]
-        low = confidence < self.low_confidence_below
         self.runs[tier] += 1
+        order = sorted(self._workflows, key=p.__getitem__, reverse=True)  # workflow columns only
+        unclear = self._unclear(p)
+        nothing_asked = unclear > p[order[0]]
+        if nothing_asked:
+            # The rules' safe default, with the model's probability that it is what was meant
+            # as its confidence, and flagged low so the cascade asks the LLM.
+            workflow = default_workflow(bool(query.working_images or query.uploaded_images))
+            confidence = p[self._columns[workflow]]
+            said = f"no clear request (p={unclear:.2f}), so the default {workflow.value}"
+        else:
+            workflow, confidence = self._workflows[order[0]], p[order[0]]
+            said = f"{workflow.value} p={confidence:.2f}"
+        others = [i for i in order if self._workflows[i] is not workflow][:2]
         # Celebrity/event looks need reference images: the same names the rules search for.
         looks = named_looks(query.prompt) if workflow is WorkflowType.REFERENCE_STYLING else []
         metadata: dict[str, Any] = {
-            "low_confidence": low,
+            "low_confidence": nothing_asked or confidence < self.low_confidence_below,
             "tier": tier,
-            "alternatives": {self._workflows[i]._value_: round(p[i], 4) for i in order[1:3]},
+            "alternatives": {self._workflows[i]._value_: round(p[i], 4) for i in others},
         }
+        if nothing_asked:
+            metadata["no_clear_intent"] = True
         if tier == "static_busy":
             metadata["provisional"] = True  # never cached (pipeline/cache.py)
         return IntentClassification(
             workflow_type=workflow,
             confidence=round(confidence, 4),
-            reasoning=(f"embedded classifier ({_TIER_NAMES[tier]}): {workflow.value} p={confidence:.2f}, "
-                       f"next {self._workflows[second].value} p={p[second]:.2f}"),
+            reasoning=(f"embedded classifier ({_TIER_NAMES[tier]}): {said}, "
+                       f"next {self._workflows[others[0]].value} p={p[others[0]]:.2f}"),
             source=IntentSource.LOCAL,
             requires_web_search=bool(looks),
             web_search_query=(" ".join(looks) + " look") if looks else None,

@@ -63,6 +63,12 @@ def named_looks(prompt: str) -> list[str]:
     return [name for name, pattern in _LOOK_PATTERNS if pattern.search(text)]
 
 
+def default_workflow(has_image: bool) -> WorkflowType:
+    """The safe answer when nothing in the prompt names a workflow: edit the image in hand, or
+    make a new one."""
+    return W.IMAGE_EDITING if has_image else W.IMAGE_GENERATION
+
+
 class RulesClassifier:
     name = "rules"
     version = "rules-2"
@@ -80,9 +86,8 @@ class RulesClassifier:
         enhancement_needed = len(query.prompt.split()) < 8
 
         if not matches:
-            workflow = W.IMAGE_EDITING if has_image else W.IMAGE_GENERATION
             return IntentClassification(
-                workflow_type=workflow,
+                workflow_type=default_workflow(has_image),
                 confidence=0.4,
                 reasoning="no keyword matched; default for "
                 + ("a request with a working image" if has_image else "a text-only request"),

@@ -23,7 +23,11 @@ class PromptStage:
             Reference(kind="user_tag", tag=tag, image_url=url) for tag, url in known.items()
         )
         state.unknown_tags = [tag for tag in context.mentions if tag not in known]
-        state.final_prompt = enhance(request.prompt, intent.workflow_type, request.preferences)
+        # A prompt that asks for nothing ("hi") has nothing to enrich: the default workflow's
+        # detail words would only dress it up as a request.
+        nothing_asked = intent.metadata.get("no_clear_intent", False)
+        state.final_prompt = (request.prompt if nothing_asked
+                              else enhance(request.prompt, intent.workflow_type, request.preferences))
         state.enhancement_applied = state.final_prompt != request.prompt
         return self._event(state)
 
