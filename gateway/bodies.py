@@ -19,6 +19,10 @@ async def read_json_body(request: web.Request) -> bytes:
     require_json(request.content_type, request.headers.get(hdrs.CONTENT_ENCODING))
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=request.content_length)
+    if request.content.is_eof():
+        # All of it has arrived (a small body mostly comes with the headers): nothing to wait
+        # for, so no deadline (setting one costs ~4 us, 2% of a cache hit).
+        return await request.read()
     timeout = request.app[SETTINGS].request_body_timeout
     try:
         async with asyncio.timeout(timeout):

@@ -12,10 +12,14 @@ classification slot until the LLM's deadline. The task still counts the cancel r
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 
-def raise_if_cancelled() -> None:
-    """Raise CancelledError if the running task was asked to cancel and something swallowed it."""
-    task = asyncio.current_task()
+def raise_if_cancelled(task: asyncio.Task[Any] | None = None) -> None:
+    """Raise CancelledError if `task` (by default the running one) was asked to cancel and
+    something swallowed it. A caller that checks often passes its task: on 3.11 finding the
+    running one makes a getpid() system call."""
+    if task is None:
+        task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError

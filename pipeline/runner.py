@@ -33,8 +33,9 @@ async def run_pipeline(
     """
     instruments = instruments or _UNOBSERVED
     stage_span = instruments.spans()
+    task = asyncio.current_task()  # the consumer's, for the whole run
     for stage in stages:
-        raise_if_cancelled()  # a client gone during the last stage's outside call: no next stage
+        raise_if_cancelled(task)  # a client gone during the last stage's outside call: no next stage
         failure: ErrorEvent | None = None
         outcome, started = "error", time.perf_counter()
         # Never yield inside the span: the consumer's code would run as the stage's child.
