@@ -130,6 +130,7 @@ async def test_good_answer(harness: Harness, upstream: aioresponses) -> None:
     assert result.workflow_type is WorkflowType.HAIR_STYLING
     assert result.confidence == pytest.approx(0.92)
     assert result.source is IntentSource.LLM
+    assert "no_clear_intent" not in result.metadata
     body = sent(upstream)
     assert body["model"] == "gpt-4o-mini"
     schema = body["response_format"]["json_schema"]
@@ -138,6 +139,23 @@ async def test_good_answer(harness: Harness, upstream: aioresponses) -> None:
     assert harness.usage.calls == 1 and harness.usage.answers == 1
     assert (harness.usage.prompt_tokens, harness.usage.completion_tokens) == (120, 30)
     assert harness.usage.spend_usd == pytest.approx((120 * 0.15 + 30 * 0.60) / 1e6)
+
+
+@pytest.mark.parametrize(("images", "default"), [((), WorkflowType.IMAGE_GENERATION),
+                                                 (("https://x.supabase.co/a.png",), WorkflowType.IMAGE_EDITING)])
+async def test_an_answer_that_nothing_was_asked_gets_the_default_workflow_flagged(
+        harness: Harness, upstream: aioresponses, images: tuple[str, ...], default: WorkflowType) -> None:
+    """no_clear_request (a required field of the schema): the rules' default for the request's
+    context whatever the model named, `no_clear_intent` and `low_confidence`, as the embedded
+    classifier answers; the model's confidence stands only if it named that default."""
+    upstream.post(ENDPOINT, payload=completion(answer("image_generation", 0.7, no_clear_request=True)), repeat=True)
+    result = await harness.llm.classify(ClassifierInput(prompt="hello there", working_images=images))
+    assert result.workflow_type is default
+    assert result.metadata["no_clear_intent"] is True and result.metadata["low_confidence"] is True
+    assert result.confidence == (0.7 if default is WorkflowType.IMAGE_GENERATION else 0.0)
+    assert result.enhancement_needed is False
+    schema = sent(upstream)["response_format"]["json_schema"]["schema"]
+    assert "no_clear_request" in schema["required"]
 
 
 async def test_fenced_answer(harness: Harness, upstream: aioresponses) -> None:
