@@ -7,10 +7,14 @@ import functools
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import signal
+import time
+from collections import deque
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import msgspec
@@ -174,27 +178,60 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     return _supervise(settings, host, port, workers)
 
 
+# A worker that exits while the gateway is not stopping is replaced, unless workers keep dying:
+# more than this many replacements within RESTART_WINDOW seconds stop the whole gateway (exit 1),
+# so a crash loop (a bad config, a port taken) reaches the orchestrator instead of spinning.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+
+
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     # spawn, not fork: each worker builds its own loop, clients and app from scratch.
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_run_worker, args=(settings, host, port), kwargs={"reuse_port": True})
-        for _ in range(workers)
-    ]
-    for process in processes:
+
+    def start() -> BaseProcess:
+        process = context.Process(target=_run_worker, args=(settings, host, port),
+                                  kwargs={"reuse_port": True})
         process.start()
+        return process
+
+    processes = [start() for _ in range(workers)]
     log.info("started workers", extra={"workers": workers, "pids": [p.pid for p in processes]})
+    if settings.redis_url is None:
+        log.warning("%d workers without REDIS_URL: each keeps its own rate and cost limits, cache, "
+                    "circuit breaker, metrics and traces (a user gets up to %d times the limits)",
+                    workers, workers)
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for process in processes:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for process in processes:
-        process.join()
-    return max((p.exitcode or 0) for p in processes)
+    restarts: deque[float] = deque(maxlen=MAX_RESTARTS + 1)
+    failed = False
+    while running := [p for p in processes if p.exitcode is None]:
+        multiprocessing.connection.wait([p.sentinel for p in running])
+        if stopping:
+            continue  # they are on their way out
+        for index, dead in enumerate(processes):
+            if dead.exitcode is None:
+                continue
+            restarts.append(time.monotonic())
+            if len(restarts) > MAX_RESTARTS and restarts[-1] - restarts[0] < RESTART_WINDOW:
+                log.critical("workers keep exiting (%d in %.0f s): stopping the gateway",
+                             len(restarts), restarts[-1] - restarts[0])
+                failed = True
+                forward(signal.SIGTERM, None)
+                break
+            processes[index] = start()
+            log.error("worker exited unexpectedly: started another",
+                      extra={"pid": dead.pid, "exitcode": dead.exitcode, "new_pid": processes[index].pid})
+    return 1 if failed else max((p.exitcode or 0) for p in processes)
 
 
 def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -> int:

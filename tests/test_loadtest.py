@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import os
 import random
 import signal
 import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -82,33 +79,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def test_serve_with_workers_shares_one_port_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """`serve --workers 2` answers on one port from two processes and exits cleanly on SIGTERM."""
-    port = free_port()
-    env = {**os.environ, "INTENT_CLASSIFIER": "rules"}
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "2"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log_file, text=True,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        # Both workers must be listening before the SIGTERM, or the test measures start-up speed.
-        while log_path.read_text().count('"gateway listening"') < 2:
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-            assert response.status == 200
-        children = subprocess.run(["pgrep", "-P", str(server.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) >= 2
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
-    assert server.returncode == 0
-    assert log_path.read_text().count('"gateway listening"') == 2
 
 
 def test_a_continued_walk_draws_no_earlier_miss_again() -> None:

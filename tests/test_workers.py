@@ -1,0 +1,106 @@
+"""`serve --workers N`: N processes on one port (SO_REUSEPORT), kept at N, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.redis_servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = '"gateway listening"'
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], log: Path, port: int) -> None:
+        self.process, self.log, self.port = process, log, port
+
+    def lines(self, text: str) -> int:
+        return self.log.read_text().count(text)
+
+    def wait_for(self, text: str, count: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.lines(text) < count:
+            assert time.monotonic() < deadline, f"{text} seen {self.lines(text)} times, not {count}"
+            assert self.process.poll() is None or self.lines(text) >= count, self.log.read_text()[-2000:]
+            time.sleep(0.1)
+
+    def workers(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        # spawn's resource tracker is a child too; workers are the ones holding the port.
+        return [int(pid) for pid in found.stdout.split() if _listens(int(pid), self.port)]
+
+    def healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as response:
+            return response.status == 200
+
+
+def _listens(pid: int, port: int) -> bool:
+    listening = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    return f"pid={pid}," in listening
+
+
+@contextmanager
+def serve(tmp_path: Path, workers: int, port: int | None = None) -> Iterator[Served]:
+    port = port or free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=ROOT, env={**os.environ, "INTENT_CLASSIFIER": "rules"},
+            stdout=subprocess.DEVNULL, stderr=log_file, text=True,
+        )
+    try:
+        yield Served(process, log, port)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_workers_share_one_port_and_stop_together_on_sigterm(tmp_path: Path) -> None:
+    """Both answer on one port; SIGTERM to the supervisor ends both, exit code 0."""
+    with serve(tmp_path, 2) as served:
+        # Both workers must be listening before the SIGTERM, or the test measures start-up speed.
+        served.wait_for(LISTENING, 2)
+        assert served.healthy()
+        assert len(served.workers()) == 2
+        assert served.lines("without REDIS_URL: each keeps its own rate and cost limits") == 1
+    assert served.process.returncode == 0
+    assert served.lines(LISTENING) == 2
+
+
+def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
+    """A worker killed (a crash, the OOM killer) is started again: the gateway stays at two
+    processes, where before it carried on with one and never said so."""
+    with serve(tmp_path, 2) as served:
+        served.wait_for(LISTENING, 2)
+        victim = served.workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        served.wait_for(LISTENING, 3)
+        assert served.lines("worker exited unexpectedly: started another") == 1
+        workers = served.workers()
+        assert len(workers) == 2 and victim not in workers
+        assert served.healthy()
+    assert served.process.returncode == 0
+
+
+def test_workers_that_keep_dying_stop_the_gateway_with_an_error(tmp_path: Path) -> None:
+    """A port another program holds: every worker fails to bind. After a few replacements the
+    supervisor gives up with exit code 1 instead of restarting them forever."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with serve(tmp_path, 2, port=taken.getsockname()[1]) as served:
+            served.process.wait(timeout=90)
+    assert served.process.returncode == 1
+    assert served.lines("workers keep exiting") == 1
+    assert served.lines("worker exited unexpectedly") == 5
