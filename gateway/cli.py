@@ -24,6 +24,16 @@ from pipeline.types import ClassifierInput
 CLASSIFIERS: tuple[ClassifierName, ...] = ("rules", "local", "llm", "cascade")
 
 
+def _at_least_one(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {number}")
+    return number
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -32,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--host", help="bind address (default HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port (default PORT or 8000)")
     serve_cmd.add_argument(
-        "--workers", type=int, default=1, help="processes sharing the port with SO_REUSEPORT (default 1)"
+        "--workers", type=_at_least_one, default=1,
+        help="processes sharing the port with SO_REUSEPORT, kept at that number (default 1)",
     )
 
     classify = commands.add_parser("classify", help="classify one prompt")

@@ -104,3 +104,11 @@ def test_workers_that_keep_dying_stop_the_gateway_with_an_error(tmp_path: Path) 
     assert served.process.returncode == 1
     assert served.lines("workers keep exiting") == 1
     assert served.lines("worker exited unexpectedly") == 5
+
+
+def test_a_worker_count_under_one_is_refused() -> None:
+    """--workers 0 used to start one worker without a word; now it is a usage error."""
+    refused = subprocess.run([sys.executable, "-m", "gateway", "serve", "--workers", "0"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2
+    assert "--workers: must be 1 or more, not 0" in refused.stderr
