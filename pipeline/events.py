@@ -40,6 +40,8 @@ class IntentEvent(StageEvent, kw_only=True):
     arm: str
     requires_web_search: bool
     web_search_query: str | None
+    low_confidence: bool
+    no_clear_intent: bool  # as in the result's metadata: the frontend can ask the user now
 
 
 class ModelEvent(StageEvent, kw_only=True):

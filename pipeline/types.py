@@ -79,6 +79,16 @@ class IntentClassification(msgspec.Struct, frozen=True, kw_only=True):
     enhancement_needed: bool = False
     metadata: dict[str, Any] = {}
 
+    @property
+    def low_confidence(self) -> bool:
+        """The classifier is unsure (the cascade asks the LLM; the frontend may ask the user)."""
+        return bool(self.metadata.get("low_confidence", False))
+
+    @property
+    def no_clear_intent(self) -> bool:
+        """The prompt asks for nothing a workflow makes: `workflow_type` is the safe default."""
+        return bool(self.metadata.get("no_clear_intent", False))
+
 
 class ModelSelection(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str

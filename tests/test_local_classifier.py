@@ -35,6 +35,7 @@ from pipeline.llm_usage import LLMUsage
 from pipeline.references import find_mentions
 from pipeline.types import LABELS, NO_CLEAR_INTENT, ClassifierInput, IntentSource, WorkflowType
 from tests.conftest import MakeClient
+from tests.sse import parse_events
 from tests.test_cascade import Scripted
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -486,6 +487,10 @@ async def test_the_answer_tells_the_frontend_when_nothing_was_asked(make_client:
     assert body["final_prompt"] == "thanks!" and body["metadata"]["enhancement_applied"] is False
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "a lighthouse in a storm"})
     assert (await response.json())["metadata"]["no_clear_intent"] is False
+    # The stream says so at its intent event, before the model and the prompt are chosen.
+    stream = await client.post("/api/v1/enhanced/stream", json={"prompt": "hello?"})
+    intent = next(e.data for e in parse_events(await stream.read()) if e.event == "intent")
+    assert intent["no_clear_intent"] is True and intent["low_confidence"] is True
 
 
 async def test_the_gateway_stops_the_transformer_thread_when_it_shuts_down(make_client: MakeClient) -> None:

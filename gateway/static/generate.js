@@ -44,6 +44,7 @@ const STAGE_FACTS = {
     ["Confidence", percent(d.confidence)],
     ["Source", d.source + (d.cache_hit ? " (cached)" : "")],
     ["Reasoning", d.reasoning],
+    ["Request", d.no_clear_intent ? "unclear: say what to make or change" : null],
   ],
   model: (d) => [
     ["Model", `${d.model_id} (${d.provider})`],

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def confident(result: IntentClassification, threshold: float) -> bool:
-    return result.confidence >= threshold and not result.metadata.get("low_confidence", False)
+    return result.confidence >= threshold and not result.low_confidence
 
 
 def as_fallback(result: IntentClassification, reason: str) -> IntentClassification:

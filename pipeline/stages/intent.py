@@ -83,4 +83,6 @@ class IntentStage:
             arm=state.arm,
             requires_web_search=intent.requires_web_search,
             web_search_query=intent.web_search_query,
+            low_confidence=intent.low_confidence,
+            no_clear_intent=intent.no_clear_intent,
         )

@@ -25,8 +25,7 @@ class PromptStage:
         state.unknown_tags = [tag for tag in context.mentions if tag not in known]
         # A prompt that asks for nothing ("hi") has nothing to enrich: the default workflow's
         # detail words would only dress it up as a request.
-        nothing_asked = intent.metadata.get("no_clear_intent", False)
-        state.final_prompt = (request.prompt if nothing_asked
+        state.final_prompt = (request.prompt if intent.no_clear_intent
                               else enhance(request.prompt, intent.workflow_type, request.preferences))
         state.enhancement_applied = state.final_prompt != request.prompt
         return self._event(state)
