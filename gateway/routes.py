@@ -145,6 +145,11 @@ async def stream_post(request: web.Request) -> web.StreamResponse:
 
 async def stream_get(request: web.Request) -> web.StreamResponse:
     """GET /api/v1/enhanced/stream?prompt=...: the same, for EventSource."""
+    if request.headers.get("Last-Event-ID") == EventStream.LAST_EVENT_ID:
+        # EventSource reconnecting after a finished stream, as browsers do every few seconds
+        # until the page closes it: 204 No Content tells it to stop (the SSE spec), instead of
+        # running the request (and charging the user's limits) again and again.
+        return web.Response(status=204)
     return await _stream(request, pipeline_request(request, decode_query(request.rel_url.raw_query_string)))
 
 
@@ -176,7 +181,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                         await charge_cost(request, event.estimated_cost)
                     elif isinstance(event, ErrorEvent):
                         app[STATS].record_error(event.code)
-                    await stream.send(name, encode_json(event))
+                    await stream.send(name, encode_json(event), last=name == "done")
             except PipelineError as exc:
                 # Overload after the stream started: say so in-band, then end the stream.
                 unfinished = exc.code

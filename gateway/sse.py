@@ -25,6 +25,10 @@ class EventStream(web.StreamResponse):
     """
 
     HEARTBEAT = b": keep-alive\n\n"
+    # The id of a stream's last event (the others count 1, 2, ...). An EventSource reconnects
+    # whenever a stream ends unless its page closes it, and sends the last id it saw: with this
+    # one, the handler can tell "finished, stop" (204) from "cut off, send it again".
+    LAST_EVENT_ID = "done"
     # Headers leave with the first frames rather than in a write of their own (aiohttp's knob,
     # off for StreamResponse): the context event follows prepare() in the same loop turn, so
     # the client waits no longer, and a pipeline that runs through is one write in all.
@@ -61,11 +65,12 @@ class EventStream(web.StreamResponse):
             self._schedule_flush()  # which arms the heartbeat, unless the stream ends first
         return writer
 
-    async def send(self, event: str, data: bytes) -> None:
+    async def send(self, event: str, data: bytes, *, last: bool = False) -> None:
         if self._failed is not None:
             raise ConnectionResetError("client went away") from self._failed
         self._last_id += 1
-        self._pending.append(b"id: %d\nevent: %s\ndata: %s\n\n" % (self._last_id, event.encode(), data))
+        event_id = self.LAST_EVENT_ID.encode() if last else b"%d" % self._last_id
+        self._pending.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), data))
         self._schedule_flush()
 
     async def write_eof(self, data: bytes = b"") -> None:

@@ -181,6 +181,31 @@ async def test_a_prompt_that_asks_for_nothing_is_said_to_be_unclear(open_browser
     assert browser.unexpected_failures() == []
 
 
+async def test_an_eventsource_stops_after_done_instead_of_running_the_request_again(
+        open_browser: OpenBrowser) -> None:
+    """A page that leaves its EventSource open after `done` (browsers reconnect when a stream
+    ends) gets one answer: the reconnect is a 204, and the browser closes the source."""
+    browser = await open_browser(RulesClassifier())
+    await browser.goto()
+    outcome = await browser.page.evaluate("""(url) => new Promise((resolve) => {
+        const source = new EventSource(url);
+        let done = 0;
+        source.addEventListener("done", () => { done += 1; });
+        const started = Date.now();
+        const check = setInterval(() => {
+          if (source.readyState === EventSource.CLOSED || Date.now() - started > 10000) {
+            clearInterval(check);
+            resolve({done, closed: source.readyState === EventSource.CLOSED});
+            source.close();
+          }
+        }, 50);
+      })""", "/api/v1/enhanced/stream?prompt=animate%20this%20sunset")
+    assert outcome == {"done": 1, "closed": True}
+    streams = [r for r in browser.requests if "/api/v1/enhanced/stream" in r.url]
+    assert len(streams) == 2 and (await streams[1].all_headers())["last-event-id"] == "done"
+    assert browser.unexpected_failures() == []
+
+
 async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: OpenBrowser) -> None:
     """The gateway's 422 is shown next to the prompt field, which is marked invalid."""
     browser = await open_browser()

@@ -20,12 +20,12 @@ STAGES = ["context", "intent", "model", "prompt", "done"]
 
 
 async def test_stream_emits_each_stage_in_order_then_done(client: Any) -> None:
-    """Events arrive as context, intent, model, prompt, done with increasing ids."""
+    """Events arrive as context, intent, model, prompt, done with increasing ids; done's is "done"."""
     resp = await client.post(STREAM, json={"prompt": "change my hair to blonde with bangs"})
     assert resp.status == 200
     events = parse_events(await resp.read())
     assert [e.event for e in events] == STAGES
-    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+    assert [e.id for e in events] == ["1", "2", "3", "4", "done"]
     assert events[1].data["workflow_type"] == "hair_styling"
     assert events[2].data["model_id"] == "flux-kontext-apps/change-haircut"
 
@@ -76,6 +76,20 @@ async def test_get_stream_reads_the_query_string(client: Any) -> None:
     assert [e.event for e in events] == STAGES
     assert events[0].data["preferences"]["quality"] == "quality"
     assert events[-1].data["workflow_type"] == "image_to_video"
+
+
+async def test_an_eventsource_reconnecting_after_done_is_told_to_stop(client: Any) -> None:
+    """Browsers reconnect to an EventSource whenever its stream ends: after `done` the gateway
+    answers 204, which stops them, instead of running (and charging) the request again. A
+    stream cut off before `done` is sent again in full."""
+    query = {"prompt": "animate this sunset"}
+    finished = await client.get(STREAM, params=query, headers={"Last-Event-ID": "done"})
+    assert finished.status == 204 and await finished.read() == b""
+    cut_off = await client.get(STREAM, params=query, headers={"Last-Event-ID": "3"})
+    assert [e.event for e in parse_events(await cut_off.read())] == STAGES
+    stats = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert stats["classifications"] == 1  # the cut-off one's; the 204 ran nothing
+    assert stats["responses_by_status"] == {"204": 1, "200": 1}
 
 
 async def test_get_stream_takes_the_longest_prompt_in_any_script(client: Any) -> None:
