@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, help="port (default PORT or 8000)")
     serve_cmd.add_argument(
         "--workers", type=_at_least_one, default=1,
-        help="processes sharing the port with SO_REUSEPORT, kept at that number (default 1)",
+        help="processes sharing the port with SO_REUSEPORT; from 2, a supervisor replaces "
+             "one that dies (default 1)",
     )
 
     classify = commands.add_parser("classify", help="classify one prompt")

@@ -179,28 +179,16 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
 
 
 # A worker that exits while the gateway is not stopping is replaced, unless workers keep dying:
-# more than this many replacements within RESTART_WINDOW seconds stop the whole gateway (exit 1),
-# so a crash loop (a bad config, a port taken) reaches the orchestrator instead of spinning.
-MAX_RESTARTS = 5
+# more than this many exits per worker within RESTART_WINDOW seconds stop the whole gateway
+# (exit 1), so a crash loop (a bad setting, a port taken) reaches the orchestrator.
+MAX_RESTARTS_PER_WORKER = 5
 RESTART_WINDOW = 60.0
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     # spawn, not fork: each worker builds its own loop, clients and app from scratch.
     context = multiprocessing.get_context("spawn")
-
-    def start() -> BaseProcess:
-        process = context.Process(target=_run_worker, args=(settings, host, port),
-                                  kwargs={"reuse_port": True})
-        process.start()
-        return process
-
-    processes = [start() for _ in range(workers)]
-    log.info("started workers", extra={"workers": workers, "pids": [p.pid for p in processes]})
-    if settings.redis_url is None:
-        log.warning("%d workers without REDIS_URL: each keeps its own rate and cost limits, cache, "
-                    "circuit breaker, metrics and traces (a user gets up to %d times the limits)",
-                    workers, workers)
+    processes: list[BaseProcess] = []
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -210,28 +198,46 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signum)
 
+    def start() -> None:
+        process = context.Process(target=_run_worker, args=(settings, host, port),
+                                  kwargs={"reuse_port": True})
+        process.start()
+        processes.append(process)
+        if stopping and process.pid is not None:  # the signal came while it started: `forward` missed it
+            os.kill(process.pid, signal.SIGTERM)
+
+    # Handlers first: a signal between two starts must reach the workers already started.
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    restarts: deque[float] = deque(maxlen=MAX_RESTARTS + 1)
-    failed = False
-    while running := [p for p in processes if p.exitcode is None]:
-        multiprocessing.connection.wait([p.sentinel for p in running])
-        if stopping:
-            continue  # they are on their way out
-        for index, dead in enumerate(processes):
-            if dead.exitcode is None:
+    for _ in range(workers):
+        start()
+    log.info("started workers", extra={"workers": workers, "pids": [p.pid for p in processes]})
+    if settings.redis_url is None:
+        log.warning("%d workers without REDIS_URL: each keeps its own rate and cost limits, cache, "
+                    "circuit breaker, metrics and traces (a user gets up to %d times the limits)",
+                    workers, workers)
+    exits: deque[float] = deque(maxlen=MAX_RESTARTS_PER_WORKER * workers + 1)
+    failed = False  # a crash loop, or a worker that did not stop cleanly when asked
+    while processes:  # the workers not yet seen to exit
+        multiprocessing.connection.wait([p.sentinel for p in processes])
+        # Not "those that were running before the wait": a sentinel can fire before its
+        # process is reapable, and a death first seen on the next pass must still count.
+        for dead in [p for p in processes if p.exitcode is not None]:
+            processes.remove(dead)
+            if stopping:
+                failed = failed or dead.exitcode != 0  # asked to stop: it should have, cleanly
                 continue
-            restarts.append(time.monotonic())
-            if len(restarts) > MAX_RESTARTS and restarts[-1] - restarts[0] < RESTART_WINDOW:
+            exits.append(time.monotonic())
+            if len(exits) == exits.maxlen and exits[-1] - exits[0] < RESTART_WINDOW:
                 log.critical("workers keep exiting (%d in %.0f s): stopping the gateway",
-                             len(restarts), restarts[-1] - restarts[0])
+                             len(exits), exits[-1] - exits[0])
                 failed = True
                 forward(signal.SIGTERM, None)
-                break
-            processes[index] = start()
+                continue
+            start()
             log.error("worker exited unexpectedly: started another",
-                      extra={"pid": dead.pid, "exitcode": dead.exitcode, "new_pid": processes[index].pid})
-    return 1 if failed else max((p.exitcode or 0) for p in processes)
+                      extra={"pid": dead.pid, "exitcode": dead.exitcode, "new_pid": processes[-1].pid})
+    return 1 if failed else 0
 
 
 def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -> int:
