@@ -41,7 +41,7 @@ class Report(msgspec.Struct):
     n: int
     accuracy: float
     macro_f1: float
-    ece: float  # expected calibration error over 10 confidence bins
+    ece: float | None  # expected calibration error over 10 confidence bins; None: no workflow expected
     per_class: dict[str, ClassScores]
     confusion: dict[str, dict[str, int]]  # expected -> predicted -> count
     latency_ms: Latency
@@ -109,7 +109,7 @@ def _score(name: str, predictions: list[tuple[str, str, float]], latencies: list
         n=n,
         accuracy=round(correct / n, 4) if n else 0.0,
         macro_f1=round(sum(s.f1 for s in present) / len(present), 4) if present else 0.0,
-        ece=round(_ece(predictions), 4),
+        ece=_ece(predictions),
         per_class=per_class,
         confusion={e: {p: c for p, c in row.items() if c} for e, row in confusion.items()},
         latency_ms=Latency(
@@ -119,7 +119,7 @@ def _score(name: str, predictions: list[tuple[str, str, float]], latencies: list
     )
 
 
-def _ece(predictions: list[tuple[str, str, float]], bins: int = 10) -> float:
+def _ece(predictions: list[tuple[str, str, float]], bins: int = 10) -> float | None:
     """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size.
 
     Over the examples that expect a workflow: for a prompt that asks nothing, the confidence
@@ -127,7 +127,7 @@ def _ece(predictions: list[tuple[str, str, float]], bins: int = 10) -> float:
     """
     predictions = [prediction for prediction in predictions if prediction[0] != NO_CLEAR_INTENT]
     if not predictions:
-        return 0.0
+        return None
     buckets: list[list[tuple[bool, float]]] = [[] for _ in range(bins)]
     for expected, predicted, confidence in predictions:
         buckets[min(bins - 1, int(confidence * bins))].append((expected == predicted, confidence))
@@ -137,7 +137,7 @@ def _ece(predictions: list[tuple[str, str, float]], bins: int = 10) -> float:
             accuracy = sum(ok for ok, _ in bucket) / len(bucket)
             confidence = sum(c for _, c in bucket) / len(bucket)
             total += len(bucket) * abs(accuracy - confidence)
-    return total / len(predictions)
+    return round(total / len(predictions), 4)
 
 
 def render_report(report: Report, baseline: Report | None = None) -> str:
@@ -155,9 +155,10 @@ def render_report(report: Report, baseline: Report | None = None) -> str:
             line += f"{baseline.per_class[label].f1:>10.3f}"
         lines.append(line)
     lines.append("-" * len(head))
+    ece = "n/a" if report.ece is None else f"{report.ece:.4f}"
     summary = (
         f"n={report.n}  accuracy={report.accuracy:.4f}  macro_f1={report.macro_f1:.4f}  "
-        f"ece={report.ece:.4f}  latency p50={report.latency_ms.p50:.3f} ms  "
+        f"ece={ece}  latency p50={report.latency_ms.p50:.3f} ms  "
         f"p95={report.latency_ms.p95:.3f} ms"
     )
     lines.append(summary)

@@ -50,7 +50,7 @@ FloatArray = npt.NDArray[np.float32]
 
 # Bump when the feature recipe or the artifact layout changes: it names the
 # artifact file and goes into the classifier's version (and so cache keys).
-ARTIFACT_VERSION: Final = "2tier-v1"
+ARTIFACT_VERSION: Final = "2tier-v2"
 ARTIFACT_DIR: Final = Path(__file__).resolve().parent / "artifacts"
 NGRAM_SIZES: Final = (2, 3, 4, 5)
 MIN_DF: Final = 2

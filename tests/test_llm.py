@@ -147,12 +147,12 @@ async def test_an_answer_that_nothing_was_asked_gets_the_default_workflow_flagge
         harness: Harness, upstream: aioresponses, images: tuple[str, ...], default: WorkflowType) -> None:
     """no_clear_request (a required field of the schema): the rules' default for the request's
     context whatever the model named, `no_clear_intent` and `low_confidence`, as the embedded
-    classifier answers; the model's confidence stands only if it named that default."""
+    classifier answers, with confidence 0 (the model's is for its own answer, "nothing asked")."""
     upstream.post(ENDPOINT, payload=completion(answer("image_generation", 0.7, no_clear_request=True)), repeat=True)
     result = await harness.llm.classify(ClassifierInput(prompt="hello there", working_images=images))
     assert result.workflow_type is default
     assert result.metadata["no_clear_intent"] is True and result.metadata["low_confidence"] is True
-    assert result.confidence == (0.7 if default is WorkflowType.IMAGE_GENERATION else 0.0)
+    assert result.confidence == 0.0
     assert result.enhancement_needed is False
     schema = sent(upstream)["response_format"]["json_schema"]["schema"]
     assert "no_clear_request" in schema["required"]

@@ -43,8 +43,8 @@ DEV, DEV_UNCLEAR, DEV_SHORT = DATA / "dev.jsonl", DATA / "dev_unclear.jsonl", DA
 TRAIN = DATA / "train.jsonl"
 IMAGE = "https://xyz.supabase.co/storage/v1/object/public/images/abc.jpg"
 
-# Measured 0.974 on data/dev.jsonl with int8 MiniLM, the default (0.978 in float; README
-# "Embedded classifier"); the margin absorbs retraining noise, not a real regression.
+# Measured 0.981 on data/dev.jsonl with int8 MiniLM, the default, as in float (README "Embedded
+# classifier"); the margin absorbs retraining noise, not a real regression.
 MIN_DEV_ACCURACY = 0.96
 MIN_DEV_RECALL = 0.90
 # Prompts the fast tier is unsure of (its best p 0.62, 0.58, 0.44), so MiniLM is asked.
@@ -77,7 +77,7 @@ async def test_dev_accuracy_and_recall_do_not_regress(local: LocalClassifier) ->
     assert report.accuracy >= MIN_DEV_ACCURACY, report.accuracy
     low = {w: s.recall for w, s in report.per_class.items() if s.n and s.recall < MIN_DEV_RECALL}
     assert not low, low
-    assert report.ece < 0.08
+    assert report.ece is not None and report.ece < 0.08
     assert not report.confusion[NO_CLEAR_INTENT], "nothing in dev is unclear"
     assert sum(row.get(NO_CLEAR_INTENT, 0) for row in report.confusion.values()) <= 2  # measured 0
 

@@ -263,12 +263,12 @@ class LLMClassifier:
 
     def _nothing_asked(self, query: ClassifierInput, answer: LLMAnswer) -> IntentClassification:
         """As the embedded classifier answers a prompt that asks for nothing: the rules' default
-        (whatever workflow the model named), flagged, with the model's confidence only if it
-        named that default."""
+        (whatever workflow the model named), flagged. Confidence 0: the model's number is how
+        sure it is of its own answer, which here is "nothing asked", not the default."""
         workflow = default_workflow(bool(query.working_images or query.uploaded_images))
         return IntentClassification(
             workflow_type=workflow,
-            confidence=answer.confidence if answer.workflow_type is workflow else 0.0,
+            confidence=0.0,
             reasoning=answer.reasoning[:MAX_REASONING_CHARS],
             source=IntentSource.LLM,
             metadata={"model": self.model, "no_clear_intent": True, "low_confidence": True},

@@ -306,17 +306,19 @@ class LocalClassifier:
         self.runs[tier] += 1
         order = sorted(self._workflows, key=p.__getitem__, reverse=True)  # workflow columns only
         unclear = self._unclear(p)
-        nothing_asked = unclear > p[order[0]]
+        nothing_asked = unclear >= p[order[0]]  # as `_flagged_low` decides
+        others = order[1:3]
         if nothing_asked:
             # The rules' safe default, with the model's probability that it is what was meant
             # as its confidence, and flagged low so the cascade asks the LLM.
             workflow = default_workflow(bool(query.working_images or query.uploaded_images))
             confidence = p[self._columns[workflow]]
+            others = [i for i in order if self._workflows[i] is not workflow][:2]
             said = f"no clear request (p={unclear:.2f}), so the default {workflow.value}"
         else:
             workflow, confidence = self._workflows[order[0]], p[order[0]]
-            said = f"{workflow.value} p={confidence:.2f}"
-        others = [i for i in order if self._workflows[i] is not workflow][:2]
+            said = (f"{workflow.value} p={confidence:.2f}, "
+                    f"next {self._workflows[others[0]].value} p={p[others[0]]:.2f}")
         # Celebrity/event looks need reference images: the same names the rules search for.
         looks = named_looks(query.prompt) if workflow is WorkflowType.REFERENCE_STYLING else []
         metadata: dict[str, Any] = {
@@ -331,8 +333,7 @@ class LocalClassifier:
         return IntentClassification(
             workflow_type=workflow,
             confidence=round(confidence, 4),
-            reasoning=(f"embedded classifier ({_TIER_NAMES[tier]}): {said}, "
-                       f"next {self._workflows[others[0]].value} p={p[others[0]]:.2f}"),
+            reasoning=f"embedded classifier ({_TIER_NAMES[tier]}): {said}",
             source=IntentSource.LOCAL,
             requires_web_search=bool(looks),
             web_search_query=(" ".join(looks) + " look") if looks else None,
