@@ -32,6 +32,7 @@ from gateway.appkeys import (
 from gateway.auth import auth_ctx, auth_middleware
 from gateway.classifiers import open_classifier
 from gateway.config import Settings
+from gateway.cors import cors_headers, cors_middleware
 from gateway.errors import error_middleware
 from gateway.limits import limiter_ctx, rate_limit_middleware
 from gateway.llm import llm_ctx
@@ -60,10 +61,17 @@ from pipeline.stages.references import ReferencesStage
 
 def create_app(settings: Settings, *, classifier: Classifier | None = None) -> web.Application:
     """Build the gateway. `classifier` replaces the configured one (tests inject slow ones)."""
+    origins = settings.cors_origins()
     app = web.Application(
         client_max_size=MAX_BODY_BYTES,
-        middlewares=[request_middleware, error_middleware, auth_middleware, rate_limit_middleware],
+        middlewares=[
+            request_middleware, error_middleware,
+            *([cors_middleware(origins)] if origins else []),  # preflights carry no credentials
+            auth_middleware, rate_limit_middleware,
+        ],
     )
+    if origins:
+        app.on_response_prepare.append(cors_headers(origins))
     app[SETTINGS] = settings
     app[STATS] = RequestStats()
     app[TIMELINE] = Timeline()

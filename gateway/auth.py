@@ -30,10 +30,15 @@ PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
 ADMIN_PATHS = frozenset({"/metrics", "/api/v1/enhanced/metrics"})
 ADMIN_PREFIXES = ("/api/v1/enhanced/analytics", "/debug/", "/api/v1/admin/")
+# EventSource cannot send an Authorization header, so its GET stream may carry the app's JWT as
+# ?access_token= (RFC 6750 2.3). JWTs only: they expire within the hour, where an API key in a
+# URL (browser history, proxy logs) would work for ever. The gateway logs and traces paths only.
+QUERY_TOKEN_PATHS = frozenset({"/api/v1/enhanced/stream"})
 
 # Keys and JWTs are printable ASCII; anything else (bytes that are not UTF-8 arrive as lone
 # surrogates) is not a credential, and must not reach the hash or the JWT decoder.
 _BEARER = re.compile(r"^Bearer +([\x21-\x7e]+) *\Z", re.IGNORECASE)
+_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 
 def scope_for(path: str) -> Scope:
@@ -71,12 +76,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 async def _principal(auth: Authenticator, request: web.Request) -> Principal:
     header = request.headers.get("Authorization")
+    if header is None and request.method == "GET" and request.path in QUERY_TOKEN_PATHS:
+        return _query_token_principal(auth, request)
     if header is None:
         raise Unauthorized("send Authorization: Bearer <API key>")
     match = _BEARER.match(header)
     principal = await auth.authenticate(match.group(1)) if match else None
     if principal is None:
         raise Unauthorized("invalid or revoked credentials", invalid=True)
+    return principal
+
+
+def _query_token_principal(auth: Authenticator, request: web.Request) -> Principal:
+    token = request.query.get("access_token")
+    if token is None:
+        raise Unauthorized("send Authorization: Bearer <API key>, or from EventSource ?access_token=<JWT>")
+    principal = auth.verify_jwt(token) if _TOKEN.fullmatch(token) else None
+    if principal is None:
+        raise Unauthorized("access_token takes a valid JWT (API keys go in the Authorization header)",
+                           invalid=True)
     return principal
 
 

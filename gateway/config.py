@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -116,6 +117,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gateway_jwt_secret: str | None = None
     gateway_jwt_audience: str | None = None
     gateway_allow_anonymous: bool = False
+    # Browser apps on other origins that may call the gateway: "scheme://host[:port]", comma-
+    # separated, or "*"; unset: same origin only (gateway/cors.py).
+    cors_allowed_origins: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,6 +186,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("SEARXNG_URL must be an http(s) URL")
         if self.reference_search_results < 1:
             raise ConfigError("REFERENCE_SEARCH_RESULTS must be at least 1")
+        origins = self.cors_origins()
+        if "*" in origins and len(origins) > 1:
+            raise ConfigError("CORS_ALLOWED_ORIGINS: * allows every origin, so it stands alone")
+        for origin in origins - {"*"}:
+            parts = urlsplit(origin)
+            if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
+                    or parts.fragment or "@" in parts.netloc):
+                raise ConfigError(f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin: scheme://host[:port], "
+                                  "with no path or trailing slash")
+
+    def cors_origins(self) -> frozenset[str]:
+        """CORS_ALLOWED_ORIGINS as browsers send Origin (lower case); empty: CORS off."""
+        value = self.cors_allowed_origins or ""
+        return frozenset(origin.strip().lower() for origin in value.split(",") if origin.strip())
 
     def search_provider(self) -> Literal["searxng", "brave"] | None:
         """The image search provider in use, or None: no reference search step."""

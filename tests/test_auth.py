@@ -151,6 +151,23 @@ async def test_bad_jwts_are_401(secured: Any, bad: Any) -> None:
     assert resp.status == 401
 
 
+async def test_eventsource_may_send_a_jwt_as_access_token_on_the_get_stream_only(secured: Any) -> None:
+    """EventSource cannot set headers: GET /stream takes ?access_token=<JWT>. Not an API key (a
+    key in a URL outlives browser history and proxy logs), and no other path takes one."""
+    stream = "/api/v1/enhanced/stream"
+    ok = await secured.get(stream, params={"prompt": "animate this sunset", "access_token": token("dave")})
+    assert ok.status == 200
+    assert parse_events(await ok.read())[0].data["user_id"] == "dave"
+    for credential in (ALICE, token("dave", secret="another-secret-0123456789abcdefgh"), "\u00e9t\u00e9"):
+        refused = await secured.get(stream, params={"prompt": "x", "access_token": credential})
+        assert refused.status == 401
+        assert "access_token takes a valid JWT" in (await refused.json())["detail"]
+    missing = await secured.get(stream, params={"prompt": "x"})
+    assert missing.status == 401 and "access_token" in (await missing.json())["detail"]
+    elsewhere = await secured.get("/api/v1/enhanced/metrics", params={"access_token": token("dave")})
+    assert elsewhere.status == 401
+
+
 async def test_jwt_audience_is_checked_when_configured(make_client: Any) -> None:
     """With GATEWAY_JWT_AUDIENCE, a token for another audience is refused."""
     client = await make_client(gateway_jwt_secret=SECRET, gateway_jwt_audience="authenticated")

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
 import msgspec
 import pytest
 import pytest_asyncio
@@ -77,6 +79,23 @@ class Browser:
 
 
 OpenBrowser = Callable[..., Awaitable[Browser]]
+JWT_SECRET = "browser-test-jwt-secret-0123456789abcdef"
+# Opens an EventSource, counts its `done` events until the browser closes it (or 10 s pass),
+# and says whose request the first stream was.
+EVENT_SOURCE_UNTIL_CLOSED = """(url) => new Promise((resolve) => {
+    const source = new EventSource(url);
+    let done = 0, user = null;
+    source.addEventListener("context", (event) => { user = user || JSON.parse(event.data).user_id; });
+    source.addEventListener("done", () => { done += 1; });
+    const started = Date.now();
+    const check = setInterval(() => {
+      if (source.readyState === EventSource.CLOSED || Date.now() - started > 10000) {
+        clearInterval(check);
+        resolve({done, closed: source.readyState === EventSource.CLOSED, user});
+        source.close();
+      }
+    }, 50);
+  })"""
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -187,23 +206,44 @@ async def test_an_eventsource_stops_after_done_instead_of_running_the_request_ag
     ends) gets one answer: the reconnect is a 204, and the browser closes the source."""
     browser = await open_browser(RulesClassifier())
     await browser.goto()
-    outcome = await browser.page.evaluate("""(url) => new Promise((resolve) => {
-        const source = new EventSource(url);
-        let done = 0;
-        source.addEventListener("done", () => { done += 1; });
-        const started = Date.now();
-        const check = setInterval(() => {
-          if (source.readyState === EventSource.CLOSED || Date.now() - started > 10000) {
-            clearInterval(check);
-            resolve({done, closed: source.readyState === EventSource.CLOSED});
-            source.close();
-          }
-        }, 50);
-      })""", "/api/v1/enhanced/stream?prompt=animate%20this%20sunset")
-    assert outcome == {"done": 1, "closed": True}
+    outcome = await browser.page.evaluate(EVENT_SOURCE_UNTIL_CLOSED,
+                                          "/api/v1/enhanced/stream?prompt=animate%20this%20sunset")
+    assert outcome == {"done": 1, "closed": True, "user": "anonymous"}
     streams = [r for r in browser.requests if "/api/v1/enhanced/stream" in r.url]
     assert len(streams) == 2 and (await streams[1].all_headers())["last-event-id"] == "done"
     assert browser.unexpected_failures() == []
+
+
+async def test_an_app_on_another_origin_calls_the_gateway_only_when_allowed(open_browser: OpenBrowser) -> None:
+    """A page on one origin fetches /process from a gateway on another (a real preflight, since
+    it sends Authorization): allowed by CORS_ALLOWED_ORIGINS, it reads the answer and its
+    X-Trace-Id; a gateway that does not list the page's origin is a network error to it."""
+    page_host = await open_browser(RulesClassifier())
+    keys = "app:k-app-0123456789abcdef"
+    allowing = await open_browser(RulesClassifier(), cors_allowed_origins=page_host.base_url, gateway_api_keys=keys,
+                                  gateway_jwt_secret=JWT_SECRET)
+    other = await open_browser(RulesClassifier(), gateway_api_keys=keys)
+    await page_host.goto("health")  # a page of that origin without the web UI's CSP (connect-src 'self')
+    call = """async (url) => {
+        try {
+          const response = await fetch(url + "/api/v1/enhanced/process", {method: "POST",
+            headers: {"Authorization": "Bearer k-app-0123456789abcdef", "Content-Type": "application/json"},
+            body: JSON.stringify({prompt: "change my hair to blonde with bangs"})});
+          const body = await response.json();
+          return {status: response.status, workflow: body.workflow_type, trace: response.headers.get("X-Trace-Id")};
+        } catch (error) { return {error: error.name}; }
+      }"""
+    answered = await page_host.page.evaluate(call, allowing.base_url)
+    assert answered["status"] == 200 and answered["workflow"] == "hair_styling"
+    assert re.fullmatch(r"[0-9a-f]{32}", answered["trace"])
+    assert await page_host.page.evaluate(call, other.base_url) == {"error": "TypeError"}
+    page_host.console_errors.clear()  # Chromium logs the refused one: that is the point
+    # EventSource sends no Authorization header: the app's JWT rides in the query instead, and
+    # its reconnect after `done` (cross-origin, so preflighted for Last-Event-ID) is a 204.
+    jwt_token = jwt.encode({"sub": "erin", "exp": int(time.time()) + 300}, JWT_SECRET, algorithm="HS256")
+    streamed = await page_host.page.evaluate(EVENT_SOURCE_UNTIL_CLOSED, f"{allowing.base_url}/api/v1/enhanced/stream"
+                                             f"?prompt=animate%20this%20sunset&access_token={jwt_token}")
+    assert streamed == {"done": 1, "closed": True, "user": "erin"}
 
 
 async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: OpenBrowser) -> None:

@@ -1,0 +1,62 @@
+"""CORS: a browser app on another origin may call the gateway (CORS_ALLOWED_ORIGINS).
+
+Off by default: only the same origin (the web UI, or an app served behind the same host). With
+origins configured, a preflight (OPTIONS with Access-Control-Request-Method) from an allowed
+origin is answered 204 before authentication and limits, since browsers send it without
+credentials; one from any other origin is a 403. Every response to an allowed origin, streams
+and errors included, says that origin may read it and exposes the headers a frontend reads
+(X-Trace-Id, Retry-After, RateLimit-*): a 401 or a 429 the page may not read reaches it as a
+bare network error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
+
+from gateway.errors import Forbidden, Handler
+
+ALLOW_METHODS = "GET, POST, DELETE"
+# What the gateway's clients send: a key or token, a JSON body (maybe compressed), a trace to
+# continue, EventSource's reconnect id, and the open mode's user id.
+ALLOW_HEADERS = ("Authorization, Content-Type, Content-Encoding, Last-Event-ID, traceparent, "
+                 "tracestate, X-User-Id")
+EXPOSE_HEADERS = "X-Trace-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
+
+
+def cors_middleware(origins: frozenset[str]) -> Middleware:
+    """Answers preflights; it runs before authentication and the rate limiter."""
+
+    @web.middleware
+    async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+            origin = request.headers.get(hdrs.ORIGIN, "")
+            if "*" not in origins and origin not in origins:
+                raise Forbidden(f"origin {origin or '(none)'} is not in CORS_ALLOWED_ORIGINS")
+            return web.Response(status=204, headers={
+                hdrs.ACCESS_CONTROL_ALLOW_METHODS: ALLOW_METHODS,
+                hdrs.ACCESS_CONTROL_ALLOW_HEADERS: ALLOW_HEADERS,
+                hdrs.ACCESS_CONTROL_MAX_AGE: MAX_AGE,
+            })  # fmt: skip
+        return await handler(request)
+
+    return preflight
+
+
+def cors_headers(origins: frozenset[str]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An on_response_prepare hook: the CORS headers of every response, a stream's included
+    (its headers leave before the handler returns, so a middleware would be too late)."""
+    any_origin = "*" in origins
+
+    async def add(request: web.Request, response: web.StreamResponse) -> None:
+        if not any_origin:
+            response.headers.add(hdrs.VARY, hdrs.ORIGIN)  # caches keep one answer per origin
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and (any_origin or origin in origins):
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*" if any_origin else origin
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSE_HEADERS
+
+    return add

@@ -1,0 +1,89 @@
+"""CORS_ALLOWED_ORIGINS: a browser app on another origin may call the gateway; others may not."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import ConfigError, Settings
+from tests.conftest import MakeClient
+from tests.sse import parse_events
+
+APP = "https://app.example.com"
+KEYS = "alice:k-alice-0123456789abcdef"
+PROCESS = "/api/v1/enhanced/process"
+STREAM = "/api/v1/enhanced/stream"
+PREFLIGHT = {"Origin": APP, "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization, content-type"}
+
+
+async def test_off_by_default_no_origin_gets_cors_headers(make_client: MakeClient) -> None:
+    client = await make_client()
+    response = await client.post(PROCESS, json={"prompt": "a cat"}, headers={"Origin": APP})
+    assert response.status == 200
+    assert "Access-Control-Allow-Origin" not in response.headers
+    preflight = await client.options(PROCESS, headers=PREFLIGHT)
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+
+
+async def test_a_preflight_from_an_allowed_origin_is_answered_without_credentials(make_client: MakeClient) -> None:
+    """Browsers send the preflight with no Authorization: it must not meet the 401."""
+    client = await make_client(cors_allowed_origins=f"{APP}, https://admin.example.com", gateway_api_keys=KEYS)
+    response = await client.options(PROCESS, headers=PREFLIGHT)
+    assert response.status == 204
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"authorization", "content-type", "last-event-id"} <= allowed
+    assert response.headers["Access-Control-Max-Age"] == "600"
+    assert "Origin" in response.headers.getall("Vary")
+
+
+async def test_a_preflight_from_another_origin_is_refused(make_client: MakeClient) -> None:
+    client = await make_client(cors_allowed_origins=APP, gateway_api_keys=KEYS)
+    response = await client.options(PROCESS, headers={**PREFLIGHT, "Origin": "https://evil.example"})
+    assert response.status == 403
+    assert (await response.json())["error"] == "forbidden"
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_answers_and_errors_alike_are_readable_by_the_allowed_origin(make_client: MakeClient) -> None:
+    """The frontend reads the 200, and also the 401 and 429 (with Retry-After) it must act on."""
+    client = await make_client(cors_allowed_origins=APP, gateway_api_keys=KEYS, rate_limit_requests_per_minute=1)
+    auth = {"Origin": APP, "Authorization": "Bearer k-alice-0123456789abcdef"}
+    ok = await client.post(PROCESS, json={"prompt": "a cat"}, headers=auth)
+    unauthorized = await client.post(PROCESS, json={"prompt": "a cat"}, headers={"Origin": APP})
+    limited = await client.post(PROCESS, json={"prompt": "a cat"}, headers=auth)
+    for response, status in ((ok, 200), (unauthorized, 401), (limited, 429)):
+        assert response.status == status
+        assert response.headers["Access-Control-Allow-Origin"] == APP
+        exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
+        assert {"X-Trace-Id", "Retry-After", "RateLimit-Remaining"} <= exposed
+    other = await client.post(PROCESS, json={"prompt": "a cat"},
+                              headers={**auth, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers  # the browser withholds it
+
+
+async def test_a_stream_carries_the_headers_it_sends_before_its_first_event(make_client: MakeClient) -> None:
+    client = await make_client(cors_allowed_origins=APP)
+    response = await client.post(STREAM, json={"prompt": "animate this sunset"}, headers={"Origin": APP})
+    assert response.headers["Access-Control-Allow-Origin"] == APP
+    assert parse_events(await response.read())[-1].event == "done"
+
+
+async def test_star_allows_any_origin(make_client: MakeClient) -> None:
+    client = await make_client(cors_allowed_origins="*")
+    response = await client.options(PROCESS, headers={**PREFLIGHT, "Origin": "https://anywhere.example"})
+    assert response.status == 204 and response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Vary" not in response.headers
+
+
+@pytest.mark.parametrize("value", ["https://app.example.com/", "app.example.com", "ftp://x.example",
+                                   "https://app.example.com/path", "*, https://app.example.com"])
+def test_what_is_not_an_origin_is_refused_at_start(value: str) -> None:
+    with pytest.raises(ConfigError, match="CORS_ALLOWED_ORIGINS"):
+        Settings.from_env({"CORS_ALLOWED_ORIGINS": value})
+
+
+def test_origins_are_compared_as_browsers_send_them() -> None:
+    settings = Settings.from_env({"CORS_ALLOWED_ORIGINS": "HTTPS://App.Example.com:8443, http://localhost:5173"})
+    assert settings.cors_origins() == {"https://app.example.com:8443", "http://localhost:5173"}
