@@ -57,6 +57,7 @@ class Operation(msgspec.Struct, kw_only=True):
     status: str = "200"
     query: dict[str, Any] = {}  # name -> (schema, required)
     errors: tuple[str, ...] = ()
+    bodiless: dict[str, str] = {}  # status -> description, for answers without a body
 
 
 # One SSE event as schemathesis and EventSource see it: data is the stage's JSON, as text.
@@ -73,6 +74,7 @@ _STREAM_QUERY: dict[str, Any] = {
     "style": (Style, False),
     "format": (Format, False),
     "use_ai_classification": (bool, False),
+    "access_token": (str, False),  # EventSource sends no headers: the app's JWT (gateway/auth.py)
 }
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -83,7 +85,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         request=ProcessBody, response=SSE_EVENT, content_type="text/event-stream", errors=_BODY_ERRORS
     ),
     ("GET", "/api/v1/enhanced/stream"): Operation(
-        query=_STREAM_QUERY, response=SSE_EVENT, content_type="text/event-stream", errors=("400", "422")
+        query=_STREAM_QUERY, response=SSE_EVENT, content_type="text/event-stream", errors=("400", "422"),
+        bodiless={"204": "Last-Event-ID: done: the stream already finished (stops EventSource reconnecting)"},
     ),
     ("POST", "/api/v1/enhanced/compare"): Operation(
         request=ProcessBody, response=Comparison, errors=_BODY_ERRORS
@@ -168,6 +171,7 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
     if known:
         success["content"] = {op.content_type: {"schema": body_schema}}
     responses: dict[str, Any] = {op.status: success}
+    responses.update({status: {"description": text} for status, text in op.bodiless.items()})
     statuses = [*op.errors, "405", *(["404"] if _path_params(path) else [])]
     if scope != "public":
         statuses += ["401", "429", "503"] + (["403"] if scope == "admin" else [])

@@ -49,6 +49,12 @@ async def test_document_lists_every_route(client: Any) -> None:
     assert "403" in doc["paths"]["/metrics"]["get"]["responses"]
 
 
+async def test_the_eventsource_stream_documents_its_token_and_its_204(client: Any) -> None:
+    get = (await (await client.get("/openapi.json")).json())["paths"]["/api/v1/enhanced/stream"]["get"]
+    assert "access_token" in {p["name"] for p in get["parameters"]}
+    assert "204" in get["responses"] and "content" not in get["responses"]["204"]
+
+
 async def test_document_is_public_with_auth_on(make_client: Any) -> None:
     """The document itself needs no key, and it declares the bearer scheme."""
     client = await make_client(gateway_api_keys="a:0123456789abcdef0123")
