@@ -73,6 +73,11 @@ class Browser:
     async def goto(self, fragment: str = "") -> None:
         await self.page.goto(f"{self.base_url}/{fragment}")
 
+    async def generate(self, prompt: str) -> None:
+        """Type a prompt into the Generate form and send it."""
+        await self.page.fill("#g-prompt", prompt)
+        await self.page.click("#g-submit")
+
     def unexpected_failures(self, *allowed: tuple[int, str]) -> list[tuple[int, str]]:
         # /metrics (Prometheus) arrives with the telemetry issue; until then the dashboard gets a 404.
         return [f for f in self.failed if f not in allowed and f != (404, "/metrics")]
@@ -152,8 +157,7 @@ async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_brow
     await page.click(".apikey summary")
     await page.fill("#api-key", "k-123")
     await page.press("#api-key", "Enter")
-    await page.fill("#g-prompt", "change my hair to blonde with bangs")
-    await page.click("#g-submit")
+    await browser.generate("change my hair to blonde with bangs")
 
     cards = page.locator("#g-stages > li")
     await expect(cards).to_have_count(1)  # the classifier is held: only context has arrived
@@ -189,12 +193,10 @@ async def test_a_prompt_that_asks_for_nothing_is_said_to_be_unclear(open_browser
     browser = await open_browser(intent_classifier="local")
     page = browser.page
     await browser.goto()
-    await page.fill("#g-prompt", "hi")
-    await page.click("#g-submit")
+    await browser.generate("hi")
     result = page.locator("#g-result-fields")
     await expect(result).to_contain_text("unclear: the default workflow was chosen")
-    await page.fill("#g-prompt", "a lighthouse in a storm at night")
-    await page.click("#g-submit")
+    await browser.generate("a lighthouse in a storm at night")
     await expect(result).to_contain_text("lighthouse")
     await expect(result).not_to_contain_text("unclear")
     assert browser.unexpected_failures() == []
@@ -251,8 +253,7 @@ async def test_empty_prompt_shows_the_validation_error_in_words(open_browser: Op
     browser = await open_browser()
     page = browser.page
     await browser.goto()
-    await page.fill("#g-prompt", "   ")
-    await page.click("#g-submit")
+    await browser.generate("   ")
     error = page.locator("#g-prompt-error")
     await expect(error).to_have_text("Prompt: prompt must not be empty")
     await expect(page.locator("#g-prompt")).to_have_attribute("aria-invalid", "true")
@@ -268,8 +269,7 @@ async def test_stop_is_a_status_not_an_alert(open_browser: OpenBrowser) -> None:
     browser = await open_browser(gated)
     page = browser.page
     await browser.goto()
-    await page.fill("#g-prompt", "a long wait")
-    await page.click("#g-submit")
+    await browser.generate("a long wait")
     await gated.entered.wait()
     await page.click("#g-stop")
     await expect(page.locator("#g-status")).to_have_text("Stopped.")
@@ -293,7 +293,7 @@ async def test_overload_and_rate_limit_are_shown_in_words(open_browser: OpenBrow
     await gated.entered.wait()  # the only classification slot is taken
 
     await page.goto(browser.base_url + "/")
-    await page.fill("#g-prompt", "a dog on the beach")
+    await page.fill("#g-prompt", "a dog on the beach")  # the second page, not browser.page
     await page.click("#g-submit")
     alert = page.locator("#g-error")
     await expect(alert).to_have_text(
@@ -326,8 +326,7 @@ async def test_with_authentication_on_the_page_sends_the_key_it_is_given(open_br
     browser = await open_browser(gateway_api_keys=f"alice:{USER_KEY},root:{ADMIN_KEY}:admin")
     page = browser.page
     await browser.goto()
-    await page.fill("#g-prompt", "a cat playing in the garden")
-    await page.click("#g-submit")
+    await browser.generate("a cat playing in the garden")
     await expect(page.locator("#g-error")).to_contain_text("Not allowed")
     await expect(page.locator("#g-error")).to_contain_text("Check the API key")
 
