@@ -120,6 +120,11 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         db_keys = await _count_db_keys(store)
     configured = bool(static_keys or settings.gateway_jwt_secret or db_keys)
     _check_exposure(settings, configured=configured, database=store is not None)
+    if not configured and "*" in settings.cors_origins():
+        # Open mode makes every caller an admin: any web page the developer opens could then
+        # read the traces and analytics, or create keys, through the browser.
+        raise ConfigError("CORS_ALLOWED_ORIGINS=* needs authentication: with no keys every caller is "
+                          "an admin; list the app's origins instead, or configure keys")
     app[AUTH] = Authenticator(
         static_keys=static_keys,
         store=store,

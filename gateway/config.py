@@ -190,11 +190,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if "*" in origins and len(origins) > 1:
             raise ConfigError("CORS_ALLOWED_ORIGINS: * allows every origin, so it stands alone")
         for origin in origins - {"*"}:
-            parts = urlsplit(origin)
-            if (parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query
-                    or parts.fragment or "@" in parts.netloc):
-                raise ConfigError(f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin: scheme://host[:port], "
-                                  "with no path or trailing slash")
+            if not _is_origin(origin):
+                raise ConfigError(f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin as browsers send it: "
+                                  "scheme://host[:port], an ASCII (punycode) host, no default port, "
+                                  "path or trailing slash")
 
     def cors_origins(self) -> frozenset[str]:
         """CORS_ALLOWED_ORIGINS as browsers send Origin (lower case); empty: CORS off."""
@@ -208,6 +207,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.searxng_url:
             return "searxng"
         return "brave" if self.brave_search_api_key else None
+
+
+def _is_origin(origin: str) -> bool:
+    """Whether a browser could send `origin` as its Origin header (so it can ever match)."""
+    parts = urlsplit(origin)
+    try:
+        port = parts.port  # a ValueError for "abc" or 99999
+    except ValueError:
+        return False
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return (default is not None and bool(parts.hostname) and origin.isascii() and port != default
+            and not (parts.path or "?" in origin or "#" in origin or "@" in parts.netloc))
 
 
 def _name_variable(message: str) -> str:

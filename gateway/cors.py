@@ -23,7 +23,8 @@ ALLOW_METHODS = "GET, POST, DELETE"
 # continue, EventSource's reconnect id, and the open mode's user id.
 ALLOW_HEADERS = ("Authorization, Content-Type, Content-Encoding, Last-Event-ID, traceparent, "
                  "tracestate, X-User-Id")
-EXPOSE_HEADERS = "X-Trace-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+EXPOSE_HEADERS = ("X-Trace-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
+                  "WWW-Authenticate")
 MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
 
 

@@ -25,6 +25,7 @@ from gateway.appkeys import (
 from gateway.config import Settings
 from gateway.errors import Handler, RateLimited, rate_limit_headers
 from gateway.responses import json_response
+from gateway.sse import EventStream
 from pipeline.limits import (
     Admission,
     Limits,
@@ -36,6 +37,12 @@ from pipeline.limits import (
 
 # Requests that run the pipeline; health, metrics and usage are never limited.
 LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})
+
+
+def _finished_stream(request: web.Request) -> bool:
+    """An EventSource reconnecting after `done`: the route answers 204 and runs nothing, so the
+    reconnect (which every open EventSource makes) costs no quota."""
+    return request.method == "GET" and request.headers.get("Last-Event-ID") == EventStream.LAST_EVENT_ID
 
 
 def limits_of(settings: Settings) -> Limits:
@@ -66,7 +73,7 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Admit or refuse (429) before the handler, so a refusal never opens a stream."""
     resource = request.match_info.route.resource
-    if resource is None or resource.canonical not in LIMITED_PATHS:
+    if resource is None or resource.canonical not in LIMITED_PATHS or _finished_stream(request):
         return await handler(request)
     user_id = request[USER_ID]
     try:

@@ -25,7 +25,7 @@ CLIENT_CLOSED = 499
 
 # Scrapes, probes and the web UI's files and dashboard polling: a trace each would push the
 # requests out of the /debug/traces buffer.
-_UNTRACED = frozenset({"/metrics", "/health", "/", "/static/{name}", "/api/v1/enhanced/metrics"})
+_UNTRACED = frozenset({"/metrics", "/health", "/", "/static/{name}", "/api/v1/enhanced/metrics", "preflight"})
 
 
 @web.middleware
@@ -33,7 +33,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     """One server span per request (continuing a W3C traceparent), its metrics and log line."""
     started = time.perf_counter()
     resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
+    # A CORS preflight matches no route (OPTIONS is not one of them): named, and not traced.
+    route = (resource.canonical if resource is not None
+             else "preflight" if request.method == "OPTIONS" else "unmatched")
     app = request.app
     span = app[TRACING].server_span(
         f"{request.method} {route}" if resource is not None else request.method,

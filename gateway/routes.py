@@ -149,7 +149,7 @@ async def stream_get(request: web.Request) -> web.StreamResponse:
         # EventSource reconnecting after a finished stream, as browsers do every few seconds
         # until the page closes it: 204 No Content tells it to stop (the SSE spec), instead of
         # running the request (and charging the user's limits) again and again.
-        return web.Response(status=204)
+        return web.Response(status=204, headers={"Cache-Control": "no-store"})
     return await _stream(request, pipeline_request(request, decode_query(request.rel_url.raw_query_string)))
 
 

@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import secrets
 import signal
 import time
@@ -56,6 +57,9 @@ SERVER_OPTIONS: dict[str, object] = {
     "handler_cancellation": True, "max_line_size": 64 * 1024, "keepalive_timeout": 75.0,
     "lingering_time": 2.0,
 }
+
+
+_ACCESS_TOKEN = re.compile(r"(access_token=)[^&\s'\"]*")
 
 
 class GatewayRunner(web.AppRunner):
@@ -126,6 +130,8 @@ class _JsonErrorHandler(RequestHandler):
         error: GatewayError
         trace_id = _refusal_id()
         extra = {"trace_id": trace_id, "status": status}
+        if message is not None:  # aiohttp quotes the request line, an EventSource's JWT included
+            message = _ACCESS_TOKEN.sub(r"\1[redacted]", message)
         if isinstance(exc, ContentEncodingError) and _names_a_coding_we_read(message):
             # gzip or deflate that broke off, when the whole body came with the headers: the
             # client's body is at fault, not its choice of coding (which we read).

@@ -39,7 +39,8 @@ class EventStream(web.StreamResponse):
             status=200,
             headers={
                 "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
+                # no-store: a GET stream's URL may carry a JWT (RFC 6750 2.3: keep it private).
+                "Cache-Control": "no-store",
                 "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
                 **(headers or {}),
             },

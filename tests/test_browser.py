@@ -241,7 +241,7 @@ async def test_an_app_on_another_origin_calls_the_gateway_only_when_allowed(open
     assert await page_host.page.evaluate(call, other.base_url) == {"error": "TypeError"}
     page_host.console_errors.clear()  # Chromium logs the refused one: that is the point
     # EventSource sends no Authorization header: the app's JWT rides in the query instead, and
-    # its reconnect after `done` (cross-origin, so preflighted for Last-Event-ID) is a 204.
+    # its reconnect after `done` is a 204.
     jwt_token = jwt.encode({"sub": "erin", "exp": int(time.time()) + 300}, JWT_SECRET, algorithm="HS256")
     streamed = await page_host.page.evaluate(EVENT_SOURCE_UNTIL_CLOSED, f"{allowing.base_url}/api/v1/enhanced/stream"
                                              f"?prompt=animate%20this%20sunset&access_token={jwt_token}")

@@ -71,14 +71,32 @@ async def test_a_stream_carries_the_headers_it_sends_before_its_first_event(make
 
 
 async def test_star_allows_any_origin(make_client: MakeClient) -> None:
-    client = await make_client(cors_allowed_origins="*")
+    client = await make_client(cors_allowed_origins="*", gateway_api_keys=KEYS)
     response = await client.options(PROCESS, headers={**PREFLIGHT, "Origin": "https://anywhere.example"})
     assert response.status == 204 and response.headers["Access-Control-Allow-Origin"] == "*"
     assert "Vary" not in response.headers
 
 
+async def test_star_is_refused_with_no_authentication(make_client: MakeClient) -> None:
+    """Open mode makes every caller an admin: * would hand the admin API to any web page."""
+    with pytest.raises(ConfigError, match="needs authentication"):
+        await make_client(cors_allowed_origins="*")
+
+
+async def test_preflights_are_counted_under_their_own_route_and_not_traced(make_client: MakeClient) -> None:
+    client = await make_client(cors_allowed_origins=APP)
+    assert (await client.options(PROCESS, headers=PREFLIGHT)).status == 204
+    stats = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert stats["requests_by_route"].get("preflight") == 1
+    assert (await client.post(PROCESS, json={"prompt": "a cat"})).status == 200
+    roots = [trace["root"] for trace in await (await client.get("/debug/traces")).json()]
+    assert roots == ["POST /api/v1/enhanced/process"]  # the preflight left none
+
+
 @pytest.mark.parametrize("value", ["https://app.example.com/", "app.example.com", "ftp://x.example",
-                                   "https://app.example.com/path", "*, https://app.example.com"])
+                                   "https://app.example.com/path", "*, https://app.example.com",
+                                   "https://app.example.com:443", "https://app.example.com:99999",
+                                   "https://app.example.com:abc", "https://exämple.com", "https://app.example.com?"])
 def test_what_is_not_an_origin_is_refused_at_start(value: str) -> None:
     with pytest.raises(ConfigError, match="CORS_ALLOWED_ORIGINS"):
         Settings.from_env({"CORS_ALLOWED_ORIGINS": value})

@@ -47,3 +47,11 @@ def test_named_looks_ask_for_a_web_search() -> None:
 
 def test_short_prompts_need_enhancement() -> None:
     assert RulesClassifier().classify_sync(ClassifierInput("a cat")).enhancement_needed is True
+
+
+def test_a_prompt_no_keyword_matches_gets_the_default_flagged_low() -> None:
+    """The default is a guess: low_confidence, so the stream's intent event and the result say so
+    (the frontend may ask the user); a matched keyword is not flagged."""
+    guessed = RulesClassifier().classify_sync(ClassifierInput("remove the car", working_images=IMAGE))
+    assert guessed.workflow_type is W.IMAGE_EDITING and guessed.low_confidence
+    assert not RulesClassifier().classify_sync(ClassifierInput("change my hair to blonde")).low_confidence

@@ -44,7 +44,7 @@ async def test_stream_headers_disable_caching_and_proxy_buffering(client: Any) -
     resp = await client.post(STREAM, json={"prompt": "a red fox"})
     await resp.read()
     assert resp.headers["Content-Type"] == "text/event-stream"
-    assert resp.headers["Cache-Control"] == "no-cache"
+    assert resp.headers["Cache-Control"] == "no-store"
     assert resp.headers["X-Accel-Buffering"] == "no"
     assert "Content-Encoding" not in resp.headers
 
@@ -90,6 +90,8 @@ async def test_an_eventsource_reconnecting_after_done_is_told_to_stop(client: An
     stats = await (await client.get("/api/v1/enhanced/metrics")).json()
     assert stats["classifications"] == 1  # the cut-off one's; the 204 ran nothing
     assert stats["responses_by_status"] == {"204": 1, "200": 1}
+    usage = await (await client.get("/api/v1/enhanced/usage")).json()
+    assert usage["requests_last_minute"] == 1, usage  # nor did it use the user's quota
 
 
 async def test_get_stream_takes_the_longest_prompt_in_any_script(client: Any) -> None:

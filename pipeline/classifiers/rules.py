@@ -93,6 +93,7 @@ class RulesClassifier:
                 + ("a request with a working image" if has_image else "a text-only request"),
                 source=IntentSource.RULES,
                 enhancement_needed=enhancement_needed,
+                metadata={"low_confidence": True},  # a guess: the frontend may ask the user
             )
 
         # _COMPILED is in PRIORITY order, so the first match is the most specific workflow.
