@@ -125,7 +125,8 @@ class LocalClassifier:
         self._workflows = {i: WorkflowType(label) for i, label in enumerate(model.labels)
                            if label != NO_CLEAR_INTENT}
         self._columns = {workflow: i for i, workflow in self._workflows.items()}
-        self._nothing_asked = model.labels.index(NO_CLEAR_INTENT) if NO_CLEAR_INTENT in model.labels else None
+        labels = list(model.labels)
+        self._unclear_column = labels.index(NO_CLEAR_INTENT) if NO_CLEAR_INTENT in labels else None
         self._thread: ThreadPoolExecutor | None = None
         self._closed = False
         self._transformer: GroupCommit[list[int], npt.NDArray[np.float32]] = GroupCommit(
@@ -294,11 +295,11 @@ class LocalClassifier:
 
     def _unclear(self, p: list[float]) -> float:
         """The probability that the prompt asks for nothing (0 from artifacts without the label)."""
-        return p[self._nothing_asked] if self._nothing_asked is not None else 0.0
+        return p[self._unclear_column] if self._unclear_column is not None else 0.0
 
     def _flagged_low(self, p: list[float]) -> bool:
         """Whether `_result` flags these probabilities low_confidence: the best is under the line,
-        or is that nothing was asked."""
+        or the best is "nothing asked"."""
         best = max(p)
         return best < self.low_confidence_below or self._unclear(p) == best
 
