@@ -84,7 +84,7 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
                 record_result(request, preq, event)
                 return event
             if isinstance(event, ModelEvent):
-                await charge_cost(request, event.estimated_cost)
+                await charge_cost(request, _chargeable(event, state))
             if isinstance(event, ErrorEvent):
                 request.app[STATS].record_error(event.code)
     except PipelineError as exc:  # overloaded: counted as the stream counts its error event
@@ -178,7 +178,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                         unfinished = None
                         record_result(request, preq, event)
                     elif isinstance(event, ModelEvent):
-                        await charge_cost(request, event.estimated_cost)
+                        await charge_cost(request, _chargeable(event, state))
                     elif isinstance(event, ErrorEvent):
                         app[STATS].record_error(event.code)
                     await stream.send(name, encode_json(event), last=name == "done")
@@ -211,6 +211,12 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         if unfinished is not None:
             record_unfinished(request, state, unfinished)
     return stream
+
+
+def _chargeable(event: ModelEvent, state: RequestState) -> float:
+    """The estimate charged to the user's cost limit: nothing for a prompt that asks for nothing
+    ("hi"), which the frontend answers by asking the user rather than by generating."""
+    return 0.0 if state.intent is not None and state.intent.no_clear_intent else event.estimated_cost
 
 
 async def _end_with_error(stream: EventStream, error: ErrorEvent) -> None:

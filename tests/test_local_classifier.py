@@ -477,7 +477,7 @@ async def test_gateway_reports_local_intent_source(make_client: MakeClient, loca
 async def test_the_answer_tells_the_frontend_when_nothing_was_asked(make_client: MakeClient) -> None:
     """/process for "thanks!": the safe default workflow, `metadata.no_clear_intent` and low
     confidence, so the frontend can ask what to make before anything is generated; the prompt is
-    left as it was (nothing to enrich)."""
+    left as it was (nothing to enrich), and its estimate is not charged to the cost limit."""
     client = await make_client(intent_classifier="local")
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "thanks!"})
     assert response.status == 200, await response.text()
@@ -486,11 +486,17 @@ async def test_the_answer_tells_the_frontend_when_nothing_was_asked(make_client:
     assert body["metadata"]["no_clear_intent"] is True and body["metadata"]["low_confidence"] is True
     assert body["final_prompt"] == "thanks!" and body["metadata"]["enhancement_applied"] is False
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "a lighthouse in a storm"})
-    assert (await response.json())["metadata"]["no_clear_intent"] is False
+    lighthouse = await response.json()
+    assert lighthouse["metadata"]["no_clear_intent"] is False
+    body_cost = lighthouse["estimated_cost"]
+    assert body_cost > 0
     # The stream says so at its intent event, before the model and the prompt are chosen.
     stream = await client.post("/api/v1/enhanced/stream", json={"prompt": "hello?"})
     intent = next(e.data for e in parse_events(await stream.read()) if e.event == "intent")
     assert intent["no_clear_intent"] is True and intent["low_confidence"] is True
+    # Only the lighthouse's estimate is charged to the user's cost limit: nothing was asked twice.
+    usage = await (await client.get("/api/v1/enhanced/usage")).json()
+    assert usage["cost_last_hour"] == pytest.approx(body_cost), usage
 
 
 async def test_the_gateway_stops_the_transformer_thread_when_it_shuts_down(make_client: MakeClient) -> None:
