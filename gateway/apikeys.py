@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "igw_"
 # What generate_key() makes: only a token of this shape can be in the Postgres table.
 ISSUED_KEY = re.compile(r"igw_[A-Za-z0-9_-]{43}")
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}\Z")  # \Z: "$" also matches before a final newline
+# "|": auth providers' subjects ("auth0|64f1c2", "google-oauth2|1057..."). \Z: "$" also matches
+# before a final newline.
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@:|-]{1,128}\Z")
 
 
 
@@ -258,6 +260,7 @@ class Authenticator:
             return None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not USER_ID_PATTERN.match(subject):
+            log.info("rejected JWT: its sub is not 1-128 letters, digits or _.@:|-")
             return None
         # The auth provider's tokens carry users; admin scope comes only from admin API keys.
         return Principal(user_id=subject, via="jwt")

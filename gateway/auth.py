@@ -79,7 +79,8 @@ async def _principal(auth: Authenticator, request: web.Request) -> Principal:
     if header is None and request.method == "GET" and request.path in QUERY_TOKEN_PATHS:
         return _query_token_principal(auth, request)
     if header is None:
-        raise Unauthorized("send Authorization: Bearer <API key>")
+        raise Unauthorized("send Authorization: Bearer <API key or JWT>" if auth.jwt_secret
+                           else "send Authorization: Bearer <API key>")
     match = _BEARER.match(header)
     principal = await auth.authenticate(match.group(1)) if match else None
     if principal is None:
@@ -102,7 +103,7 @@ def _claimed_user(request: web.Request) -> str:
     # Open mode only (loopback development): the caller says who they are.
     user_id = request.headers.get("X-User-Id", "anonymous")
     if not USER_ID_PATTERN.match(user_id):
-        raise ValidationFailed("X-User-Id must be 1-128 letters, digits or _.@:-", field="X-User-Id")
+        raise ValidationFailed("X-User-Id must be 1-128 letters, digits or _.@:|-", field="X-User-Id")
     return user_id
 
 

@@ -48,7 +48,7 @@ async def create_key(request: web.Request) -> web.Response:
     """POST /api/v1/admin/keys {user_id, admin}: a new key, shown in this answer only."""
     body = decode_json(_create_key_decoder, await read_json_body(request))
     if not USER_ID_PATTERN.match(body.user_id):
-        raise ValidationFailed("user_id must be 1-128 letters, digits or _.@:-", field="user_id")
+        raise ValidationFailed("user_id must be 1-128 letters, digits or _.@:|-", field="user_id")
     store = _store(request)
     await store.ensure_schema()
     new: NewKey = await store.create(body.user_id, admin=body.admin)

@@ -38,7 +38,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         sys.stderr.write("keys: set DATABASE_URL (keys live in Postgres; env keys go in GATEWAY_API_KEYS)\n")
         return 2
     if args.keys_command == "create" and not USER_ID_PATTERN.match(args.user):
-        sys.stderr.write("keys: --user must be 1-128 letters, digits or _.@:-\n")
+        sys.stderr.write("keys: --user must be 1-128 letters, digits or _.@:|-\n")
         return 2
     async with asyncpg.create_pool(settings.database_url, min_size=1, max_size=1) as pool:
         store = PgKeyStore(pool)

@@ -122,14 +122,16 @@ async def test_public_paths_need_no_key(secured: Any, path: str) -> None:
     assert resp.status not in (401, 403)
 
 
-async def test_valid_jwt_authenticates_its_subject(secured: Any) -> None:
-    """An HS256 JWT from the auth provider: the subject is the user id."""
+@pytest.mark.parametrize("subject", ["carol", "auth0|64f1c2a9e1", "google-oauth2|105702387751"])
+async def test_valid_jwt_authenticates_its_subject(secured: Any, subject: str) -> None:
+    """An HS256 JWT from the auth provider: the subject is the user id, in the shapes providers
+    give it (Auth0's "provider|id" included)."""
     resp = await secured.get(
-        "/api/v1/enhanced/stream", params={"prompt": "a cat"}, headers=bearer(token("carol"))
+        "/api/v1/enhanced/stream", params={"prompt": "a cat"}, headers=bearer(token(subject))
     )
     assert resp.status == 200
     context = next(e for e in parse_events(await resp.read()) if e.event == "context")
-    assert context.data["user_id"] == "carol"
+    assert context.data["user_id"] == subject
 
 
 @pytest.mark.parametrize(
