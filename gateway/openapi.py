@@ -27,7 +27,15 @@ from gateway.keyroutes import CreateKey, KeyList, Revoked
 from gateway.responses import json_response
 from gateway.routes import Comparison
 from gateway.wire import ProcessBody
-from pipeline.events import ProcessResult
+from pipeline.events import (
+    ContextEvent,
+    ErrorEvent,
+    IntentEvent,
+    ModelEvent,
+    ProcessResult,
+    PromptEvent,
+    ReferencesEvent,
+)
 from pipeline.limits import Usage
 from pipeline.types import Format, Quality, Style
 
@@ -65,7 +73,12 @@ SSE_EVENT: dict[str, Any] = {
     "type": "object",
     "required": ["event", "data"],
     "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+    "description": "data, by event: context ContextEvent, intent IntentEvent, model ModelEvent, prompt "
+                   "PromptEvent, references ReferencesEvent, error ErrorEvent, done ProcessResult "
+                   "(schemas under components)",
 }
+# Listed under components so a frontend can generate types for the events' data.
+STREAM_EVENTS = (ContextEvent, IntentEvent, ModelEvent, PromptEvent, ReferencesEvent, ErrorEvent)
 
 _STREAM_QUERY: dict[str, Any] = {
     "prompt": (str, True),
@@ -119,7 +132,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
 
 
 def build_document(app: web.Application) -> dict[str, Any]:
-    types: list[Any] = [ErrorBody]
+    types: list[Any] = [ErrorBody, *STREAM_EVENTS]
     for op in OPERATIONS.values():
         types += [t for t in (op.request, op.response) if _is_struct(t)]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)

@@ -49,6 +49,15 @@ async def test_document_lists_every_route(client: Any) -> None:
     assert "403" in doc["paths"]["/metrics"]["get"]["responses"]
 
 
+async def test_the_stream_events_data_schemas_are_components(client: Any) -> None:
+    """A frontend generates types for every event it reads, the live stage events included."""
+    doc = await (await client.get("/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    for name in ("ContextEvent", "IntentEvent", "ModelEvent", "PromptEvent", "ErrorEvent", "ProcessResult"):
+        assert name in schemas
+    assert {"low_confidence", "no_clear_intent"} <= set(schemas["IntentEvent"]["properties"])
+
+
 async def test_the_eventsource_stream_documents_its_token_and_its_204(client: Any) -> None:
     get = (await (await client.get("/openapi.json")).json())["paths"]["/api/v1/enhanced/stream"]["get"]
     assert "access_token" in {p["name"] for p in get["parameters"]}
