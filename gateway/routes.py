@@ -189,7 +189,10 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                 app[STATS].record_error(error.code)
                 event = ErrorEvent(code=error.code, message=error.detail, trace_id=preq.trace_id,
                                    elapsed_ms=state.elapsed_ms())
-                await stream.send("error", encode_json(event))
+                # An EventSource runs the request again by itself: after Retry-After, not its ~3 s.
+                retry_after = error.headers().get("Retry-After")
+                await stream.send("error", encode_json(event),
+                                  retry_ms=int(retry_after) * 1000 if retry_after else None)
         await stream.write_eof()
     except ConnectionResetError:
         log.info("client went away mid-stream", extra={"trace_id": preq.trace_id})

@@ -66,12 +66,14 @@ class EventStream(web.StreamResponse):
             self._schedule_flush()  # which arms the heartbeat, unless the stream ends first
         return writer
 
-    async def send(self, event: str, data: bytes, *, last: bool = False) -> None:
+    async def send(self, event: str, data: bytes, *, last: bool = False, retry_ms: int | None = None) -> None:
+        """Queue one event; `retry_ms` sets how long an EventSource waits before it reconnects."""
         if self._failed is not None:
             raise ConnectionResetError("client went away") from self._failed
         self._last_id += 1
         event_id = self.LAST_EVENT_ID.encode() if last else b"%d" % self._last_id
-        self._pending.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), data))
+        retry = b"retry: %d\n" % retry_ms if retry_ms is not None else b""
+        self._pending.append(b"%sid: %s\nevent: %s\ndata: %s\n\n" % (retry, event_id, event.encode(), data))
         self._schedule_flush()
 
     async def write_eof(self, data: bytes = b"") -> None:

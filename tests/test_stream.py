@@ -209,9 +209,11 @@ async def test_overload_on_a_stream_is_an_error_event(make_client: MakeClient) -
     first = asyncio.create_task(client.post(STREAM, json={"prompt": "one"}))
     await asyncio.wait_for(gated.entered.wait(), 2)
     resp = await client.post(STREAM, json={"prompt": "two"})
-    events = parse_events(await resp.read())
+    body = await resp.read()
+    events = parse_events(body)
     assert [e.event for e in events] == ["context", "error"]
     assert events[1].data["code"] == "overloaded"
+    assert b"retry: 1000\nid: 2\nevent: error\n" in body  # an EventSource retries after Retry-After
     assert events[1].data["elapsed_ms"] >= 100  # stamped when sent, after the 0.1 s queue wait
     assert events[1].data["trace_id"] == events[0].data["trace_id"]
     gated.gate.set()
