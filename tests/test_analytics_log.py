@@ -74,6 +74,18 @@ async def _process(client: Any, prompt: str = "a cat playing in the garden", **h
     return resp
 
 
+async def test_a_prompt_that_asks_for_nothing_is_marked_in_its_row(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """How often users arrive without asking for anything is one query away."""
+    client = await _db_client(make_client, postgres_db, tmp_path, intent_classifier="local")
+    await _process(client, "hello!")
+    await _process(client, "a lighthouse in a storm")
+    await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 2, timeout=10)
+    rows = await _fetch(postgres_db, "SELECT prompt, no_clear_intent FROM intent_classification_logs ORDER BY prompt")
+    assert [(r["prompt"], r["no_clear_intent"]) for r in rows] == [("a lighthouse in a storm", False), ("hello!", True)]
+
+
 async def test_n_requests_make_n_rows_in_each_table(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:
@@ -102,6 +114,7 @@ async def test_n_requests_make_n_rows_in_each_table(
     assert sorted(r["trace_id"] for r in rows) == sorted(traces)
     assert {r["route"] for r in rows} == {"process", "stream"}
     assert {r["outcome"] for r in rows} == {"ok"}
+    assert not any(r["no_clear_intent"] for r in rows)
     assert {r["intent_source"] for r in rows} == {"rules"} and {r["arm"] for r in rows} == {"ai"}
     assert all(r["prompt"] and len(r["prompt_sha256"]) == 64 for r in rows)
     hair = [r for r in rows if r["classified_workflow"] == "hair_styling"]

@@ -44,6 +44,7 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     # "ok", or why there is no result: rate_limited, overloaded, client_disconnected, shutting_down
     outcome: str = "ok"
+    no_clear_intent: bool = False  # the prompt asked for nothing (a default absent from older spills)
 
 
 def log_entry(
@@ -78,6 +79,7 @@ def log_entry(
         estimated_time=result.estimated_time,
         success=result.success,
         circuit_breaker_state=breaker_state,
+        no_clear_intent=result.metadata.no_clear_intent,
     )
 
 
@@ -150,7 +152,7 @@ def prompt_columns(
 INTENT_COLUMNS = (
     "request_id", "created_at", "user_id", "trace_id", "prompt", "prompt_sha256", "route",
     "classified_workflow", "confidence", "processing_time_ms", "used_fallback", "cache_hit",
-    "circuit_breaker_state", "rate_limited", "intent_source", "arm", "outcome",
+    "circuit_breaker_state", "rate_limited", "intent_source", "arm", "outcome", "no_clear_intent",
 )
 MODEL_COLUMNS = (
     "request_id", "created_at", "user_id", "trace_id", "workflow_type", "selected_model",
@@ -162,7 +164,7 @@ def intent_record(e: LogEntry) -> tuple[object, ...]:
     return (
         e.request_id, e.created_at, e.user_id, e.trace_id, e.prompt, e.prompt_sha256, e.route,
         e.classified_workflow, e.confidence, e.processing_time_ms, e.used_fallback, e.cache_hit,
-        e.circuit_breaker_state, e.rate_limited, e.intent_source, e.arm, e.outcome,
+        e.circuit_breaker_state, e.rate_limited, e.intent_source, e.arm, e.outcome, e.no_clear_intent,
     )
 
 
