@@ -94,6 +94,21 @@ class Stats:
     lag: list[float] = field(default_factory=list)
 
 
+def sse_field(block: bytes, name: bytes) -> bytes | None:
+    """The value of one `name: value` line of an SSE event block, wherever it is (an `error`
+    event may start with `retry:`), or None."""
+    prefix = name + b": "
+    if block.startswith(prefix):
+        start = len(prefix)
+    else:
+        at = block.find(b"\n" + prefix)
+        if at < 0:
+            return None
+        start = at + 1 + len(prefix)
+    end = block.find(b"\n", start)
+    return block[start:] if end < 0 else block[start:end]
+
+
 class PromptMix:
     """Request bodies: a repeated hot prompt (cache hit) or a fresh variation (cache miss)."""
 
@@ -255,13 +270,12 @@ class StreamClient:
                 now = (time.perf_counter() - start) * 1000
                 if first is None:
                     first = now
-                event = block.split(b"\n", 2)[1] if block.startswith(b"id:") else block.split(b"\n", 1)[0]
-                if event == b"event: done":
+                event = sse_field(block, b"event")
+                if event == b"done":
                     done = now
-                elif event == b"event: error":
-                    data = block[block.find(b"data: ") + 6 :]
+                elif event == b"error":
                     # stage_failed still ends in `done` (a fallback); overloaded ends the stream.
-                    errors.append(f"event_{json.loads(data).get('code', 'unknown')}")
+                    errors.append(f"event_{json.loads(sse_field(block, b'data') or b'{}').get('code', 'unknown')}")
         if close:
             await self.close()
         if done is None and not errors:
