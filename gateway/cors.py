@@ -3,10 +3,11 @@
 Off by default: only the same origin (the web UI, or an app served behind the same host). With
 origins configured, a preflight (OPTIONS with Access-Control-Request-Method) from an allowed
 origin is answered 204 before authentication and limits, since browsers send it without
-credentials; one from any other origin is a 403. Every response to an allowed origin, streams
-and errors included, says that origin may read it and exposes the headers a frontend reads
-(X-Trace-Id, Retry-After, RateLimit-*): a 401 or a 429 the page may not read reaches it as a
-bare network error.
+credentials; one from any other origin is a 403. Every response the app makes to an allowed
+origin, streams and errors included, says that origin may read it and exposes the headers a
+frontend reads (X-Trace-Id, Retry-After, RateLimit-*, WWW-Authenticate): a 401 or a 429 the
+page may not read reaches it as a bare network error. (The HTTP parser's refusals of malformed
+requests are made before the app and carry none.)
 """
 
 from __future__ import annotations
