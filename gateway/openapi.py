@@ -72,7 +72,8 @@ class Operation(msgspec.Struct, kw_only=True):
 SSE_EVENT: dict[str, Any] = {
     "type": "object",
     "required": ["event", "data"],
-    "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+    "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"},
+                   "retry": {"type": "integer", "description": "ms before an EventSource reconnects"}},
     "description": "data, by event: context ContextEvent, intent IntentEvent, model ModelEvent, prompt "
                    "PromptEvent, references ReferencesEvent, error ErrorEvent, done ProcessResult "
                    "(schemas under components)",

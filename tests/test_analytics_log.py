@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 import redis.asyncio
 from aioresponses import aioresponses
@@ -23,6 +24,7 @@ from gateway.analytics.schema import migrate
 from gateway.analytics.writer import LogWriter, is_transient
 from gateway.appkeys import ANALYTICS, REQUEST_LOG
 from pipeline.classifiers.rules import RulesClassifier
+from pipeline.types import ClassifierInput, IntentClassification
 from tests.conftest import GatedClassifier, MakeClient, wait_until
 from tests.pg import TcpProxy
 from tests.redis_servers import RedisServer
@@ -74,16 +76,31 @@ async def _process(client: Any, prompt: str = "a cat playing in the garden", **h
     return resp
 
 
+class NothingAskedWhenGreeted(RulesClassifier):
+    """The rules, but "hello" is a prompt that asks for nothing (as the embedded classifier says)."""
+
+    def classify_sync(self, query: ClassifierInput) -> IntentClassification:
+        result = super().classify_sync(query)
+        if query.prompt.startswith("hello"):
+            return msgspec.structs.replace(result, metadata={"no_clear_intent": True, "low_confidence": True})
+        return result
+
+
 async def test_a_prompt_that_asks_for_nothing_is_marked_in_its_row(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:
-    """How often users arrive without asking for anything is one query away."""
-    client = await _db_client(make_client, postgres_db, tmp_path, intent_classifier="local")
+    """How often users arrive without asking for anything is one query away; a request that
+    ended before it was classified says "not known"."""
+    client = await _db_client(make_client, postgres_db, tmp_path, classifier=NothingAskedWhenGreeted(),
+                              rate_limit_requests_per_minute=2)
     await _process(client, "hello!")
     await _process(client, "a lighthouse in a storm")
-    await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 2, timeout=10)
-    rows = await _fetch(postgres_db, "SELECT prompt, no_clear_intent FROM intent_classification_logs ORDER BY prompt")
-    assert [(r["prompt"], r["no_clear_intent"]) for r in rows] == [("a lighthouse in a storm", False), ("hello!", True)]
+    assert (await client.post(PROCESS, json={"prompt": "refused: over the limit"})).status == 429
+    await wait_until(lambda: client.app[REQUEST_LOG].stats.written == 3, timeout=10)
+    rows = await _fetch(postgres_db, "SELECT prompt, outcome, no_clear_intent FROM intent_classification_logs "
+                                     "ORDER BY prompt NULLS LAST")
+    assert [(r["prompt"], r["outcome"], r["no_clear_intent"]) for r in rows] == [
+        ("a lighthouse in a storm", "ok", False), ("hello!", "ok", True), (None, "rate_limited", None)]
 
 
 async def test_n_requests_make_n_rows_in_each_table(

@@ -44,7 +44,8 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     # "ok", or why there is no result: rate_limited, overloaded, client_disconnected, shutting_down
     outcome: str = "ok"
-    no_clear_intent: bool = False  # the prompt asked for nothing (a default absent from older spills)
+    # The prompt asked for nothing; None: not known (no classification, or an older spill line).
+    no_clear_intent: bool | None = None
 
 
 def log_entry(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -42,10 +43,12 @@ from pipeline.types import PipelineRequest
 
 log = logging.getLogger(__name__)
 
-# Versioned names: a connection that made its stage table before a migration added a column
-# must not reuse the old shape.
-_STAGE_INTENT = "_gw_intent_log_stage_v2"
-_STAGE_MODEL = "_gw_model_log_stage_v2"
+# Named after the columns they hold: a session that made its stage table before a migration
+# added a column (a pooler shares sessions across versions in a rolling deploy) must not reuse
+# the old shape, and a hand-kept version number was once forgotten.
+_SHAPE = hashlib.sha256(" ".join(INTENT_COLUMNS + MODEL_COLUMNS).encode()).hexdigest()[:10]
+_STAGE_INTENT = f"_gw_intent_log_stage_{_SHAPE}"
+_STAGE_MODEL = f"_gw_model_log_stage_{_SHAPE}"
 # Per connection and emptied at each commit, so a batch never sees another's rows.
 _STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {_STAGE_INTENT} ON COMMIT DELETE ROWS AS
