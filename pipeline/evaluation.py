@@ -85,7 +85,7 @@ async def evaluate(classifier: Classifier, examples: list[Example]) -> Report:
 
 def _label(result: IntentClassification) -> str:
     """What the classifier said: a workflow, or (with its default workflow) that nothing was asked."""
-    return NO_CLEAR_INTENT if result.metadata.get("no_clear_intent") else result.workflow_type.value
+    return NO_CLEAR_INTENT if result.no_clear_intent else result.workflow_type.value
 
 
 def _score(name: str, predictions: list[tuple[str, str, float]], latencies: list[float]) -> Report:
