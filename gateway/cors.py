@@ -34,7 +34,9 @@ def cors_middleware(origins: frozenset[str]) -> Middleware:
 
     @web.middleware
     async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
+        if (request.method == hdrs.METH_OPTIONS and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
+                and not isinstance(request.match_info.http_exception, web.HTTPNotFound)):
+            # (A path that does not exist is the router's 404, preflight or not.)
             origin = request.headers.get(hdrs.ORIGIN, "")
             if "*" not in origins and origin not in origins:
                 raise Forbidden(f"origin {origin or '(none)'} is not in CORS_ALLOWED_ORIGINS")

@@ -38,6 +38,12 @@ async def test_a_preflight_from_an_allowed_origin_is_answered_without_credential
     assert "Origin" in response.headers.getall("Vary")
 
 
+async def test_a_preflight_to_a_path_that_does_not_exist_is_a_404(make_client: MakeClient) -> None:
+    client = await make_client(cors_allowed_origins=APP)
+    response = await client.options("/api/v1/enhanced/nope", headers=PREFLIGHT)
+    assert response.status == 404 and (await response.json())["error"] == "not_found"
+
+
 async def test_a_preflight_from_another_origin_is_refused(make_client: MakeClient) -> None:
     client = await make_client(cors_allowed_origins=APP, gateway_api_keys=KEYS)
     response = await client.options(PROCESS, headers={**PREFLIGHT, "Origin": "https://evil.example"})
