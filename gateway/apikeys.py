@@ -22,7 +22,7 @@ import msgspec
 from gateway.analytics.pool import database_call
 from gateway.analytics.schema import migrate
 from gateway.config import ConfigError
-from gateway.errors import DatabaseUnavailable
+from gateway.errors import DatabaseUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +255,9 @@ class Authenticator:
                 options={"require": ["exp", "sub"], "verify_aud": self.jwt_audience is not None},
                 leeway=30,
             )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired: refresh it, then send the new one",
+                               expired=True) from None
         except jwt.InvalidTokenError as exc:
             log.info("rejected JWT: %s", exc)
             return None

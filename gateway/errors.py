@@ -110,13 +110,18 @@ class Unauthorized(GatewayError):
     status = 401
     code = "unauthorized"
 
-    def __init__(self, detail: str, *, invalid: bool = False) -> None:
+    def __init__(self, detail: str, *, invalid: bool = False, expired: bool = False) -> None:
         super().__init__(detail)
-        self.invalid = invalid
+        self.invalid = invalid or expired
+        self.expired = expired  # a frontend refreshes an expired token; a broken one it replaces
 
     def headers(self) -> dict[str, str]:
         challenge = 'Bearer realm="intent-gateway"'
-        return {"WWW-Authenticate": challenge + (', error="invalid_token"' if self.invalid else "")}
+        if self.expired:  # RFC 6750 3's own example
+            challenge += ', error="invalid_token", error_description="The access token expired"'
+        elif self.invalid:
+            challenge += ', error="invalid_token"'
+        return {"WWW-Authenticate": challenge}
 
 
 class Forbidden(GatewayError):

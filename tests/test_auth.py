@@ -153,6 +153,17 @@ async def test_bad_jwts_are_401(secured: Any, bad: Any) -> None:
     assert resp.status == 401
 
 
+async def test_an_expired_jwt_says_so_so_that_the_page_refreshes_it(secured: Any) -> None:
+    """Expired is not forged: the detail and the challenge (RFC 6750's error_description) tell
+    the frontend to refresh the token rather than sign the user out."""
+    expired = await secured.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(token(exp=time.time() - 3600)))
+    assert expired.status == 401 and "expired" in (await expired.json())["detail"]
+    assert 'error_description="The access token expired"' in expired.headers["WWW-Authenticate"]
+    forged = await secured.post(PROCESS, json={"prompt": "a cat"},
+                                headers=bearer(token(secret="another-secret-0123456789abcdef-xyz")))
+    assert "expired" not in forged.headers["WWW-Authenticate"] + (await forged.json())["detail"]
+
+
 async def test_eventsource_may_send_a_jwt_as_access_token_on_the_get_stream_only(secured: Any) -> None:
     """EventSource cannot set headers: GET /stream takes ?access_token=<JWT>. Not an API key (a
     key in a URL outlives browser history and proxy logs), and no other path takes one."""
