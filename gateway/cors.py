@@ -29,6 +29,10 @@ EXPOSE_HEADERS = ("X-Trace-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining
 MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
 
 
+def _allows(origins: frozenset[str], origin: str) -> bool:
+    return "*" in origins or origin in origins
+
+
 def cors_middleware(origins: frozenset[str]) -> Middleware:
     """Answers preflights; it runs before authentication and the rate limiter."""
 
@@ -38,7 +42,7 @@ def cors_middleware(origins: frozenset[str]) -> Middleware:
                 and not isinstance(request.match_info.http_exception, web.HTTPNotFound)):
             # (A path that does not exist is the router's 404, preflight or not.)
             origin = request.headers.get(hdrs.ORIGIN, "")
-            if "*" not in origins and origin not in origins:
+            if not _allows(origins, origin):
                 raise Forbidden(f"origin {origin or '(none)'} is not in CORS_ALLOWED_ORIGINS")
             return web.Response(status=204, headers={
                 hdrs.ACCESS_CONTROL_ALLOW_METHODS: ALLOW_METHODS,
@@ -59,7 +63,7 @@ def cors_headers(origins: frozenset[str]) -> Callable[[web.Request, web.StreamRe
         if not any_origin:
             response.headers.add(hdrs.VARY, hdrs.ORIGIN)  # caches keep one answer per origin
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is not None and (any_origin or origin in origins):
+        if origin is not None and _allows(origins, origin):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = "*" if any_origin else origin
             response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSE_HEADERS
 

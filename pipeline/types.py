@@ -68,6 +68,11 @@ class ClassifierInput(msgspec.Struct, frozen=True):
     uploaded_images: tuple[str, ...] = ()
     mentions: tuple[str, ...] = ()  # "@sarah" tags, lower-cased, without the '@'
 
+    @property
+    def has_image(self) -> bool:
+        """A working image or an upload to work on (an @tag's image is not the classifier's)."""
+        return bool(self.working_images or self.uploaded_images)
+
 
 class IntentClassification(msgspec.Struct, frozen=True, kw_only=True):
     workflow_type: WorkflowType

@@ -265,7 +265,7 @@ class LLMClassifier:
         """As the embedded classifier answers a prompt that asks for nothing: the rules' default
         (whatever workflow the model named), flagged. Confidence 0: the model's number is how
         sure it is of its own answer, which here is "nothing asked", not the default."""
-        workflow = default_workflow(bool(query.working_images or query.uploaded_images))
+        workflow = default_workflow(query.has_image)
         return IntentClassification(
             workflow_type=workflow,
             confidence=0.0,

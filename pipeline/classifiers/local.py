@@ -312,7 +312,7 @@ class LocalClassifier:
         if nothing_asked:
             # The rules' safe default, with the model's probability that it is what was meant
             # as its confidence, and flagged low so the cascade asks the LLM.
-            workflow = default_workflow(bool(query.working_images or query.uploaded_images))
+            workflow = default_workflow(query.has_image)
             confidence = p[self._columns[workflow]]
             others = [i for i in order if self._workflows[i] is not workflow][:2]
             said = f"no clear request (p={unclear:.2f}), so the default {workflow.value}"

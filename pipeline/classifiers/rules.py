@@ -81,7 +81,7 @@ class RulesClassifier:
 
     def classify_sync(self, query: ClassifierInput) -> IntentClassification:
         text = query.prompt.lower()
-        has_image = bool(query.working_images or query.uploaded_images)
+        has_image = query.has_image
         matches = [(kw, wf) for wf, kw, pattern in _COMPILED if pattern.search(text)]
         enhancement_needed = len(query.prompt.split()) < 8
 
