@@ -20,6 +20,7 @@ import logging
 import math
 import re
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ FloatArray = npt.NDArray[np.float32]
 
 # Bump when the feature recipe or the artifact layout changes: it names the
 # artifact file and goes into the classifier's version (and so cache keys).
-ARTIFACT_VERSION: Final = "2tier-v2"
+ARTIFACT_VERSION: Final = "2tier-v3"
 ARTIFACT_DIR: Final = Path(__file__).resolve().parent / "artifacts"
 NGRAM_SIZES: Final = (2, 3, 4, 5)
 MIN_DF: Final = 2
@@ -65,6 +66,8 @@ DEFAULT_ESCALATE_BELOW: Final = 0.8
 STATIC_TABLE_ID: Final = "all-minilm-l6-v2-mean3"  # model + recipe of the distilled table
 CONTEXT_FEATURES: Final = 3  # has_working_image, has_uploaded_images, has_mentions
 _WORD = re.compile(r"[a-z0-9@']+")
+# The same words in any script (letters and digits, no underscore), for text that is not ASCII.
+_ANY_WORD = re.compile(r"(?:[^\W_]|[@'])+")
 # 1 + ln(count) for the counts a prompt of up to 255 grams can have (index 0 is unused).
 _SUBLINEAR_TF: Final = (1.0 + np.log(np.maximum(np.arange(256), 1))).astype(np.float32)
 _MENTION = re.compile(r"(?<![\w@])@([a-z0-9_.]+)", re.IGNORECASE)
@@ -116,10 +119,21 @@ def _ngrams(text: str) -> list[str]:
 
     Char n-grams make typos ("animte", "upsacle") land near the right words.
     """
-    words = _WORD.findall(text.lower())
+    words = _words(text)
     grams = [g for w in words for g in _word_grams(w)]
     grams.extend(_bigrams(words))
     return grams
+
+
+def _words(text: str) -> list[str]:
+    """The prompt's words, lower-cased and with accents dropped, as BERT's uncased tokenizer does:
+    "vídeo" and "video" share their grams. Any script: a run of CJK characters is one word,
+    whose char n-grams carry it. ASCII text (most prompts) takes the cheaper pattern."""
+    text = text.lower()
+    if text.isascii():
+        return _WORD.findall(text)
+    folded = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    return _ANY_WORD.findall(folded)
 
 
 def _word_grams(word: str) -> list[str]:
@@ -199,7 +213,7 @@ class Tfidf:
 
     def _gram_ids(self, text: str) -> npt.NDArray[np.intp]:
         """The vocabulary ids of ``_ngrams(text)``, as often as each occurs, unsorted: a new array."""
-        words = _WORD.findall(text.lower())
+        words = _words(text)
         parts: list[npt.NDArray[np.intp]] = []
         for word in words:
             known = self._word_ids.get(word)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.intent_model import Tfidf, _cv_logits, _Design, _ngrams, load_examples
+from pipeline.intent_model import Tfidf, _cv_logits, _Design, _ngrams, _words, load_examples
 
 TRAIN = Path(__file__).resolve().parents[1] / "data" / "train.jsonl"
 
@@ -32,6 +32,8 @@ def test_sparse_vectors_match_the_definition_first_time_and_from_the_word_cache(
         "Animate THIS sunset!",  # case and punctuation
         "sunset",  # one word: no bigrams
         "make the sunset glow " * 40,  # over 255 grams, each many times: tf past the lookup table
+        "Anima este vídeo del océano",  # accents dropped: shares grams with "video", "oceano"
+        "把这张照片变成视频",  # no spaces: one word, its char n-grams
     ]
     for _ in range(2):  # the second pass reads every word from the cache
         for text in prompts:
@@ -44,6 +46,14 @@ def test_sparse_vectors_match_the_definition_first_time_and_from_the_word_cache(
     dense = tfidf.dense(prompts[:2])
     idx, val = tfidf.sparse(prompts[0])
     assert np.allclose(dense[0, idx], val) and np.count_nonzero(dense[0]) == len(idx)
+
+
+def test_words_in_any_script_lose_case_and_accents_as_berts_uncased_tokenizer_does() -> None:
+    assert _words("Vídeo cinematográfico del OCÉANO") == _words("video cinematografico del oceano")
+    assert _words("Ölgemälde, s'il vous plaît!") == ["olgemalde", "s'il", "vous", "plait"]
+    assert _words("把这张照片 变成视频") == ["把这张照片", "变成视频"]
+    assert _words("a_b @sarah's 4k") == ["a", "b", "@sarah's", "4k"]  # the ASCII path: no underscores
+    assert _words("a_b @sarah's 4k é") == ["a", "b", "@sarah's", "4k", "e"]  # the other path: the same
 
 
 def test_out_of_fold_logits_can_score_other_features_of_the_same_rows() -> None:

@@ -40,6 +40,7 @@ from tests.test_cascade import Scripted
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 DEV, DEV_UNCLEAR, DEV_SHORT = DATA / "dev.jsonl", DATA / "dev_unclear.jsonl", DATA / "dev_short.jsonl"
+DEV_MULTILINGUAL = DATA / "dev_multilingual.jsonl"
 TRAIN = DATA / "train.jsonl"
 IMAGE = "https://xyz.supabase.co/storage/v1/object/public/images/abc.jpg"
 
@@ -49,7 +50,7 @@ MIN_DEV_ACCURACY = 0.96
 MIN_DEV_RECALL = 0.90
 # Prompts the fast tier is unsure of (its best p 0.62, 0.58, 0.44), so MiniLM is asked.
 UNSURE = "something with the sky"
-UNSURE_TOO = "the thing"
+UNSURE_TOO = "the ocean thing"
 VERY_UNSURE = "make it pop"
 
 
@@ -92,6 +93,15 @@ async def test_prompts_that_ask_for_nothing_are_told_apart_from_short_requests(l
     assert flagged <= 3 and short.accuracy >= 0.9, short.confusion
 
 
+async def test_requests_in_other_languages_are_not_read_as_asking_for_nothing(local: LocalClassifier) -> None:
+    """A check set never trained on (Spanish, French, German, Portuguese, Italian, Japanese,
+    Chinese): a clear request is never flagged as asking for nothing (measured 0 of 53; 31
+    before their training rows), and most get their workflow (measured 0.74; 0.28 before)."""
+    report = await evaluate(local, load_examples(DEV_MULTILINGUAL))
+    flagged = sum(row.get(NO_CLEAR_INTENT, 0) for row in report.confusion.values())
+    assert flagged <= 2 and report.accuracy >= 0.6, report.confusion
+
+
 @pytest.mark.parametrize(("images", "default"), [((), WorkflowType.IMAGE_GENERATION),
                                                  ((IMAGE,), WorkflowType.IMAGE_EDITING)])
 async def test_a_prompt_that_asks_for_nothing_gets_the_default_workflow_flagged(
@@ -111,7 +121,7 @@ async def test_a_prompt_that_asks_for_nothing_gets_the_default_workflow_flagged(
 def test_check_prompts_are_not_in_training_data() -> None:
     """The check sets measure generalisation only if none of them was trained on."""
     train = {e.prompt.lower() for e in load_examples(TRAIN)}
-    for path in (DEV, DEV_UNCLEAR, DEV_SHORT):
+    for path in (DEV, DEV_UNCLEAR, DEV_SHORT, DEV_MULTILINGUAL):
         assert not [e.prompt for e in load_examples(path) if e.prompt.lower() in train], path
 
 
@@ -185,7 +195,7 @@ def test_batch_and_single_predictions_agree(local: LocalClassifier) -> None:
 async def test_escalations_that_queue_together_run_as_one_transformer_batch(local: LocalClassifier) -> None:
     """Prompts the fast tier is unsure of share one MiniLM batch and get the answer they get alone."""
     classifier = LocalClassifier(local.model)
-    prompts = [UNSURE, "waves", UNSURE_TOO, "waves and stuff"]
+    prompts = [UNSURE, "rain", UNSURE_TOO, "waves and stuff"]
     assert not any(local.model.predict_fast(to_example(_query(p))).confident(classifier.escalate_below)
                    for p in prompts)
     try:
@@ -278,7 +288,7 @@ async def test_an_escalation_over_the_budget_gets_the_fast_tiers_answer_marked_p
     classifier = LocalClassifier(local.model, runs=runs, escalation_budget=0.0)
     try:
         await classifier.classify(_query(UNSURE_TOO))  # idle: runs, and MiniLM's time gets measured
-        prompts = [UNSURE, "waves", "waves and stuff"]
+        prompts = [UNSURE, "rain", "waves and stuff"]
         first, *queued = await asyncio.gather(*(classifier.classify(_query(p)) for p in prompts))
         assert await classifier.quick_answer(_query(UNSURE)) is None  # idle again: it would escalate
     finally:
@@ -440,7 +450,7 @@ async def test_float_runtimes_agree_and_int8_is_versioned_apart(local: LocalClas
     onnx_float = LocalClassifier.load(runtime="onnx")
     numpy_classifier = LocalClassifier.load(runtime="numpy")
     try:
-        for prompt in (UNSURE, "waves", UNSURE_TOO):  # all escalate: the runtimes differ only there
+        for prompt in (UNSURE, "rain", UNSURE_TOO):  # all escalate: the runtimes differ only there
             a, b = await onnx_float.classify(_query(prompt)), await numpy_classifier.classify(_query(prompt))
             c = await local.classify(_query(prompt))
             assert a.metadata["tier"] == b.metadata["tier"] == c.metadata["tier"] == "minilm"
