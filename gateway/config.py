@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 
@@ -17,6 +17,9 @@ OTEL_SAMPLERS = (
     "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
 )  # fmt: skip
 SearchProviderName = Literal["auto", "searxng", "brave", "none"]
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # asyncpg's
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 class ConfigError(ValueError):
@@ -186,6 +189,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("SEARXNG_URL must be an http(s) URL")
         if self.reference_search_results < 1:
             raise ConfigError("REFERENCE_SEARCH_RESULTS must be at least 1")
+        self._check_urls()
+        if self.log_level.upper() not in _LOG_LEVELS:
+            raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
+        if self.otel_traces_sampler_arg is not None and not 0 <= self.otel_traces_sampler_arg <= 1:
+            raise ConfigError("OTEL_TRACES_SAMPLER_ARG must be a probability, 0..1")
         origins = self.cors_origins()
         if "*" in origins and len(origins) > 1:
             raise ConfigError("CORS_ALLOWED_ORIGINS: * allows every origin, so it stands alone")
@@ -194,6 +202,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 raise ConfigError(f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin as browsers send it: "
                                   "scheme://host[:port], an ASCII (punycode) host, no default port, "
                                   "path or trailing slash")
+
+    def _check_urls(self) -> None:
+        """Refuse a URL its client would only refuse later: a mistyped DATABASE_URL surfaced as
+        every log row refused (set aside for good) and keys unreadable; a REDIS_URL as a traceback."""
+        if self.database_url is not None:
+            url = urlsplit(self.database_url)
+            if url.scheme not in ("postgres", "postgresql"):
+                raise ConfigError("DATABASE_URL must be a postgresql://user@host:port/database URL")
+            sslmodes = parse_qs(url.query).get("sslmode", [])
+            if any(mode not in _SSLMODES for mode in sslmodes):
+                raise ConfigError(f"DATABASE_URL: sslmode must be one of {', '.join(_SSLMODES)}")
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:
+            schemes = ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
+            raise ConfigError(f"REDIS_URL must start with one of {schemes}")
+        for name in ("openai_base_url", "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):
+            value = getattr(self, name)
+            url = urlsplit(value or "")
+            if value is not None and not (url.scheme in ("http", "https") and url.hostname):
+                raise ConfigError(f"{name.upper()} must be an http(s) URL")
 
     def cors_origins(self) -> frozenset[str]:
         """CORS_ALLOWED_ORIGINS as browsers send Origin (lower case); empty: CORS off."""

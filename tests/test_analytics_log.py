@@ -477,6 +477,8 @@ async def test_a_batch_failing_halfway_keeps_nothing_and_only_the_bad_row_is_set
         (asyncpg.exceptions.CharacterNotInRepertoireError("NUL"), False),  # SQLSTATE 22
         (asyncpg.exceptions.NotNullViolationError("null"), False),  # SQLSTATE 23
         (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), False),
+        # a ValueError too, but a connection setting: the rows wait for it to be fixed
+        (asyncpg.exceptions.ClientConfigurationError("invalid sslmode"), True),
     ],
 )
 def test_only_rows_postgres_or_the_driver_refuse_are_set_aside(error: Exception, transient: bool) -> None:

@@ -71,11 +71,14 @@ def is_transient(exc: BaseException) -> bool:
     (SQLSTATE class 22 or 23), or the driver could not encode a value (a ValueError/TypeError).
 
     Anything else (unreachable, restarting, a connection dropped mid-COPY and left in a state
-    asyncpg refuses to reuse, schema not migrated yet, credentials) may pass with time, so
+    asyncpg refuses to reuse, schema not migrated yet, credentials, a connection setting the
+    driver refuses) may pass with time or a fixed setting, so
     the rows wait rather than being set aside.
     """
     if isinstance(exc, asyncpg.PostgresError):
         return not (exc.sqlstate or "").startswith(("22", "23"))
+    if isinstance(exc, asyncpg.exceptions.ClientConfigurationError):  # a ValueError, but the DSN's
+        return True
     return not isinstance(exc, ValueError | TypeError)
 
 
