@@ -114,10 +114,19 @@ class PgKeyStore:
             await migrate(conn)
 
     async def count_active(self) -> int:
+        """How many keys are active, or DatabaseUnavailable (within LOOKUP_TIMEOUT: a hung database
+        must not hold start-up for asyncpg's 60 s connect timeout)."""
+        if time.monotonic() < self._down_until:
+            raise DatabaseUnavailable("cannot check credentials now: the key store is unavailable")
         try:
-            value = await self.pool.fetchval(
-                "SELECT count(*) FROM gateway_api_keys WHERE revoked_at IS NULL", timeout=self.LOOKUP_TIMEOUT
-            )
+            return await database_call("count the API keys", self._count(), self.LOOKUP_TIMEOUT)
+        except DatabaseUnavailable:
+            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            raise
+
+    async def _count(self) -> int:
+        try:
+            value = await self.pool.fetchval("SELECT count(*) FROM gateway_api_keys WHERE revoked_at IS NULL")
         except asyncpg.UndefinedTableError:
             return 0
         return int(value or 0)
@@ -214,12 +223,36 @@ class Authenticator:
         jwt_secret: str | None = None,
         jwt_audience: str | None = None,
         open_access: bool = False,
+        open_if_no_keys: bool | None = None,
     ) -> None:
         self.static_keys = static_keys
         self.store = store
         self.jwt_secret = jwt_secret
         self.jwt_audience = jwt_audience
         self.open = open_access
+        # Set when the keys table was the only key source and could not be read at start-up:
+        # whether no key exists is not known, so the gateway stays closed (not open, as "no
+        # keys" would make it) until `decide` can ask. The value: whether it may open then.
+        self.open_if_no_keys = open_if_no_keys
+
+    async def decide(self) -> None:
+        """Ask the keys table whether any key exists, and open or stay closed for good
+        (DatabaseUnavailable, a 503, while it cannot say)."""
+        may_open = self.open_if_no_keys
+        assert self.store is not None and may_open is not None
+        keys = await self.store.count_active()
+        if self.open_if_no_keys is None:  # decided by a request that asked at the same time
+            return
+        if keys == 0 and may_open:
+            log.warning("the keys table answered with no active key: the gateway is now OPEN (any caller, "
+                        "admin included)")
+            self.open = True
+        elif keys == 0:
+            log.error("the keys table has no active key: every request that needs one is refused until a "
+                      "key is created (python -m gateway keys create)")
+        else:
+            log.info("the keys table answered: authentication on, %d active keys", keys)
+        self.open_if_no_keys = None
 
     async def authenticate(self, token: str) -> Principal | None:
         if self.jwt_secret and token.count(".") == 2:

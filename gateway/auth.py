@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway.apikeys import USER_ID_PATTERN, Authenticator, PgKeyStore, Principal, parse_static_keys
 from gateway.appkeys import AUTH, SETTINGS, USER_ID
 from gateway.config import ConfigError, Settings
-from gateway.errors import Forbidden, Handler, Unauthorized, ValidationFailed
+from gateway.errors import DatabaseUnavailable, Forbidden, Handler, Unauthorized, ValidationFailed
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def is_loopback(host: str) -> bool:
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.app[AUTH]
     scope = scope_for(request.path)
+    if auth.open_if_no_keys is not None and scope != "public":
+        await auth.decide()
     if auth.open:
         request[USER_ID] = _claimed_user(request)
     elif scope == "public":
@@ -113,15 +115,22 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
     static_keys = parse_static_keys(settings.gateway_api_keys or "")
     pool: asyncpg.Pool | None = None
     store: PgKeyStore | None = None
-    db_keys = 0
+    db_keys: int | None = 0
     if settings.database_url:
         # min_size=0: no connection at start-up, so an unreachable Postgres does not stop the gateway.
         pool = await asyncpg.create_pool(settings.database_url, min_size=0, max_size=2)
         store = PgKeyStore(pool)
         db_keys = await _count_db_keys(store)
     configured = bool(static_keys or settings.gateway_jwt_secret or db_keys)
-    _check_exposure(settings, configured=configured, database=store is not None)
-    if not configured and "*" in settings.cors_origins():
+    undecided = db_keys is None and not configured
+    if undecided:
+        # "Cannot read the keys table" is not "no keys": opening here handed an outage at start-up
+        # an open gateway, admin included, for the life of the process.
+        log.warning("authentication stays on until the keys table can be read: requests that need a key "
+                    "get 503 until then")
+    else:
+        _check_exposure(settings, configured=configured, database=store is not None)
+    if not configured and not undecided and "*" in settings.cors_origins():
         # Open mode makes every caller an admin: any web page the developer opens could then
         # read the traces and analytics, or create keys, through the browser.
         raise ConfigError("CORS_ALLOWED_ORIGINS=* needs authentication: with no keys every caller is "
@@ -131,7 +140,8 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         store=store,
         jwt_secret=settings.gateway_jwt_secret,
         jwt_audience=settings.gateway_jwt_audience,
-        open_access=not configured,
+        open_access=not configured and not undecided,
+        open_if_no_keys=_may_run_open(settings) if undecided else None,
     )
     try:
         yield
@@ -140,12 +150,19 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
             await pool.close()
 
 
-async def _count_db_keys(store: PgKeyStore) -> int:
+async def _count_db_keys(store: PgKeyStore) -> int | None:
+    """Active keys in Postgres; None when it cannot say."""
     try:
         return await store.count_active()
-    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        log.warning("cannot read API keys from Postgres at start-up: %r", exc)
-        return 0
+    except DatabaseUnavailable as exc:
+        log.warning("cannot read API keys from Postgres at start-up: %r", exc.__cause__)
+        return None
+
+
+def _may_run_open(settings: Settings) -> bool:
+    """Whether the gateway may serve without keys: on loopback or when told to, never with CORS *."""
+    allowed = is_loopback(settings.host) or settings.gateway_allow_anonymous
+    return allowed and "*" not in settings.cors_origins()
 
 
 def _check_exposure(settings: Settings, *, configured: bool, database: bool) -> None:

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 import gateway.apikeys
-from gateway.apikeys import Authenticator, generate_key, hash_key, parse_static_keys
+from gateway.apikeys import Authenticator, PgKeyStore, generate_key, hash_key, parse_static_keys
 from gateway.app import create_app
 from gateway.appkeys import AUTH
 from gateway.config import ConfigError, Settings
@@ -341,6 +341,45 @@ async def test_unreachable_postgres_does_not_stop_env_keys(make_client: Any) -> 
     unknown = generate_key()  # shaped like an issued key, so the lookup does reach for Postgres
     resp = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(unknown))
     assert (resp.status, (await resp.json())["error"], resp.headers["Retry-After"]) == (503, "database_unavailable", "5")
+
+
+@pytest.mark.parametrize("key_in_table", [True, False])
+async def test_a_keys_table_unreadable_at_start_up_keeps_authentication_on(
+    make_client: Any, pg_url: str, key_in_table: bool
+) -> None:
+    """The keys table is the only key source and Postgres is down at start-up: whether a key
+    exists is not known, so requests that need one get 503 (it used to serve OPEN, admin
+    included, for the life of the process). Once Postgres answers, the table decides: its keys
+    work, or with no key a loopback gateway opens as it would have at start-up."""
+    key = None
+    if key_in_table:
+        pool = await asyncpg.create_pool(pg_url, min_size=0)
+        store = PgKeyStore(pool)
+        await store.ensure_schema()
+        key = (await store.create("ida")).key
+        await pool.close()
+    proxy = TcpProxy()
+    await proxy.start()
+    port = proxy.port
+    await proxy.stop()  # refused: Postgres is down
+    client = await make_client(database_url=pg_url.replace(":5432/", f":{port}/"))
+    auth = client.app[AUTH]
+    assert auth.store is not None and not auth.open
+    for path in (PROCESS, "/debug/traces"):
+        resp = await client.request("POST" if path == PROCESS else "GET", path, json={"prompt": "a cat"})
+        assert (resp.status, (await resp.json())["error"]) == (503, "database_unavailable"), path
+    assert (await client.get("/health")).status == 200  # public paths need no key
+    proxy.port = port
+    await proxy.start()
+    auth.store.RETRY_SECONDS = 0.0  # no waiting out the back-off after the failed count
+    auth.store._down_until = 0.0
+    anonymous = await client.post(PROCESS, json={"prompt": "a cat"})
+    if key_in_table:
+        assert anonymous.status == 401 and not auth.open
+        assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(key))).status == 200
+    else:
+        assert anonymous.status == 200 and auth.open
+    await proxy.stop()
 
 
 async def test_a_hung_key_store_costs_one_request_its_timeout_and_the_next_nothing(
