@@ -243,7 +243,10 @@ class Comparison(msgspec.Struct, kw_only=True):
 async def compare(request: web.Request) -> web.Response:
     """POST /api/v1/enhanced/compare: the AI path and the existing rules, side by side."""
     preq = pipeline_request(request, await read_body(request))
-    ai = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=True))
+    # The AI path whatever the rollout says for this user: comparing is the point (a user outside
+    # it saw the rules twice). AI_CLASSIFICATION_ENABLED=false still turns it off.
+    ai = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=True,
+                                                              ignore_rollout=True))
     existing = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=False))
     return json_response(
         Comparison(
@@ -252,7 +255,8 @@ async def compare(request: web.Request) -> web.Response:
             differences=Differences(
                 workflow_type=ai.workflow_type != existing.workflow_type,
                 model_selection=ai.model_selection.model_id != existing.model_selection.model_id,
-                prompt_changes=ai.final_prompt != existing.final_prompt,
+                # As the app defines it: whether the AI path rewrote the user's prompt.
+                prompt_changes=ai.final_prompt != preq.prompt,
             ),
         )
     )

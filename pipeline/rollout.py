@@ -13,11 +13,15 @@ class Rollout(msgspec.Struct, frozen=True):
     enabled: bool = True
     percentage: int = 100  # share of users in the "ai" arm
 
-    def arm(self, user_id: str) -> Arm:
-        if not self.enabled or self.percentage <= 0:
+    def arm(self, user_id: str, *, everyone: bool = False) -> Arm:
+        """The user's arm; `everyone`: "ai" whatever the percentage (only the kill switch, `enabled`,
+        still says "existing")."""
+        if not self.enabled:
             return "existing"
-        if self.percentage >= 100:  # everyone: no hash to compute
+        if everyone or self.percentage >= 100:  # no hash to compute
             return "ai"
+        if self.percentage <= 0:
+            return "existing"
         # blake2b, not hash(): Python's str hash is salted per process.
         bucket = int.from_bytes(hashlib.blake2b(user_id.encode(), digest_size=8).digest(), "big") % 100
         return "ai" if bucket < self.percentage else "existing"

@@ -123,3 +123,5 @@ class PipelineRequest(msgspec.Struct, frozen=True, kw_only=True):
     working_image_url: str | None = None
     preferences: Preferences = Preferences()
     use_ai_classification: bool = True
+    # /compare's AI half: the AI arm whatever the rollout's percentage says for this user.
+    ignore_rollout: bool = False

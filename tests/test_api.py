@@ -90,6 +90,13 @@ async def test_compare_shows_both_paths_and_their_differences(client: Any) -> No
     assert set(body["differences"]) == {"workflow_type", "model_selection", "prompt_changes"}
     same = body["ai_classification"]["workflow_type"] == body["existing_system"]["workflow_type"]
     assert body["differences"]["workflow_type"] is (not same)
+    # As the app's plan defines it: the AI path rewrote the prompt (both arms may have)
+    assert body["ai_classification"]["final_prompt"] != "change my hair to blonde"
+    assert body["differences"]["prompt_changes"] is True
+    long = "a photorealistic portrait of an old fisherman mending his nets at dawn on a pier"
+    unchanged = await (await client.post("/api/v1/enhanced/compare", json={"prompt": long})).json()
+    assert unchanged["ai_classification"]["final_prompt"] == long  # 8 words or more: not enriched
+    assert unchanged["differences"]["prompt_changes"] is False
 
 
 async def test_metrics_count_requests_and_sources(client: Any) -> None:

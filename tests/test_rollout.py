@@ -85,6 +85,20 @@ async def test_arm_is_in_the_result_the_log_line_and_metrics(
     assert f'gateway_rollout_arm_total{{arm="ai"}} {expected_ai}' in prometheus
 
 
+@pytest.mark.parametrize(("percentage", "enabled", "compared_arm"), [(0, True, "ai"), (100, False, "existing")])
+async def test_compare_runs_the_ai_path_whatever_the_rollout_says_for_the_user(
+    make_client: Any, percentage: int, enabled: bool, compared_arm: str
+) -> None:
+    """A user outside the rollout still gets the AI arm in /compare (they saw the rules twice);
+    only the kill switch turns it off."""
+    client = await make_client(ai_classification_rollout_percentage=percentage, ai_classification_enabled=enabled)
+    body = await (await client.post("/api/v1/enhanced/compare", json={"prompt": "give me curtain bangs"})).json()
+    assert body["ai_classification"]["metadata"]["arm"] == compared_arm
+    assert body["existing_system"]["metadata"]["arm"] == "existing"
+    plain = await (await client.post("/api/v1/enhanced/process", json={"prompt": "give me curtain bangs"})).json()
+    assert plain["metadata"]["arm"] == "existing"  # outside /compare the rollout stands
+
+
 async def test_compare_logs_both_arms(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
     """/compare runs both arms, and its log line says so."""
     client = await make_client()

@@ -33,7 +33,8 @@ class IntentStage:
     async def run(self, state: RequestState) -> IntentEvent:
         request, context = state.request, state.context
         assert context is not None
-        state.arm = self.rollout.arm(request.user_id) if request.use_ai_classification else "existing"
+        state.arm = (self.rollout.arm(request.user_id, everyone=request.ignore_rollout)
+                     if request.use_ai_classification else "existing")
         classifier: Classifier = self.ai if state.arm == "ai" else self.rules
         query = context.classifier_input(request.prompt)
         # The "existing" arm is the rules baseline: microseconds to compute, so never cached.
