@@ -395,7 +395,8 @@ async def test_compare_puts_ai_and_rules_side_by_side_with_differences_marked(
     await expect(workflow.locator(".badge")).to_have_text("differs")
     model = page.locator("#c-table tbody tr", has=page.locator("th", has_text=re.compile("^Model")))
     await expect(model).to_have_class("differs")
-    await expect(page.locator("#c-summary")).to_contain_text("differ on: workflow, model")
+    await expect(page.locator("#c-summary")).to_have_text(
+        "The AI and the existing rules differ on: workflow, model, prompt. The AI path rewrote the prompt.")
     assert browser.unexpected_failures() == []
 
 

@@ -39,7 +39,6 @@ class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
     fallback_models: list[str]
     estimated_cost: float | None
     estimated_time: int | None
-    success: bool
     circuit_breaker_state: str | None = None
     error_message: str | None = None
     # "ok", or why there is no result: rate_limited, overloaded, client_disconnected, shutting_down
@@ -78,7 +77,6 @@ def log_entry(
         fallback_models=list(result.model_selection.fallback_models),
         estimated_cost=result.estimated_cost,
         estimated_time=result.estimated_time,
-        success=result.success,
         circuit_breaker_state=breaker_state,
         no_clear_intent=result.metadata.no_clear_intent,
     )
@@ -128,7 +126,6 @@ def unfinished_entry(
         fallback_models=[],
         estimated_cost=None,
         estimated_time=None,
-        success=False,
         error_message=reason,
         outcome=reason,
     )
@@ -172,5 +169,7 @@ def intent_record(e: LogEntry) -> tuple[object, ...]:
 def model_record(e: LogEntry) -> tuple[object, ...]:
     return (
         e.request_id, e.created_at, e.user_id, e.trace_id, e.classified_workflow, e.selected_model,
-        e.fallback_models, e.estimated_cost, e.estimated_time, e.success, e.error_message, e.arm,
+        # success: the generation's outcome, which the generation service knows and the gateway
+        # does not (it only chose the model): NULL, as actual_cost is, until that service sets it.
+        e.fallback_models, e.estimated_cost, e.estimated_time, None, e.error_message, e.arm,
     )

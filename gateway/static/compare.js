@@ -28,15 +28,17 @@ function row(label, ai, existing) {
   );
 }
 
-function summary(differences) {
+function summary({ differences, ai_classification: ai, existing_system: existing }) {
   const changed = [
     differences.workflow_type && "workflow",
     differences.model_selection && "model",
-    differences.prompt_changes && "prompt",
+    ai.final_prompt !== existing.final_prompt && "prompt",
   ].filter(Boolean);
-  return changed.length
+  const verdict = changed.length
     ? `The AI and the existing rules differ on: ${changed.join(", ")}.`
     : "The AI and the existing rules agree on workflow, model and prompt.";
+  // prompt_changes: whether the AI path rewrote the prompt that was sent (the app's meaning).
+  return differences.prompt_changes ? `${verdict} The AI path rewrote the prompt.` : verdict;
 }
 
 export function setupCompare() {
@@ -56,7 +58,7 @@ export function setupCompare() {
       const ai = result.ai_classification;
       const existing = result.existing_system;
       $("#c-table tbody").replaceChildren(...ROWS.map(([label, get]) => row(label, get(ai), get(existing))));
-      $("#c-summary").textContent = summary(result.differences);
+      $("#c-summary").textContent = summary(result);
       section.hidden = false;
       say(status, "");
     } catch (error) {
