@@ -323,7 +323,7 @@ async def test_a_hung_database_holds_health_and_requests_no_longer_than_their_ti
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:
     """Postgres stops answering but keeps its connections (a frozen host, a network black hole):
-    /health says down within its 1 s probe and an @tag lookup fails over within its 2 s, though
+    /health says down within its 0.5 s probe and an @tag lookup fails over within its 2 s, though
     asyncpg holds a cancelled query's connection for up to command_timeout (30 s)."""
     proxy = TcpProxy()
     await proxy.start()

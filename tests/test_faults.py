@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,40 @@ async def test_llm_redis_and_postgres_down_at_once_still_answer_200_and_lose_no_
         redis.stop()
         with contextlib.suppress(AssertionError):
             await proxy.stop()
+
+
+@needs_redis
+async def test_health_answers_within_a_second_with_redis_and_postgres_both_hung(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Both keep their connections and answer nothing (frozen hosts): /health says so inside a
+    load balancer's usual 1 s probe timeout, its probes side by side (in turn they took 1.5 s)."""
+    redis = RedisServer().start()
+    proxy = TcpProxy()
+    await proxy.start()
+    try:
+        client = await make_client(
+            redis_url=redis.url,
+            database_url=postgres_db.replace(":5432/", f":{proxy.port}/"),
+            analytics_spill_path=str(tmp_path / "spill.jsonl"),
+        )
+        health = await (await client.get("/health")).json()
+        assert {health["dependencies"][name]["state"] for name in ("redis", "postgres")} == {"ok"}
+        assert redis.process is not None
+        redis.process.send_signal(signal.SIGSTOP)
+        proxy.pause()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        health = await (await client.get("/health")).json()
+        assert loop.time() - started < 0.9
+        assert health["status"] == "degraded" and health["dependencies"]["postgres"]["state"] == "down"
+        assert health["dependencies"]["redis"]["state"] != "ok"
+        redis.process.send_signal(signal.SIGCONT)
+        proxy.resume()
+        await client.close()
+    finally:
+        redis.stop()
+        await proxy.stop()
 
 
 @needs_redis
