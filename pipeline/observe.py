@@ -7,9 +7,10 @@ from pipeline.state import RequestState
 AttributeValue = str | bool | int | float
 
 
-def stage_span_attributes(stage: str, state: RequestState) -> dict[str, AttributeValue]:
-    """Attributes for the span of `stage`, read from the state it has just filled."""
-    attributes: dict[str, AttributeValue] = {"stage": stage, "fallback_used": state.fallback_used}
+def stage_span_attributes(stage: str, state: RequestState, *, fell_back: bool) -> dict[str, AttributeValue]:
+    """Attributes for the span of `stage`, read from the state it has just filled; `fell_back`:
+    this stage answered with a fallback (the request's `fallback_used` is every stage's)."""
+    attributes: dict[str, AttributeValue] = {"stage": stage, "fallback_used": fell_back}
     intent, selection = state.intent, state.selection
     if stage == "intent" and intent is not None:
         # `_value_`, the member's own attribute: `.value` is a Python-level property (~0.3 us).

@@ -38,12 +38,15 @@ async def run_pipeline(
         raise_if_cancelled(task)  # a client gone during the last stage's outside call: no next stage
         failure: ErrorEvent | None = None
         outcome, started = "error", time.perf_counter()
+        fell_back_before = state.fallback_used  # the flag is the request's; this stage's is the change
         # Never yield inside the span: the consumer's code would run as the stage's child.
         with stage_span(f"stage.{stage.name}") as span:
             try:
                 try:
                     event = await stage.run(state)
-                    outcome = "ok"
+                    # A stage that answered through its own fallback (the LLM failed, the local
+                    # classifier answered) did not fail, but did fall back.
+                    outcome = "fallback" if state.fallback_used and not fell_back_before else "ok"
                 except asyncio.CancelledError:  # the client left (or shutdown): not the stage's failure
                     outcome = "cancelled"
                     raise
@@ -61,7 +64,8 @@ async def run_pipeline(
                     event = stage.fallback(state)
                     outcome = "fallback"
                 if span.recording:
-                    span.attributes = stage_span_attributes(stage.name, state)
+                    fell_back = outcome == "fallback"
+                    span.attributes = stage_span_attributes(stage.name, state, fell_back=fell_back)
             finally:
                 if instruments.duration is not None:
                     instruments.duration.record(time.perf_counter() - started, stage.name, outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -152,6 +153,39 @@ async def test_llm_calls_are_client_spans_under_the_intent_stage(
     assert chat.attributes["gen_ai.request.model"] == "gpt-4o-mini"
     assert chat.attributes["gen_ai.usage.input_tokens"] == 120
     assert chat.attributes["gen_ai.usage.output_tokens"] == 30
+
+
+async def test_an_llm_call_cut_by_the_deadline_is_an_error_span_not_a_cancelled_one(
+    make_client: MakeClient, upstream: Any
+) -> None:
+    """A slow upstream, the commonest LLM failure, shows when traces are searched for errors, as
+    a 500 does: the deadline's cancellation is not a client that went away."""
+    from aioresponses import CallbackResult
+
+    from tests.test_llm import ENDPOINT, answer, completion
+    from tests.test_llm_app import LLM
+
+    async def hang(url: Any, **kwargs: Any) -> CallbackResult:
+        await asyncio.sleep(5)
+        return CallbackResult(payload=completion(answer()))
+
+    upstream.post(ENDPOINT, callback=hang)
+    client = await make_client(intent_classifier="llm", **{**LLM, "classification_timeout": 0.2})
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
+    assert (await response.json())["fallback_used"] is True
+    chat = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini")
+    assert chat.status.status_code.name == "ERROR" and chat.status.description == "TimeoutError"
+    assert chat.events[0].attributes is not None
+    assert chat.events[0].attributes["exception.message"] == "no answer within 0.2s"
+    trace = await (await client.get(f"/debug/traces/{response.headers['X-Trace-Id']}")).json()
+    assert trace["error"] is True
+    # the intent stage fell back (the local classifier answered), the model stage did not
+    stages = {s.name: s.attributes or {} for s in exporter.get_finished_spans() if s.name.startswith("stage.")}
+    assert stages["stage.intent"]["fallback_used"] is True and stages["stage.model"]["fallback_used"] is False
+    prometheus = await (await client.get("/metrics")).text()
+    assert 'gateway_stage_duration_seconds_count{stage="intent",outcome="fallback"} 1' in prometheus
 
 
 async def test_each_outside_call_is_a_child_of_the_span_current_when_it_was_made(make_client: MakeClient) -> None:

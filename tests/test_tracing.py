@@ -177,6 +177,8 @@ async def test_failed_stage_span_is_an_error_and_says_fallback(make_client: Make
     assert intent.status.status_code is StatusCode.ERROR
     assert intent.attributes is not None and intent.attributes["fallback_used"] is True
     assert [event.name for event in intent.events] == ["exception"]
+    model = by_name(exporter.get_finished_spans())["stage.model"]  # after it, no stage fell back
+    assert model.attributes is not None and model.attributes["fallback_used"] is False
 
 
 async def test_sampler_always_off_records_nothing_but_keeps_a_trace_id(make_client: MakeClient) -> None:

@@ -191,6 +191,10 @@ class _Call:
         self.deadline: asyncio.Timeout | None = None
         self.in_flight = False
 
+    def expired(self) -> bool:
+        """Whether the deadline has passed (so a cancellation now is ours, not the client's)."""
+        return self.deadline is not None and self.deadline.expired()
+
     def remaining(self) -> float:
         when = self.deadline.when() if self.deadline else None
         return float("inf") if when is None else when - asyncio.get_running_loop().time()
@@ -280,7 +284,7 @@ class LLMClassifier:
                 async with self.breaker.guard():
                     call.in_flight = True  # stays set if the deadline cancels the attempt
                     try:
-                        answer = await self._attempt(query)
+                        answer = await self._attempt(query, call)
                     except Exception:
                         call.in_flight = False
                         raise
@@ -302,18 +306,23 @@ class LLMClassifier:
                 await self._sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _attempt(self, query: ClassifierInput) -> LLMAnswer:
+    async def _attempt(self, query: ClassifierInput, call: _Call) -> LLMAnswer:
         self.usage.calls += 1
         try:
             with self._spans(f"chat {self.model}", self._span_attributes) as span:
-                completion = await self.client.chat.completions.create(
-                    model=self.model,
-                    messages=self._messages(query),
-                    response_format=response_format(),
-                    temperature=0,
-                    max_tokens=self.max_tokens,
-                    timeout=self.timeout,
-                )
+                try:
+                    completion = await self.client.chat.completions.create(
+                        model=self.model,
+                        messages=self._messages(query),
+                        response_format=response_format(),
+                        temperature=0,
+                        max_tokens=self.max_tokens,
+                        timeout=self.timeout,
+                    )
+                except asyncio.CancelledError:
+                    if call.expired():  # our deadline, not a client gone: a failed call, in the trace too
+                        span.fail(TimeoutError(f"no answer within {self.timeout:g}s"), "TimeoutError")
+                    raise
                 usage, content = _read_completion(completion)
                 if span.recording and usage is not None:
                     span.attributes["gen_ai.usage.input_tokens"] = usage[0]
