@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -13,6 +14,7 @@ from gateway.appkeys import (
     CLASSIFIER,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
+    IN_FLIGHT,
     INTENT_CACHE,
     LLM_BREAKER,
     LLM_USAGE,
@@ -25,7 +27,6 @@ from gateway.appkeys import (
     SLOTS,
     STAGES,
     STATS,
-    STREAMS,
     TIMELINE,
     TRACING,
 )
@@ -58,6 +59,8 @@ from pipeline.stages.model import ModelStage
 from pipeline.stages.prompt import PromptStage
 from pipeline.stages.references import ReferencesStage
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings, *, classifier: Classifier | None = None) -> web.Application:
     """Build the gateway. `classifier` replaces the configured one (tests inject slow ones)."""
@@ -80,7 +83,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app[SLOTS] = ClassificationSlots(
         settings.max_concurrent_classifications, settings.classification_queue_timeout
     )
-    app[STREAMS] = {}  # a stream leaves it in its handler's finally: a WeakSet cost ~1% per stream
+    app[IN_FLIGHT] = {}  # a handler leaves it in its finally: a WeakSet cost ~1% per stream
     app[SHUTTING_DOWN] = asyncio.Event()
     app[HEALTH_PROBES] = {}
     app[IMAGE_URL_POLICY] = CachedUrlPolicy(ImageUrlPolicy(
@@ -110,7 +113,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app.cleanup_ctx.append(reference_search_ctx)
     app.cleanup_ctx.append(postgres_ctx)  # before the stages: it may replace app[REFERENCES]
     app.cleanup_ctx.append(stages_ctx)
-    app.on_shutdown.append(end_streams)
+    app.on_shutdown.append(end_requests)
     add_routes(app)
     add_web_routes(app)
     add_openapi_route(app)
@@ -152,17 +155,23 @@ def reference_stages(app: web.Application) -> tuple[Stage, ...]:
     return (ReferencesStage(lookup),) if lookup is not None else ()
 
 
-async def end_streams(app: web.Application) -> None:
-    """On SIGTERM: open streams get SHUTDOWN_GRACE_SECONDS to finish; those still running then
-    end with an `error` event (shutting_down) and a proper end of stream, which a client can
-    retry on, instead of a connection cut when aiohttp's own shutdown timeout cancels them."""
+async def end_requests(app: web.Application) -> None:
+    """On SIGTERM: pipeline requests in flight get SHUTDOWN_GRACE_SECONDS to finish; those still
+    running then end in a way a client can retry on, instead of a connection cut when aiohttp's
+    own shutdown timeout cancels them: a stream with an `error` event (shutting_down) and a
+    proper end of stream, a JSON request with a 503 shutting_down."""
     app[SHUTTING_DOWN].set()
-    streams = app[STREAMS]
-    if streams:
-        await asyncio.wait(list(streams.values()), timeout=app[SETTINGS].shutdown_grace_seconds)
-    still_running = list(streams.items())
-    for stream, handler in still_running:
-        stream.shutting_down = True  # so the handler tells this cancel from its client leaving
-        handler.cancel()  # it says so in an error event and ends the stream
+    in_flight = app[IN_FLIGHT]
+    if in_flight:
+        log.info("stopping: %d requests in flight get up to %g s", len(in_flight),
+                 app[SETTINGS].shutdown_grace_seconds)
+        await asyncio.wait(list(in_flight), timeout=app[SETTINGS].shutdown_grace_seconds)
+    still_running = list(in_flight.items())
+    for handler, stream in still_running:
+        if stream is not None:
+            stream.shutting_down = True  # so the handler tells this cancel from its client leaving
+        handler.cancel()  # the handler answers shutting_down
     if still_running:
-        await asyncio.wait([handler for _, handler in still_running], timeout=1.0)
+        log.warning("stopping: %d requests still running after the grace answer shutting_down",
+                    len(still_running))
+        await asyncio.wait([handler for handler, _ in still_running], timeout=1.0)

@@ -53,7 +53,8 @@ REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)
 # A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
-STREAMS = web.AppKey("streams", dict[EventStream, asyncio.Task[Any]])  # open SSE responses and their handlers
+# The handlers of pipeline requests in flight: a stream's with its response, a JSON one's with None.
+IN_FLIGHT = web.AppKey("in_flight", dict[asyncio.Task[Any], EventStream | None])
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)  # set on SIGTERM: a cancellation is ours
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")

@@ -179,6 +179,17 @@ class AnalyticsNotConfigured(GatewayError):
     code = "analytics_not_configured"
 
 
+class ShuttingDown(GatewayError):
+    """The gateway stopped (SIGTERM) before this answer was ready: send the request again."""
+
+    status = 503
+    code = "shutting_down"
+    closes_connection = True  # this process serves no more requests
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class DatabaseUnavailable(GatewayError):
     status = 503
     code = "database_unavailable"

@@ -14,6 +14,7 @@ from gateway.appkeys import (
     ARM,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
+    IN_FLIGHT,
     INTENT_CACHE,
     LIMITER,
     REDIS,
@@ -24,14 +25,13 @@ from gateway.appkeys import (
     STAGE_INSTRUMENTS,
     STAGES,
     STATS,
-    STREAMS,
     TIMELINE,
     TRACE_ID,
     USER_ID,
 )
 from gateway.bodies import read_json_body
 from gateway.debug import add_debug_routes
-from gateway.errors import as_gateway_error
+from gateway.errors import ShuttingDown, as_gateway_error
 from gateway.keyroutes import add_key_routes
 from gateway.limits import charge_cost, record_unstarted, usage
 from gateway.llm import llm_metrics
@@ -76,6 +76,10 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
     stages: tuple[Stage, ...] = request.app[STAGES]
     state = RequestState(request=preq)
     unfinished: str | None = "aborted"  # why no result was logged, until there is one
+    in_flight = request.app[IN_FLIGHT]
+    handler = asyncio.current_task()
+    assert handler is not None
+    in_flight[handler] = None
     try:
         async for name, event in run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS]):
             if name == "done":
@@ -92,9 +96,17 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
         request.app[STATS].record_error(exc.code)
         raise
     except asyncio.CancelledError:  # the client went away (handler cancellation), or shutdown
-        unfinished = "shutting_down" if request.app[SHUTTING_DOWN].is_set() else "client_disconnected"
-        raise
+        if not request.app[SHUTTING_DOWN].is_set():
+            unfinished = "client_disconnected"
+            raise
+        # Our own cancellation (app.end_requests), past the shutdown grace: an answer the client
+        # can retry on, not a connection cut (if it has gone too, the answer goes nowhere).
+        handler.uncancel()
+        unfinished = "shutting_down"
+        request.app[STATS].record_error(unfinished)
+        raise ShuttingDown("the gateway is restarting: send the request again") from None
     finally:
+        in_flight.pop(handler, None)
         if unfinished is not None:
             record_unfinished(request, state, unfinished)
     raise AssertionError("pipeline ended without a done event")
@@ -165,10 +177,10 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     state = RequestState(request=preq)
     events = run_pipeline(stages, state, instruments=app[STAGE_INSTRUMENTS])
     unfinished: str | None = "client_disconnected"  # why no result was logged, until there is one
-    open_streams = app[STREAMS]
+    in_flight = app[IN_FLIGHT]
     handler = asyncio.current_task()
     assert handler is not None
-    open_streams[stream] = handler
+    in_flight[handler] = stream
     try:
         async with contextlib.aclosing(events):
             try:
@@ -199,7 +211,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     except asyncio.CancelledError:
         if not stream.shutting_down or unfinished is None:
             raise  # the client went away (handler cancellation), or the result went out already
-        # Our own cancellation (app.end_streams), past the shutdown grace: the pipeline has
+        # Our own cancellation (app.end_requests), past the shutdown grace: the pipeline has
         # stopped; the client hears why, and the stream ends properly, so it retries elsewhere.
         handler.uncancel()
         unfinished = "shutting_down"
@@ -210,7 +222,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         ))  # fmt: skip
     finally:
         stream.stop()
-        open_streams.pop(stream, None)
+        in_flight.pop(handler, None)
         if unfinished is not None:
             record_unfinished(request, state, unfinished)
     return stream

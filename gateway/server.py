@@ -279,17 +279,29 @@ def _settle_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+def _stop_starting(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT before the gateway listens: stop at once. Start-up may be minutes of work
+    that never yields to the loop (training a missing artifact) or a wait on a hung database;
+    a loop signal handler would run only after it, past an orchestrator's kill timeout."""
+    log.warning("stopping during start-up (%s): nothing was served yet", signal.Signals(signum).name)
+    raise SystemExit(0)
+
+
 async def _serve_forever(settings: Settings, host: str, port: int, *, reuse_port: bool) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        signal.signal(signum, _stop_starting)
     runner = GatewayRunner(create_app(settings), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
                            **SERVER_OPTIONS)  # type: ignore[arg-type]
-    await runner.setup()
     try:
+        # In the try: stopped (or failed) half-way, what had started is closed in order.
+        await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=1024)
         await site.start()
+        # Listening: from now on a signal drains (the app's shutdown: grace, then answers).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, _stopping, signum, stop)
         _settle_gc()
         log.info(
             "gateway listening",
@@ -298,3 +310,10 @@ async def _serve_forever(settings: Settings, host: str, port: int, *, reuse_port
         await stop.wait()
     finally:
         await runner.cleanup()
+        log.info("gateway stopped", extra={"pid": os.getpid()})
+
+
+def _stopping(signum: int, stop: asyncio.Event) -> None:
+    log.info("stopping (%s): no new connections; requests in flight get the grace",
+             signal.Signals(signum).name, extra={"pid": os.getpid()})
+    stop.set()

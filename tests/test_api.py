@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import aiohttp
 import pytest
+
+from pipeline.classifiers.rules import RulesClassifier
+from tests.conftest import GatedClassifier
 
 PROCESS = "/api/v1/enhanced/process"
 SUPABASE = "https://demo.supabase.co/storage/v1/object/public/images"
@@ -142,3 +147,26 @@ async def test_a_workflow_that_works_on_an_image_says_when_none_came(
     """The frontend can ask for the image before a generation that would fail without one."""
     result = await (await client.post(PROCESS, json=body)).json()
     assert (result["workflow_type"], result["metadata"]["image_missing"]) == (workflow, missing)
+
+
+@pytest.mark.parametrize("path", [PROCESS, "/api/v1/enhanced/compare"])
+async def test_on_shutdown_a_json_request_past_its_grace_answers_503_it_can_retry_on(
+    make_client: Any, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    """SIGTERM while a JSON request waits on its classifier: after SHUTDOWN_GRACE_SECONDS it
+    answers 503 shutting_down with Retry-After and Connection: close (it used to be a connection
+    cut, logged as a 503 the client never saw)."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await make_client(classifier=gated, shutdown_grace_seconds=0.3)
+    async with aiohttp.ClientSession() as session:
+        pending = asyncio.ensure_future(session.post(client.make_url(path), json={"prompt": "a long wait"}))
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        with caplog.at_level("INFO", logger="gateway.request"):
+            closing = asyncio.create_task(client.server.close())
+            resp = await asyncio.wait_for(pending, 5)
+            body = await resp.json()
+            await closing
+    assert (resp.status, body["error"]) == (503, "shutting_down")
+    assert resp.headers["Retry-After"] == "1" and resp.headers["Connection"] == "close"
+    (line,) = [r for r in caplog.records if r.name == "gateway.request"]
+    assert line.status == 503  # type: ignore[attr-defined]  # what the client saw, this time

@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from aioresponses import aioresponses
 
-from gateway.appkeys import REQUEST_LOG, SLOTS, STAGES, STREAMS
+from gateway.appkeys import IN_FLIGHT, REQUEST_LOG, SLOTS, STAGES
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import GatedClassifier, MakeClient, wait_until
 from tests.pg import TcpProxy
@@ -93,7 +93,7 @@ async def test_client_disconnect_at_each_stage_leaks_no_slot_or_task(
     await wait_until(lambda: not _others(before), timeout=5)
     assert app[SLOTS].in_use == 0 and app[SLOTS].waiting == 0
     gc.collect()
-    assert len(app[STREAMS]) == 0
+    assert len(app[IN_FLIGHT]) == 0
     if gated is not None:
         assert gated.cancelled
         gated.gate.set()
@@ -123,7 +123,7 @@ async def test_500_concurrent_slow_streams_all_finish_without_5xx(make_client: M
     assert all(events[-1] == "done" and "error" not in events for _, events in results)
     assert client.app[SLOTS].in_use == 0
     # Finished streams are forgotten (no heartbeat timer keeps them) once their connections close.
-    await wait_until(lambda: (gc.collect(), len(client.app[STREAMS]))[1] == 0, timeout=10)
+    await wait_until(lambda: (gc.collect(), len(client.app[IN_FLIGHT]))[1] == 0, timeout=10)
 
 
 async def _rows(url: str) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""`serve --workers N`: N processes on one port (SO_REUSEPORT), kept at N, stopped together."""
+"""`serve`: stopping on a signal, even while starting; `--workers N`: N processes on one port
+(SO_REUSEPORT), kept at N, stopped together."""
 
 from __future__ import annotations
 
@@ -49,14 +50,15 @@ def _listens(pid: int, port: int) -> bool:
 
 
 @contextmanager
-def serve(tmp_path: Path, workers: int, port: int | None = None) -> Iterator[Served]:
+def serve(tmp_path: Path, workers: int, port: int | None = None, **env: str) -> Iterator[Served]:
     port = port or free_port()
     log = tmp_path / "serve.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", str(workers)],
             # Without REDIS_URL, whatever the developer's shell has: the per-worker warning is tested.
-            cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "INTENT_CLASSIFIER": "rules"},
+            cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k != "REDIS_URL"}, "INTENT_CLASSIFIER": "rules",
+                           **env},
             stdout=subprocess.DEVNULL, stderr=log_file, text=True,
         )
     try:
@@ -77,6 +79,26 @@ def test_workers_share_one_port_and_stop_together_on_sigterm(tmp_path: Path) -> 
         assert served.lines("without REDIS_URL: each keeps its own rate and cost limits") == 1
     assert served.process.returncode == 0
     assert served.lines(LISTENING) == 2
+    assert served.lines('"stopping (SIGTERM)') == 2 and served.lines('"gateway stopped"') == 2
+
+
+def test_sigterm_while_starting_stops_at_once_and_cleanly(tmp_path: Path) -> None:
+    """A signal during start-up (here a database that accepts connections and never answers: its
+    connect timeout) stops the process at once, exit code 0, what had started closed in order.
+    The signal used to wait for start-up to end (minutes, training a missing artifact)."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(100)  # never accepted: every connection hangs in the backlog
+        database = f"postgresql://postgres@127.0.0.1:{hung.getsockname()[1]}/none"
+        with serve(tmp_path, 1, DATABASE_URL=database) as served:
+            served.wait_for("cannot read API keys from Postgres at start-up", 1)  # analytics' 2 s next
+            sent = time.monotonic()
+            served.process.send_signal(signal.SIGTERM)
+            served.process.wait(timeout=30)
+            took = time.monotonic() - sent
+    assert served.process.returncode == 0 and took < 1.5
+    assert served.lines("stopping during start-up (SIGTERM)") == 1 and served.lines(LISTENING) == 0
+    assert served.lines('"level":"error"') == 0, served.log.read_text()  # no generator left unclosed
 
 
 def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
