@@ -310,10 +310,10 @@ async def _serve_forever(settings: Settings, host: str, port: int, *, reuse_port
         await stop.wait()
     finally:
         await runner.cleanup()
-        log.info("gateway stopped", extra={"pid": os.getpid()})
+        log.info("gateway stopped")
 
 
 def _stopping(signum: int, stop: asyncio.Event) -> None:
     log.info("stopping (%s): no new connections; requests in flight get the grace",
-             signal.Signals(signum).name, extra={"pid": os.getpid()})
+             signal.Signals(signum).name)
     stop.set()

@@ -28,6 +28,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,  # with `serve --workers N`, which worker said it
         }
         entry.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
         if "trace_id" not in entry:

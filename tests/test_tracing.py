@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -328,6 +329,7 @@ async def test_request_log_line_and_stage_warning_carry_trace_and_span(
     assert server is not None
     assert requests[0]["trace_id"] == trace_id and requests[0]["span_id"] == f"{server.span_id:016x}"
     assert requests[0]["status"] == 200 and requests[0]["route"] == PROCESS
+    assert {line["pid"] for line in lines} == {os.getpid()}  # which worker, with serve --workers N
     (warning,) = [
         line for line in lines if line["level"] == "warning" and line["logger"] == "pipeline.runner"
     ]
