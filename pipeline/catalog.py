@@ -67,8 +67,13 @@ class Catalog(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return {(w, q): self.price(w, q) for w in WorkflowType for q in get_args(Quality)}
 
 
+NOTED_BELOW = 0.8  # the app plan's line for a note on the selection (low_confidence has its own)
+
+
 def with_confidence_note(selection: ModelSelection, confidence: float) -> ModelSelection:
-    if confidence >= 0.8:
+    if confidence >= NOTED_BELOW:
         return selection
-    reasoning = f"{selection.reasoning}; low intent confidence {confidence:.2f}"
+    # Said as a number against this line, not as "low": metadata.low_confidence (the classifier's
+    # threshold, 0.6 by default) may be false for the same answer.
+    reasoning = f"{selection.reasoning}; intent confidence {confidence:.2f}, under {NOTED_BELOW:g}"
     return msgspec.structs.replace(selection, reasoning=reasoning)

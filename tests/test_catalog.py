@@ -65,7 +65,7 @@ def test_speed_and_quality_for_image_generation() -> None:
 
 def test_low_confidence_is_said_in_the_reasoning() -> None:
     selection = Catalog.load().select(intent(W.IMAGE_EDITING, confidence=0.55), "balanced")
-    assert "low intent confidence 0.55" in selection.reasoning
+    assert "intent confidence 0.55, under 0.8" in selection.reasoning
 
 
 def test_catalog_missing_a_workflow_is_refused() -> None:
@@ -85,11 +85,12 @@ async def test_the_model_stage_prices_as_the_catalog(confidence: float) -> None:
             state = RequestState(request=request(quality), intent=intent(workflow, confidence))
             await stage.run(state)
             assert state.selection == catalog.select(intent(workflow, confidence), quality)
-            assert ("low intent confidence" in state.selection.reasoning) == (confidence < 0.8)
+            assert ("intent confidence" in state.selection.reasoning) == (confidence < 0.8)
     state = RequestState(request=request("balanced"), intent=intent(W.VIDEO_GENERATION, confidence))
     await stage.run(state)
     assert state.selection is not None
-    note = {0.95: "", 0.8: "", 0.79: "; low intent confidence 0.79", 0.3: "; low intent confidence 0.30"}[confidence]
+    note = {0.95: "", 0.8: "", 0.79: "; intent confidence 0.79, under 0.8",
+            0.3: "; intent confidence 0.30, under 0.8"}[confidence]
     assert state.selection.reasoning == f"Selected google/veo-3 for video_generation (balanced, 10s at $0.75/s){note}"
     state.selection.fallback_models.append("mutated")  # a request's own list: the next is unchanged
     again = RequestState(request=request("balanced"), intent=intent(W.VIDEO_GENERATION))

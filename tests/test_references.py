@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.appkeys import REFERENCES
 from tests.conftest import MakeClient
 
 REFS = "/api/v1/references"
@@ -89,3 +90,18 @@ async def test_a_reference_body_the_gateway_cannot_read_is_415_and_nothing_is_sa
     assert resp.status == 415
     listed = await (await client.get(REFS, headers={"X-User-Id": "u1"})).json()
     assert listed == {"references": []}
+
+
+async def test_when_the_lookup_fails_its_tags_are_reported_unknown_not_found(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The @tag lookup fails (its database gone): the prompt stage falls back, and its answer
+    lists the tags it could not resolve instead of an empty list that reads as 'all found'."""
+
+    async def broken(user_id: str, tags: Any) -> dict[str, str]:
+        raise ConnectionError("the reference store is gone")
+
+    monkeypatch.setattr(client.app[REFERENCES], "resolve", broken)
+    result = await (await client.post(PROCESS, json={"prompt": "put @sarah and @mike in red dresses"})).json()
+    assert result["fallback_used"] is True and result["references"] == []
+    assert result["metadata"]["unknown_tags"] == ["sarah", "mike"]

@@ -33,6 +33,10 @@ class PromptStage:
     def fallback(self, state: RequestState) -> PromptEvent:
         state.final_prompt = state.request.prompt
         state.enhancement_applied = False
+        # The lookup failed or never ran: the answer must not say every @tag was found.
+        mentions = state.context.mentions if state.context is not None else ()
+        resolved = {ref.tag for ref in state.references if ref.kind == "user_tag"}
+        state.unknown_tags = [tag for tag in mentions if tag not in resolved]
         return self._event(state)
 
     @staticmethod
