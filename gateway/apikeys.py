@@ -7,6 +7,7 @@ hashes does not let anyone authenticate.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -120,7 +121,8 @@ class PgKeyStore:
             raise DatabaseUnavailable("cannot check credentials now: the key store is unavailable")
         try:
             return await database_call("count the API keys", self._count(), self.LOOKUP_TIMEOUT)
-        except DatabaseUnavailable:
+        except DatabaseUnavailable as exc:
+            log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
             self._down_until = time.monotonic() + self.RETRY_SECONDS
             raise
 
@@ -234,15 +236,20 @@ class Authenticator:
         # whether no key exists is not known, so the gateway stays closed (not open, as "no
         # keys" would make it) until `decide` can ask. The value: whether it may open then.
         self.open_if_no_keys = open_if_no_keys
+        self._deciding = asyncio.Lock()  # one request asks; those arriving meanwhile wait for it
 
     async def decide(self) -> None:
         """Ask the keys table whether any key exists, and open or stay closed for good
         (DatabaseUnavailable, a 503, while it cannot say)."""
-        may_open = self.open_if_no_keys
-        assert self.store is not None and may_open is not None
-        keys = await self.store.count_active()
-        if self.open_if_no_keys is None:  # decided by a request that asked at the same time
-            return
+        async with self._deciding:
+            may_open = self.open_if_no_keys
+            if may_open is None:  # decided while this request waited
+                return
+            assert self.store is not None
+            keys = await self.store.count_active()
+            self._settle(keys, may_open)
+
+    def _settle(self, keys: int, may_open: bool) -> None:
         if keys == 0 and may_open:
             log.warning("the keys table answered with no active key: the gateway is now OPEN (any caller, "
                         "admin included)")

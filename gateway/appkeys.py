@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -12,7 +12,6 @@ from gateway.analytics.views import Analytics
 from gateway.analytics.writer import LogWriter
 from gateway.apikeys import Authenticator
 from gateway.config import Settings
-from gateway.sse import EventStream
 from gateway.urlpolicy import CachedUrlPolicy
 from observability.metrics import Metrics
 from observability.stats import RequestStats
@@ -53,8 +52,15 @@ REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)
 # A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
-# The handlers of pipeline requests in flight: a stream's with its response, a JSON one's with None.
-IN_FLIGHT = web.AppKey("in_flight", dict[asyncio.Task[Any], EventStream | None])
+
+
+class InFlight(Protocol):
+    """A pipeline request in flight (an EventStream, or routes.JsonRun), as app.end_requests sees it."""
+
+    shutting_down: bool  # set just before end_requests cancels its handler: that cancel is ours
+
+
+IN_FLIGHT = web.AppKey("in_flight", dict[asyncio.Task[Any], InFlight])  # by handler
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)  # set on SIGTERM: a cancellation is ours
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Literal
@@ -17,7 +18,7 @@ OTEL_SAMPLERS = (
     "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio",
 )  # fmt: skip
 SearchProviderName = Literal["auto", "searxng", "brave", "none"]
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_LOG_LEVELS = tuple(logging.getLevelNamesMapping())  # what logging's setLevel takes: WARN, FATAL too
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # asyncpg's
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
@@ -213,7 +214,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             sslmodes = parse_qs(url.query).get("sslmode", [])
             if any(mode not in _SSLMODES for mode in sslmodes):
                 raise ConfigError(f"DATABASE_URL: sslmode must be one of {', '.join(_SSLMODES)}")
-        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:
+        # As redis-py and gateway/redis.py read it: scheme://, case and all (urlsplit lower-cases).
+        scheme, sep, _ = (self.redis_url or "").partition("://")
+        if self.redis_url is not None and not (sep and scheme in _REDIS_SCHEMES):
             schemes = ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
             raise ConfigError(f"REDIS_URL must start with one of {schemes}")
         for name in ("openai_base_url", "otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint"):

@@ -20,7 +20,6 @@ from gateway.appkeys import (
     REDIS,
     REQUEST_LOG,
     SETTINGS,
-    SHUTTING_DOWN,
     SLOTS,
     STAGE_INSTRUMENTS,
     STAGES,
@@ -71,6 +70,15 @@ def pipeline_request(request: web.Request, body: ProcessBody) -> PipelineRequest
     )
 
 
+class JsonRun:
+    """A JSON pipeline request in IN_FLIGHT (a stream is there as its EventStream)."""
+
+    __slots__ = ("shutting_down",)
+
+    def __init__(self) -> None:
+        self.shutting_down = False
+
+
 async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
     """Run every stage and return the final answer (the `done` event)."""
     stages: tuple[Stage, ...] = request.app[STAGES]
@@ -79,7 +87,7 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
     in_flight = request.app[IN_FLIGHT]
     handler = asyncio.current_task()
     assert handler is not None
-    in_flight[handler] = None
+    in_flight[handler] = run = JsonRun()
     try:
         async for name, event in run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS]):
             if name == "done":
@@ -96,7 +104,7 @@ async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessR
         request.app[STATS].record_error(exc.code)
         raise
     except asyncio.CancelledError:  # the client went away (handler cancellation), or shutdown
-        if not request.app[SHUTTING_DOWN].is_set():
+        if not run.shutting_down:
             unfinished = "client_disconnected"
             raise
         # Our own cancellation (app.end_requests), past the shutdown grace: an answer the client

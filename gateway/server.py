@@ -39,9 +39,8 @@ from observability.logging import configure_logging
 
 log = logging.getLogger(__name__)
 
-# On SIGTERM, after the streams' SHUTDOWN_GRACE_SECONDS (app.end_streams): seconds any other
-# handler still running gets before aiohttp cancels it, and again to wind down once cancelled.
-# A JSON request has been running all along.
+# On SIGTERM, after the pipeline requests' SHUTDOWN_GRACE_SECONDS (app.end_requests): seconds any
+# other handler still running gets before aiohttp cancels it, and again to wind down once cancelled.
 SHUTDOWN_TIMEOUT = 2.0
 # How aiohttp serves the app. handler_cancellation: a client that disconnects cancels its
 # handler and so its pipeline. max_line_size: GET /stream (EventSource cannot POST) carries
@@ -231,7 +230,9 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
         for dead in [p for p in processes if p.exitcode is not None]:
             processes.remove(dead)
             if stopping:
-                failed = failed or dead.exitcode != 0  # asked to stop: it should have, cleanly
+                # Asked to stop: it should have, cleanly. One still importing when the signal came
+                # (before its handlers were installed) died of that signal: stopped as asked too.
+                failed = failed or dead.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT)
                 continue
             exits.append(time.monotonic())
             if len(exits) == exits.maxlen and exits[-1] - exits[0] < RESTART_WINDOW:
@@ -242,7 +243,7 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
                 continue
             start()
             log.error("worker exited unexpectedly: started another",
-                      extra={"pid": dead.pid, "exitcode": dead.exitcode, "new_pid": processes[-1].pid})
+                      extra={"exited_pid": dead.pid, "exitcode": dead.exitcode, "new_pid": processes[-1].pid})
     return 1 if failed else 0
 
 

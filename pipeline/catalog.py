@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from typing import Literal, get_args
 
@@ -75,5 +76,6 @@ def with_confidence_note(selection: ModelSelection, confidence: float) -> ModelS
         return selection
     # Said as a number against this line, not as "low": metadata.low_confidence (the classifier's
     # threshold, 0.6 by default) may be false for the same answer.
-    reasoning = f"{selection.reasoning}; intent confidence {confidence:.2f}, under {NOTED_BELOW:g}"
+    shown = math.floor(confidence * 100) / 100  # truncated: 0.799 is not "0.80, under 0.8"
+    reasoning = f"{selection.reasoning}; intent confidence {shown:.2f}, under {NOTED_BELOW:g}"
     return msgspec.structs.replace(selection, reasoning=reasoning)

@@ -222,6 +222,28 @@ async def test_a_stream_ended_by_shutdown_is_logged_as_such_not_as_the_clients_l
     assert [(r["outcome"], r["route"], r["prompt"]) for r in rows] == [("shutting_down", "stream", "stopped mid-way")]
 
 
+@pytest.mark.parametrize("client_leaves", [False, True])
+async def test_a_json_request_at_shutdown_is_logged_by_who_ended_it(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, client_leaves: bool
+) -> None:
+    """Past the grace the gateway ends it (shutting_down); a client that leaves during the grace
+    ended it itself (client_disconnected), as a stream's row says."""
+    gated = GatedClassifier(RulesClassifier())
+    client = await _db_client(make_client, postgres_db, tmp_path, classifier=gated,
+                              shutdown_grace_seconds=1.0 if client_leaves else 0.1)  # fmt: skip
+    async with aiohttp.ClientSession() as session:
+        pending = asyncio.ensure_future(session.post(client.make_url(PROCESS), json={"prompt": "at shutdown"}))
+        await asyncio.wait_for(gated.entered.wait(), 5)
+        closing = asyncio.create_task(client.close())
+        await asyncio.sleep(0.2)  # the grace has begun
+        if client_leaves:
+            pending.cancel()
+        await asyncio.gather(pending, closing, return_exceptions=True)
+    rows = await _fetch(postgres_db, "SELECT outcome, route FROM intent_classification_logs")
+    outcome = "client_disconnected" if client_leaves else "shutting_down"
+    assert [(r["outcome"], r["route"]) for r in rows] == [(outcome, "process")]
+
+
 async def test_rate_limited_requests_are_logged(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:

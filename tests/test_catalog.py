@@ -75,7 +75,7 @@ def test_catalog_missing_a_workflow_is_refused() -> None:
         Catalog.load(text)
 
 
-@pytest.mark.parametrize("confidence", [0.95, 0.8, 0.79, 0.3])
+@pytest.mark.parametrize("confidence", [0.95, 0.8, 0.7999, 0.3])
 async def test_the_model_stage_prices_as_the_catalog(confidence: float) -> None:
     """The stage prices every workflow once, at start-up; its answers are the catalog's."""
     catalog = Catalog.load()
@@ -89,7 +89,7 @@ async def test_the_model_stage_prices_as_the_catalog(confidence: float) -> None:
     state = RequestState(request=request("balanced"), intent=intent(W.VIDEO_GENERATION, confidence))
     await stage.run(state)
     assert state.selection is not None
-    note = {0.95: "", 0.8: "", 0.79: "; intent confidence 0.79, under 0.8",
+    note = {0.95: "", 0.8: "", 0.7999: "; intent confidence 0.79, under 0.8",
             0.3: "; intent confidence 0.30, under 0.8"}[confidence]
     assert state.selection.reasoning == f"Selected google/veo-3 for video_generation (balanced, 10s at $0.75/s){note}"
     state.selection.fallback_models.append("mutated")  # a request's own list: the next is unchanged

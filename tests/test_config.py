@@ -15,6 +15,8 @@ from gateway.config import ConfigError, Settings
         ({"DATABASE_URL": "postgresql://db/gw?sslmode=sometimes"}, "DATABASE_URL: sslmode must be one of"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must start with one of"),
         ({"REDIS_URL": "http://cache:6379"}, "REDIS_URL must start with one of"),
+        ({"REDIS_URL": "Redis+Cluster://cache:6379"}, "REDIS_URL must start with one of"),  # as read
+        ({"REDIS_URL": "redis:cache"}, "REDIS_URL must start with one of"),
         ({"OPENAI_BASE_URL": "not-a-url"}, "OPENAI_BASE_URL must be an http"),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT must be an http"),
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://"}, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT must be"),
@@ -35,7 +37,7 @@ def test_the_values_those_clients_take_are_accepted() -> None:
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
         "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
         "OTEL_TRACES_SAMPLER_ARG": "0.25",
-        "LOG_LEVEL": "debug",
+        "LOG_LEVEL": "warn",  # logging takes it, as WARNING
     })  # fmt: skip
     assert settings.database_url is not None and settings.otel_traces_sampler_arg == 0.25
     assert Settings.from_env({"DATABASE_URL": "postgres:///gateway", "REDIS_URL": "unix:///run/redis.sock"})

@@ -101,6 +101,16 @@ def test_sigterm_while_starting_stops_at_once_and_cleanly(tmp_path: Path) -> Non
     assert served.lines('"level":"error"') == 0, served.log.read_text()  # no generator left unclosed
 
 
+def test_sigterm_while_the_workers_still_import_is_a_clean_stop(tmp_path: Path) -> None:
+    """Workers that the signal reached before they installed their handlers die of it: stopped
+    as asked, not a failure (the supervisor used to exit 1)."""
+    with serve(tmp_path, 2) as served:
+        served.wait_for('"started workers"', 1)
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=30)
+    assert served.process.returncode == 0 and served.lines(LISTENING) == 0
+
+
 def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
     """A worker killed (a crash, the OOM killer) is started again: the gateway stays at two
     processes, where before it carried on with one and never said so."""
