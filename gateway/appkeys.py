@@ -54,6 +54,9 @@ HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
 
 
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)  # built once the routes are final
+
+
 class InFlight(Protocol):
     """A pipeline request in flight (an EventStream, or routes.JsonRun), as app.end_requests sees it."""
 

@@ -58,7 +58,9 @@ SERVER_OPTIONS: dict[str, object] = {
 }
 
 
-_ACCESS_TOKEN = re.compile(r"(access_token=)[^&\s'\"]*")
+# A refused request line's query string, whatever it holds: a JWT may be there under any
+# spelling aiohttp would decode to access_token (access%5Ftoken, %61ccess_token, ...).
+_QUERY = re.compile(r"\?[^\s'\"]*")
 
 
 class GatewayRunner(web.AppRunner):
@@ -130,7 +132,7 @@ class _JsonErrorHandler(RequestHandler):
         trace_id = _refusal_id()
         extra = {"trace_id": trace_id, "status": status}
         if message is not None:  # aiohttp quotes the request line, an EventSource's JWT included
-            message = _ACCESS_TOKEN.sub(r"\1[redacted]", message)
+            message = _QUERY.sub("?[redacted]", message)
         if isinstance(exc, ContentEncodingError) and _names_a_coding_we_read(message):
             # gzip or deflate that broke off, when the whole body came with the headers: the
             # client's body is at fault, not its choice of coding (which we read).

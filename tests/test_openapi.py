@@ -24,6 +24,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+import gateway.openapi
 from tests.pg import SERVER as PG_SERVER
 from tests.pg import fresh_database
 
@@ -150,3 +151,21 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(server: str) -> 
             raise
         tested += 1
     assert tested == len(operations)
+
+
+async def test_the_document_is_built_once_not_per_request(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~5 ms of the event loop per build: a flood of this public path used to starve Redis
+    replies past their timeout, and the rate limits failed open for everyone."""
+    builds: list[object] = []
+    build = gateway.openapi.build_document
+
+    def counted(app: Any) -> dict[str, Any]:
+        builds.append(app)
+        return build(app)
+
+    monkeypatch.setattr(gateway.openapi, "build_document", counted)
+    client = await make_client()
+    bodies = [await (await client.get("/openapi.json")).read() for _ in range(3)]
+    assert len(builds) == 1 and bodies[0] == bodies[1] == bodies[2]
