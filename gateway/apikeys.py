@@ -96,6 +96,10 @@ class PgKeyStore:
     RETRY_SECONDS = 5.0
     MAX_CACHED = 10_000
     LOOKUP_TIMEOUT = 1.0  # for a connection and the query together
+    # Lookups that may wait on Postgres at once (the pool's two connections); more are refused at
+    # once. A flood of random key-shaped tokens used to queue for the pool until lookups timed out,
+    # which marked the store down: valid keys got 503, and revoked ones passed as stale for an hour.
+    LOOKUPS_AT_ONCE = 2
     ADMIN_TIMEOUT = 5.0  # the key management endpoints: an admin waits, a request does not
     SCHEMA_TIMEOUT = 30.0  # migrations, the first time
 
@@ -104,6 +108,7 @@ class PgKeyStore:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._unknown: dict[bytes, float] = {}
         self._down_until = 0.0  # monotonic: no lookup reaches Postgres before then
+        self._lookups = asyncio.Semaphore(self.LOOKUPS_AT_ONCE)
         self.queries = 0  # lookups that reached Postgres
 
     async def ensure_schema(self) -> None:
@@ -142,12 +147,14 @@ class PgKeyStore:
             return None
         if now < self._down_until:
             return self._stale(cached, now)
+        if self._lookups.locked():  # busy, not down: no stale answer, no mark (see LOOKUPS_AT_ONCE)
+            raise DatabaseUnavailable("cannot check the API key now: too many checks at once")
         self.queries += 1
         try:
-            # One bound for the wait for a connection and the query: a flood of unknown keys
-            # must not queue every later lookup behind it, and a hung database must not hold
-            # this request while asyncpg winds the cancelled query down (database_call).
-            row = await database_call("check the API key", self._fetch(digest), self.LOOKUP_TIMEOUT)
+            # One bound for the wait for a connection and the query: a hung database must not
+            # hold this request while asyncpg winds the cancelled query down (database_call).
+            async with self._lookups:
+                row = await database_call("check the API key", self._fetch(digest), self.LOOKUP_TIMEOUT)
         except DatabaseUnavailable as exc:
             log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
             self._down_until = time.monotonic() + self.RETRY_SECONDS

@@ -429,6 +429,39 @@ async def test_a_key_store_outage_costs_one_lookup_then_known_keys_pass_from_the
     assert store.queries == before + 1
 
 
+async def test_a_flood_of_key_shaped_tokens_neither_queues_for_postgres_nor_makes_it_look_down(
+    make_client: Any, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random issued-key-shaped tokens, many at once: two are checked at a time and the rest are
+    503 at once. They used to queue for the pool until lookups timed out, which marked the store
+    down: valid keys then got 503, and a revoked key whose cache had expired passed as stale."""
+    client = await make_client(database_url=pg_url, gateway_api_keys=KEYS)
+    store = client.app[AUTH].store
+    assert store is not None
+    created = await client.post("/api/v1/admin/keys", json={"user_id": "ivy"}, headers=bearer(ROOT))
+    revoked, key_id = (await created.json())["key"], (await created.json())["key_id"]
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(revoked))).status == 200
+    assert (await client.delete(f"/api/v1/admin/keys/{key_id}", headers=bearer(ROOT))).status == 200
+    store.CACHE_SECONDS = 0.0  # its cached check has expired: the next one asks Postgres
+    fetch = store._fetch
+
+    async def slow_fetch(digest: bytes) -> Any:  # a loaded database: each check holds a connection a while
+        async with store.pool.acquire() as conn:
+            await conn.execute("SELECT pg_sleep(0.3)")
+            return await conn.fetchrow("SELECT user_id, admin FROM gateway_api_keys WHERE key_hash = $1"
+                                       " AND revoked_at IS NULL", digest.hex())
+
+    monkeypatch.setattr(store, "_fetch", slow_fetch)
+    flood = [client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(generate_key())) for _ in range(30)]
+    answers = await asyncio.gather(*flood, client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(revoked)))
+    statuses = [answer.status for answer in answers]
+    assert statuses[-1] in (401, 503)  # the revoked key: never 200
+    assert statuses.count(401) <= 2 and set(statuses) <= {401, 503}
+    assert store._down_until == 0.0 and store.queries <= 4  # busy is not down
+    monkeypatch.setattr(store, "_fetch", fetch)
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(revoked))).status == 401
+
+
 async def test_unknown_keys_cost_postgres_at_most_one_query_each(make_client: Any, pg_url: str) -> None:
     """A client retrying a wrong key, or sending tokens no key can match, does not load Postgres."""
     client = await make_client(database_url=pg_url, gateway_api_keys=KEYS)
