@@ -6,6 +6,9 @@ import re
 from typing import Protocol
 
 MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+# Tags one user may keep: without a bound, one user's saves (thousands a second) filled the
+# process's memory, and listing them returned a 118 MB body that stalled every other request.
+MAX_TAGS_PER_USER = 500
 
 
 def find_mentions(prompt: str) -> tuple[str, ...]:
@@ -27,7 +30,9 @@ class ReferenceStore(Protocol):
 class UserTagStore(ReferenceStore, Protocol):
     """Where users save their tags: memory by default, Postgres with DATABASE_URL."""
 
-    async def save(self, user_id: str, tag: str, image_url: str) -> None: ...
+    async def save(self, user_id: str, tag: str, image_url: str) -> bool:
+        """Save or replace one tag; False: a new tag, and the user has MAX_TAGS_PER_USER already."""
+        ...
 
     async def list(self, user_id: str) -> dict[str, str]: ...
 
@@ -42,8 +47,12 @@ class MemoryReferenceStore:
         mine = self._tags.get(user_id, {})
         return {tag: mine[tag] for tag in tags if tag in mine}
 
-    async def save(self, user_id: str, tag: str, image_url: str) -> None:
-        self._tags.setdefault(user_id, {})[tag.lower()] = image_url
+    async def save(self, user_id: str, tag: str, image_url: str) -> bool:
+        mine = self._tags.setdefault(user_id, {})
+        if tag.lower() not in mine and len(mine) >= MAX_TAGS_PER_USER:
+            return False
+        mine[tag.lower()] = image_url
+        return True
 
     async def list(self, user_id: str) -> dict[str, str]:
         return dict(self._tags.get(user_id, {}))

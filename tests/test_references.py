@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+import gateway.analytics.references
+import pipeline.references
 from gateway.appkeys import REFERENCES
 from tests.conftest import MakeClient
 
@@ -60,6 +62,29 @@ async def test_saved_tag_lives_in_postgres(postgres_db: str, make_client: MakeCl
     await second.post(REFS, json={"tag": "sarah", "image_url": replaced}, headers={"X-User-Id": "u1"})
     listed = await (await second.get(REFS, headers={"X-User-Id": "u1"})).json()
     assert listed == {"references": [{"tag": "sarah", "image_url": replaced}]}
+
+
+@pytest.mark.parametrize("store", ["memory", "postgres"])
+async def test_a_user_keeps_at_most_max_tags_and_may_still_replace_them(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    """One user's saves used to grow memory without bound (and a 118 MB list stalled everyone):
+    past the cap a new tag is a 422 naming the field; replacing one still works; others are
+    not affected."""
+    monkeypatch.setattr(gateway.analytics.references, "MAX_TAGS_PER_USER", 3)
+    monkeypatch.setattr(pipeline.references, "MAX_TAGS_PER_USER", 3)
+    settings = {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "s.jsonl")} if store == "postgres" else {}
+    client = await make_client(**settings)
+    me = {"X-User-Id": "collector"}
+    for i in range(3):
+        assert (await client.post(REFS, json={"tag": f"t{i}", "image_url": SARAH}, headers=me)).status == 201
+    refused = await client.post(REFS, json={"tag": "t3", "image_url": SARAH}, headers=me)
+    assert (refused.status, (await refused.json())["field"]) == (422, "tag")
+    assert (await client.post(REFS, json={"tag": "t0", "image_url": SARAH + "?v=2"}, headers=me)).status == 201
+    listed = await (await client.get(REFS, headers=me)).json()
+    assert [r["tag"] for r in listed["references"]] == ["t0", "t1", "t2"]
+    other = await client.post(REFS, json={"tag": "t3", "image_url": SARAH}, headers={"X-User-Id": "someone"})
+    assert other.status == 201
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from gateway.bodies import read_json_body
 from gateway.errors import AnalyticsNotConfigured, ValidationFailed
 from gateway.responses import json_response
 from gateway.wire import check_image_url, decode_json, query_count
+from pipeline.references import MAX_TAGS_PER_USER
 
 # The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
 _TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
@@ -84,7 +85,9 @@ async def _read_reference(request: web.Request) -> UserReference:
 async def save_reference(request: web.Request) -> web.Response:
     """POST /api/v1/references {tag, image_url}: save (or replace) one of the caller's @tags."""
     ref = await _read_reference(request)
-    await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url)
+    if not await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url):
+        raise ValidationFailed(f"you have {MAX_TAGS_PER_USER} @tags, the most one user keeps: save over "
+                               "one of them instead", field="tag")
     return json_response(ref, status=201)
 
 

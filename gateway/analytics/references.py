@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from gateway.analytics.pool import database_call
+from pipeline.references import MAX_TAGS_PER_USER
 
 
 class PostgresReferenceStore:
@@ -18,13 +19,17 @@ class PostgresReferenceStore:
         ))
         return {row["tag"]: row["image_url"] for row in rows}
 
-    async def save(self, user_id: str, tag: str, image_url: str) -> None:
-        await database_call("save the reference", self._pool.execute(
-            "INSERT INTO user_references (user_id, tag, image_url) VALUES ($1, $2, $3)"
+    async def save(self, user_id: str, tag: str, image_url: str) -> bool:
+        # A new tag only under the cap (saves at once may pass it by a few: a bound, not a quota).
+        status = await database_call("save the reference", self._pool.execute(
+            "INSERT INTO user_references (user_id, tag, image_url) SELECT $1, $2, $3"
+            " WHERE EXISTS (SELECT 1 FROM user_references WHERE user_id = $1 AND tag = $2)"
+            " OR (SELECT count(*) FROM user_references WHERE user_id = $1) < $4"
             " ON CONFLICT (user_id, tag)"
             " DO UPDATE SET image_url = EXCLUDED.image_url, updated_at = now()",
-            user_id, tag.lower(), image_url,
+            user_id, tag.lower(), image_url, MAX_TAGS_PER_USER,
         ))
+        return bool(status.endswith(" 1"))  # "INSERT 0 1": saved; "INSERT 0 0": refused
 
     async def list(self, user_id: str) -> dict[str, str]:
         rows = await database_call("list references", self._pool.fetch(
