@@ -233,12 +233,14 @@ class Authenticator:
         jwt_audience: str | None = None,
         open_access: bool = False,
         open_if_no_keys: bool | None = None,
+        loopback_only: bool = False,
     ) -> None:
         self.static_keys = static_keys
         self.store = store
         self.jwt_secret = jwt_secret
         self.jwt_audience = jwt_audience
         self.open = open_access
+        self.loopback_only = loopback_only  # open, only for requests addressed to loopback (Host)
         # Set when the keys table was the only key source and could not be read at start-up:
         # whether no key exists is not known, so the gateway stays closed (not open, as "no
         # keys" would make it) until `decide` can ask. The value: whether it may open then.

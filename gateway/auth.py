@@ -8,11 +8,13 @@ and only allowed on loopback; see `auth_ctx`.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Literal
+from urllib.parse import urlsplit
 
 import asyncpg
 from aiohttp import web
@@ -65,6 +67,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if auth.open_if_no_keys is not None and scope != "public":
         await auth.decide()
     if auth.open:
+        if auth.loopback_only and not _names_loopback(request.host):
+            # A web page that rebinds its own name to 127.0.0.1 reaches an open gateway from the
+            # browser, with its own name in Host: every caller is an admin here, so refuse it.
+            raise Forbidden("an open gateway (no keys) answers only requests addressed to loopback")
         request[USER_ID] = _claimed_user(request)
     elif scope == "public":
         request[USER_ID] = "anonymous"
@@ -99,6 +105,16 @@ def _query_token_principal(auth: Authenticator, request: web.Request) -> Princip
         raise Unauthorized("access_token takes a valid JWT (API keys go in the Authorization header)",
                            invalid=True)
     return principal
+
+
+@functools.lru_cache(maxsize=64)
+def _names_loopback(host: str) -> bool:
+    """Whether a Host header names this machine's loopback ("localhost:8000", "[::1]:8000")."""
+    try:
+        name = urlsplit("//" + host).hostname
+    except ValueError:
+        return False
+    return name is not None and is_loopback(name)
 
 
 def _claimed_user(request: web.Request) -> str:
@@ -141,6 +157,8 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         jwt_secret=settings.gateway_jwt_secret,
         jwt_audience=settings.gateway_jwt_audience,
         open_access=not configured and not undecided,
+        # Open because bound to loopback (not because told to): callers must address loopback.
+        loopback_only=is_loopback(settings.host) and not settings.gateway_allow_anonymous,
         open_if_no_keys=_may_run_open(settings) if undecided else None,
     )
     try:

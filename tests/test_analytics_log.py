@@ -274,7 +274,7 @@ async def test_clients_gone_before_the_pipeline_starts_are_logged(
     try:
         client = await _db_client(make_client, postgres_db, tmp_path, redis_url=redis_server.url, redis_timeout=5.0)
         _, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(f"POST {PROCESS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        writer.write(f"POST {PROCESS} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      "Content-Length: 100\r\n\r\n{\"prompt\": ".encode())  # fmt: skip
         await writer.drain()
         await asyncio.sleep(0.3)  # admitted, reading the body

@@ -243,6 +243,29 @@ async def test_open_on_loopback_with_a_warning(make_client: Any, caplog: pytest.
     assert context.data["user_id"] == "dev"
 
 
+@pytest.mark.parametrize(("host", "status"), [
+    ("rebind.attacker.example", 403), ("rebind.attacker.example:8000", 403), ("127.0.0.1.nip.io", 403),
+    ("localhost:8000", 200), ("127.0.0.1", 200), ("[::1]:8000", 200),
+])  # fmt: skip
+async def test_an_open_gateway_answers_only_requests_addressed_to_loopback(
+    make_client: Any, host: str, status: int
+) -> None:
+    """Open (no keys, on loopback) makes every caller an admin: a page that rebinds its own
+    name to 127.0.0.1 (DNS rebinding) reached it from the browser with its name in Host."""
+    client = await make_client()
+    resp = await client.get("/api/v1/enhanced/metrics", headers={"Host": host})
+    assert resp.status == status
+    if status == 403:
+        assert "addressed to loopback" in (await resp.json())["detail"]
+    assert (await client.get("/", headers={"Host": host})).status == status  # the web UI: same rule
+
+
+async def test_open_on_purpose_takes_any_host(make_client: Any) -> None:
+    """GATEWAY_ALLOW_ANONYMOUS=true: open by choice, wherever it is reached from."""
+    client = await make_client(gateway_allow_anonymous=True)
+    assert (await client.get("/api/v1/enhanced/metrics", headers={"Host": "gw.internal"})).status == 200
+
+
 async def test_refuses_to_start_open_on_a_public_address(make_client: Any) -> None:
     """No keys and bound to 0.0.0.0: start-up fails unless GATEWAY_ALLOW_ANONYMOUS=true."""
     runner = web.AppRunner(create_app(msgspec.structs.replace(Settings.from_env({}), host="0.0.0.0")))

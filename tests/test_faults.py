@@ -245,7 +245,7 @@ async def test_clients_gone_while_redis_answers_release_their_slots_at_once(
             for i in range(12):
                 reader, writer = await asyncio.open_connection(client.host, client.port)
                 body = json.dumps({"prompt": f"change my hair, take {attempt}.{i}"}).encode()
-                writer.write(b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                writer.write(b"POST " + STREAM.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                              + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
                 streams.append((reader, writer))
             for reader, writer in streams:

@@ -13,10 +13,10 @@ from tests.conftest import MakeClient, exchange, raw_request
 MALFORMED = {
     "garbled request line": b"NOT HTTP AT ALL\r\n\r\n",
     "bad content-length": (
-        b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: t\r\nContent-Length: ten\r\n\r\n"
+        b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ten\r\n\r\n"
     ),
-    "header too long": b"GET /health HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
-    "header without a colon": b"GET /health HTTP/1.1\r\nHost: t\r\nno colon here\r\n\r\n",
+    "header too long": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+    "header without a colon": b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nno colon here\r\n\r\n",
 }
 
 
@@ -54,7 +54,7 @@ async def test_an_eventsource_jwt_in_a_refused_request_line_is_not_logged_or_ech
     """aiohttp quotes the request line it refuses; a GET stream's ?access_token= is in it, under
     any spelling aiohttp would decode to that name: the whole query string is left out."""
     client = await make_client()
-    raw = b"GET /api/v1/enhanced/stream?prompt=x&" + name + b"=eyJ.secret.sig HTTP/1.x\r\nHost: t\r\n\r\n"
+    raw = b"GET /api/v1/enhanced/stream?prompt=x&" + name + b"=eyJ.secret.sig HTTP/1.x\r\nHost: 127.0.0.1\r\n\r\n"
     with caplog.at_level(logging.INFO, logger="gateway.server"):
         status, _, body = await exchange(client, raw)
     assert status == 400
@@ -67,7 +67,7 @@ async def test_refusals_before_the_app_are_counted_under_route_unparsed(make_cli
     """A flood of garbage shows on the dashboards, not only in the logs."""
     client = await make_client()
     await exchange(client, MALFORMED["garbled request line"])
-    await exchange(client, b"POST /x HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\nConnection: close\r\n\r\n")
+    await exchange(client, b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: bogus\r\nConnection: close\r\n\r\n")
     metrics = await (await client.get("/metrics")).text()
     assert ('http_server_request_duration_seconds_count{http_request_method="_OTHER",'
             'http_route="unparsed",http_response_status_code="400"} 1') in metrics
@@ -78,7 +78,7 @@ async def test_refusals_before_the_app_are_counted_under_route_unparsed(make_cli
 
 async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(make_client: MakeClient) -> None:
     client = await make_client()
-    status, _, body = await exchange(client, b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    status, _, body = await exchange(client, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
     assert status == 200
     assert json.loads(body)["status"] == "ok"
 
@@ -87,7 +87,7 @@ async def test_a_well_formed_request_on_the_same_server_is_answered_as_usual(mak
 async def test_an_expectation_the_server_cannot_meet_is_a_json_417(make_client: MakeClient, path: str) -> None:
     """aiohttp answers an Expect other than 100-continue before any middleware runs."""
     client = await make_client()
-    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: bogus".encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nExpect: bogus".encode()
     status, content_type, error = await raw_request(client, head, b'{"prompt": "a cat"}')
     assert (status, content_type, error["error"]) == (417, "application/json", "expectation_failed")
 
@@ -96,7 +96,7 @@ async def test_an_unmet_expectation_carries_a_trace_id_that_its_log_line_holds(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = await make_client()
-    raw = b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: t\r\nExpect: bogus\r\nConnection: close\r\n\r\n"
+    raw = b"POST /api/v1/enhanced/process HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: bogus\r\nConnection: close\r\n\r\n"
     with caplog.at_level(logging.INFO, logger="gateway.server"):
         status, headers, _ = await exchange(client, raw)
     assert status == 417 and re.fullmatch(r"[0-9a-f]{32}", headers["x-trace-id"])

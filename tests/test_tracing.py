@@ -115,12 +115,12 @@ async def test_a_host_header_whose_port_is_no_port_is_traced_without_one(make_cl
     """The Host header is the client's: a port int() refuses (over 4,300 digits) or no port could be
     (six digits) leaves server.port out rather than failing the request."""
     client, exporter = await traced(make_client)
-    response = await client.post(PROCESS, json={"prompt": "animate this sunset"}, headers={"Host": f"a:{port}"})
+    response = await client.post(PROCESS, json={"prompt": "animate this sunset"}, headers={"Host": f"127.0.0.1:{port}"})
     assert response.status == 200
     server = by_name(exporter.get_finished_spans())[f"POST {PROCESS}"]
     assert server.attributes is not None
     assert "server.port" not in server.attributes
-    assert server.attributes["server.address"] == f"a:{port}"
+    assert server.attributes["server.address"] == f"127.0.0.1:{port}"
 
 
 async def test_the_intent_span_says_which_tier_of_the_embedded_classifier_answered(
