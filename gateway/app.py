@@ -167,8 +167,8 @@ async def end_requests(app: web.Application) -> None:
                  app[SETTINGS].shutdown_grace_seconds)
         await asyncio.wait(list(in_flight), timeout=app[SETTINGS].shutdown_grace_seconds)
     still_running = list(in_flight.items())
-    for handler, request in still_running:
-        request.shutting_down = True  # so the handler tells this cancel from its client leaving
+    for handler, run in still_running:
+        run.shutting_down = True  # so the handler tells this cancel from its client leaving
         handler.cancel()  # the handler answers shutting_down
     if still_running:
         log.warning("stopping: %d requests still running after the grace answer shutting_down",

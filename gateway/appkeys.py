@@ -52,8 +52,6 @@ REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)
 # A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
-
-
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)  # built once the routes are final
 
 
