@@ -96,10 +96,12 @@ class PgKeyStore:
     RETRY_SECONDS = 5.0
     MAX_CACHED = 10_000
     LOOKUP_TIMEOUT = 1.0  # for a connection and the query together
-    # Lookups that may wait on Postgres at once (the pool's two connections); more are refused at
-    # once. A flood of random key-shaped tokens used to queue for the pool until lookups timed out,
-    # which marked the store down: valid keys got 503, and revoked ones passed as stale for an hour.
-    LOOKUPS_AT_ONCE = 2
+    # A flood of random key-shaped tokens used to queue for the pool's two connections until
+    # lookups timed out, which marked the store down: valid keys got 503, and revoked ones passed
+    # as stale for an hour. Now each connection has its own kind of lookup (keys seen before, and
+    # tokens never seen, where a flood lands), a lookup waits at most SLOT_WAIT for its slot, and
+    # one that does not get it is a 503 that marks nothing down.
+    SLOT_WAIT = 0.5
     ADMIN_TIMEOUT = 5.0  # the key management endpoints: an admin waits, a request does not
     SCHEMA_TIMEOUT = 30.0  # migrations, the first time
 
@@ -108,7 +110,8 @@ class PgKeyStore:
         self._cache: dict[bytes, tuple[Principal, float]] = {}
         self._unknown: dict[bytes, float] = {}
         self._down_until = 0.0  # monotonic: no lookup reaches Postgres before then
-        self._lookups = asyncio.Semaphore(self.LOOKUPS_AT_ONCE)
+        self._seen_slot = asyncio.Semaphore(1)  # re-checks of keys that passed before
+        self._unseen_slot = asyncio.Semaphore(1)  # tokens never seen: new keys, and any flood
         self.queries = 0  # lookups that reached Postgres
 
     async def ensure_schema(self) -> None:
@@ -147,14 +150,21 @@ class PgKeyStore:
             return None
         if now < self._down_until:
             return self._stale(cached, now)
-        if self._lookups.locked():  # busy, not down: no stale answer, no mark (see LOOKUPS_AT_ONCE)
-            raise DatabaseUnavailable("cannot check the API key now: too many checks at once")
-        self.queries += 1
+        slot = self._seen_slot if cached is not None else self._unseen_slot
         try:
-            # One bound for the wait for a connection and the query: a hung database must not
-            # hold this request while asyncpg winds the cancelled query down (database_call).
-            async with self._lookups:
-                row = await database_call("check the API key", self._fetch(digest), self.LOOKUP_TIMEOUT)
+            async with asyncio.timeout(self.SLOT_WAIT):
+                await slot.acquire()
+        except TimeoutError:  # busy, not down: no stale answer, no mark (see SLOT_WAIT)
+            raise DatabaseUnavailable("cannot check the API key now: too many checks at once") from None
+        self.queries += 1
+        # The slot goes with the query, not with this request: a request that gives up leaves its
+        # query winding down on the connection (database_call), and the slot stays taken until then.
+        fetch = asyncio.ensure_future(self._fetch(digest))
+        fetch.add_done_callback(lambda _: slot.release())
+        try:
+            # One bound for the query: a hung database must not hold this request while asyncpg
+            # winds the cancelled query down (database_call).
+            row = await database_call("check the API key", fetch, self.LOOKUP_TIMEOUT)
         except DatabaseUnavailable as exc:
             log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
             self._down_until = time.monotonic() + self.RETRY_SECONDS

@@ -52,12 +52,16 @@ def scope_for(path: str) -> Scope:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
+    """localhost (and *.localhost, RFC 6761: never resolved by DNS), or a loopback address."""
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 @web.middleware

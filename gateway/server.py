@@ -58,9 +58,10 @@ SERVER_OPTIONS: dict[str, object] = {
 }
 
 
-# A refused request line's query string, whatever it holds: a JWT may be there under any
-# spelling aiohttp would decode to access_token (access%5Ftoken, %61ccess_token, ...).
-_QUERY = re.compile(r"\?[^\s'\"]*")
+# A refused request line's query string to the end of the line, whatever it holds: a JWT may be
+# there under any spelling aiohttp would decode to access_token (access%5Ftoken, ...), after an
+# unencoded space or quote (often why the line was refused); and a quoted header's bearer token.
+_SECRETS = (re.compile(r"\?[^\n]*"), re.compile(r"(?i)(?<=bearer )\S+"))
 
 
 class GatewayRunner(web.AppRunner):
@@ -132,7 +133,8 @@ class _JsonErrorHandler(RequestHandler):
         trace_id = _refusal_id()
         extra = {"trace_id": trace_id, "status": status}
         if message is not None:  # aiohttp quotes the request line, an EventSource's JWT included
-            message = _QUERY.sub("?[redacted]", message)
+            query, bearer = _SECRETS
+            message = bearer.sub("[redacted]", query.sub("?[redacted]", message))
         if isinstance(exc, ContentEncodingError) and _names_a_coding_we_read(message):
             # gzip or deflate that broke off, when the whole body came with the headers: the
             # client's body is at fault, not its choice of coding (which we read).

@@ -9,6 +9,9 @@ MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
 # Tags one user may keep: without a bound, one user's saves (thousands a second) filled the
 # process's memory, and listing them returned a 118 MB body that stalled every other request.
 MAX_TAGS_PER_USER = 500
+# And in all, in the memory store (no DATABASE_URL): where callers name themselves (open mode,
+# X-User-Id), a new user id per save would otherwise pass the per-user bound.
+MAX_TAGS_IN_MEMORY = 100_000
 
 
 def find_mentions(prompt: str) -> tuple[str, ...]:
@@ -42,15 +45,19 @@ class MemoryReferenceStore:
 
     def __init__(self) -> None:
         self._tags: dict[str, dict[str, str]] = {}
+        self._count = 0
 
     async def resolve(self, user_id: str, tags: tuple[str, ...]) -> dict[str, str]:
         mine = self._tags.get(user_id, {})
         return {tag: mine[tag] for tag in tags if tag in mine}
 
     async def save(self, user_id: str, tag: str, image_url: str) -> bool:
-        mine = self._tags.setdefault(user_id, {})
-        if tag.lower() not in mine and len(mine) >= MAX_TAGS_PER_USER:
-            return False
+        mine = self._tags.get(user_id, {})
+        if tag.lower() not in mine:
+            if len(mine) >= MAX_TAGS_PER_USER or self._count >= MAX_TAGS_IN_MEMORY:
+                return False
+            self._count += 1
+        self._tags[user_id] = mine
         mine[tag.lower()] = image_url
         return True
 

@@ -87,6 +87,21 @@ async def test_a_user_keeps_at_most_max_tags_and_may_still_replace_them(
     assert other.status == 201
 
 
+async def test_the_memory_store_is_bounded_in_all_whoever_callers_say_they_are(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open mode: callers name themselves (X-User-Id), so a new name per save would pass the
+    per-user bound; the memory store also bounds its total."""
+    monkeypatch.setattr(pipeline.references, "MAX_TAGS_IN_MEMORY", 4)
+    for i in range(4):
+        saved = await client.post(REFS, json={"tag": "t", "image_url": SARAH}, headers={"X-User-Id": f"u{i}"})
+        assert saved.status == 201
+    refused = await client.post(REFS, json={"tag": "t", "image_url": SARAH}, headers={"X-User-Id": "u4"})
+    assert refused.status == 422
+    assert (await client.post(REFS, json={"tag": "t", "image_url": SARAH + "?v=2"},
+                              headers={"X-User-Id": "u0"})).status == 201  # replacing still works
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -47,7 +47,8 @@ async def test_a_refusal_before_the_app_carries_a_trace_id_that_its_log_line_hol
     assert line.getMessage().startswith("refused a malformed request") and line.status == 400  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("name", [b"access_token", b"access%5Ftoken", b"%61ccess_token", b"ACCESS_TOKEN"])
+@pytest.mark.parametrize("name", [b"access_token", b"access%5Ftoken", b"%61ccess_token", b"ACCESS_TOKEN",
+                                  b"prompt=a b&access_token", b"prompt=it's&access_token"])
 async def test_an_eventsource_jwt_in_a_refused_request_line_is_not_logged_or_echoed(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture, name: bytes
 ) -> None:

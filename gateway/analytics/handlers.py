@@ -86,8 +86,8 @@ async def save_reference(request: web.Request) -> web.Response:
     """POST /api/v1/references {tag, image_url}: save (or replace) one of the caller's @tags."""
     ref = await _read_reference(request)
     if not await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url):
-        raise ValidationFailed(f"you have {MAX_TAGS_PER_USER} @tags, the most one user keeps: save over "
-                               "one of them instead", field="tag")
+        raise ValidationFailed(f"no room for another @tag (a user keeps at most {MAX_TAGS_PER_USER}): save "
+                               "over one you have instead", field="tag")
     return json_response(ref, status=201)
 
 
