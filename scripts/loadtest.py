@@ -192,16 +192,22 @@ class StreamClient:
         ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.first: float | None = None  # this request's first event (ms), kept if it times out
+        self.retry_after = 0.0  # seconds the last answer (429, 503) asked the client to wait
 
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.reader = self.writer = None
 
-    async def request(self, body: bytes, stats: Stats) -> None:
+    async def request(self, body: bytes, stats: Stats, *, run_left: float = float("inf")) -> None:
+        """One request; `run_left`: seconds until the run ends. A request the run's end cuts short
+        is not counted (it neither finished nor failed)."""
         measured = stats.measuring  # a request begun in the warm-up is not measured, wherever it ends
+        self.first, self.retry_after = None, 0.0
+        cut_by_run_end = run_left < self.timeout
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(min(self.timeout, max(run_left, 0.0))):
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 assert self.reader is not None
@@ -209,8 +215,10 @@ class StreamClient:
                 self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 outcome = await self._read_response(self.reader, start)
         except TimeoutError:
-            outcome = (["timeout"], None, None)
             await self.close()
+            if cut_by_run_end:
+                return
+            outcome = (["timeout"], self.first, None)  # its first event, if any, was measured
         except OSError:  # ConnectionError included (TimeoutError, one too, is caught above)
             if self.writer is not None:  # the connection was up: it broke mid-request
                 outcome = (["disconnect"], None, None)
@@ -218,8 +226,11 @@ class StreamClient:
             else:  # the server is not there (stopped, restarting): no spinning on refusals
                 outcome = (["connect_failed"], None, None)
                 await asyncio.sleep(CONNECT_RETRY_SECONDS)
-        except (asyncio.IncompleteReadError, ValueError):
-            outcome = (["disconnect"], None, None)
+        except asyncio.IncompleteReadError:  # the server closed the connection mid-response
+            outcome = (["disconnect"], self.first, None)
+            await self.close()
+        except (ValueError, IndexError, asyncio.LimitOverrunError):  # not HTTP/SSE as we read it
+            outcome = (["malformed_response"], self.first, None)
             await self.close()
         if not measured:
             return
@@ -248,6 +259,8 @@ class StreamClient:
                 chunked = True
             elif name == b"connection" and b"close" in value.lower():
                 close = True
+            elif name == b"retry-after" and value.strip().isdigit():
+                self.retry_after = float(value)
         if not chunked:
             await reader.readexactly(length)
             if close:
@@ -269,13 +282,13 @@ class StreamClient:
                     continue
                 now = (time.perf_counter() - start) * 1000
                 if first is None:
-                    first = now
+                    first = self.first = now
                 event = sse_field(block, b"event")
                 if event == b"done":
                     done = now
                 elif event == b"error":
                     # stage_failed still ends in `done` (a fallback); overloaded ends the stream.
-                    errors.append(f"event_{json.loads(sse_field(block, b'data') or b'{}').get('code', 'unknown')}")
+                    errors.append(f"event_{_error_code(sse_field(block, b'data'))}")
         if close:
             await self.close()
         if done is None and not errors:
@@ -283,13 +296,24 @@ class StreamClient:
         return errors, first, done
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def _error_code(data: bytes | None) -> str:
+    """An error event's `code`; "unknown" for data that is not the gateway's error object."""
+    try:
+        payload = json.loads(data or b"{}")
+    except ValueError:
+        return "unknown"
+    code = payload.get("code") if isinstance(payload, dict) else None
+    return code if isinstance(code, str) else "unknown"
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """Nearest-rank p50/p95/p99 (None: nothing measured, rather than a 0 that reads as fast)."""
     if not values:
-        return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+        return {"p50": None, "p95": None, "p99": None}
     ordered = sorted(values)
 
     def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+        return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 3)
 
     return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
 
@@ -304,7 +328,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         FileMix.load(rng, args.prompts) if args.prompts
         else PromptMix(rng, args.repeat_share, args.hot, walk_start=args.walk_start)
     )
-    deadline = time.perf_counter() + args.warmup + (args.duration or 1e9)
+    deadline = time.perf_counter() + args.warmup + (args.duration if args.duration is not None else 1e9)
     budget = [args.requests or 0]
 
     # With --rate, each client starts a request every concurrency/rate seconds (staggered), so
@@ -323,7 +347,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 if interval:
                     await asyncio.sleep(max(0.0, next_start - time.perf_counter()))
                     next_start += interval
-                await client.request(mix.body(), stats)
+                if time.perf_counter() >= deadline:  # paced: the wait may have run past the end
+                    return
+                await client.request(mix.body(), stats, run_left=deadline - time.perf_counter())
+                if client.retry_after:  # 429/503 asked to wait: do, as a client would
+                    await asyncio.sleep(min(client.retry_after, max(0.0, deadline - time.perf_counter())))
         finally:
             await client.close()
 
@@ -387,6 +415,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "ttd_ms": percentiles(stats.ttd),
         "errors": dict(stats.errors),
         "client_lag_ms": {**percentiles(stats.lag), "max": round(max(stats.lag, default=0.0), 3)},
+        # Paced runs: what was reached (the load generator or the server may fall behind).
+        "rate_reached": round(stats.requests / elapsed, 1) if args.rate and elapsed else None,
         "repeat_share": None if args.prompts else args.repeat_share,
         "prompts": args.prompts,
         "target_rate": args.rate,
@@ -396,6 +426,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _ms(values: dict[str, float | None]) -> str:
+    return " / ".join("n/a" if values[q] is None else str(values[q]) for q in ("p50", "p95", "p99"))
+
+
 def render(report: dict[str, object]) -> str:
     ttfe, ttd, lag = report["ttfe_ms"], report["ttd_ms"], report["client_lag_ms"]
     assert isinstance(ttfe, dict) and isinstance(ttd, dict) and isinstance(lag, dict)
@@ -403,11 +437,15 @@ def render(report: dict[str, object]) -> str:
         ("requests/s", f"{report['requests_per_s']} completed ({report['answered_per_s']} with errors)"),
         ("completed", f"{report['completed']} of {report['requests']} in {report['duration_s']} s"
                       + (" (interrupted)" if report["interrupted"] else "")),
-        ("first event p50/p95/p99 ms", f"{ttfe['p50']} / {ttfe['p95']} / {ttfe['p99']}"),
-        ("done p50/p95/p99 ms", f"{ttd['p50']} / {ttd['p95']} / {ttd['p99']}"),
+        ("first event p50/p95/p99 ms", _ms(ttfe)),
+        ("done p50/p95/p99 ms", _ms(ttd)),
         ("errors", json.dumps(report["errors"]) if report["errors"] else "none"),
         ("load tester's loop lag p99/max ms", f"{lag['p99']} / {lag['max']}"),
     ]
+    target, reached = report.get("target_rate"), report.get("rate_reached")
+    if isinstance(target, float) and isinstance(reached, float) and reached < 0.9 * target:
+        rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: latencies "
+                                                   "are at the load reached, not the one asked for"))
     if report.get("repeated_misses"):
         rows.append(("WARNING: the walk wrapped", f"{report['repeated_misses']} 'misses' repeated earlier prompts"))
     width = max(len(name) for name, _ in rows)
@@ -435,6 +473,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="only the JSON report")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
+    url = urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname or url.path.strip("/"):
+        parser.error("--url takes http://host[:port] (plain HTTP, no path: --path names the endpoint)")
+    for name, value, least in (("-c/--concurrency", args.concurrency, 1), ("-n/--requests", args.requests, 1),
+                               ("--hot", args.hot, 1)):  # fmt: skip
+        if value is not None and value < least:
+            parser.error(f"{name} must be {least} or more")
+    for name, value in (("-d/--duration", args.duration), ("--rate", args.rate), ("--timeout", args.timeout)):
+        if value is not None and not value > 0:
+            parser.error(f"{name} must be more than 0")
+    if args.warmup < 0:
+        parser.error("--warmup must be 0 or more")
     if args.duration is None and args.requests is None:
         args.duration = 10.0
     if args.prompts and (args.repeat_share is not None or args.hot is not None or args.walk_start):
@@ -458,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.json:
         sys.stdout.write(render(report))
     sys.stdout.write(json.dumps(report) + "\n")
-    return 0
+    # Usable as a gate: a run in which no stream finished failed (Ctrl-C stops it without fault).
+    return 0 if report["completed"] or report["interrupted"] else 1
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import pytest
 from tests.test_loadtest import load_script
 
 
-def run(name: str, requests_per_s: float, *, ttfe_p99: float = 1.0, done_p99: float = 2.0) -> dict[str, Any]:
-    paced = {"ttfe_ms": {"p99": ttfe_p99}, "ttd_ms": {"p99": done_p99}}
+def run(name: str, requests_per_s: float, *, ttfe_p99: float | None = 1.0,
+        done_p99: float | None = 2.0) -> dict[str, Any]:
+    paced = {"ttfe_ms": {"p99": ttfe_p99}, "ttd_ms": {"p99": done_p99}, "requests_per_s": 1000.0}
     return {"scenario": name, "requests_per_s": requests_per_s, "paced_rate": 1000, "paced": paced}
 
 
@@ -42,6 +43,17 @@ def test_each_target_is_met_or_missed_by_its_own_number() -> None:
         "tracing costs < 10% (hit vs untraced)": "met",
         "tracing costs < 10% (full-hit vs untraced)": "MISSED",
     }
+
+
+def test_a_paced_run_that_measured_nothing_misses_its_latency_targets() -> None:
+    """No stream answered (the server down): no p99 at all, which must not read as 0 ms, met.
+    A floor that served nothing gives no ratios rather than a division by zero."""
+    bench = load_script("bench")
+    lines = bench.verdicts([run("floor", 0), run("hit", 0, ttfe_p99=None, done_p99=None)])
+    assert [line.split() for line in lines] == [
+        ["target", "hit", "TTFE", "p99", "<=", "10", "ms", "no", "data", "MISSED"],
+        ["target", "hit", "done", "p99", "<=", "50", "ms", "no", "data", "MISSED"],
+    ]
 
 
 def test_slices_add_up_to_one_throughput_with_the_median_slices_latency() -> None:

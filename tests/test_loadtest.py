@@ -187,3 +187,104 @@ def test_a_prompt_file_that_cannot_be_read_is_a_message_not_a_traceback(tmp_path
     loadtest = load_script("loadtest")
     with pytest.raises(SystemExit, match=r"missing.jsonl: cannot read it"):
         loadtest.FileMix.load(random.Random(1), str(tmp_path / "missing.jsonl"))
+
+
+class RawServer:
+    """A server answering every request on a keep-alive connection with `answer` (raw bytes):
+    what a misbehaving gateway or proxy might send."""
+
+    def __init__(self, answer: bytes, *, stall: bool = False) -> None:
+        self.answer, self.stall = answer, stall
+        self.requests = 0
+        self.connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task, writer in list(self.connections.items()):  # 3.11's close() leaves them open
+            task.cancel()
+            writer.close()
+        await asyncio.gather(*self.connections, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections[task] = writer
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                length = 30  # the load tester's bodies are longer: read what it sends
+                await reader.read(length)
+                self.requests += 1
+                writer.write(self.answer)
+                await writer.drain()
+                if self.stall:
+                    await asyncio.sleep(3600)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+def _chunked(*events: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + (b"" if not events else b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize(("answer", "kind"), [
+    (_chunked(b"event: error\ndata: [1]\n\n"), "event_unknown"),  # data that is not the error object
+    (_chunked(b"event: error\ndata: {not json\n\n"), "event_unknown"),
+    (b"HTTPgarbage\r\n\r\n", "malformed_response"),  # no status code
+    (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "malformed_response"),  # a header past 64 KiB
+])  # fmt: skip
+async def test_a_malformed_answer_is_counted_by_kind_not_a_crash(answer: bytes, kind: str) -> None:
+    loadtest = load_script("loadtest")
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "3", "--no-progress"]))
+    assert report["requests"] == 3 and report["completed"] == 0 and kind in report["errors"]
+
+
+async def test_the_run_ends_at_its_duration_even_against_a_server_that_stalls() -> None:
+    """A stream that stalls after its first event: the run stops at -d (it ran to --timeout, 30 s),
+    and the request cut short by the end is neither completed nor an error."""
+    loadtest = load_script("loadtest")
+    started = time.perf_counter()
+    async with RawServer(_chunked(b"event: context\ndata: {}\n\n")[:-5], stall=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1", "--no-progress"]))
+    assert time.perf_counter() - started < 5
+    assert (report["requests"], report["completed"], report["errors"]) == (0, 0, {})
+    assert report["ttfe_ms"] == {"p50": None, "p95": None, "p99": None}  # nothing measured: not "0 ms"
+
+
+async def test_a_429_with_retry_after_is_waited_for_not_hammered() -> None:
+    loadtest = load_script("loadtest")
+    answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1.5", "--no-progress"]))
+    assert report["errors"] == {"http_429": report["requests"]} and report["requests"] <= 4  # 2 each, not thousands
+
+
+@pytest.mark.parametrize("argv", [["-d", "0"], ["-n", "0"], ["-c", "0"], ["--hot", "0"], ["--rate", "-5"],
+                                  ["--url", "https://127.0.0.1:8000"], ["--url", "127.0.0.1:8000"],
+                                  ["--url", "http://127.0.0.1:8000/prefix"]])  # fmt: skip
+def test_arguments_that_would_run_forever_or_elsewhere_are_refused(argv: list[str]) -> None:
+    loadtest = load_script("loadtest")
+    with pytest.raises(SystemExit) as refused:
+        loadtest.parse_args(argv)
+    assert refused.value.code == 2
+
+
+def test_percentiles_are_nearest_rank_and_absent_when_nothing_was_measured() -> None:
+    loadtest = load_script("loadtest")
+    assert loadtest.percentiles([float(v) for v in range(1, 101)]) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert loadtest.percentiles([1.0, 2.0])["p50"] == 1.0
+    assert loadtest.percentiles([]) == {"p50": None, "p95": None, "p99": None}
+
+
+def test_a_run_in_which_no_stream_finished_exits_non_zero() -> None:
+    """Usable as a CI gate: every request failing (here: nothing listening) is exit code 1."""
+    loadtest = load_script("loadtest")
+    assert loadtest.main(["--url", f"http://127.0.0.1:{free_port()}", "-c", "1", "-n", "2", "--no-progress",
+                          "--json"]) == 1
