@@ -38,7 +38,7 @@ async def run_pipeline(
         raise_if_cancelled(task)  # a client gone during the last stage's outside call: no next stage
         failure: ErrorEvent | None = None
         outcome, started = "error", time.perf_counter()
-        fell_back_before = state.fallback_used  # the flag is the request's; this stage's is the change
+        fallbacks_before = state.fallbacks  # fallback_used is the request's; this stage's is the change
         # Never yield inside the span: the consumer's code would run as the stage's child.
         with stage_span(f"stage.{stage.name}") as span:
             try:
@@ -46,7 +46,7 @@ async def run_pipeline(
                     event = await stage.run(state)
                     # A stage that answered through its own fallback (the LLM failed, the local
                     # classifier answered) did not fail, but did fall back.
-                    outcome = "fallback" if state.fallback_used and not fell_back_before else "ok"
+                    outcome = "fallback" if state.fallbacks > fallbacks_before else "ok"
                 except asyncio.CancelledError:  # the client left (or shutdown): not the stage's failure
                     outcome = "cancelled"
                     raise
@@ -55,9 +55,7 @@ async def run_pipeline(
                 except Exception as exc:  # any other stage bug or dependency failure
                     log.warning("stage %s failed: %r", stage.name, exc, exc_info=exc)
                     span.fail(exc, f"{stage.name} stage failed")
-                    state.fallback_used = True
-                    if state.fallback_reason is None:
-                        state.fallback_reason = f"the {stage.name} stage failed; a safe default answered"
+                    state.fall_back(f"the {stage.name} stage failed; a safe default answered")
                     failure = ErrorEvent(
                         code="stage_failed", message=f"{stage.name} stage failed", stage=stage.name
                     )

@@ -46,6 +46,14 @@ class RequestState(msgspec.Struct, kw_only=True):
     reference_search: str | None = None  # "skipped" | "failed" | "found N" when that step ran
     fallback_used: bool = False
     fallback_reason: str | None = None  # why, in words, for the frontend (the first one)
+    fallbacks: int = 0  # how many times a stage fell back: a stage's own fallback is the change
+
+    def fall_back(self, reason: str) -> None:
+        """A stage answered with a fallback: the request says so, with the first reason."""
+        self.fallback_used = True
+        self.fallbacks += 1
+        if self.fallback_reason is None:
+            self.fallback_reason = reason
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)

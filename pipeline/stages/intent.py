@@ -47,12 +47,9 @@ class IntentStage:
         # The LLM failed and a fallback classifier answered: still a 200, but say so.
         metadata = state.intent.metadata
         if metadata.get("fallback_used"):
-            state.fallback_used = True
             failed, why = metadata.get("fallback_from", "llm"), metadata.get("fallback_reason")
             answered = state.intent.source._value_
-            state.fallback_reason = state.fallback_reason or (
-                f"the {failed} classifier failed ({why}); the {answered} classifier answered"
-            )
+            state.fall_back(f"the {failed} classifier failed ({why}); the {answered} classifier answered")
         return self._event(state)
 
     async def _classify(self, classifier: Classifier, query: ClassifierInput) -> IntentClassification:
