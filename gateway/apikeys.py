@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import jwt
@@ -112,6 +113,7 @@ class PgKeyStore:
         self._down_until = 0.0  # monotonic: no lookup reaches Postgres before then
         self._seen_slot = asyncio.Semaphore(1)  # re-checks of keys that passed before
         self._unseen_slot = asyncio.Semaphore(1)  # tokens never seen: new keys, and any flood
+        self._abandoned: set[asyncio.Future[Any]] = set()  # timed-out queries still winding down
         self.queries = 0  # lookups that reached Postgres
 
     async def ensure_schema(self) -> None:
@@ -154,8 +156,16 @@ class PgKeyStore:
         try:
             async with asyncio.timeout(self.SLOT_WAIT):
                 await slot.acquire()
-        except TimeoutError:  # busy, not down: no stale answer, no mark (see SLOT_WAIT)
+        except TimeoutError:
+            if self._abandoned:  # the slot is held by a query that already timed out: down, not busy
+                self._down_until = time.monotonic() + self.RETRY_SECONDS
+                return self._stale(cached, now)
+            # busy, not down: no stale answer, no mark (see SLOT_WAIT)
             raise DatabaseUnavailable("cannot check the API key now: too many checks at once") from None
+        again = self._cache.get(digest)  # another request may have checked it while this one waited
+        if again is not None and time.monotonic() - again[1] < self.CACHE_SECONDS:
+            slot.release()
+            return again[0]
         self.queries += 1
         # The slot goes with the query, not with this request: a request that gives up leaves its
         # query winding down on the connection (database_call), and the slot stays taken until then.
@@ -168,6 +178,9 @@ class PgKeyStore:
         except DatabaseUnavailable as exc:
             log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
             self._down_until = time.monotonic() + self.RETRY_SECONDS
+            if not fetch.done():  # still winding down on its connection, holding the slot
+                self._abandoned.add(fetch)
+                fetch.add_done_callback(self._abandoned.discard)
             return self._stale(cached, now)
         if row is None:
             self._cache.pop(digest, None)
@@ -227,7 +240,9 @@ class PgKeyStore:
             " WHERE key_hash LIKE $1 || '%' AND revoked_at IS NULL",
             key_id,
         ), self.ADMIN_TIMEOUT)
-        self._cache.clear()
+        # Only the revoked key's entries: clearing all made every key "unseen" at once, to queue
+        # behind whatever flood of random tokens the unseen slot was serving.
+        self._cache = {d: entry for d, entry in self._cache.items() if not d.hex().startswith(key_id)}
         return int(result.split()[-1])
 
 

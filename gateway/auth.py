@@ -52,9 +52,9 @@ def scope_for(path: str) -> Scope:
 
 
 def is_loopback(host: str) -> bool:
-    """localhost (and *.localhost, RFC 6761: never resolved by DNS), or a loopback address."""
-    host = host.rstrip(".").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    """`localhost` itself or a loopback address literal: what the gateway may bind open to (a
+    name such as dev.localhost goes through the resolver, which decides where it really binds)."""
+    if host == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host.strip("[]"))
@@ -118,7 +118,11 @@ def _names_loopback(host: str) -> bool:
         name = urlsplit("//" + host).hostname
     except ValueError:
         return False
-    return name is not None and is_loopback(name)
+    if name is None:
+        return False
+    # As a browser addressed it: "localhost." and *.localhost (RFC 6761) reach loopback there.
+    name = name.rstrip(".")
+    return is_loopback(name) or name.endswith(".localhost")
 
 
 def _claimed_user(request: web.Request) -> str:

@@ -60,8 +60,9 @@ SERVER_OPTIONS: dict[str, object] = {
 
 # A refused request line's query string to the end of the line, whatever it holds: a JWT may be
 # there under any spelling aiohttp would decode to access_token (access%5Ftoken, ...), after an
-# unencoded space or quote (often why the line was refused); and a quoted header's bearer token.
-_SECRETS = (re.compile(r"\?[^\n]*"), re.compile(r"(?i)(?<=bearer )\S+"))
+# unencoded space or quote (often why the line was refused); and a quoted header's bearer token
+# (after spaces or tabs, which aiohttp quotes as \t).
+_SECRETS = (re.compile(r"\?[^\n]*"), re.compile(r"(?i)(bearer)(?:[ \t]|\\t)+\S+"))
 
 
 class GatewayRunner(web.AppRunner):
@@ -134,7 +135,7 @@ class _JsonErrorHandler(RequestHandler):
         extra = {"trace_id": trace_id, "status": status}
         if message is not None:  # aiohttp quotes the request line, an EventSource's JWT included
             query, bearer = _SECRETS
-            message = bearer.sub("[redacted]", query.sub("?[redacted]", message))
+            message = bearer.sub(r"\1 [redacted]", query.sub("?[redacted]", message))
         if isinstance(exc, ContentEncodingError) and _names_a_coding_we_read(message):
             # gzip or deflate that broke off, when the whole body came with the headers: the
             # client's body is at fault, not its choice of coding (which we read).

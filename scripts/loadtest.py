@@ -345,7 +345,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                         return
                     budget[0] -= 1
                 if interval:
-                    await asyncio.sleep(max(0.0, next_start - time.perf_counter()))
+                    await asyncio.sleep(max(0.0, min(next_start, deadline) - time.perf_counter()))
                     next_start += interval
                 if time.perf_counter() >= deadline:  # paced: the wait may have run past the end
                     return

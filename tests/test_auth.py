@@ -22,6 +22,7 @@ import gateway.apikeys
 from gateway.apikeys import Authenticator, PgKeyStore, generate_key, hash_key, parse_static_keys
 from gateway.app import create_app
 from gateway.appkeys import AUTH
+from gateway.auth import _names_loopback, is_loopback
 from gateway.config import ConfigError, Settings
 from tests.conftest import raw_request
 from tests.pg import TcpProxy
@@ -261,6 +262,14 @@ async def test_an_open_gateway_answers_only_requests_addressed_to_loopback(
     assert (await client.get("/", headers={"Host": host})).status == status  # the web UI: same rule
 
 
+def test_only_localhost_itself_or_a_loopback_literal_may_be_bound_open() -> None:
+    """The bind address goes through the resolver: dev.localhost or "localhost." may be anything
+    there. The Host header is as a browser addressed it, where both reach loopback."""
+    assert is_loopback("localhost") and is_loopback("127.0.0.1") and is_loopback("[::1]")
+    assert not any(is_loopback(name) for name in ("dev.localhost", "localhost.", "127.0.0.1.", ".localhost"))
+    assert _names_loopback("dev.localhost:8000") and _names_loopback("localhost.:8000")
+
+
 async def test_open_on_purpose_takes_any_host(make_client: Any) -> None:
     """GATEWAY_ALLOW_ANONYMOUS=true: open by choice, wherever it is reached from."""
     client = await make_client(gateway_allow_anonymous=True)
@@ -468,6 +477,10 @@ async def test_a_flood_of_key_shaped_tokens_neither_crowds_out_real_keys_nor_mak
     valid, revoked = made[0]["key"], made[1]["key"]
     for key in (valid, revoked):
         assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(key))).status == 200
+    # A revoke here forgets only that key: clearing every cached check sent all keys to the
+    # unseen slot, behind the flood.
+    other = await (await client.post("/api/v1/admin/keys", json={"user_id": "kim"}, headers=bearer(ROOT))).json()
+    assert (await client.delete(f"/api/v1/admin/keys/{other['key_id']}", headers=bearer(ROOT))).status == 200
     # Revoked elsewhere (the CLI, another instance): this instance still holds its cached check.
     await store.pool.execute("UPDATE gateway_api_keys SET revoked_at = now() WHERE key_hash LIKE $1 || '%'",
                              made[1]["key_id"])

@@ -258,6 +258,16 @@ async def test_the_run_ends_at_its_duration_even_against_a_server_that_stalls() 
     assert report["ttfe_ms"] == {"p50": None, "p95": None, "p99": None}  # nothing measured: not "0 ms"
 
 
+async def test_a_paced_run_ends_at_its_duration() -> None:
+    """A client's next paced start may fall after the end: it used to wait for it (and send one
+    more), so -d 1 --rate 2 ran ~1.5 s and reported the rate as missed."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(b"event: done\ndata: {}\n\n")) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1", "--rate", "2",
+                                                         "--no-progress"]))
+    assert report["duration_s"] < 1.2 and report["completed"] == 2
+
+
 async def test_a_429_with_retry_after_is_waited_for_not_hammered() -> None:
     loadtest = load_script("loadtest")
     answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"

@@ -64,6 +64,20 @@ async def test_an_eventsource_jwt_in_a_refused_request_line_is_not_logged_or_ech
     assert "eyJ.secret.sig" not in logged and b"eyJ.secret.sig" not in body
 
 
+@pytest.mark.parametrize("spacing", [b" ", b"  ", b"\t"])
+async def test_a_bearer_token_in_a_refused_header_line_is_not_logged_or_echoed(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, spacing: bytes
+) -> None:
+    """aiohttp quotes a header line it refuses (a control character in its value)."""
+    client = await make_client()
+    raw = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer" + spacing + b"igw_secret\x01\r\n\r\n"
+    with caplog.at_level(logging.INFO, logger="gateway.server"):
+        status, _, body = await exchange(client, raw)
+    assert status == 400
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "igw_secret" not in logged and b"igw_secret" not in body
+
+
 async def test_refusals_before_the_app_are_counted_under_route_unparsed(make_client: MakeClient) -> None:
     """A flood of garbage shows on the dashboards, not only in the logs."""
     client = await make_client()
