@@ -96,17 +96,19 @@ class Stats:
 
 def sse_field(block: bytes, name: bytes) -> bytes | None:
     """The value of one `name: value` line of an SSE event block, wherever it is (an `error`
-    event may start with `retry:`), or None."""
-    prefix = name + b": "
-    if block.startswith(prefix):
-        start = len(prefix)
-    else:
-        at = block.find(b"\n" + prefix)
-        if at < 0:
-            return None
-        start = at + 1 + len(prefix)
-    end = block.find(b"\n", start)
-    return block[start:] if end < 0 else block[start:end]
+    event may start with `retry:`), or None. The space after the colon is optional (SSE); the
+    gateway's form is tried first, as this runs for every event."""
+    for prefix in (name + b": ", name + b":"):
+        if block.startswith(prefix):
+            start = len(prefix)
+        else:
+            at = block.find(b"\n" + prefix)
+            if at < 0:
+                continue
+            start = at + 1 + len(prefix)
+        end = block.find(b"\n", start)
+        return block[start:] if end < 0 else block[start:end]
+    return None
 
 
 class PromptMix:
@@ -276,6 +278,8 @@ class StreamClient:
             if size == 0:
                 break
             pending += chunk[:-2]
+            if b"\r" in pending:  # CRLF line endings (SSE allows them): read as LF
+                pending = pending.replace(b"\r\n", b"\n")
             while (cut := pending.find(b"\n\n")) >= 0:
                 block, pending = pending[:cut], pending[cut + 2 :]
                 if block.startswith(b":"):  # heartbeat comment

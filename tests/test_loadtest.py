@@ -258,6 +258,17 @@ async def test_the_run_ends_at_its_duration_even_against_a_server_that_stalls() 
     assert report["ttfe_ms"] == {"p50": None, "p95": None, "p99": None}  # nothing measured: not "0 ms"
 
 
+@pytest.mark.parametrize("events", [
+    [b"event:context\ndata:{}\n\n", b"event:done\ndata:{}\n\n"],  # no space after the colon
+    [b"event: context\r\ndata: {}\r\n\r\n", b"event: done\r", b"\ndata: {}\r\n\r\n"],  # CRLF, split
+])  # fmt: skip
+async def test_valid_sse_in_other_spellings_is_read_as_the_gateways(events: list[bytes]) -> None:
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(*events)) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "2", "--no-progress"]))
+    assert (report["completed"], report["errors"]) == (2, {})
+
+
 async def test_a_paced_run_ends_at_its_duration() -> None:
     """A client's next paced start may fall after the end: it used to wait for it (and send one
     more), so -d 1 --rate 2 ran ~1.5 s and reported the rate as missed."""
