@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,14 @@ async def test_a_refusal_before_the_app_carries_a_trace_id_that_its_log_line_hol
     assert line.getMessage().startswith("refused a malformed request") and line.status == 400  # type: ignore[attr-defined]
 
 
+async def _refused(client: Any, caplog: pytest.LogCaptureFixture, raw: bytes) -> tuple[str, bytes]:
+    """A request the parser refuses (400): what the server logged of it, and the answer's body."""
+    with caplog.at_level(logging.INFO, logger="gateway.server"):
+        status, _, body = await exchange(client, raw)
+    assert status == 400
+    return " ".join(record.getMessage() for record in caplog.records), body
+
+
 @pytest.mark.parametrize("name", [b"access_token", b"access%5Ftoken", b"%61ccess_token", b"ACCESS_TOKEN",
                                   b"prompt=a b&access_token", b"prompt=it's&access_token"])
 async def test_an_eventsource_jwt_in_a_refused_request_line_is_not_logged_or_echoed(
@@ -54,12 +63,8 @@ async def test_an_eventsource_jwt_in_a_refused_request_line_is_not_logged_or_ech
 ) -> None:
     """aiohttp quotes the request line it refuses; a GET stream's ?access_token= is in it, under
     any spelling aiohttp would decode to that name: the whole query string is left out."""
-    client = await make_client()
     raw = b"GET /api/v1/enhanced/stream?prompt=x&" + name + b"=eyJ.secret.sig HTTP/1.x\r\nHost: 127.0.0.1\r\n\r\n"
-    with caplog.at_level(logging.INFO, logger="gateway.server"):
-        status, _, body = await exchange(client, raw)
-    assert status == 400
-    logged = " ".join(record.getMessage() for record in caplog.records)
+    logged, body = await _refused(await make_client(), caplog, raw)
     assert "/api/v1/enhanced/stream?[redacted]" in logged and b"stream?[redacted]" in body
     assert "eyJ.secret.sig" not in logged and b"eyJ.secret.sig" not in body
 
@@ -69,12 +74,8 @@ async def test_a_bearer_token_in_a_refused_header_line_is_not_logged_or_echoed(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture, spacing: bytes
 ) -> None:
     """aiohttp quotes a header line it refuses (a control character in its value)."""
-    client = await make_client()
     raw = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer" + spacing + b"igw_secret\x01\r\n\r\n"
-    with caplog.at_level(logging.INFO, logger="gateway.server"):
-        status, _, body = await exchange(client, raw)
-    assert status == 400
-    logged = " ".join(record.getMessage() for record in caplog.records)
+    logged, body = await _refused(await make_client(), caplog, raw)
     assert "igw_secret" not in logged and b"igw_secret" not in body
 
 
