@@ -5,7 +5,9 @@ N concurrent clients, each on its own keep-alive connection, POST prompts to
 /api/v1/enhanced/stream and parse the event stream as it arrives. Reported per run:
 requests/s, time to first event (TTFE) and time to done (TTD) percentiles, and errors
 by kind (HTTP status, `error` event code, disconnects, timeouts), as a table and as
-one JSON object on the last line of stdout.
+one JSON object on the last line of stdout. With --rate, requests leave on a fixed schedule
+and their latencies count from it (as wrk2's do): a server that stalls shows in the
+percentiles of every request that waited, not only of the one it stalled.
 
     python scripts/loadtest.py --url http://127.0.0.1:8000 -c 64 -d 10 --repeat-share 0.9
     python scripts/loadtest.py --prompts my-traffic.jsonl   # replay your own request bodies
@@ -26,6 +28,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -87,6 +90,7 @@ class Stats:
     done: int = 0
     ttfe: list[float] = field(default_factory=list)  # ms
     ttd: list[float] = field(default_factory=list)  # ms
+    ttd_from_send: list[float] = field(default_factory=list)  # ms, paced runs: without the wait to send
     errors: Counter[str] = field(default_factory=Counter)
     measuring: bool = True
     # How late the load tester's own event loop woke up (ms): when its p99 is near the TTFE p99,
@@ -202,20 +206,28 @@ class StreamClient:
             self.writer.close()
             self.reader = self.writer = None
 
-    async def request(self, body: bytes, stats: Stats, *, run_left: float = float("inf")) -> None:
+    async def request(
+        self, body: bytes, stats: Stats, *, run_left: float = float("inf"), scheduled: float | None = None
+    ) -> None:
         """One request; `run_left`: seconds until the run ends. A request the run's end cuts short
-        is not counted (it neither finished nor failed)."""
+        is not counted (it neither finished nor failed). `scheduled`: when a paced run meant to
+        send it; its latencies count from then, so a request that waited behind a slow one
+        reports that wait (the coordinated omission wrk2 corrects)."""
         measured = stats.measuring  # a request begun in the warm-up is not measured, wherever it ends
         self.first, self.retry_after = None, 0.0
         cut_by_run_end = run_left < self.timeout
+        sent: float | None = None
         try:
             async with asyncio.timeout(min(self.timeout, max(run_left, 0.0))):
-                if self.writer is None:
-                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-                assert self.reader is not None
-                start = time.perf_counter()  # latencies from the request, as before a reconnect
-                self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                outcome = await self._read_response(self.reader, start)
+                sent = time.perf_counter()  # latencies from the request, as before a reconnect
+                start = sent if scheduled is None else min(scheduled, sent)
+                try:
+                    outcome = await self._exchange(body, start)
+                except ClosedBeforeAnswer:
+                    # A kept-alive connection the server had closed (idle timeout, restart) before
+                    # this request reached it: any HTTP client sends again on a new one.
+                    await self.close()
+                    outcome = await self._exchange(body, start)
         except TimeoutError:
             await self.close()
             if cut_by_run_end:
@@ -244,40 +256,64 @@ class StreamClient:
         if done is not None:
             stats.ttd.append(done)
             stats.done += 1
+            if scheduled is not None and sent is not None:
+                stats.ttd_from_send.append(done - (sent - start) * 1000)
+
+    async def _exchange(self, body: bytes, start: float) -> tuple[list[str], float | None, float | None]:
+        """Send on the kept-alive connection (opened if there is none) and read the answer."""
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            fresh = True
+        else:
+            fresh = False
+        assert self.reader is not None
+        self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        try:
+            status_line = await self.reader.readuntil(b"\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if nothing and not fresh:
+                raise ClosedBeforeAnswer from exc
+            raise
+        return await self._read_response(self.reader, status_line, start)
 
     async def _read_response(
-        self, reader: asyncio.StreamReader, start: float
+        self, reader: asyncio.StreamReader, status_line: bytes, start: float
     ) -> tuple[list[str], float | None, float | None]:
         """(error kinds, ms to first event, ms to the done event) of one response."""
-        status_line = await reader.readuntil(b"\r\n")
-        status = int(status_line.split(b" ", 2)[1])
-        length, chunked, close = 0, False, False
+        version, status_text = status_line.split(b" ", 2)[:2]
+        status = int(status_text)
+        length: int | None = None
+        chunked, event_stream = False, False
+        close = version == b"HTTP/1.0"  # 1.0 closes unless it says keep-alive
         while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
             name, _, value = line.partition(b":")
-            name = name.strip().lower()
+            name, value = name.strip().lower(), value.strip().lower()
             if name == b"content-length":
                 length = int(value)
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            elif name == b"transfer-encoding" and b"chunked" in value:
                 chunked = True
-            elif name == b"connection" and b"close" in value.lower():
-                close = True
-            elif name == b"retry-after" and value.strip().isdigit():
+            elif name == b"content-type":
+                event_stream = value.startswith(b"text/event-stream")
+            elif name == b"connection":
+                close = b"close" in value or (close and b"keep-alive" not in value)
+            elif name == b"retry-after" and value.isdigit():
                 self.retry_after = float(value)
-        if not chunked:
-            await reader.readexactly(length)
+        if not chunked and length is None:
+            close = True  # the body ends where the connection does (RFC 9112 6.3)
+        body = _chunks(reader, chunked, length)
+        errors: list[str] = [] if status == 200 else [f"http_{status}"]
+        if not event_stream:
+            async for _ in body:
+                pass
             if close:
                 await self.close()
-            return [f"http_{status}"], None, None
+            return errors or ["not_event_stream"], None, None
         first: float | None = None
-        errors: list[str] = [] if status == 200 else [f"http_{status}"]
         done: float | None = None
         pending = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunk = await reader.readexactly(size + 2)
-            if size == 0:
-                break
-            pending += chunk[:-2]
+        async for piece in body:
+            pending += piece
             if b"\r" in pending:  # CRLF line endings (SSE allows them): read as LF
                 pending = pending.replace(b"\r\n", b"\n")
             while (cut := pending.find(b"\n\n")) >= 0:
@@ -298,6 +334,30 @@ class StreamClient:
         if done is None and not errors:
             errors.append("no_done_event")
         return errors, first, done
+
+
+class ClosedBeforeAnswer(Exception):
+    """The server closed a kept-alive connection before any byte of the answer."""
+
+
+async def _chunks(reader: asyncio.StreamReader, chunked: bool, length: int | None) -> AsyncIterator[bytes]:
+    """A response body as it arrives, in any HTTP/1.1 framing: chunked (trailers skipped),
+    Content-Length, or until the server closes (a proxy speaking HTTP/1.0, say)."""
+    if chunked:
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            yield (await reader.readexactly(size + 2))[:-2]
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, then the end
+            pass
+        return
+    left = length if length is not None else -1
+    while left:
+        piece = await reader.read(65536 if left < 0 else min(left, 65536))
+        if not piece:
+            if left > 0:
+                raise asyncio.IncompleteReadError(b"", left)
+            return
+        left = left - len(piece) if left > 0 else left
+        yield piece
 
 
 def _error_code(data: bytes | None) -> str:
@@ -348,23 +408,31 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     if budget[0] <= 0:
                         return
                     budget[0] -= 1
+                scheduled = None
                 if interval:
                     await asyncio.sleep(max(0.0, min(next_start, deadline) - time.perf_counter()))
-                    next_start += interval
+                    scheduled, next_start = next_start, next_start + interval
                 if time.perf_counter() >= deadline:  # paced: the wait may have run past the end
                     return
-                await client.request(mix.body(), stats, run_left=deadline - time.perf_counter())
+                await client.request(mix.body(), stats, run_left=deadline - time.perf_counter(), scheduled=scheduled)
                 if client.retry_after:  # 429/503 asked to wait: do, as a client would
                     await asyncio.sleep(min(client.retry_after, max(0.0, deadline - time.perf_counter())))
         finally:
             await client.close()
 
     async def progress() -> None:
+        """Each second: the rate over that second (an average since the start hides a stall)."""
+        last_done, last_at = 0, time.perf_counter()
         while True:
             await asyncio.sleep(1)
-            elapsed = time.perf_counter() - stats.started
+            now = time.perf_counter()
+            if stats.done < last_done:  # the warm-up ended: counting starts again
+                last_done, last_at = 0, stats.started
+            rate = (stats.done - last_done) / max(now - last_at, 1e-9)
+            last_done, last_at = stats.done, now
+            phase = "measuring" if stats.measuring else "warming up"
             sys.stderr.write(
-                f"\r{elapsed:6.1f}s  done={stats.done:<8} {stats.done / max(elapsed, 1e-9):8.0f} req/s  "
+                f"\r{now - stats.started:6.1f}s {phase}  done={stats.done:<8} {rate:8.0f} req/s  "
                 f"errors={sum(stats.errors.values())}   "
             )
             sys.stderr.flush()
@@ -417,6 +485,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "answered_per_s": round(stats.requests / elapsed, 1) if elapsed else 0.0,  # errors too
         "ttfe_ms": percentiles(stats.ttfe),
         "ttd_ms": percentiles(stats.ttd),
+        # Paced runs count latencies from each request's scheduled start (above); this is `done`
+        # from when it was actually sent, the figure a client that waits for itself reports.
+        "ttd_from_send_ms": percentiles(stats.ttd_from_send) if args.rate else None,
         "errors": dict(stats.errors),
         "client_lag_ms": {**percentiles(stats.lag), "max": round(max(stats.lag, default=0.0), 3)},
         # Paced runs: what was reached (the load generator or the server may fall behind).
@@ -443,13 +514,18 @@ def render(report: dict[str, object]) -> str:
                       + (" (interrupted)" if report["interrupted"] else "")),
         ("first event p50/p95/p99 ms", _ms(ttfe)),
         ("done p50/p95/p99 ms", _ms(ttd)),
+    ]
+    if isinstance(sent := report.get("ttd_from_send_ms"), dict):
+        rows[-2:-2] = [("latencies count from", "each request's scheduled start (--rate)")]
+        rows.append(("done from sending p50/p95/p99 ms", _ms(sent)))
+    rows += [
         ("errors", json.dumps(report["errors"]) if report["errors"] else "none"),
         ("load tester's loop lag p99/max ms", f"{lag['p99']} / {lag['max']}"),
     ]
     target, reached = report.get("target_rate"), report.get("rate_reached")
     if isinstance(target, float) and isinstance(reached, float) and reached < 0.9 * target:
-        rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: latencies "
-                                                   "are at the load reached, not the one asked for"))
+        rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: the server "
+                                                   "(or this load tester) did not keep up"))
     if report.get("repeated_misses"):
         rows.append(("WARNING: the walk wrapped", f"{report['repeated_misses']} 'misses' repeated earlier prompts"))
     width = max(len(name) for name, _ in rows)
@@ -463,7 +539,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("-c", "--concurrency", type=int, default=64, help="concurrent streams")
     parser.add_argument("-d", "--duration", type=float, help="seconds to run (default 10 unless -n)")
     parser.add_argument("-n", "--requests", type=int, help="stop after this many requests")
-    parser.add_argument("--rate", type=float, help="target requests/s in all (default: as fast as possible)")
+    parser.add_argument("--rate", type=float, help="target requests/s in all (default: as fast as possible); "
+                        "latencies then count from each request's scheduled start")
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds of load before measuring")
     parser.add_argument("--repeat-share", type=float, help="share of repeated prompts (cache hits; default 0.5)")
     parser.add_argument("--hot", type=int, help="how many distinct prompts repeat (default 10)")

@@ -193,8 +193,10 @@ class RawServer:
     """A server answering every request on a keep-alive connection with `answer` (raw bytes):
     what a misbehaving gateway or proxy might send."""
 
-    def __init__(self, answer: bytes, *, stall: bool = False) -> None:
-        self.answer, self.stall = answer, stall
+    def __init__(self, answer: bytes, *, stall: bool = False, close: bool = False, first_delay: float = 0.0) -> None:
+        """`stall`: never answer again after the first; `close`: close the connection after
+        each answer (whatever its headers say); `first_delay`: seconds before the first answer."""
+        self.answer, self.stall, self.close, self.first_delay = answer, stall, close, first_delay
         self.requests = 0
         self.connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -220,10 +222,15 @@ class RawServer:
                 length = 30  # the load tester's bodies are longer: read what it sends
                 await reader.read(length)
                 self.requests += 1
+                if self.requests == 1:
+                    await asyncio.sleep(self.first_delay)
                 writer.write(self.answer)
                 await writer.drain()
                 if self.stall:
                     await asyncio.sleep(3600)
+                if self.close:
+                    writer.close()
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 
@@ -309,3 +316,65 @@ def test_a_run_in_which_no_stream_finished_exits_non_zero() -> None:
     loadtest = load_script("loadtest")
     assert loadtest.main(["--url", f"http://127.0.0.1:{free_port()}", "-c", "1", "-n", "2", "--no-progress",
                           "--json"]) == 1
+
+
+DONE = b"event: done\ndata: {}\n\n"
+
+
+@pytest.mark.parametrize("answer", [
+    _chunked(DONE)[:-2] + b"X-Checksum: 1\r\n\r\n",  # chunked, with a trailer field
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(DONE), DONE),
+])  # fmt: skip
+async def test_a_stream_in_any_http_11_framing_is_read_and_the_connection_kept(answer: bytes) -> None:
+    """A proxy may buffer the stream into one Content-Length body, or add trailers: still one
+    completed stream each, and the next request on the same connection reads its own answer."""
+    loadtest = load_script("loadtest")
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "3", "--no-progress"]))
+    assert (report["completed"], report["errors"]) == (3, {})
+
+
+async def test_a_stream_that_ends_where_the_connection_does_is_read() -> None:
+    """HTTP/1.0 (or no length and no chunking): the body runs until the server closes."""
+    loadtest = load_script("loadtest")
+    answer = b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n" + DONE
+    async with RawServer(answer, close=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "3", "--no-progress"]))
+    assert (report["completed"], report["errors"]) == (3, {})
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_reopened_not_counted_as_a_disconnect() -> None:
+    """A server closing idle connections (keep-alive timeout) without saying so: the next request
+    finds the connection closed before any answer and goes again on a new one, as clients do."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE), close=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "4", "--no-progress"]))
+    assert (report["completed"], report["errors"]) == (4, {})
+
+
+async def test_a_server_that_closes_mid_answer_is_a_disconnect() -> None:
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(b"event: context\ndata: {}\n\n", DONE)[:-30], close=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "2", "--no-progress"]))
+    assert report["errors"] == {"disconnect": 2} and report["ttfe_ms"]["p50"] is not None
+
+
+async def test_a_200_that_is_not_an_event_stream_is_an_error() -> None:
+    loadtest = load_script("loadtest")
+    answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "2", "--no-progress"]))
+    assert report["errors"] == {"not_event_stream": 2}
+
+
+async def test_a_paced_run_counts_the_wait_behind_a_stall_in_every_request_that_waited() -> None:
+    """Coordinated omission: one answer stalls 0.6 s in a run paced at one request per 50 ms. The
+    twelve requests due during the stall all waited; counted from when they were sent, eleven
+    of them look fast. Counted from their schedule, the slow share shows in p95."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE), first_delay=0.6) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-d", "1.2", "--rate", "20",
+                                                         "--no-progress"]))
+    assert report["completed"] >= 20
+    assert report["ttd_ms"]["p95"] >= 300 and report["ttd_from_send_ms"]["p95"] < 300
+    assert "scheduled start" in loadtest.render(report)
