@@ -328,6 +328,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/enhanced/analytics/costs", analytics.cost_analytics)
     app.router.add_post("/api/v1/references", analytics.save_reference)
     app.router.add_get("/api/v1/references", analytics.list_references)
+    app.router.add_delete("/api/v1/references/{tag}", analytics.delete_reference)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus_metrics)
     add_debug_routes(app)  # /debug/*: operator-only

@@ -39,6 +39,10 @@ class UserTagStore(ReferenceStore, Protocol):
 
     async def list(self, user_id: str) -> dict[str, str]: ...
 
+    async def delete(self, user_id: str, tag: str) -> bool:
+        """Forget one tag; False: the user had no such tag."""
+        ...
+
 
 class MemoryReferenceStore:
     """Per-process tags: the default when no database is configured."""
@@ -63,3 +67,12 @@ class MemoryReferenceStore:
 
     async def list(self, user_id: str) -> dict[str, str]:
         return dict(self._tags.get(user_id, {}))
+
+    async def delete(self, user_id: str, tag: str) -> bool:
+        mine = self._tags.get(user_id, {})
+        if mine.pop(tag.lower(), None) is None:
+            return False
+        self._count -= 1
+        if not mine:  # a user with no tags left costs no entry
+            del self._tags[user_id]
+        return True

@@ -87,6 +87,36 @@ async def test_a_user_keeps_at_most_max_tags_and_may_still_replace_them(
     assert other.status == 201
 
 
+@pytest.mark.parametrize("store", ["memory", "postgres"])
+async def test_a_deleted_tag_is_no_longer_resolved_and_frees_its_place(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+) -> None:
+    """A user who saved the wrong picture as @sarah can take it back: prompts stop resolving it,
+    deleting it again says it was not there, and another user's @sarah is untouched."""
+    monkeypatch.setattr(gateway.analytics.references, "MAX_TAGS_PER_USER", 1)
+    monkeypatch.setattr(pipeline.references, "MAX_TAGS_PER_USER", 1)
+    settings = {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "s.jsonl")} if store == "postgres" else {}
+    client = await make_client(**settings)
+    me, other = {"X-User-Id": "u1"}, {"X-User-Id": "u2"}
+    for who in (me, other):
+        assert (await client.post(REFS, json={"tag": "sarah", "image_url": SARAH}, headers=who)).status == 201
+    deleted = await client.delete(f"{REFS}/@Sarah", headers=me)
+    assert (deleted.status, await deleted.json()) == (200, {"tag": "sarah", "deleted": True})
+    again = await client.delete(f"{REFS}/sarah", headers=me)
+    assert (again.status, await again.json()) == (200, {"tag": "sarah", "deleted": False})
+    result = await (await client.post(PROCESS, json={"prompt": "put @sarah in this red dress"}, headers=me)).json()
+    assert result["references"] == [] and result["metadata"]["unknown_tags"] == ["sarah"]
+    assert (await (await client.get(REFS, headers=me)).json()) == {"references": []}
+    assert len((await (await client.get(REFS, headers=other)).json())["references"]) == 1
+    # The one place it held (the cap is 1 here) is free for a new tag.
+    assert (await client.post(REFS, json={"tag": "anna", "image_url": SARAH}, headers=me)).status == 201
+
+
+async def test_deleting_a_tag_no_prompt_could_mention_is_a_422(client: Any) -> None:
+    refused = await client.delete(f"{REFS}/sa%20rah")
+    assert (refused.status, (await refused.json())["field"]) == (422, "tag")
+
+
 async def test_the_memory_store_is_bounded_in_all_whoever_callers_say_they_are(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,6 +130,9 @@ async def test_the_memory_store_is_bounded_in_all_whoever_callers_say_they_are(
     assert refused.status == 422
     assert (await client.post(REFS, json={"tag": "t", "image_url": SARAH + "?v=2"},
                               headers={"X-User-Id": "u0"})).status == 201  # replacing still works
+    assert (await (await client.delete(f"{REFS}/t", headers={"X-User-Id": "u0"})).json())["deleted"]
+    saved = await client.post(REFS, json={"tag": "t", "image_url": SARAH}, headers={"X-User-Id": "u4"})
+    assert saved.status == 201  # a deleted tag's place in the total is free again
 
 
 @pytest.mark.parametrize(

@@ -68,15 +68,18 @@ class ReferenceList(msgspec.Struct, kw_only=True):
     references: list[UserReference]
 
 
+class DeletedReference(msgspec.Struct, kw_only=True):
+    tag: str
+    deleted: bool  # false: there was no such tag (deleting twice is not an error)
+
+
 _reference_decoder = msgspec.json.Decoder(ReferenceBody)
 
 
 async def _read_reference(request: web.Request) -> UserReference:
     """Only tags a prompt can mention, and image URLs the gateway would accept in a request."""
     body = decode_json(_reference_decoder, await read_json_body(request))
-    tag = body.tag.strip().removeprefix("@").lower()
-    if not _TAG.match(tag) or tag.endswith("."):
-        raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")
+    tag = _checked_tag(body.tag)
     url = body.image_url.strip()
     check_image_url(url, field="image_url", policy=request.app[IMAGE_URL_POLICY])
     return UserReference(tag=tag, image_url=url)
@@ -89,6 +92,21 @@ async def save_reference(request: web.Request) -> web.Response:
         raise ValidationFailed(f"no room for another @tag (a user keeps at most {MAX_TAGS_PER_USER}): save "
                                "over one you have instead", field="tag")
     return json_response(ref, status=201)
+
+
+def _checked_tag(text: str) -> str:
+    """The tag as saved ("@Sarah" is "sarah"), or a 422 for one no prompt could mention."""
+    tag = text.strip().removeprefix("@").lower()
+    if not _TAG.match(tag) or tag.endswith("."):
+        raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")
+    return tag
+
+
+async def delete_reference(request: web.Request) -> web.Response:
+    """DELETE /api/v1/references/{tag}: forget one of the caller's @tags."""
+    tag = _checked_tag(request.match_info["tag"])
+    deleted = await request.app[REFERENCES].delete(request[USER_ID], tag)
+    return json_response(DeletedReference(tag=tag, deleted=deleted))
 
 
 async def list_references(request: web.Request) -> web.Response:

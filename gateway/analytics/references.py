@@ -36,3 +36,9 @@ class PostgresReferenceStore:
             "SELECT tag, image_url FROM user_references WHERE user_id = $1 ORDER BY tag", user_id
         ))
         return {row["tag"]: row["image_url"] for row in rows}
+
+    async def delete(self, user_id: str, tag: str) -> bool:
+        status = await database_call("delete the reference", self._pool.execute(
+            "DELETE FROM user_references WHERE user_id = $1 AND tag = $2", user_id, tag.lower()
+        ))
+        return bool(status == "DELETE 1")  # (user_id, tag) is the key: one row or none
