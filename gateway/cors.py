@@ -54,6 +54,30 @@ def cors_middleware(origins: frozenset[str]) -> Middleware:
     return preflight
 
 
+def cross_site_guard(origins: frozenset[str]) -> Middleware:
+    """Refuses what another site's page makes the browser send, unless its origin is allowed.
+
+    A page on any site can make a visitor's browser send a GET without asking (an EventSource,
+    an <img>): it cannot read the answer, but the request runs. Against a gateway open on a
+    developer's laptop, that is someone else's page spending the developer's LLM key through
+    GET /api/v1/enhanced/stream. Browsers say where a request comes from (Sec-Fetch-Site, and
+    Origin for all but <img>-like requests); other clients send neither and are not affected.
+    A link the user follows (a top-level navigation) still opens.
+    """
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        site = request.headers.get("Sec-Fetch-Site")
+        if site in ("cross-site", "same-site") and request.headers.get("Sec-Fetch-Mode") != "navigate":
+            origin = request.headers.get(hdrs.ORIGIN, "")
+            if not _allows(origins, origin):
+                raise Forbidden(f"a request from {origin or 'another site'}'s page: the origin must be in "
+                                "CORS_ALLOWED_ORIGINS")
+        return await handler(request)
+
+    return guard
+
+
 def cors_headers(origins: frozenset[str]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     """An on_response_prepare hook: the CORS headers of every response, a stream's included
     (its headers leave before the handler returns, so a middleware would be too late)."""

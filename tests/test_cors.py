@@ -111,3 +111,36 @@ def test_what_is_not_an_origin_is_refused_at_start(value: str) -> None:
 def test_origins_are_compared_as_browsers_send_them() -> None:
     settings = Settings.from_env({"CORS_ALLOWED_ORIGINS": "HTTPS://App.Example.com:8443, http://localhost:5173"})
     assert settings.cors_origins() == {"https://app.example.com:8443", "http://localhost:5173"}
+
+
+CROSS_SITE = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Origin": "https://evil.example"}
+
+
+@pytest.mark.parametrize("headers", [
+    CROSS_SITE,  # an EventSource on another site's page
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},  # an <img>: no Origin
+    {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Origin": "https://other.example.com"},
+])  # fmt: skip
+async def test_another_sites_page_cannot_make_the_browser_run_a_stream(
+    make_client: MakeClient, headers: dict[str, str]
+) -> None:
+    """Open on a laptop, the gateway ran whatever any visited page asked for through the
+    developer's browser (the page cannot read the answer, but the LLM key pays for it)."""
+    client = await make_client()
+    refused = await client.get(STREAM, params={"prompt": "a cat"}, headers={"X-User-Id": "dev", **headers})
+    assert refused.status == 403 and (await refused.json())["error"] == "forbidden"
+    usage = await (await client.get("/api/v1/enhanced/usage", headers={"X-User-Id": "dev"})).json()
+    assert usage["requests_last_minute"] == 0  # refused before the pipeline and the limiter
+
+
+async def test_same_origin_pages_allowed_origins_links_and_non_browsers_are_served(make_client: MakeClient) -> None:
+    client = await make_client(cors_allowed_origins=APP)
+    for headers in (
+        {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},  # the gateway's own web UI
+        {**CROSS_SITE, "Origin": APP},  # the app, allowed
+        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},  # a link someone followed
+        {},  # curl, the app's backend, the load tester
+    ):
+        answered = await client.get(STREAM, params={"prompt": "a cat"}, headers=headers)
+        assert answered.status == 200, headers
+        assert parse_events(await answered.read())[-1].event == "done"
