@@ -259,6 +259,7 @@ class Authenticator:
         open_access: bool = False,
         open_if_no_keys: bool | None = None,
         loopback_only: bool = False,
+        cors_origins: frozenset[str] = frozenset(),
     ) -> None:
         self.static_keys = static_keys
         self.store = store
@@ -266,6 +267,7 @@ class Authenticator:
         self.jwt_audience = jwt_audience
         self.open = open_access
         self.loopback_only = loopback_only  # open, only for requests addressed to loopback (Host)
+        self.cors_origins = cors_origins  # the pages on other sites that may have browsers call
         # Set when the keys table was the only key source and could not be read at start-up:
         # whether no key exists is not known, so the gateway stays closed (not open, as "no
         # keys" would make it) until `decide` can ask. The value: whether it may open then.

@@ -33,7 +33,7 @@ from gateway.appkeys import (
 from gateway.auth import auth_ctx, auth_middleware
 from gateway.classifiers import open_classifier
 from gateway.config import Settings
-from gateway.cors import cors_headers, cors_middleware, cross_site_guard
+from gateway.cors import cors_headers, cors_middleware
 from gateway.errors import error_middleware
 from gateway.limits import limiter_ctx, rate_limit_middleware
 from gateway.llm import llm_ctx
@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
         middlewares=[
             request_middleware, error_middleware,
             *([cors_middleware(origins)] if origins else []),  # preflights carry no credentials
-            cross_site_guard(origins), auth_middleware, rate_limit_middleware,
+            auth_middleware, rate_limit_middleware,
         ],
     )
     if origins:

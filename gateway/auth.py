@@ -22,6 +22,7 @@ from aiohttp import web
 from gateway.apikeys import USER_ID_PATTERN, Authenticator, PgKeyStore, Principal, parse_static_keys
 from gateway.appkeys import AUTH, SETTINGS, USER_ID
 from gateway.config import ConfigError, Settings
+from gateway.cors import refuse_other_sites
 from gateway.errors import DatabaseUnavailable, Forbidden, Handler, Unauthorized, ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def is_loopback(host: str) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.app[AUTH]
+    refuse_other_sites(request.headers, auth.cors_origins)
     scope = scope_for(request.path)
     if auth.open_if_no_keys is not None and scope != "public":
         await auth.decide()
@@ -168,6 +170,7 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         # Open because bound to loopback (not because told to): callers must address loopback.
         loopback_only=is_loopback(settings.host) and not settings.gateway_allow_anonymous,
         open_if_no_keys=_may_run_open(settings) if undecided else None,
+        cors_origins=settings.cors_origins(),
     )
     try:
         yield
