@@ -140,8 +140,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raw["intent_classifier"] = "cascade" if "openai_api_key" in raw else "local"
         if "max_concurrent_classifications" not in raw:
             raw["max_concurrent_classifications"] = max(4, 4 * (os.cpu_count() or 1))
-        if "port" not in raw and env.get("PORT"):
-            raw["port"] = env["PORT"]
         try:
             # strict=False converts "100" -> 100 and "true" -> True, as environment text needs.
             settings = msgspec.convert(raw, cls, strict=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.appkeys import TRACING
+from gateway.errors import NotFound
 from gateway.responses import json_response
 from gateway.web import SECURITY_HEADERS
 from gateway.wire import query_count
@@ -34,7 +35,7 @@ async def show_trace(request: web.Request) -> web.Response:
     """GET /debug/traces/{trace_id}: its spans as JSON, or a waterfall page for a browser."""
     trace = request.app[TRACING].buffer.get(request.match_info["trace_id"])
     if trace is None:
-        raise web.HTTPNotFound(text="no such trace in the buffer (evicted, unsampled or unknown)")
+        raise NotFound("no such trace in the buffer (evicted, unsampled or unknown)", field="trace_id")
     if request.query.get("format") == "html" or _prefers_html(request):
         return web.Response(text=render_waterfall(trace), content_type="text/html", headers=WATERFALL_HEADERS)
     return json_response(trace)

@@ -129,6 +129,13 @@ class Forbidden(GatewayError):
     code = "forbidden"
 
 
+class NotFound(GatewayError):
+    """A route that exists asked for something that does not (aiohttp's 404 is for routes)."""
+
+    status = 404
+    code = "not_found"
+
+
 class ServiceOverloaded(GatewayError):
     status = 503
     code = "overloaded"

@@ -1,7 +1,9 @@
 """Per-request plumbing: the server span, trace id, metrics and one JSON log line.
 
-Order on the app: request_middleware (outermost, sees the final status), error_middleware,
-auth_middleware (gateway/auth.py; its errors become JSON like any other).
+Order on the app (gateway/app.py): request_middleware (outermost, sees the final status),
+error_middleware, then the CORS preflight answer (gateway/cors.py, with origins configured),
+auth_middleware (gateway/auth.py) and rate_limit_middleware (gateway/limits.py), whose errors
+become JSON like any other.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from gateway.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from gateway.prompttext import MAX_PROMPT_CHARS, clean_prompt  # noqa: F401 - re-exported
-from gateway.urlpolicy import MAX_URL_CHARS, ImageUrlPolicy, UrlPolicy  # noqa: F401 - re-exported
+from gateway.prompttext import clean_prompt
+from gateway.urlpolicy import ImageUrlPolicy, UrlPolicy
 from pipeline.types import PipelineRequest, Preferences
 
 MAX_BODY_BYTES = 64 * 1024

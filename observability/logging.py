@@ -43,7 +43,8 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines (call once, at start-up)."""
+    """Send every logger's records to stderr as JSON lines, replacing the handlers any earlier
+    call set (the supervisor configures its own, and each worker process its own)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

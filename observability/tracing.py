@@ -368,11 +368,3 @@ class Tracing:
 
     async def close(self) -> None:
         await asyncio.to_thread(self.provider.shutdown)
-
-
-def format_trace_id(trace_id: int) -> str:
-    return f"{trace_id:032x}"
-
-
-def format_span_id(span_id: int) -> str:
-    return f"{span_id:016x}"

@@ -32,9 +32,6 @@ IMAGE_INPUT_WORKFLOWS = frozenset({
 NO_CLEAR_INTENT = "unclear"
 # What the embedded classifier is trained on and an eval file may expect.
 LABELS = (*(workflow.value for workflow in WorkflowType), NO_CLEAR_INTENT)
-VIDEO_WORKFLOWS = frozenset(
-    {WorkflowType.VIDEO_GENERATION, WorkflowType.IMAGE_TO_VIDEO, WorkflowType.TEXT_TO_VIDEO}
-)
 
 
 class IntentSource(str, enum.Enum):

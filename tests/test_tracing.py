@@ -295,7 +295,9 @@ async def test_buffer_keeps_only_the_most_recent_traces(make_client: MakeClient)
     listed = await (await client.get("/debug/traces")).json()
     assert [t["trace_id"] for t in listed] == [ids[2], ids[1]]
     assert ids[0] not in {t["trace_id"] for t in listed}
-    assert (await client.get(f"/debug/traces/{ids[0]}")).status == 404
+    evicted = await client.get(f"/debug/traces/{ids[0]}")
+    assert evicted.status == 404
+    assert (await evicted.json())["detail"] == "no such trace in the buffer (evicted, unsampled or unknown)"
 
 
 @pytest.fixture

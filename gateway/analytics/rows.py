@@ -14,7 +14,6 @@ from pipeline.events import ProcessResult
 from pipeline.types import PipelineRequest
 
 LogPrompts = Literal["full", "hash", "none"]
-Route = Literal["process", "stream", "compare"]
 
 
 class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
