@@ -75,6 +75,9 @@ LLM_USAGE = web.AppKey("llm_usage", LLMUsage)
 
 # Per request, set by the middlewares.
 TRACE_ID = web.RequestKey("trace_id", str)
+# time.perf_counter() as the request arrived: what elapsed_ms and processing_time count from,
+# so a wait for the limiter (a slow Redis) or for the body is in them.
+ARRIVED = web.RequestKey("arrived", float)
 USER_ID = web.RequestKey("user_id", str)
 ARM = web.RequestKey("arm", str)  # the A/B arm that answered, for the request log line
 ADMISSION = web.RequestKey("admission", Admission)  # set by rate_limit_middleware

@@ -15,7 +15,7 @@ import time
 
 from aiohttp import HttpVersion, web
 
-from gateway.appkeys import ARM, METRICS, SHUTTING_DOWN, STATS, TRACE_ID, TRACING, USER_ID
+from gateway.appkeys import ARM, ARRIVED, METRICS, SHUTTING_DOWN, STATS, TRACE_ID, TRACING, USER_ID
 from gateway.errors import Handler
 from observability.spans import LightSpan
 
@@ -47,6 +47,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         traced=route not in _UNTRACED and not request.path.startswith("/debug/"),
     )
     request[TRACE_ID] = trace_id = span.trace_id
+    request[ARRIVED] = started
     status = 500
     with span:
         try:

@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway.analytics import handlers as analytics
 from gateway.appkeys import (
     ARM,
+    ARRIVED,
     HEALTH_PROBES,
     IMAGE_URL_POLICY,
     IN_FLIGHT,
@@ -82,7 +83,7 @@ class JsonRun:
 async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
     """Run every stage and return the final answer (the `done` event)."""
     stages: tuple[Stage, ...] = request.app[STAGES]
-    state = RequestState(request=preq)
+    state = RequestState(request=preq, started=request[ARRIVED])
     unfinished: str | None = "aborted"  # why no result was logged, until there is one
     in_flight = request.app[IN_FLIGHT]
     handler = asyncio.current_task()
@@ -182,7 +183,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     )
     await stream.prepare(request)
     stages: tuple[Stage, ...] = app[STAGES]
-    state = RequestState(request=preq)
+    state = RequestState(request=preq, started=request[ARRIVED])
     events = run_pipeline(stages, state, instruments=app[STAGE_INSTRUMENTS])
     unfinished: str | None = "client_disconnected"  # why no result was logged, until there is one
     in_flight = app[IN_FLIGHT]

@@ -33,7 +33,7 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
 
 class RequestState(msgspec.Struct, kw_only=True):
     request: PipelineRequest
-    started: float = msgspec.field(default_factory=time.perf_counter)
+    started: float = msgspec.field(default_factory=time.perf_counter)  # the gateway's: arrival
     context: Context | None = None
     intent: IntentClassification | None = None
     arm: Arm = "ai"

@@ -39,6 +39,28 @@ async def test_every_event_carries_elapsed_ms_and_the_trace_id(client: Any) -> N
     assert {e.data["trace_id"] for e in events} == {resp.headers["X-Trace-Id"]}
 
 
+@pytest.mark.parametrize("path", [STREAM, "/api/v1/enhanced/process"])
+async def test_elapsed_time_counts_from_the_requests_arrival(client: Any, path: str) -> None:
+    """A body that takes 0.3 s to arrive (or a slow limiter) is part of the request's time: the
+    clock used to start in the handler, after both, and a request that took half a second
+    said 6 ms in its events, its processing_time and its analytics row."""
+
+    async def slow_body() -> Any:
+        yield b'{"prompt": "a cat playing'
+        await asyncio.sleep(0.3)
+        yield b' in the garden"}'
+
+    resp = await client.post(path, data=slow_body(), headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    if path == STREAM:
+        events = parse_events(await resp.read())
+        assert events[0].data["elapsed_ms"] >= 300
+        processing_time = events[-1].data["processing_time"]
+    else:
+        processing_time = (await resp.json())["processing_time"]
+    assert processing_time >= 0.3
+
+
 async def test_stream_headers_disable_caching_and_proxy_buffering(client: Any) -> None:
     """Proxies must pass events through at once."""
     resp = await client.post(STREAM, json={"prompt": "a red fox"})
