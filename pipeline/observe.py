@@ -7,10 +7,15 @@ from pipeline.state import RequestState
 AttributeValue = str | bool | int | float
 
 
-def stage_span_attributes(stage: str, state: RequestState, *, fell_back: bool) -> dict[str, AttributeValue]:
-    """Attributes for the span of `stage`, read from the state it has just filled; `fell_back`:
-    this stage answered with a fallback (the request's `fallback_used` is every stage's)."""
-    attributes: dict[str, AttributeValue] = {"stage": stage, "fallback_used": fell_back}
+def stage_span_attributes(stage: str, state: RequestState, outcome: str) -> dict[str, AttributeValue]:
+    """Attributes for the span of `stage`, read from the state it has just filled; `outcome`: ok,
+    fallback (this stage's own: the request's `fallback_used` is every stage's), error (a
+    PipelineError such as overload ended the request) or cancelled (the client left)."""
+    fell_back = outcome == "fallback"
+    attributes: dict[str, AttributeValue] = {"stage": stage, "outcome": outcome, "fallback_used": fell_back}
+    if fell_back and state.last_fallback_reason is not None:
+        # Why, where an SRE reads the trace: "the llm classifier failed (circuit_open); ..."
+        attributes["fallback_reason"] = state.last_fallback_reason
     intent, selection = state.intent, state.selection
     if stage == "intent" and intent is not None:
         # `_value_`, the member's own attribute: `.value` is a Python-level property (~0.3 us).

@@ -61,10 +61,10 @@ async def run_pipeline(
                     )
                     event = stage.fallback(state)
                     outcome = "fallback"
-                if span.recording:
-                    fell_back = outcome == "fallback"
-                    span.attributes = stage_span_attributes(stage.name, state, fell_back=fell_back)
             finally:
+                # Whatever the outcome: a stage cut short by overload or a client gone says so too.
+                if span.recording:
+                    span.attributes = stage_span_attributes(stage.name, state, outcome)
                 if instruments.duration is not None:
                     instruments.duration.record(time.perf_counter() - started, stage.name, outcome)
         if failure is not None:

@@ -47,11 +47,13 @@ class RequestState(msgspec.Struct, kw_only=True):
     fallback_used: bool = False
     fallback_reason: str | None = None  # why, in words, for the frontend (the first one)
     fallbacks: int = 0  # how many times a stage fell back: a stage's own fallback is the change
+    last_fallback_reason: str | None = None  # the latest one: the stage span's, which may differ
 
     def fall_back(self, reason: str) -> None:
         """A stage answered with a fallback: the request says so, with the first reason."""
         self.fallback_used = True
         self.fallbacks += 1
+        self.last_fallback_reason = reason
         if self.fallback_reason is None:
             self.fallback_reason = reason
 

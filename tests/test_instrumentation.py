@@ -188,6 +188,35 @@ async def test_an_llm_call_cut_by_the_deadline_is_an_error_span_not_a_cancelled_
     assert 'gateway_stage_duration_seconds_count{stage="intent",outcome="fallback"} 1' in prometheus
 
 
+async def test_an_llm_answer_that_is_no_answer_is_an_error_span_and_the_stage_says_why(
+    make_client: MakeClient, upstream: Any
+) -> None:
+    """A 200 whose content is prose is a failed call (the request falls back): its span was OK,
+    and the trace said nothing of why the intent stage fell back, nor did it when the circuit
+    was open and no call was made at all."""
+    from tests.test_llm import ENDPOINT, completion
+    from tests.test_llm_app import LLM
+
+    upstream.post(ENDPOINT, payload=completion("sorry, I cannot help with that"), repeat=True)
+    client = await make_client(intent_classifier="llm", **{**LLM, "circuit_breaker_failure_threshold": 1})
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
+    assert (await response.json())["fallback_used"] is True
+    chat = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini")
+    assert chat.status.status_code is StatusCode.ERROR
+    assert chat.attributes is not None and chat.attributes["gen_ai.usage.output_tokens"] == 30  # still spent
+    trace = await (await client.get(f"/debug/traces/{response.headers['X-Trace-Id']}")).json()
+    assert trace["error"] is True
+    exporter.clear()
+    await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde please"})
+    names = [s.name for s in exporter.get_finished_spans()]
+    intent = next(s for s in exporter.get_finished_spans() if s.name == "stage.intent")
+    assert "chat gpt-4o-mini" not in names  # the open circuit made no call
+    assert intent.attributes is not None and intent.attributes["outcome"] == "fallback"
+    assert "circuit_open" in str(intent.attributes["fallback_reason"])
+
+
 async def test_each_outside_call_is_a_child_of_the_span_current_when_it_was_made(make_client: MakeClient) -> None:
     """Stage spans become current in turn: the intent cache's Redis commands are children of
     stage.intent; admission (before the stages) and the cost charge (between two stages, in

@@ -105,6 +105,9 @@ async def test_a_client_that_leaves_mid_stage_is_no_error_in_the_trace_or_the_st
     for span in (server, intent):
         assert span.status.status_code is StatusCode.UNSET and not span.events, span.name
         assert span.attributes is not None and span.attributes["cancelled"] is True
+    # The stage cut short still says which stage and how it ended (it used to carry only "cancelled").
+    assert {k: intent.attributes[k] for k in ("stage", "outcome", "fallback_used")} == {
+        "stage": "intent", "outcome": "cancelled", "fallback_used": False}
     metrics = await (await client.get("/metrics")).text()
     assert 'gateway_stage_duration_seconds_count{stage="intent",outcome="cancelled"} 1' in metrics
     assert 'stage="intent",outcome="error"' not in metrics

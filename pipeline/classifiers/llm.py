@@ -324,9 +324,13 @@ class LLMClassifier:
                         span.fail(TimeoutError(f"no answer within {self.timeout:g}s"), "TimeoutError")
                     raise
                 usage, content = _read_completion(completion)
-                if span.recording and usage is not None:
-                    span.attributes["gen_ai.usage.input_tokens"] = usage[0]
-                    span.attributes["gen_ai.usage.output_tokens"] = usage[1]
+                if usage is not None:
+                    self.usage.record_tokens(*usage)  # spent, usable answer or not
+                    if span.recording:
+                        span.attributes["gen_ai.usage.input_tokens"] = usage[0]
+                        span.attributes["gen_ai.usage.output_tokens"] = usage[1]
+                # In the span: an answer that is no answer (prose, out of schema) is a failed call.
+                return parse_answer(content)
         except openai.RateLimitError as exc:
             raise _Retry("rate_limited", retry_after(exc)) from exc
         except openai.InternalServerError as exc:
@@ -341,9 +345,6 @@ class LLMClassifier:
             raise LLMFailed("client_error", str(exc)) from exc
         except ValueError as exc:  # a 200 whose body is not JSON: a proxy's page, say
             raise LLMFailed("unparsable", f"the answer is not JSON: {exc}") from exc
-        if usage is not None:
-            self.usage.record_tokens(*usage)
-        return parse_answer(content)
 
     @staticmethod
     def _messages(query: ClassifierInput) -> list[ChatCompletionMessageParam]:
