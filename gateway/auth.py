@@ -82,9 +82,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[USER_ID] = "anonymous"
     else:
         principal = await _principal(auth, request)
+        request[USER_ID] = principal.user_id  # known, so a refused probe's log line names who
         if scope == "admin" and not principal.admin:
             raise Forbidden("this endpoint needs an admin key")
-        request[USER_ID] = principal.user_id
     return await handler(request)
 
 

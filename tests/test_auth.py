@@ -107,6 +107,14 @@ async def test_admin_endpoints_are_403_for_users_and_open_to_admins(secured: Any
     assert admin.status not in (401, 403)
 
 
+async def test_a_refused_admin_probe_is_logged_with_who_made_it(secured: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The key was valid, only not an admin's: the 403's log line names its user (it said null)."""
+    with caplog.at_level("INFO", logger="gateway.request"):
+        assert (await secured.get("/debug/traces", headers=bearer(ALICE))).status == 403
+    (line,) = [r for r in caplog.records if r.name == "gateway.request"]
+    assert line.user_id == "alice"  # type: ignore[attr-defined]
+
+
 async def test_admin_reads_metrics(secured: Any) -> None:
     """The admin key gets the JSON metrics and the Prometheus text."""
     await secured.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(ALICE))
