@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from typing import Protocol
 
-MENTION = re.compile(r"(?<![\w@])@([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+MAX_TAG_CHARS = 64
 # Tags one user may keep: without a bound, one user's saves (thousands a second) filled the
 # process's memory, and listing them returned a 118 MB body that stalled every other request.
 MAX_TAGS_PER_USER = 500
@@ -14,13 +14,43 @@ MAX_TAGS_PER_USER = 500
 MAX_TAGS_IN_MEMORY = 100_000
 
 
+def _is_word_char(char: str) -> bool:
+    """A letter or digit in any script, `_`, or a combining mark (the vowel signs of Devanagari
+    or Thai, an accent left uncomposed): what a name is written with."""
+    return char.isalnum() or char == "_" or unicodedata.category(char)[0] == "M"
+
+
+def _is_tag_char(char: str) -> bool:
+    return _is_word_char(char) or char in ".-"
+
+
+def is_tag(text: str) -> bool:
+    """Whether `text` (no '@') is a tag a prompt can mention: a letter or digit, then up to 63 of
+    those, marks and `_.-`, not ending in '.' (which ends the sentence, not the tag)."""
+    return (0 < len(text) <= MAX_TAG_CHARS and text[0].isalnum() and not text.endswith(".")
+            and all(_is_tag_char(char) for char in text))  # fmt: skip
+
+
+def normal_tag(text: str) -> str:
+    """A tag as it is saved and looked up: composed (NFC, as prompts are) and lower-cased."""
+    return unicodedata.normalize("NFC", text).lower()
+
+
 def find_mentions(prompt: str) -> tuple[str, ...]:
-    """Tags in order of first appearance, lower-cased, without '@' or trailing dots."""
-    if "@" not in prompt:  # most prompts: skip the scan, whose look-behind runs at every character
-        return ()
+    """Tags in order of first appearance, normalised, without '@' or trailing dots: "@María" in
+    any script is "maría". A tag longer than any that can be saved is no mention (cut short, it
+    would name another)."""
     seen: dict[str, None] = {}
-    for match in MENTION.finditer(prompt):
-        seen.setdefault(match.group(1).rstrip(".").lower(), None)
+    at = prompt.find("@")  # most prompts have none: nothing else runs
+    while at >= 0:
+        end = at + 1
+        if at == 0 or not (_is_word_char(prompt[at - 1]) or prompt[at - 1] == "@"):  # not an e-mail
+            while end < len(prompt) and _is_tag_char(prompt[end]):
+                end += 1
+            tag = prompt[at + 1 : end].rstrip(".")
+            if tag and tag[0].isalnum() and len(tag) <= MAX_TAG_CHARS:
+                seen.setdefault(normal_tag(tag), None)
+        at = prompt.find("@", end)
     return tuple(seen)
 
 

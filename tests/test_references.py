@@ -40,6 +40,28 @@ async def test_saved_tag_is_resolved_in_memory(client: Any) -> None:
     assert other == {"references": []}
 
 
+@pytest.mark.parametrize(("saved", "prompt"), [
+    ("María", "put @maría in this red dress"),  # was read as the unknown tag "mar"
+    ("zoë", "put @Zoë in this red dress"),
+    ("ma\u0301ria", "put @mária in this red dress"),  # saved decomposed, mentioned composed
+    ("नमस्ते", "put @नमस्ते in this red dress"),  # vowel signs are marks, not letters
+    ("東京", "put @東京 in this red dress"),
+])  # fmt: skip
+async def test_tags_in_any_script_are_saved_and_resolved_whole(client: Any, saved: str, prompt: str) -> None:
+    me = {"X-User-Id": "u1"}
+    assert (await client.post(REFS, json={"tag": saved, "image_url": SARAH}, headers=me)).status == 201
+    result = await (await client.post(PROCESS, json={"prompt": prompt}, headers=me)).json()
+    assert [r["image_url"] for r in result["references"]] == [SARAH]
+    assert result["metadata"]["unknown_tags"] == []
+
+
+def test_mentions_are_whole_tags_or_none() -> None:
+    find = pipeline.references.find_mentions
+    assert find("@sarah, then @Bob. (@anna) and @sarah again") == ("sarah", "bob", "anna")
+    assert find("write to me@example.com or @@twice or @_x") == ()  # e-mail, not tags
+    assert find("@" + "a" * 65 + " and @ok") == ("ok",)  # cut to 64 it would name another tag
+
+
 async def test_an_unknown_tag_brings_no_image(client: Any) -> None:
     result = await (await client.post(PROCESS, json={"prompt": "put @nobody in this red dress"})).json()
     assert result["metadata"]["unknown_tags"] == ["nobody"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 import msgspec
@@ -14,10 +13,8 @@ from gateway.bodies import read_json_body
 from gateway.errors import AnalyticsNotConfigured, ValidationFailed
 from gateway.responses import json_response
 from gateway.wire import check_image_url, decode_json, query_count
-from pipeline.references import MAX_TAGS_PER_USER
+from pipeline.references import MAX_TAGS_PER_USER, is_tag, normal_tag
 
-# The tags find_mentions extracts from prompts: what can be saved is what can be mentioned.
-_TAG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}\Z")
 
 class IntentReport(msgspec.Struct, kw_only=True):
     hours: int
@@ -96,9 +93,10 @@ async def save_reference(request: web.Request) -> web.Response:
 
 def _checked_tag(text: str) -> str:
     """The tag as saved ("@Sarah" is "sarah"), or a 422 for one no prompt could mention."""
-    tag = text.strip().removeprefix("@").lower()
-    if not _TAG.match(tag) or tag.endswith("."):
-        raise ValidationFailed("tag must be 1-64 letters, digits or _.- (not ending in '.')", field="tag")
+    tag = normal_tag(text.strip().removeprefix("@"))
+    if not is_tag(tag):  # what can be saved is what a prompt can mention
+        raise ValidationFailed("tag must be 1-64 letters (any script), digits or _.-, starting with a letter "
+                               "or digit and not ending in '.'", field="tag")
     return tag
 
 
