@@ -518,3 +518,73 @@ async def test_phone_width_and_keyboard_only(open_browser: OpenBrowser) -> None:
     await expect(page.locator("#g-stages > li")).to_have_count(4)
     await expect(page.locator("#g-stages")).to_have_attribute("aria-live", "polite")
     assert browser.unexpected_failures() == []
+
+
+async def test_a_new_submit_takes_over_the_page_from_the_stream_it_replaces(open_browser: OpenBrowser) -> None:
+    """Submitting while a stream ran left the new one saying "Stopped." with Stop disabled: the
+    replaced stream's abort handling ran after the new one had set the page up."""
+    gated = GatedClassifier(RulesClassifier())
+    browser = await open_browser(gated)
+    page = browser.page
+    await browser.goto()
+    await browser.generate("draw a lion")
+    await gated.entered.wait()
+    gated.entered.clear()
+    await browser.generate("draw a tiger")
+    await gated.entered.wait()  # the second stream is waiting on its classification too
+    await expect(page.locator("#g-status")).to_have_text("Streaming…")
+    await expect(page.locator("#g-stop")).to_be_enabled()
+    gated.gate.set()
+    await expect(page.locator("#g-status")).to_have_text(re.compile(r"^Done in "))
+    await expect(page.locator("#g-stop")).to_be_disabled()
+    await expect(page.locator("#g-error")).to_be_hidden()
+
+
+class SlowWhenAsked:
+    """The rules, but a prompt with "slow" in it waits for the gate."""
+
+    name = "slow-when-asked"
+    version = "slow-1"
+
+    def __init__(self) -> None:
+        self.inner = RulesClassifier()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def quick_answer(self, query: Any) -> None:
+        return None
+
+    async def classify(self, query: Any) -> Any:
+        if "slow" in query.prompt:
+            self.entered.set()
+            await self.gate.wait()
+        return await self.inner.classify(query)
+
+
+async def test_compare_shows_the_latest_prompts_answer_not_the_last_to_arrive(open_browser: OpenBrowser) -> None:
+    classifier = SlowWhenAsked()
+    browser = await open_browser(classifier)
+    page = browser.page
+    await browser.goto("#compare")
+    await page.fill("#c-prompt", "slow make a video of the ocean")
+    await page.click("#c-submit")
+    await classifier.entered.wait()
+    await page.fill("#c-prompt", "change my hair to blonde")
+    await page.click("#c-submit")
+    final_prompt = page.locator("#c-table tbody tr", has_text="Final prompt").locator("td").first
+    await expect(final_prompt).to_contain_text("blonde")
+    classifier.gate.set()  # the first answer may come now: it must not replace the table
+    await asyncio.sleep(0.5)
+    await expect(final_prompt).to_contain_text("blonde")
+    await expect(page.locator("#c-error")).to_be_hidden()
+
+
+async def test_each_kind_of_503_is_said_in_its_own_words(open_browser: OpenBrowser, tmp_path: Any) -> None:
+    """Every 503 read "overloaded"; a database that is down is not an overload."""
+    browser = await open_browser(database_url="postgresql://postgres@127.0.0.1:1/nowhere",
+                                 analytics_spill_path=str(tmp_path / "spill.jsonl"))
+    await browser.goto()
+    await browser.generate("a cat playing in the garden")
+    await expect(browser.page.locator("#g-error")).to_have_text(
+        re.compile(r"^The gateway's database is unavailable right now\. Try again in \d+ s\.$"))
+    assert browser.unexpected_failures((503, "/api/v1/enhanced/stream")) == []

@@ -109,6 +109,14 @@ export function parseEvent(block) {
   return { id, event, data: JSON.parse(data.join("\n")) };
 }
 
+// 503s by the gateway's error code: each says what is wrong, not "overloaded" for all.
+const UNAVAILABLE = {
+  overloaded: "The gateway is overloaded right now.",
+  shutting_down: "The gateway is restarting.",
+  rate_limit_unavailable: "Usage limits cannot be checked right now, so requests are refused.",
+  database_unavailable: "The gateway's database is unavailable right now.",
+};
+
 const FIELD_NAMES = {
   prompt: "Prompt",
   working_image_url: "Working image URL",
@@ -139,7 +147,7 @@ export function describeError(error) {
     case 429:
       return `Rate limit reached (${error.message}).${wait}`;
     case 503:
-      return `The gateway is overloaded right now.${wait}`;
+      return `${UNAVAILABLE[error.code] || `The gateway cannot answer right now (${error.message}).`}${wait}`;
     default:
       return `The gateway answered ${error.status}: ${error.message}`;
   }

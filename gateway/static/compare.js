@@ -47,14 +47,19 @@ export function setupCompare() {
   const alert = $("#c-error");
   const section = $("#c-result");
 
+  let controller = null;
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    // The latest submit wins: an earlier answer arriving later must not replace its table.
+    controller?.abort();
+    const mine = (controller = new AbortController());
     markField(form, "c", null);
     say(alert, "");
     say(status, "Comparing…");
     section.hidden = true;
     try {
-      const result = await postJSON(COMPARE, requestBody(form));
+      const result = await postJSON(COMPARE, requestBody(form), { signal: mine.signal });
       const ai = result.ai_classification;
       const existing = result.existing_system;
       $("#c-table tbody").replaceChildren(...ROWS.map(([label, get]) => row(label, get(ai), get(existing))));
@@ -62,6 +67,7 @@ export function setupCompare() {
       section.hidden = false;
       say(status, "");
     } catch (error) {
+      if (controller !== mine) return; // replaced by a newer comparison, which reports itself
       say(status, "");
       markField(form, "c", error.field, describeError(error));
       say(alert, describeError(error));

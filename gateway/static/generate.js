@@ -1,6 +1,6 @@
 // Generate: stream one request and show each stage as its event arrives, then the result.
 
-import { describeError, getJSON, requestBody, streamEvents } from "./api.js";
+import { ApiError, describeError, getJSON, requestBody, streamEvents } from "./api.js";
 import { waterfall } from "./charts.js";
 import { $, formatCost, formatMs, h, markField, percent, say } from "./dom.js";
 import { recordRun } from "./latency.js";
@@ -203,7 +203,10 @@ export function setupGenerate() {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     controller?.abort();
-    controller = new AbortController();
+    const mine = (controller = new AbortController());
+    // A submit while a stream runs aborts it; that stream's catch and finally run after this
+    // one has started and must leave the page to it.
+    const current = () => controller === mine;
     const body = requestBody(form, { ai: $("#g-ai").checked });
     markField(form, "g", null);
     say(alert, "");
@@ -215,7 +218,7 @@ export function setupGenerate() {
     const arrivals = []; // [stage, elapsed_ms], for the dashboard's latency view
     let finished = false;
     try {
-      for await (const { event: name, data } of streamEvents(STREAM, body, { signal: controller.signal })) {
+      for await (const { event: name, data } of streamEvents(STREAM, body, { signal: mine.signal })) {
         if (name === "done") {
           finished = true;
           recordRun(arrivals);
@@ -230,15 +233,20 @@ export function setupGenerate() {
       }
       if (!finished) say(status, "The stream ended without a result.");
     } catch (error) {
+      if (!current()) return;
       if (error.name === "AbortError") {
         say(status, "Stopped."); // the user's own choice: a status, not an alert
       } else {
+        // Once events arrived the gateway was reached: the connection broke, the request did not fail.
+        const message = stages.childElementCount && !(error instanceof ApiError)
+          ? `The connection to the gateway broke mid-stream (${error.message}). Try again.`
+          : describeError(error);
         say(status, "");
-        markField(form, "g", error.field, describeError(error));
-        say(alert, describeError(error));
+        markField(form, "g", error.field, message);
+        say(alert, message);
       }
     } finally {
-      stop.disabled = true;
+      if (current()) stop.disabled = true;
     }
   });
 }
