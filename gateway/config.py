@@ -104,7 +104,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Observability: the standard OpenTelemetry variables (README "Observability")
     otel_sdk_disabled: bool = False
-    otel_service_name: str = "intent-gateway"
+    otel_service_name: str | None = None  # unset: service.name from the attributes, or intent-gateway
     otel_resource_attributes: str | None = None  # "key=value,key=value"
     otel_traces_sampler: str = "parentbased_always_on"
     otel_traces_sampler_arg: float | None = None

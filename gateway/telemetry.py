@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 from aiohttp import web
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_NAME,
+    TELEMETRY_SDK_LANGUAGE,
+    TELEMETRY_SDK_NAME,
+    TELEMETRY_SDK_VERSION,
+    Resource,
+)
+from opentelemetry.sdk.version import __version__ as sdk_version
 
 from gateway.appkeys import METRICS, SETTINGS, SLOTS, STAGE_INSTRUMENTS, STATS, TRACING
 from gateway.config import Settings
@@ -14,15 +22,24 @@ from observability.stats import RequestStats
 from observability.tracing import StageInstruments, Tracing
 from pipeline.slots import ClassificationSlots
 
+DEFAULT_SERVICE_NAME = "intent-gateway"
+
 
 def resource_of(settings: Settings) -> Resource:
-    """service.name and OTEL_RESOURCE_ATTRIBUTES, read from Settings rather than os.environ."""
-    attributes: dict[str, str] = {}
+    """What the OTel spec makes of OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME (values are
+    percent-decoded; OTEL_SERVICE_NAME wins only when set), read from Settings rather than
+    os.environ as the SDK's Resource.create would, with the SDK's own telemetry.sdk.*."""
+    attributes: dict[str, str] = {
+        TELEMETRY_SDK_LANGUAGE: "python",
+        TELEMETRY_SDK_NAME: "opentelemetry",
+        TELEMETRY_SDK_VERSION: sdk_version,
+    }
     for pair in (settings.otel_resource_attributes or "").split(","):
         key, sep, value = pair.partition("=")
         if sep and key.strip():
-            attributes[key.strip()] = value.strip()
-    attributes["service.name"] = settings.otel_service_name
+            attributes[key.strip()] = unquote(value.strip())
+    named = settings.otel_service_name or attributes.get(SERVICE_NAME)
+    attributes[SERVICE_NAME] = named or DEFAULT_SERVICE_NAME
     return Resource(attributes)
 
 

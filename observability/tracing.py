@@ -9,6 +9,9 @@ also batched to it over HTTP/protobuf from the SDK's background thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -52,8 +55,10 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
 
 MAX_STATEMENT = 2000  # characters of SQL kept on a span
+CLOSE_SECONDS = 2.0  # how long shutting down waits for the collector to take the last spans
 _SAMPLED, _NOT_SAMPLED = TraceFlags(TraceFlags.SAMPLED), TraceFlags(TraceFlags.DEFAULT)
 _NO_PARENT = Context()  # what the propagator extracts from headers without a traceparent
+log = logging.getLogger(__name__)
 
 SAMPLERS = (
     "always_on", "always_off", "traceidratio",
@@ -128,6 +133,11 @@ def otlp_traces_url(endpoint: str | None, traces_endpoint: str | None) -> str | 
     if endpoint:
         return endpoint.rstrip("/") + "/v1/traces"
     return None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _no_span(name: str) -> NoSpan:
@@ -366,5 +376,25 @@ class Tracing:
         # The exporter posts synchronously; off the loop, so a receiver on this loop can answer.
         await asyncio.to_thread(self.provider.force_flush)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.provider.shutdown)
+    async def close(self, grace: float = CLOSE_SECONDS) -> None:
+        """Hand the collector what is queued, then stop. A collector that hangs costs the spans
+        still queued, not the shutdown: each queued batch waited out the exporter's 10 s, and
+        a shutdown took 15-30 s past the drain (measured), to Kubernetes' kill at 30 s."""
+        loop = asyncio.get_running_loop()
+        stopped = loop.create_future()
+
+        def shut_down() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, stopped)
+
+        # A daemon thread: the process may exit while it still waits on the collector (a
+        # to_thread worker would be joined at exit, the very wait this bounds).
+        threading.Thread(target=shut_down, name="otel-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(stopped, grace)
+        except TimeoutError:
+            log.warning("the trace collector took no spans within %gs of shutting down: the spans "
+                        "still queued are dropped", grace)

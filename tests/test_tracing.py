@@ -7,6 +7,8 @@ import io
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -415,3 +417,38 @@ def test_otel_variables_are_read_and_checked() -> None:
     assert settings.otel_exporter_otlp_endpoint == "http://collector:4318"
     with pytest.raises(ConfigError, match="OTEL_TRACES_SAMPLER"):
         Settings.from_env({"OTEL_TRACES_SAMPLER": "sometimes"})
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({}, {"service.name": "intent-gateway"}),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs,k8s.pod.name=a%20b,service.version=1.2"},
+     {"service.name": "from-attrs", "k8s.pod.name": "a b", "service.version": "1.2"}),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs", "OTEL_SERVICE_NAME": "wins"}, {"service.name": "wins"}),
+])  # fmt: skip
+def test_resource_attributes_are_read_as_the_otel_spec_says(env: dict[str, str], expected: dict[str, str]) -> None:
+    """service.name from OTEL_RESOURCE_ATTRIBUTES was overwritten by the default, and values
+    were not percent-decoded; the SDK's own telemetry.sdk.* were missing."""
+    from gateway.config import Settings
+    from gateway.telemetry import resource_of
+
+    attributes = dict(resource_of(Settings.from_env(env)).attributes)
+    assert {key: attributes[key] for key in expected} == expected
+    assert attributes["telemetry.sdk.language"] == "python" and attributes["telemetry.sdk.name"] == "opentelemetry"
+
+
+async def test_a_collector_that_hangs_costs_its_spans_not_the_shutdown(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A collector that takes connections and never answers: each queued batch waited out the
+    exporter's 10 s, and shutdown ran 15-30 s past the drain (an SRE's measurement)."""
+    with socket.socket() as silent:  # listens; the kernel completes connections; nobody answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        client = await make_client(otel_exporter_otlp_endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        for prompt in ("one cat", "two cats", "three cats"):
+            assert (await client.post(PROCESS, json={"prompt": prompt})).status == 200
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="observability.tracing"):
+            await client.server.app[TRACING].close(grace=0.5)
+        assert time.monotonic() - started < 3
+        assert "the spans still queued are dropped" in caplog.text
