@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import ContentEncodingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import create_app
@@ -133,7 +133,10 @@ class _JsonErrorHandler(RequestHandler):
         error: GatewayError
         trace_id = _refusal_id()
         extra = {"trace_id": trace_id, "status": status}
-        if message is not None:  # aiohttp quotes the request line, an EventSource's JWT included
+        if isinstance(exc, LineTooLong):
+            # aiohttp's words quote the line as a Python bytearray: say what the limit is instead.
+            message = f"a request line or header is longer than {exc.args[1]} bytes"
+        elif message is not None:  # aiohttp quotes the request line, an EventSource's JWT included
             query, bearer = _SECRETS
             message = bearer.sub(r"\1 [redacted]", query.sub("?[redacted]", message))
         if isinstance(exc, ContentEncodingError) and _names_a_coding_we_read(message):

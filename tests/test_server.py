@@ -69,6 +69,20 @@ async def test_an_eventsource_jwt_in_a_refused_request_line_is_not_logged_or_ech
     assert "eyJ.secret.sig" not in logged and b"eyJ.secret.sig" not in body
 
 
+@pytest.mark.parametrize("raw", [
+    b"GET /api/v1/enhanced/stream?prompt=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    MALFORMED["header too long"],
+])  # fmt: skip
+async def test_a_line_too_long_is_said_in_words_not_python(
+    make_client: MakeClient, caplog: pytest.LogCaptureFixture, raw: bytes
+) -> None:
+    """A 70 KB GET URL was answered "Got more than 65536 bytes when reading: bytearray(b'/api/...":
+    Python's spelling of the line, to a frontend."""
+    _, body = await _refused(await make_client(), caplog, raw)
+    detail = json.loads(body)["detail"]
+    assert re.fullmatch(r"a request line or header is longer than \d+ bytes", detail), detail
+
+
 @pytest.mark.parametrize("spacing", [b" ", b"  ", b"\t"])
 async def test_a_bearer_token_in_a_refused_header_line_is_not_logged_or_echoed(
     make_client: MakeClient, caplog: pytest.LogCaptureFixture, spacing: bytes
