@@ -14,11 +14,11 @@ from aioresponses import aioresponses
 from redis.asyncio import Redis
 
 from gateway.config import ConfigError, Settings
+from gateway.search.searxng import SearxngSearch
 from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, decode, encode
 from pipeline.search.lookup import ReferenceLookup
 from pipeline.search.protocol import ImageHit
-from pipeline.search.searxng import SearxngSearch
 from pipeline.types import Reference
 from tests.redis_servers import needs_redis
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 import msgspec
 
+from gateway.search.transport import get_json
 from pipeline.search.protocol import ImageHit
-from pipeline.search.transport import get_json
 
 ENDPOINT = "https://api.search.brave.com/res/v1/images/search"
 

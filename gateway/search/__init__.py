@@ -1,4 +1,5 @@
-"""Opening the configured image search provider for reference search, for the app's lifetime."""
+"""Image search over HTTP for reference search: the providers (brave.py, searxng.py, over
+transport.py), and opening the configured one for the app's lifetime."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import aiohttp
 
 from gateway.config import Settings
 from gateway.llm import breaker_policy
+from gateway.search.brave import BraveImageSearch
+from gateway.search.searxng import SearxngSearch
 from observability.metrics import Metrics
 from pipeline.breaker import CircuitBreaker
 from pipeline.breaker_redis import RedisBreakerStore
 from pipeline.redis_link import RedisLink
-from pipeline.search.brave import BraveImageSearch
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, SearchCache
 from pipeline.search.lookup import ReferenceLookup
 from pipeline.search.protocol import ImageSearch
-from pipeline.search.searxng import SearxngSearch
 
 USER_AGENT = "intent-gateway/0.1 (reference search)"
 

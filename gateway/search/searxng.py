@@ -8,8 +8,8 @@ from __future__ import annotations
 import aiohttp
 import msgspec
 
+from gateway.search.transport import get_json
 from pipeline.search.protocol import ImageHit
-from pipeline.search.transport import get_json
 
 
 class _Result(msgspec.Struct):
