@@ -177,8 +177,9 @@ class LightSpan:
         end = time.time_ns()
         if isinstance(exc, asyncio.CancelledError):
             # Cut short (the client left, or shutdown): no error of this span's, so the status
-            # stays unset, as a 499 is no server error.
-            if self.recording:
+            # stays unset, as a 499 is no server error. A span already failed by our own
+            # deadline (an LLM call) was not cut short by anyone: it stays only failed.
+            if self.recording and self.status.status_code is not StatusCode.ERROR:
                 self.attributes["cancelled"] = True
         elif exc is not None:
             self.fail(exc, type(exc).__qualname__)

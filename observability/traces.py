@@ -153,6 +153,10 @@ def render_waterfall(trace: TraceView) -> str:
         left = 100.0 * span.offset_ms / total
         width = max(0.3, 100.0 * span.duration_ms / total)
         attributes = ", ".join(f"{k}={v}" for k, v in span.attributes.items())
+        if span.status == "ERROR":  # what failed, in words: a red bar alone says only that it did
+            failures = [f"{e.get('exception.type', e['name'])}: {e.get('exception.message', '')}"
+                        for e in span.events if e["name"] == "exception"]
+            attributes = "; ".join(filter(None, ["ERROR", *failures, attributes]))
         css = "bar error" if span.status == "ERROR" else "bar"
         rows.append(
             "<tr>"

@@ -45,6 +45,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
+from redis.exceptions import NoScriptError
 
 from observability.metrics import Histogram
 from observability.spans import NO_SPAN, AttributeValue, CurrentSpan, LightSpan, NoSpan
@@ -261,8 +262,17 @@ class Tracing:
                 return await execute(*args, **options)
             span.attributes["db.statement"] = " ".join([str(args[0]), *("?" * (len(args) - 1))])
             span.attributes["db.redis.args_length"] = len(args)
+            missing: NoScriptError
             with span:
-                return await execute(*args, **options)
+                try:
+                    return await execute(*args, **options)
+                except NoScriptError as exc:
+                    # EVALSHA of a script this server has not cached yet (first use, a restart):
+                    # redis-py loads it and runs it again. Expected, so not an error: as one it
+                    # marked successful requests' traces as failed.
+                    span.attributes["db.redis.noscript"] = True
+                    missing = exc
+            raise missing
 
         client.execute_command = execute_command
 

@@ -58,6 +58,19 @@ async def test_a_failed_redis_command_is_an_error_span_without_its_arguments(mak
     assert "secret-argument" not in repr(dict(failed.attributes))
 
 
+async def test_a_script_the_server_has_not_cached_yet_is_no_error_in_the_trace(make_client: MakeClient) -> None:
+    """The first EVALSHA of a script after Redis starts answers NOSCRIPT and redis-py loads it:
+    a successful request's trace said error: true."""
+    app, connection, exporter = await traced_redis(make_client)
+    script = connection.client.register_script(f"return '{uuid.uuid4().hex}'")  # new to this server
+    with app[TRACING].tracer.start_as_current_span("request"):
+        await script()
+    calls = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.CLIENT]
+    assert [s.name for s in calls] == ["EVALSHA", "SCRIPT LOAD", "EVALSHA"]
+    assert all(s.status.status_code is StatusCode.UNSET for s in calls)
+    assert calls[0].attributes is not None and calls[0].attributes["db.redis.noscript"] is True
+
+
 async def test_rate_limit_admission_and_charge_are_spans_of_the_request(make_client: MakeClient) -> None:
     """Batched limiter scripts carry no request's trace, so each request has its own wait as a span."""
     client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
@@ -177,6 +190,7 @@ async def test_an_llm_call_cut_by_the_deadline_is_an_error_span_not_a_cancelled_
     assert (await response.json())["fallback_used"] is True
     chat = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini")
     assert chat.status.status_code.name == "ERROR" and chat.status.description == "TimeoutError"
+    assert chat.attributes is not None and "cancelled" not in chat.attributes  # nobody left: it failed
     assert chat.events[0].attributes is not None
     assert chat.events[0].attributes["exception.message"] == "no answer within 0.2s"
     trace = await (await client.get(f"/debug/traces/{response.headers['X-Trace-Id']}")).json()

@@ -291,6 +291,14 @@ async def test_debug_requests_make_no_trace_even_when_they_match_no_route(make_c
     assert [t["trace_id"] for t in listed] == [trace_id]
 
 
+async def test_the_waterfall_says_what_failed_not_only_that_it_did(make_client: MakeClient) -> None:
+    """A failed stage was a red bar with its attributes: an SRE had to open the JSON to read why."""
+    client = await make_client(classifier=FailingClassifier())
+    trace_id = (await (await client.post(PROCESS, json={"prompt": "a cat"})).json())["trace_id"]
+    page = await (await client.get(f"/debug/traces/{trace_id}?format=html")).text()
+    assert "ERROR; RuntimeError: classifier exploded; stage=intent" in page
+
+
 async def test_buffer_keeps_only_the_most_recent_traces(make_client: MakeClient) -> None:
     """DEBUG_TRACES_LIMIT bounds the ring buffer; the oldest trace is evicted first."""
     client = await make_client(debug_traces_limit=2)
