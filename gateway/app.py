@@ -79,7 +79,9 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     app[STATS] = RequestStats()
     app[TIMELINE] = Timeline()
     app[CATALOG] = Catalog.load()
-    app[REFERENCES] = MemoryReferenceStore()
+    app[REFERENCES] = MemoryReferenceStore(
+        per_user=settings.max_tags_per_user, in_all=settings.max_tags_in_memory
+    )
     app[SLOTS] = ClassificationSlots(
         settings.max_concurrent_classifications, settings.classification_queue_timeout
     )

@@ -112,6 +112,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     otel_exporter_otlp_traces_endpoint: str | None = None
     otel_exporter_otlp_headers: str | None = None
     debug_traces_limit: int = 200  # recent traces kept in memory for /debug/traces
+    # @tags one user may keep: without a bound, one user's saves (thousands a second) filled the
+    # process's memory, and listing them returned a 118 MB body that stalled every other request.
+    max_tags_per_user: int = 500
+    # And in all, in the memory store (no DATABASE_URL): where callers name themselves (open mode,
+    # X-User-Id), a new user id per save would otherwise pass the per-user bound.
+    max_tags_in_memory: int = 100_000
 
     # Security (issue 10): image URL policy
     image_url_allowed_hosts: str = "supabase.co"  # comma-separated; exact or dot-suffix match
@@ -188,6 +194,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError("SEARXNG_URL must be an http(s) URL")
         if self.reference_search_results < 1:
             raise ConfigError("REFERENCE_SEARCH_RESULTS must be at least 1")
+        if self.max_tags_per_user < 1 or self.max_tags_in_memory < 1:
+            raise ConfigError("MAX_TAGS_PER_USER and MAX_TAGS_IN_MEMORY must be at least 1")
         self._check_urls()
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")

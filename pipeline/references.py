@@ -6,12 +6,6 @@ import unicodedata
 from typing import Protocol
 
 MAX_TAG_CHARS = 64
-# Tags one user may keep: without a bound, one user's saves (thousands a second) filled the
-# process's memory, and listing them returned a 118 MB body that stalled every other request.
-MAX_TAGS_PER_USER = 500
-# And in all, in the memory store (no DATABASE_URL): where callers name themselves (open mode,
-# X-User-Id), a new user id per save would otherwise pass the per-user bound.
-MAX_TAGS_IN_MEMORY = 100_000
 
 
 def _is_word_char(char: str) -> bool:
@@ -64,7 +58,7 @@ class UserTagStore(ReferenceStore, Protocol):
     """Where users save their tags: memory by default, Postgres with DATABASE_URL."""
 
     async def save(self, user_id: str, tag: str, image_url: str) -> bool:
-        """Save or replace one tag; False: a new tag, and the user has MAX_TAGS_PER_USER already."""
+        """Save or replace one tag; False: a new tag, and the user has as many as one may keep."""
         ...
 
     async def list(self, user_id: str) -> dict[str, str]: ...
@@ -77,7 +71,8 @@ class UserTagStore(ReferenceStore, Protocol):
 class MemoryReferenceStore:
     """Per-process tags: the default when no database is configured."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_user: int, in_all: int) -> None:
+        self.per_user, self.in_all = per_user, in_all  # bounds: Settings.max_tags_*
         self._tags: dict[str, dict[str, str]] = {}
         self._count = 0
 
@@ -88,7 +83,7 @@ class MemoryReferenceStore:
     async def save(self, user_id: str, tag: str, image_url: str) -> bool:
         mine = self._tags.get(user_id, {})
         if tag.lower() not in mine:
-            if len(mine) >= MAX_TAGS_PER_USER or self._count >= MAX_TAGS_IN_MEMORY:
+            if len(mine) >= self.per_user or self._count >= self.in_all:
                 return False
             self._count += 1
         self._tags[user_id] = mine

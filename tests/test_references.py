@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-import gateway.analytics.references
 import pipeline.references
 from gateway.appkeys import REFERENCES
 from tests.conftest import MakeClient
@@ -88,14 +87,14 @@ async def test_saved_tag_lives_in_postgres(postgres_db: str, make_client: MakeCl
 
 @pytest.mark.parametrize("store", ["memory", "postgres"])
 async def test_a_user_keeps_at_most_max_tags_and_may_still_replace_them(
-    postgres_db: str, make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, store: str
 ) -> None:
     """One user's saves used to grow memory without bound (and a 118 MB list stalled everyone):
     past the cap a new tag is a 422 naming the field; replacing one still works; others are
     not affected."""
-    monkeypatch.setattr(gateway.analytics.references, "MAX_TAGS_PER_USER", 3)
-    monkeypatch.setattr(pipeline.references, "MAX_TAGS_PER_USER", 3)
-    settings = {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "s.jsonl")} if store == "postgres" else {}
+    settings: dict[str, object] = {"max_tags_per_user": 3}
+    if store == "postgres":
+        settings |= {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "s.jsonl")}
     client = await make_client(**settings)
     me = {"X-User-Id": "collector"}
     for i in range(3):
@@ -111,13 +110,13 @@ async def test_a_user_keeps_at_most_max_tags_and_may_still_replace_them(
 
 @pytest.mark.parametrize("store", ["memory", "postgres"])
 async def test_a_deleted_tag_is_no_longer_resolved_and_frees_its_place(
-    postgres_db: str, make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str
+    postgres_db: str, make_client: MakeClient, tmp_path: Path, store: str
 ) -> None:
     """A user who saved the wrong picture as @sarah can take it back: prompts stop resolving it,
     deleting it again says it was not there, and another user's @sarah is untouched."""
-    monkeypatch.setattr(gateway.analytics.references, "MAX_TAGS_PER_USER", 1)
-    monkeypatch.setattr(pipeline.references, "MAX_TAGS_PER_USER", 1)
-    settings = {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "s.jsonl")} if store == "postgres" else {}
+    settings: dict[str, object] = {"max_tags_per_user": 1}
+    if store == "postgres":
+        settings |= {"database_url": postgres_db, "analytics_spill_path": str(tmp_path / "s.jsonl")}
     client = await make_client(**settings)
     me, other = {"X-User-Id": "u1"}, {"X-User-Id": "u2"}
     for who in (me, other):
@@ -139,12 +138,10 @@ async def test_deleting_a_tag_no_prompt_could_mention_is_a_422(client: Any) -> N
     assert (refused.status, (await refused.json())["field"]) == (422, "tag")
 
 
-async def test_the_memory_store_is_bounded_in_all_whoever_callers_say_they_are(
-    client: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_the_memory_store_is_bounded_in_all_whoever_callers_say_they_are(make_client: MakeClient) -> None:
     """Open mode: callers name themselves (X-User-Id), so a new name per save would pass the
     per-user bound; the memory store also bounds its total."""
-    monkeypatch.setattr(pipeline.references, "MAX_TAGS_IN_MEMORY", 4)
+    client = await make_client(max_tags_in_memory=4)
     for i in range(4):
         saved = await client.post(REFS, json={"tag": "t", "image_url": SARAH}, headers={"X-User-Id": f"u{i}"})
         assert saved.status == 201

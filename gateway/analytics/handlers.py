@@ -8,12 +8,12 @@ import msgspec
 from aiohttp import web
 
 from gateway.analytics.views import MAX_DAYS, MAX_HOURS, Analytics, CostBucket, IntentBucket
-from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, USER_ID
+from gateway.appkeys import ANALYTICS, IMAGE_URL_POLICY, REFERENCES, SETTINGS, USER_ID
 from gateway.bodies import read_json_body
 from gateway.errors import AnalyticsNotConfigured, ValidationFailed
 from gateway.responses import json_response
 from gateway.wire import check_image_url, decode_json, query_count
-from pipeline.references import MAX_TAGS_PER_USER, is_tag, normal_tag
+from pipeline.references import is_tag, normal_tag
 
 
 class IntentReport(msgspec.Struct, kw_only=True):
@@ -86,7 +86,8 @@ async def save_reference(request: web.Request) -> web.Response:
     """POST /api/v1/references {tag, image_url}: save (or replace) one of the caller's @tags."""
     ref = await _read_reference(request)
     if not await request.app[REFERENCES].save(request[USER_ID], ref.tag, ref.image_url):
-        raise ValidationFailed(f"no room for another @tag (a user keeps at most {MAX_TAGS_PER_USER}): save "
+        most = request.app[SETTINGS].max_tags_per_user
+        raise ValidationFailed(f"no room for another @tag (a user keeps at most {most}): save "
                                "over one you have instead", field="tag")
     return json_response(ref, status=201)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncpg
 
 from gateway.analytics.pool import database_call
-from pipeline.references import MAX_TAGS_PER_USER
 
 
 class PostgresReferenceStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, per_user: int) -> None:
         self._pool = pool
+        self.per_user = per_user  # Settings.max_tags_per_user
 
     async def resolve(self, user_id: str, tags: tuple[str, ...]) -> dict[str, str]:
         rows = await database_call("resolve references", self._pool.fetch(
@@ -27,7 +27,7 @@ class PostgresReferenceStore:
             " OR (SELECT count(*) FROM user_references WHERE user_id = $1) < $4"
             " ON CONFLICT (user_id, tag)"
             " DO UPDATE SET image_url = EXCLUDED.image_url, updated_at = now()",
-            user_id, tag.lower(), image_url, MAX_TAGS_PER_USER,
+            user_id, tag.lower(), image_url, self.per_user,
         ))
         return bool(status.endswith(" 1"))  # "INSERT 0 1": saved; "INSERT 0 0": refused
 

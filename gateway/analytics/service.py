@@ -60,7 +60,7 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
         analytics = Analytics(pool)
         app[REQUEST_LOG] = writer
         app[ANALYTICS] = analytics
-        app[REFERENCES] = PostgresReferenceStore(pool)
+        app[REFERENCES] = PostgresReferenceStore(pool, per_user=settings.max_tags_per_user)
         app[HEALTH_PROBES]["postgres"] = lambda: _probe(pool, writer)
         observe_writer(app[METRICS], writer)
         writer.start()
