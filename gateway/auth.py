@@ -68,7 +68,7 @@ def is_loopback(host: str) -> bool:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     auth = request.app[AUTH]
-    refuse_other_sites(request.headers, auth.cors_origins)
+    refuse_other_sites(request, auth.cors_origins)
     scope = scope_for(request.path)
     if auth.open_if_no_keys is not None and scope != "public":
         await auth.decide()

@@ -17,9 +17,10 @@ PREFLIGHT = {"Origin": APP, "Access-Control-Request-Method": "POST",
 
 
 async def test_off_by_default_no_origin_gets_cors_headers(make_client: MakeClient) -> None:
+    """And a request from another origin's page is refused, not run (see the cross-site tests)."""
     client = await make_client()
     response = await client.post(PROCESS, json={"prompt": "a cat"}, headers={"Origin": APP})
-    assert response.status == 200
+    assert response.status == 403
     assert "Access-Control-Allow-Origin" not in response.headers
     preflight = await client.options(PROCESS, headers=PREFLIGHT)
     assert "Access-Control-Allow-Origin" not in preflight.headers
@@ -120,6 +121,9 @@ CROSS_SITE = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors", "Origin"
     CROSS_SITE,  # an EventSource on another site's page
     {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"},  # an <img>: no Origin
     {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors", "Origin": "https://other.example.com"},
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "iframe"},  # reloaded in a loop
+    {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},  # nobody links the API
+    {"Origin": "https://evil.example"},  # a browser that sends no Sec-Fetch-* (older Safari, plain http on a LAN)
 ])  # fmt: skip
 async def test_another_sites_page_cannot_make_the_browser_run_a_stream(
     make_client: MakeClient, headers: dict[str, str]
@@ -138,9 +142,12 @@ async def test_same_origin_pages_allowed_origins_links_and_non_browsers_are_serv
     for headers in (
         {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors"},  # the gateway's own web UI
         {**CROSS_SITE, "Origin": APP},  # the app, allowed
-        {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"},  # a link someone followed
+        {"Origin": APP},  # the app, from a browser that sends no Sec-Fetch-*
+        {"Origin": f"http://{client.host}:{client.port}"},  # the same origin, from such a browser
         {},  # curl, the app's backend, the load tester
     ):
         answered = await client.get(STREAM, params={"prompt": "a cat"}, headers=headers)
         assert answered.status == 200, headers
         assert parse_events(await answered.read())[-1].event == "done"
+    link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
+    assert (await client.get("/debug/traces", headers=link)).status == 200  # a trace linked from a chat
