@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import msgspec
 from aiohttp import web
@@ -80,10 +81,13 @@ class JsonRun:
         self.shutting_down = False
 
 
-async def run_to_result(request: web.Request, preq: PipelineRequest) -> ProcessResult:
-    """Run every stage and return the final answer (the `done` event)."""
+async def run_to_result(
+    request: web.Request, preq: PipelineRequest, *, started: float | None = None
+) -> ProcessResult:
+    """Run every stage and return the final answer (the `done` event); its times count from
+    `started` (time.perf_counter), by default the request's arrival."""
     stages: tuple[Stage, ...] = request.app[STAGES]
-    state = RequestState(request=preq, started=request[ARRIVED])
+    state = RequestState(request=preq, started=request[ARRIVED] if started is None else started)
     unfinished: str | None = "aborted"  # why no result was logged, until there is one
     in_flight = request.app[IN_FLIGHT]
     handler = asyncio.current_task()
@@ -268,7 +272,9 @@ async def compare(request: web.Request) -> web.Response:
     # it saw the rules twice). AI_CLASSIFICATION_ENABLED=false still turns it off.
     ai = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=True,
                                                               ignore_rollout=True))
-    existing = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=False))
+    # Timed from its own start: the rules' time is not the AI path's plus theirs.
+    existing = await run_to_result(request, msgspec.structs.replace(preq, use_ai_classification=False),
+                                   started=time.perf_counter())
     return json_response(
         Comparison(
             ai_classification=ai,

@@ -85,6 +85,28 @@ async def test_use_ai_classification_false_uses_the_existing_rules(client: Any) 
     assert result["metadata"]["arm"] == "existing"
 
 
+class SlowRules:
+    """The rules, 0.3 s late: an AI path that takes its time."""
+
+    name = "slow-rules"
+    version = "slow-1"
+
+    async def quick_answer(self, query: Any) -> None:
+        return None
+
+    async def classify(self, query: Any) -> Any:
+        await asyncio.sleep(0.3)
+        return await RulesClassifier().classify(query)
+
+
+async def test_compare_times_each_path_from_its_own_start(make_client: Any) -> None:
+    """The rules ran after the AI path, and their processing_time included the AI path's 0.3 s."""
+    client = await make_client(classifier=SlowRules())
+    result = await (await client.post("/api/v1/enhanced/compare", json={"prompt": "a cat"})).json()
+    assert result["ai_classification"]["processing_time"] >= 0.3
+    assert result["existing_system"]["processing_time"] < 0.2
+
+
 async def test_compare_shows_both_paths_and_their_differences(client: Any) -> None:
     """/compare answers with both results and per-field difference flags."""
     resp = await client.post("/api/v1/enhanced/compare", json={"prompt": "change my hair to blonde"})
