@@ -118,7 +118,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         request=ReferenceBody, response=UserReference, status="201", errors=_BODY_ERRORS
     ),
     ("GET", "/api/v1/references"): Operation(response=ReferenceList),
-    ("DELETE", "/api/v1/references/{tag}"): Operation(response=DeletedReference, errors=("422",)),
+    ("DELETE", "/api/v1/references/{tag}"): Operation(response=DeletedReference, errors=("422", "503")),
     ("GET", "/api/v1/enhanced/analytics/intents"): Operation(
         query={"hours": (Annotated[int, msgspec.Meta(ge=1, le=MAX_HOURS)], False)},
         response=IntentReport,

@@ -8,10 +8,19 @@ from typing import Protocol
 MAX_TAG_CHARS = 64
 
 
+# Marks that change nothing a reader sees (variation selectors, the combining grapheme joiner,
+# Mongolian's variant selectors): "sarah" with one would be a second tag that looks the same.
+_INVISIBLE_MARKS = frozenset(
+    [*"\u034f\u180b\u180c\u180d", *map(chr, range(0xFE00, 0xFE10)), *map(chr, range(0xE0100, 0xE01F0))]
+)
+
+
 def _is_word_char(char: str) -> bool:
     """A letter or digit in any script, `_`, or a combining mark (the vowel signs of Devanagari
     or Thai, an accent left uncomposed): what a name is written with."""
-    return char.isalnum() or char == "_" or unicodedata.category(char)[0] == "M"
+    if char.isalnum() or char == "_":
+        return True
+    return unicodedata.category(char)[0] == "M" and char not in _INVISIBLE_MARKS
 
 
 def _is_tag_char(char: str) -> bool:
@@ -33,13 +42,19 @@ def normal_tag(text: str) -> str:
 def find_mentions(prompt: str) -> tuple[str, ...]:
     """Tags in order of first appearance, normalised, without '@' or trailing dots: "@María" in
     any script is "maría". A tag longer than any that can be saved is no mention (cut short, it
-    would name another)."""
+    would name another). In a script written without spaces the tag runs to the next space or
+    punctuation ("@東京の写真" is the tag 東京の写真): write "@東京 の写真"."""
+    if "@" not in prompt:  # most prompts: nothing else runs
+        return ()
     seen: dict[str, None] = {}
-    at = prompt.find("@")  # most prompts have none: nothing else runs
+    at = prompt.find("@")
+    size = len(prompt)
     while at >= 0:
         end = at + 1
         if at == 0 or not (_is_word_char(prompt[at - 1]) or prompt[at - 1] == "@"):  # not an e-mail
-            while end < len(prompt) and _is_tag_char(prompt[end]):
+            # Looked at up to one character past the longest tag (a trailing dot or two aside).
+            bound = min(size, end + MAX_TAG_CHARS + 2)
+            while end < bound and _is_tag_char(prompt[end]):
                 end += 1
             tag = prompt[at + 1 : end].rstrip(".")
             if tag and tag[0].isalnum() and len(tag) <= MAX_TAG_CHARS:
@@ -55,7 +70,8 @@ class ReferenceStore(Protocol):
 
 
 class UserTagStore(ReferenceStore, Protocol):
-    """Where users save their tags: memory by default, Postgres with DATABASE_URL."""
+    """Where users save their tags: memory by default, Postgres with DATABASE_URL. Tags come
+    normalised (`normal_tag`), as find_mentions gives them."""
 
     async def save(self, user_id: str, tag: str, image_url: str) -> bool:
         """Save or replace one tag; False: a new tag, and the user has as many as one may keep."""
@@ -82,12 +98,12 @@ class MemoryReferenceStore:
 
     async def save(self, user_id: str, tag: str, image_url: str) -> bool:
         mine = self._tags.get(user_id, {})
-        if tag.lower() not in mine:
+        if tag not in mine:
             if len(mine) >= self.per_user or self._count >= self.in_all:
                 return False
             self._count += 1
         self._tags[user_id] = mine
-        mine[tag.lower()] = image_url
+        mine[tag] = image_url
         return True
 
     async def list(self, user_id: str) -> dict[str, str]:
@@ -95,7 +111,7 @@ class MemoryReferenceStore:
 
     async def delete(self, user_id: str, tag: str) -> bool:
         mine = self._tags.get(user_id, {})
-        if mine.pop(tag.lower(), None) is None:
+        if mine.pop(tag, None) is None:
             return False
         self._count -= 1
         if not mine:  # a user with no tags left costs no entry

@@ -59,6 +59,13 @@ def test_mentions_are_whole_tags_or_none() -> None:
     assert find("@sarah, then @Bob. (@anna) and @sarah again") == ("sarah", "bob", "anna")
     assert find("write to me@example.com or @@twice or @_x") == ()  # e-mail, not tags
     assert find("@" + "a" * 65 + " and @ok") == ("ok",)  # cut to 64 it would name another tag
+    assert find("@" + "a" * 64 + ".. or") == ("a" * 64,)  # the sentence's dots are not the tag's
+    assert find("put @sarah\ufe0f in red") == ("sarah",)  # an invisible mark is no part of a tag
+
+
+def test_a_tag_with_a_mark_no_reader_sees_cannot_be_saved() -> None:
+    """It would be a second @sarah that looks the same as the first."""
+    assert pipeline.references.is_tag("sarah") and not pipeline.references.is_tag("sarah\ufe0f")
 
 
 async def test_an_unknown_tag_brings_no_image(client: Any) -> None:

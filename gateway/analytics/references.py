@@ -27,7 +27,7 @@ class PostgresReferenceStore:
             " OR (SELECT count(*) FROM user_references WHERE user_id = $1) < $4"
             " ON CONFLICT (user_id, tag)"
             " DO UPDATE SET image_url = EXCLUDED.image_url, updated_at = now()",
-            user_id, tag.lower(), image_url, self.per_user,
+            user_id, tag, image_url, self.per_user,
         ))
         return bool(status.endswith(" 1"))  # "INSERT 0 1": saved; "INSERT 0 0": refused
 
@@ -39,6 +39,6 @@ class PostgresReferenceStore:
 
     async def delete(self, user_id: str, tag: str) -> bool:
         status = await database_call("delete the reference", self._pool.execute(
-            "DELETE FROM user_references WHERE user_id = $1 AND tag = $2", user_id, tag.lower()
+            "DELETE FROM user_references WHERE user_id = $1 AND tag = $2", user_id, tag
         ))
         return bool(status == "DELETE 1")  # (user_id, tag) is the key: one row or none

@@ -219,6 +219,7 @@ export function setupGenerate() {
     let finished = false;
     try {
       for await (const { event: name, data } of streamEvents(STREAM, body, { signal: mine.signal })) {
+        if (!current()) return; // replaced: an event already read must not land on the new run's page
         if (name === "done") {
           finished = true;
           recordRun(arrivals);
