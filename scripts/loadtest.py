@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import json
 import math
 import random
@@ -80,6 +81,7 @@ PURPOSES = ["", " for my mom", " for a client", " for our wedding album", " for 
 CLOSERS = ["", " thanks", " :)", " asap", " for instagram", " please", "!", " - looks great so far"]
 
 LAG_PROBE_SECONDS = 0.005
+STALL_MS = 1000.0  # a request cut by the run's end after waiting this long (and 10x a stream) stalled
 CONNECT_RETRY_SECONDS = 0.1  # a client whose connect failed waits this long before the next try
 
 
@@ -88,6 +90,11 @@ class Stats:
     started: float = field(default_factory=time.perf_counter)
     requests: int = 0  # answered or failed, each once (a stream with an error event may still end in done)
     done: int = 0
+    sent: int = 0  # requests written to a connection (rate_reached counts these)
+    cut_at_end: int = 0  # in flight when the run ended: neither finished nor failed
+    oldest_cut: float = 0.0  # ms the longest of those had been waiting
+    unsent: int = 0  # paced: starts that came due while their client still waited on an answer
+    reopened: int = 0  # kept-alive connections found closed by the server before a send
     ttfe: list[float] = field(default_factory=list)  # ms
     ttd: list[float] = field(default_factory=list)  # ms
     ttd_from_send: list[float] = field(default_factory=list)  # ms, paced runs: without the wait to send
@@ -192,14 +199,16 @@ class StreamClient:
     def __init__(self, host: str, port: int, path: str, headers: dict[str, str], timeout: float) -> None:
         self.host, self.port, self.path, self.timeout = host, port, path, timeout
         extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # an IPv6 literal
         self.head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n"
             f"Accept: text/event-stream\r\n{extra}"
         ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.first: float | None = None  # this request's first event (ms), kept if it times out
         self.retry_after = 0.0  # seconds the last answer (429, 503) asked the client to wait
+        self.completed = 0  # streams that reached `done`, warm-up included: the progress line's
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -210,32 +219,41 @@ class StreamClient:
         self, body: bytes, stats: Stats, *, run_left: float = float("inf"), scheduled: float | None = None
     ) -> None:
         """One request; `run_left`: seconds until the run ends. A request the run's end cuts short
-        is not counted (it neither finished nor failed). `scheduled`: when a paced run meant to
-        send it; its latencies count from then, so a request that waited behind a slow one
-        reports that wait (the coordinated omission wrk2 corrects)."""
+        neither finished nor failed: it is counted as cut at the end. `scheduled`: when a paced
+        run meant to send it; its latencies count from then, so a request that waited behind a
+        slow one reports that wait (the coordinated omission wrk2 corrects)."""
         measured = stats.measuring  # a request begun in the warm-up is not measured, wherever it ends
         self.first, self.retry_after = None, 0.0
         cut_by_run_end = run_left < self.timeout
         sent: float | None = None
         try:
             async with asyncio.timeout(min(self.timeout, max(run_left, 0.0))):
+                if self.reader is not None and self.reader.at_eof():
+                    # The server closed this kept-alive connection while it was idle (its
+                    # keep-alive timeout, a restart): a new one, as clients do. Only before
+                    # sending: a request sent and then dropped is a disconnect, never re-sent.
+                    await self.close()
+                    stats.reopened += measured
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                assert self.reader is not None
                 sent = time.perf_counter()  # latencies from the request, as before a reconnect
                 start = sent if scheduled is None else min(scheduled, sent)
-                try:
-                    outcome = await self._exchange(body, start)
-                except ClosedBeforeAnswer:
-                    # A kept-alive connection the server had closed (idle timeout, restart) before
-                    # this request reached it: any HTTP client sends again on a new one.
-                    await self.close()
-                    outcome = await self._exchange(body, start)
+                self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                stats.sent += measured
+                outcome = await self._read_response(self.reader, start)
         except TimeoutError:
             await self.close()
             if cut_by_run_end:
+                if measured:
+                    stats.cut_at_end += 1
+                    if sent is not None:
+                        stats.oldest_cut = max(stats.oldest_cut, (time.perf_counter() - sent) * 1000)
                 return
             outcome = (["timeout"], self.first, None)  # its first event, if any, was measured
         except OSError:  # ConnectionError included (TimeoutError, one too, is caught above)
             if self.writer is not None:  # the connection was up: it broke mid-request
-                outcome = (["disconnect"], None, None)
+                outcome = (["disconnect"], self.first, None)
                 await self.close()
             else:  # the server is not there (stopped, restarting): no spinning on refusals
                 outcome = (["connect_failed"], None, None)
@@ -246,9 +264,10 @@ class StreamClient:
         except (ValueError, IndexError, asyncio.LimitOverrunError):  # not HTTP/SSE as we read it
             outcome = (["malformed_response"], self.first, None)
             await self.close()
+        errors, first, done = outcome
+        self.completed += done is not None
         if not measured:
             return
-        errors, first, done = outcome
         stats.requests += 1
         stats.errors.update(errors)
         if first is not None:
@@ -259,30 +278,17 @@ class StreamClient:
             if scheduled is not None and sent is not None:
                 stats.ttd_from_send.append(done - (sent - start) * 1000)
 
-    async def _exchange(self, body: bytes, start: float) -> tuple[list[str], float | None, float | None]:
-        """Send on the kept-alive connection (opened if there is none) and read the answer."""
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-            fresh = True
-        else:
-            fresh = False
-        assert self.reader is not None
-        self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        try:
-            status_line = await self.reader.readuntil(b"\r\n")
-        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
-            nothing = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
-            if nothing and not fresh:
-                raise ClosedBeforeAnswer from exc
-            raise
-        return await self._read_response(self.reader, status_line, start)
-
     async def _read_response(
-        self, reader: asyncio.StreamReader, status_line: bytes, start: float
+        self, reader: asyncio.StreamReader, start: float
     ) -> tuple[list[str], float | None, float | None]:
         """(error kinds, ms to first event, ms to the done event) of one response."""
-        version, status_text = status_line.split(b" ", 2)[:2]
-        status = int(status_text)
+        while True:
+            version, status_text = (await reader.readuntil(b"\r\n")).split(b" ", 2)[:2]
+            status = int(status_text)
+            if not 100 <= status < 200:
+                break
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # an interim answer (103): skipped
+                pass
         length: int | None = None
         chunked, event_stream = False, False
         close = version == b"HTTP/1.0"  # 1.0 closes unless it says keep-alive
@@ -297,10 +303,12 @@ class StreamClient:
                 event_stream = value.startswith(b"text/event-stream")
             elif name == b"connection":
                 close = b"close" in value or (close and b"keep-alive" not in value)
-            elif name == b"retry-after" and value.isdigit():
-                self.retry_after = float(value)
-        if not chunked and length is None:
-            close = True  # the body ends where the connection does (RFC 9112 6.3)
+            elif name == b"retry-after" and status in (429, 503):
+                self.retry_after = _seconds_until(value.decode("latin-1"))
+        if status in (204, 304):  # never a body, whatever the headers say (RFC 9112 6.3)
+            chunked, length = False, 0
+        elif not chunked and length is None:
+            close = True  # the body ends where the connection does
         body = _chunks(reader, chunked, length)
         errors: list[str] = [] if status == 200 else [f"http_{status}"]
         if not event_stream:
@@ -318,8 +326,8 @@ class StreamClient:
                 pending = pending.replace(b"\r\n", b"\n")
             while (cut := pending.find(b"\n\n")) >= 0:
                 block, pending = pending[:cut], pending[cut + 2 :]
-                if block.startswith(b":"):  # heartbeat comment
-                    continue
+                if block.startswith(b":") or sse_field(block, b"data") is None:
+                    continue  # a heartbeat comment, or a block with no data: no event (SSE)
                 now = (time.perf_counter() - start) * 1000
                 if first is None:
                     first = self.first = now
@@ -334,10 +342,6 @@ class StreamClient:
         if done is None and not errors:
             errors.append("no_done_event")
         return errors, first, done
-
-
-class ClosedBeforeAnswer(Exception):
-    """The server closed a kept-alive connection before any byte of the answer."""
 
 
 async def _chunks(reader: asyncio.StreamReader, chunked: bool, length: int | None) -> AsyncIterator[bytes]:
@@ -358,6 +362,17 @@ async def _chunks(reader: asyncio.StreamReader, chunked: bool, length: int | Non
             return
         left = left - len(piece) if left > 0 else left
         yield piece
+
+
+def _seconds_until(value: str) -> float:
+    """A Retry-After value, delta-seconds or an HTTP date, in seconds from now (0: unreadable)."""
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _error_code(data: bytes | None) -> str:
@@ -399,8 +414,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     # latency is measured at a set load instead of at saturation.
     interval = args.concurrency / args.rate if args.rate else 0.0
 
+    streams = [StreamClient(host, port, args.path, {**headers, "X-User-Id": f"load-{index}"}, args.timeout)
+               for index in range(args.concurrency)]  # fmt: skip
+
     async def client_loop(index: int) -> None:
-        client = StreamClient(host, port, args.path, {**headers, "X-User-Id": f"load-{index}"}, args.timeout)
+        client = streams[index]
         next_start = time.perf_counter() + interval * index / args.concurrency
         try:
             while time.perf_counter() < deadline:
@@ -417,22 +435,26 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 await client.request(mix.body(), stats, run_left=deadline - time.perf_counter(), scheduled=scheduled)
                 if client.retry_after:  # 429/503 asked to wait: do, as a client would
                     await asyncio.sleep(min(client.retry_after, max(0.0, deadline - time.perf_counter())))
+            if interval and next_start < deadline and stats.measuring:
+                # Starts that came due while this client still waited (a stalled answer): never
+                # sent, so in no percentile; counted, so a stall cannot hide in them.
+                stats.unsent += math.ceil((deadline - next_start) / interval)
         finally:
             await client.close()
 
     async def progress() -> None:
-        """Each second: the rate over that second (an average since the start hides a stall)."""
-        last_done, last_at = 0, time.perf_counter()
+        """Each second: the rate over that second (an average since the start hides a stall),
+        warm-up included."""
+        began = last_at = time.perf_counter()
+        last_done = 0
         while True:
             await asyncio.sleep(1)
-            now = time.perf_counter()
-            if stats.done < last_done:  # the warm-up ended: counting starts again
-                last_done, last_at = 0, stats.started
-            rate = (stats.done - last_done) / max(now - last_at, 1e-9)
-            last_done, last_at = stats.done, now
+            now, done = time.perf_counter(), sum(client.completed for client in streams)
+            rate = (done - last_done) / max(now - last_at, 1e-9)
+            last_done, last_at = done, now
             phase = "measuring" if stats.measuring else "warming up"
             sys.stderr.write(
-                f"\r{now - stats.started:6.1f}s {phase}  done={stats.done:<8} {rate:8.0f} req/s  "
+                f"\r{now - began:6.1f}s {phase}  done={done:<8} {rate:8.0f} req/s  "
                 f"errors={sum(stats.errors.values())}   "
             )
             sys.stderr.flush()
@@ -481,6 +503,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "interrupted": interrupted.is_set(),  # Ctrl-C: the figures are for what ran until then
         "requests": stats.requests,
         "completed": stats.done,  # streams that reached `done`
+        "sent": stats.sent,
+        "cut_at_end": stats.cut_at_end,  # in flight as the run ended: in no percentile
+        "oldest_cut_ms": round(stats.oldest_cut, 3),  # how long the longest of them had waited
+        "unsent": stats.unsent if args.rate else None,  # paced starts due while their client waited
+        "reopened": stats.reopened,  # idle connections the server had closed, reopened before a send
         "requests_per_s": round(stats.done / elapsed, 1) if elapsed else 0.0,  # completed ones
         "answered_per_s": round(stats.requests / elapsed, 1) if elapsed else 0.0,  # errors too
         "ttfe_ms": percentiles(stats.ttfe),
@@ -491,7 +518,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "errors": dict(stats.errors),
         "client_lag_ms": {**percentiles(stats.lag), "max": round(max(stats.lag, default=0.0), 3)},
         # Paced runs: what was reached (the load generator or the server may fall behind).
-        "rate_reached": round(stats.requests / elapsed, 1) if args.rate and elapsed else None,
+        "rate_reached": round(stats.sent / elapsed, 1) if args.rate and elapsed else None,
         "repeat_share": None if args.prompts else args.repeat_share,
         "prompts": args.prompts,
         "target_rate": args.rate,
@@ -522,6 +549,15 @@ def render(report: dict[str, object]) -> str:
         ("errors", json.dumps(report["errors"]) if report["errors"] else "none"),
         ("load tester's loop lag p99/max ms", f"{lag['p99']} / {lag['max']}"),
     ]
+    # Every client has a request in flight as a run ends; one in flight far longer than a stream
+    # takes, or paced starts never sent, is a stall the percentiles cannot show.
+    oldest, typical = report.get("oldest_cut_ms"), ttd["p50"]
+    stalled = isinstance(oldest, float) and oldest > max(STALL_MS, 10 * (typical or 0.0))
+    if stalled or report.get("unsent"):
+        rows.append(("WARNING: not answered in the run",
+                     f"{report['cut_at_end']} in flight at the end (the oldest for {oldest} ms)"
+                     + (f", {report['unsent']} paced starts due but never sent" if report.get("unsent") else "")
+                     + ": a stalled server? They are in no percentile; a lower --timeout fails them"))
     target, reached = report.get("target_rate"), report.get("rate_reached")
     if isinstance(target, float) and isinstance(reached, float) and reached < 0.9 * target:
         rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: the server "
@@ -555,8 +591,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     url = urlsplit(args.url)
-    if url.scheme != "http" or not url.hostname or url.path.strip("/"):
-        parser.error("--url takes http://host[:port] (plain HTTP, no path: --path names the endpoint)")
+    try:
+        url.port  # noqa: B018  # urlsplit checks the port only when asked
+    except ValueError:
+        parser.error(f"--url has no valid port: {args.url}")
+    if url.scheme != "http" or not url.hostname or url.path.strip("/") or url.query or url.username:
+        parser.error("--url takes http://host[:port] (plain HTTP; no path, query or credentials: --path "
+                     "names the endpoint, --api-key the credential)")
     for name, value, least in (("-c/--concurrency", args.concurrency, 1), ("-n/--requests", args.requests, 1),
                                ("--hot", args.hot, 1)):  # fmt: skip
         if value is not None and value < least:
@@ -566,6 +607,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{name} must be more than 0")
     if args.warmup < 0:
         parser.error("--warmup must be 0 or more")
+    if args.repeat_share is not None and not 0 <= args.repeat_share <= 1:
+        parser.error("--repeat-share is a share: 0 to 1")
     if args.duration is None and args.requests is None:
         args.duration = 10.0
     if args.prompts and (args.repeat_share is not None or args.hot is not None or args.walk_start):
@@ -586,9 +629,11 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner()
     with runner:
         report = runner.run(run(args))
-    if not args.json:
-        sys.stdout.write(render(report))
-    sys.stdout.write(json.dumps(report) + "\n")
+    with contextlib.suppress(BrokenPipeError):  # piped into head: the reader has what it wanted
+        if not args.json:
+            sys.stdout.write(render(report))
+        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.flush()
     # Usable as a gate: a run in which no stream finished failed (Ctrl-C stops it without fault).
     return 0 if report["completed"] or report["interrupted"] else 1
 

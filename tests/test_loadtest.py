@@ -193,10 +193,17 @@ class RawServer:
     """A server answering every request on a keep-alive connection with `answer` (raw bytes):
     what a misbehaving gateway or proxy might send."""
 
-    def __init__(self, answer: bytes, *, stall: bool = False, close: bool = False, first_delay: float = 0.0) -> None:
+    def __init__(
+        self, answer: bytes, *, stall: bool = False, close: bool = False, first_delay: float = 0.0,
+        idle_close: float | None = None, drop_second: bool = False, delay: float = 0.0,
+    ) -> None:  # fmt: skip
         """`stall`: never answer again after the first; `close`: close the connection after
-        each answer (whatever its headers say); `first_delay`: seconds before the first answer."""
+        each answer (whatever its headers say); `first_delay`: seconds before the first answer;
+        `idle_close`: close a connection idle this long (a keep-alive timeout); `drop_second`:
+        read a connection's second request and close without answering (a crash); `delay`:
+        seconds before every answer (a long stream)."""
         self.answer, self.stall, self.close, self.first_delay = answer, stall, close, first_delay
+        self.idle_close, self.drop_second, self.delay = idle_close, drop_second, delay
         self.requests = 0
         self.connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -217,13 +224,22 @@ class RawServer:
         assert task is not None
         self.connections[task] = writer
         try:
+            on_this_connection = 0
             while True:
-                await reader.readuntil(b"\r\n\r\n")
+                try:
+                    async with asyncio.timeout(self.idle_close):
+                        await reader.readuntil(b"\r\n\r\n")
+                except TimeoutError:
+                    writer.close()
+                    return
                 length = 30  # the load tester's bodies are longer: read what it sends
                 await reader.read(length)
                 self.requests += 1
-                if self.requests == 1:
-                    await asyncio.sleep(self.first_delay)
+                on_this_connection += 1
+                if self.drop_second and on_this_connection == 2:
+                    writer.close()
+                    return
+                await asyncio.sleep(self.delay + (self.first_delay if self.requests == 1 else 0.0))
                 writer.write(self.answer)
                 await writer.drain()
                 if self.stall:
@@ -245,12 +261,15 @@ def _chunked(*events: bytes) -> bytes:
     (_chunked(b"event: error\ndata: {not json\n\n"), "event_unknown"),
     (b"HTTPgarbage\r\n\r\n", "malformed_response"),  # no status code
     (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", "malformed_response"),  # a header past 64 KiB
+    (b"HTTP/1.1 204 No Content\r\n\r\n", "http_204"),  # no body: was read until close, then dropped
+    (_chunked(b"retry: 10\n\n"), "no_done_event"),  # a block without data is no event
 ])  # fmt: skip
 async def test_a_malformed_answer_is_counted_by_kind_not_a_crash(answer: bytes, kind: str) -> None:
     loadtest = load_script("loadtest")
     async with RawServer(answer) as url:
         report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "3", "--no-progress"]))
     assert report["requests"] == 3 and report["completed"] == 0 and kind in report["errors"]
+    assert report["ttfe_ms"]["p50"] is None or kind.startswith("event_")
 
 
 async def test_the_run_ends_at_its_duration_even_against_a_server_that_stalls() -> None:
@@ -259,10 +278,50 @@ async def test_the_run_ends_at_its_duration_even_against_a_server_that_stalls() 
     loadtest = load_script("loadtest")
     started = time.perf_counter()
     async with RawServer(_chunked(b"event: context\ndata: {}\n\n")[:-5], stall=True) as url:
-        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1", "--no-progress"]))
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1.5", "--no-progress"]))
     assert time.perf_counter() - started < 5
     assert (report["requests"], report["completed"], report["errors"]) == (0, 0, {})
     assert report["ttfe_ms"] == {"p50": None, "p95": None, "p99": None}  # nothing measured: not "0 ms"
+    # ... but not unseen: the report says two requests hung to the end (it said nothing at all).
+    assert report["cut_at_end"] == 2 and report["oldest_cut_ms"] >= 1400
+    assert "WARNING: not answered in the run" in loadtest.render(report)
+
+
+async def test_paced_starts_a_stalled_client_never_sent_are_counted() -> None:
+    """One request per 0.1 s, and the first answer never ends: the starts due behind it were in no
+    percentile and no count (the corrected latencies cannot include what was never sent)."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(b"event: context\ndata: {}\n\n")[:-5], stall=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-d", "1", "--rate", "10",
+                                                         "--no-progress"]))
+    assert report["sent"] == 1 and report["unsent"] >= 8
+
+
+async def test_the_rate_reached_counts_what_was_sent_not_what_was_answered_in_the_run() -> None:
+    """Streams of 0.4 s paced at 8/s: all sent on time, but those still open at the end were not
+    answered, and the report said the run fell behind its rate."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE), delay=0.4) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "4", "-d", "1", "--rate", "8",
+                                                         "--no-progress"]))
+    assert report["rate_reached"] >= 7 and "behind the --rate" not in loadtest.render(report)
+
+
+async def test_a_503_asks_by_http_date_and_is_waited_for() -> None:
+    import email.utils
+
+    loadtest = load_script("loadtest")
+    when = email.utils.formatdate(time.time() + 3, usegmt=True).encode()
+    answer = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: " + when + b"\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1", "--no-progress"]))
+    assert report["errors"] == {"http_503": 2}  # one each, then waiting (it was thousands)
+
+
+def test_an_ipv6_url_is_sent_a_bracketed_host() -> None:
+    loadtest = load_script("loadtest")
+    client = loadtest.StreamClient("::1", 8000, "/api/v1/enhanced/stream", {}, 1.0)
+    assert b"\r\nHost: [::1]:8000\r\n" in client.head
 
 
 @pytest.mark.parametrize("events", [
@@ -296,7 +355,9 @@ async def test_a_429_with_retry_after_is_waited_for_not_hammered() -> None:
 
 @pytest.mark.parametrize("argv", [["-d", "0"], ["-n", "0"], ["-c", "0"], ["--hot", "0"], ["--rate", "-5"],
                                   ["--url", "https://127.0.0.1:8000"], ["--url", "127.0.0.1:8000"],
-                                  ["--url", "http://127.0.0.1:8000/prefix"]])  # fmt: skip
+                                  ["--url", "http://127.0.0.1:8000/prefix"], ["--url", "http://127.0.0.1:99999"],
+                                  ["--url", "http://127.0.0.1:abc"], ["--url", "http://u:p@127.0.0.1:8000"],
+                                  ["--repeat-share", "1.5"]])  # fmt: skip
 def test_arguments_that_would_run_forever_or_elsewhere_are_refused(argv: list[str]) -> None:
     loadtest = load_script("loadtest")
     with pytest.raises(SystemExit) as refused:
@@ -343,13 +404,27 @@ async def test_a_stream_that_ends_where_the_connection_does_is_read() -> None:
     assert (report["completed"], report["errors"]) == (3, {})
 
 
-async def test_a_kept_alive_connection_the_server_closed_is_reopened_not_counted_as_a_disconnect() -> None:
-    """A server closing idle connections (keep-alive timeout) without saying so: the next request
-    finds the connection closed before any answer and goes again on a new one, as clients do."""
+async def test_a_kept_alive_connection_the_server_closed_while_idle_is_reopened_not_a_disconnect() -> None:
+    """A server closing connections idle for 0.1 s (its keep-alive timeout), a client pacing one
+    request every 0.25 s: each finds its connection closed and opens a new one, as clients do."""
     loadtest = load_script("loadtest")
-    async with RawServer(_chunked(DONE), close=True) as url:
-        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "4", "--no-progress"]))
-    assert (report["completed"], report["errors"]) == (4, {})
+    async with RawServer(_chunked(DONE), idle_close=0.1) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-d", "1.1", "--rate", "4",
+                                                         "--no-progress"]))
+    assert report["completed"] >= 4 and report["errors"] == {}
+    assert report["reopened"] >= 3
+
+
+async def test_a_request_the_server_took_and_dropped_is_a_disconnect_never_sent_again() -> None:
+    """A server that reads a connection's second request and closes without answering: that is a
+    failure to report, and re-sending it would double the server's work (it did: 1,058 received
+    for 527 counted, and no error)."""
+    loadtest = load_script("loadtest")
+    server = RawServer(_chunked(DONE), drop_second=True)
+    async with server as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "6", "--no-progress"]))
+    assert report["errors"] == {"disconnect": 3} and report["completed"] == 3
+    assert server.requests == report["sent"] == 6
 
 
 async def test_a_server_that_closes_mid_answer_is_a_disconnect() -> None:
