@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import TypeVar, overload
+from typing import TypeVar, get_args, overload
 
 import msgspec
 
@@ -22,7 +22,7 @@ from gateway.errors import (
 )
 from gateway.prompttext import clean_prompt
 from gateway.urlpolicy import ImageUrlPolicy, UrlPolicy
-from pipeline.types import PipelineRequest, Preferences
+from pipeline.types import Format, PipelineRequest, Preferences, Quality, Style
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -118,6 +118,8 @@ def decode_query(raw_query: str) -> ProcessBody:
 
 
 _MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+# What a preference may be: said when a value is none of them (msgspec echoes the whole value).
+_CHOICES = {"quality": get_args(Quality), "style": get_args(Style), "format": get_args(Format)}
 
 
 def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = False) -> ValidationFailed:
@@ -131,6 +133,9 @@ def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = F
         field = f"{field}.{missing[1]}" if field else missing[1]
     if field and query_string:
         field = field.removeprefix("user_preferences.")
+    choices = _CHOICES.get(field.rpartition(".")[2]) if head.startswith("Invalid enum value") else None
+    if choices:
+        head = f"{field.rpartition('.')[2]} must be one of: {', '.join(choices)}"
     return ValidationFailed(head if sep else message, field=field or None)
 
 

@@ -42,6 +42,19 @@ async def test_invalid_fields_get_422_naming_the_field(client: Any, body: dict[s
     assert error["detail"]
 
 
+@pytest.mark.parametrize(("preferences", "detail"), [
+    ({"quality": "x" * 500}, "quality must be one of: speed, balanced, quality"),
+    ({"format": "2:1"}, "format must be one of: square, portrait, landscape, 1:1, 4:3, 3:4, 16:9, 9:16"),
+])  # fmt: skip
+async def test_a_preference_that_is_none_of_its_choices_is_told_the_choices(
+    client: Any, preferences: dict[str, str], detail: str
+) -> None:
+    """The 422 echoed the whole bad value ("Invalid enum value 'xxx...'", 500 characters) and
+    named no value that would do."""
+    resp = await client.post(PROCESS, json={"prompt": "a cat", "user_preferences": preferences})
+    assert resp.status == 422 and (await resp.json())["detail"] == detail
+
+
 async def test_prompt_of_exactly_2000_characters_is_accepted(client: Any) -> None:
     """The limit is inclusive."""
     resp = await client.post(PROCESS, json={"prompt": "a" * 2000})
