@@ -21,9 +21,11 @@ from gateway.errors import Forbidden, Handler
 
 ALLOW_METHODS = "GET, POST, DELETE"
 # What the gateway's clients send: a key or token, a JSON body (maybe compressed), a trace to
-# continue, EventSource's reconnect id, and the open mode's user id.
+# continue, EventSource's reconnect id, and the open mode's user id; and what common frontend
+# libraries add on their own (EventSource polyfills' Cache-Control and X-Requested-With, a
+# request id), which would otherwise fail the preflight.
 ALLOW_HEADERS = ("Authorization, Content-Type, Content-Encoding, Last-Event-ID, traceparent, "
-                 "tracestate, X-User-Id")
+                 "tracestate, X-User-Id, Cache-Control, X-Requested-With, X-Request-Id")
 EXPOSE_HEADERS = ("X-Trace-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
                   "WWW-Authenticate")
 MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
