@@ -93,7 +93,7 @@ class Stats:
     sent: int = 0  # requests written to a connection (rate_reached counts these)
     cut_at_end: int = 0  # in flight when the run ended: neither finished nor failed
     oldest_cut: float = 0.0  # ms the longest of those had been waiting
-    unsent: int = 0  # paced: starts that came due while their client still waited on an answer
+    unsent: int = 0  # paced: starts that came due while every connection still waited on an answer
     reopened: int = 0  # kept-alive connections found closed by the server before a send
     ttfe: list[float] = field(default_factory=list)  # ms
     ttd: list[float] = field(default_factory=list)  # ms
@@ -410,35 +410,42 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     deadline = time.perf_counter() + args.warmup + (args.duration if args.duration is not None else 1e9)
     budget = [args.requests or 0]
 
-    # With --rate, each client starts a request every concurrency/rate seconds (staggered), so
-    # latency is measured at a set load instead of at saturation.
-    interval = args.concurrency / args.rate if args.rate else 0.0
+    # With --rate, requests come due on one schedule, --rate a second, and whichever of the -c
+    # connections is free sends the next one due (an open model, as k6's constant-arrival-rate
+    # executor): a slow answer holds up no other request. One waits only while every connection
+    # is busy, and its latencies count from when it was due (wrk2's correction), so that wait
+    # shows. (Each connection keeping a schedule of its own charged one slow stream's time to
+    # the next few requests of its connection, as if the server had kept them waiting.)
+    due: asyncio.Queue[float] = asyncio.Queue()
+
+    async def schedule() -> None:
+        step, at = 1 / args.rate, time.perf_counter()
+        while at < deadline:
+            now = time.perf_counter()
+            while at <= now and at < deadline:
+                due.put_nowait(at)
+                at += step
+            await asyncio.sleep(max(0.0, min(at, deadline) - time.perf_counter()))
+        for _ in range(args.concurrency):
+            due.put_nowait(math.inf)  # the end: one for each client still waiting for a start
 
     streams = [StreamClient(host, port, args.path, {**headers, "X-User-Id": f"load-{index}"}, args.timeout)
                for index in range(args.concurrency)]  # fmt: skip
 
     async def client_loop(index: int) -> None:
         client = streams[index]
-        next_start = time.perf_counter() + interval * index / args.concurrency
         try:
             while time.perf_counter() < deadline:
                 if args.requests and stats.measuring:  # -n counts measured requests, not the warm-up's
                     if budget[0] <= 0:
                         return
                     budget[0] -= 1
-                scheduled = None
-                if interval:
-                    await asyncio.sleep(max(0.0, min(next_start, deadline) - time.perf_counter()))
-                    scheduled, next_start = next_start, next_start + interval
-                if time.perf_counter() >= deadline:  # paced: the wait may have run past the end
-                    return
+                scheduled = await due.get() if args.rate else None
+                if time.perf_counter() >= deadline or (scheduled is not None and scheduled >= deadline):
+                    return  # paced: the wait may have run past the end
                 await client.request(mix.body(), stats, run_left=deadline - time.perf_counter(), scheduled=scheduled)
                 if client.retry_after:  # 429/503 asked to wait: do, as a client would
                     await asyncio.sleep(min(client.retry_after, max(0.0, deadline - time.perf_counter())))
-            if interval and next_start < deadline and stats.measuring:
-                # Starts that came due while this client still waited (a stalled answer): never
-                # sent, so in no percentile; counted, so a stall cannot hide in them.
-                stats.unsent += math.ceil((deadline - next_start) / interval)
         finally:
             await client.close()
 
@@ -469,6 +476,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(args.warmup)
         stats.__init__()  # type: ignore[misc]  # measurement starts now
 
+    scheduler = asyncio.create_task(schedule()) if args.rate else None
     reporter = asyncio.create_task(progress()) if args.progress else None
     warm = asyncio.create_task(end_warmup()) if args.warmup > 0 else None
     prober = asyncio.create_task(probe_lag())
@@ -491,9 +499,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     elapsed = time.perf_counter() - stats.started
-    for task in (reporter, warm, prober):
+    for task in (scheduler, reporter, warm, prober):
         if task:
             task.cancel()
+    measured_from = stats.started if stats.measuring else math.inf
+    while not due.empty():  # starts that came due while every connection waited on an answer
+        stats.unsent += measured_from <= due.get_nowait() < deadline
     if args.progress:
         sys.stderr.write("\n")
     return {
@@ -506,7 +517,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "sent": stats.sent,
         "cut_at_end": stats.cut_at_end,  # in flight as the run ended: in no percentile
         "oldest_cut_ms": round(stats.oldest_cut, 3),  # how long the longest of them had waited
-        "unsent": stats.unsent if args.rate else None,  # paced starts due while their client waited
+        "unsent": stats.unsent if args.rate else None,  # paced starts due while every connection waited
         "reopened": stats.reopened,  # idle connections the server had closed, reopened before a send
         "requests_per_s": round(stats.done / elapsed, 1) if elapsed else 0.0,  # completed ones
         "answered_per_s": round(stats.requests / elapsed, 1) if elapsed else 0.0,  # errors too
@@ -556,7 +567,8 @@ def render(report: dict[str, object]) -> str:
     if stalled or report.get("unsent"):
         rows.append(("WARNING: not answered in the run",
                      f"{report['cut_at_end']} in flight at the end (the oldest for {oldest} ms)"
-                     + (f", {report['unsent']} paced starts due but never sent" if report.get("unsent") else "")
+                     + (f", {report['unsent']} paced starts due but never sent (every connection was busy)"
+                        if report.get("unsent") else "")
                      + ": a stalled server? They are in no percentile; a lower --timeout fails them"))
     target, reached = report.get("target_rate"), report.get("rate_reached")
     if isinstance(target, float) and isinstance(reached, float) and reached < 0.9 * target:

@@ -287,6 +287,17 @@ async def test_the_run_ends_at_its_duration_even_against_a_server_that_stalls() 
     assert "WARNING: not answered in the run" in loadtest.render(report)
 
 
+async def test_a_paced_run_sends_each_due_request_on_whichever_connection_is_free() -> None:
+    """One answer stalls 0.6 s in a run of 20 requests a second on 4 connections: the requests
+    due meanwhile go on the other three. Each connection keeping a schedule of its own made
+    the stalled one's next requests wait for it too, as if the server had kept them waiting."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE), first_delay=0.6) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "4", "-d", "1.2", "--rate", "20",
+                                                         "--no-progress"]))
+    assert report["completed"] >= 20 and report["ttd_ms"]["p95"] < 300 and report["unsent"] == 0
+
+
 async def test_paced_starts_a_stalled_client_never_sent_are_counted() -> None:
     """One request per 0.1 s, and the first answer never ends: the starts due behind it were in no
     percentile and no count (the corrected latencies cannot include what was never sent)."""
