@@ -145,17 +145,24 @@ async def test_postgres_queries_are_client_spans_of_the_current_trace(make_clien
     assert failed.status.status_code.name == "ERROR" and failed.events[0].name == "exception"
 
 
+async def traced_llm(make_client: MakeClient, **settings: Any) -> tuple[Any, InMemorySpanExporter]:
+    """A gateway classifying with the (mocked) LLM, whose finished spans the exporter keeps."""
+    from tests.test_llm_app import LLM
+
+    client = await make_client(intent_classifier="llm", **{**LLM, **settings})
+    exporter = InMemorySpanExporter()
+    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    return client, exporter
+
+
 async def test_llm_calls_are_client_spans_under_the_intent_stage(
     make_client: MakeClient, upstream: Any
 ) -> None:
     """Each upstream chat call is a CLIENT span under stage.intent, with model and token counts."""
     from tests.test_llm import ENDPOINT, answer, completion
-    from tests.test_llm_app import LLM
 
     upstream.post(ENDPOINT, payload=completion(answer("hair_styling", 0.93)), repeat=True)
-    client = await make_client(intent_classifier="llm", **LLM)
-    exporter = InMemorySpanExporter()
-    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    client, exporter = await traced_llm(make_client)
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
     assert (await response.json())["intent_source"] == "llm"
     named = {s.name: s for s in exporter.get_finished_spans()}
@@ -176,16 +183,13 @@ async def test_an_llm_call_cut_by_the_deadline_is_an_error_span_not_a_cancelled_
     from aioresponses import CallbackResult
 
     from tests.test_llm import ENDPOINT, answer, completion
-    from tests.test_llm_app import LLM
 
     async def hang(url: Any, **kwargs: Any) -> CallbackResult:
         await asyncio.sleep(5)
         return CallbackResult(payload=completion(answer()))
 
     upstream.post(ENDPOINT, callback=hang)
-    client = await make_client(intent_classifier="llm", **{**LLM, "classification_timeout": 0.2})
-    exporter = InMemorySpanExporter()
-    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    client, exporter = await traced_llm(make_client, classification_timeout=0.2)
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
     assert (await response.json())["fallback_used"] is True
     chat = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini")
@@ -209,12 +213,9 @@ async def test_an_llm_answer_that_is_no_answer_is_an_error_span_and_the_stage_sa
     and the trace said nothing of why the intent stage fell back, nor did it when the circuit
     was open and no call was made at all."""
     from tests.test_llm import ENDPOINT, completion
-    from tests.test_llm_app import LLM
 
     upstream.post(ENDPOINT, payload=completion("sorry, I cannot help with that"), repeat=True)
-    client = await make_client(intent_classifier="llm", **{**LLM, "circuit_breaker_failure_threshold": 1})
-    exporter = InMemorySpanExporter()
-    client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))
+    client, exporter = await traced_llm(make_client, circuit_breaker_failure_threshold=1)
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
     assert (await response.json())["fallback_used"] is True
     chat = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini")
