@@ -8,19 +8,21 @@ from typing import Protocol
 MAX_TAG_CHARS = 64
 
 
-# Marks that change nothing a reader sees (variation selectors, the combining grapheme joiner,
-# Mongolian's variant selectors): "sarah" with one would be a second tag that looks the same.
-_INVISIBLE_MARKS = frozenset(
-    [*"\u034f\u180b\u180c\u180d", *map(chr, range(0xFE00, 0xFE10)), *map(chr, range(0xE0100, 0xE01F0))]
-)
+# Characters no reader sees that count as letters or marks (variation selectors, the combining
+# grapheme joiner, Mongolian's variant selectors, Hangul fillers, Khmer's invisible vowels):
+# "sarah" with one would be a second tag that looks the same.
+_INVISIBLE = frozenset([
+    *"\u034f\u115f\u1160\u17b4\u17b5\u180b\u180c\u180d\u3164\uffa0",
+    *map(chr, range(0xFE00, 0xFE10)), *map(chr, range(0xE0100, 0xE01F0)),
+])  # fmt: skip
 
 
 def _is_word_char(char: str) -> bool:
     """A letter or digit in any script, `_`, or a combining mark (the vowel signs of Devanagari
     or Thai, an accent left uncomposed): what a name is written with."""
-    if char.isalnum() or char == "_":
-        return True
-    return unicodedata.category(char)[0] == "M" and char not in _INVISIBLE_MARKS
+    if char in _INVISIBLE:
+        return False
+    return char.isalnum() or char == "_" or unicodedata.category(char)[0] == "M"
 
 
 def _is_tag_char(char: str) -> bool:
@@ -30,8 +32,8 @@ def _is_tag_char(char: str) -> bool:
 def is_tag(text: str) -> bool:
     """Whether `text` (no '@') is a tag a prompt can mention: a letter or digit, then up to 63 of
     those, marks and `_.-`, not ending in '.' (which ends the sentence, not the tag)."""
-    return (0 < len(text) <= MAX_TAG_CHARS and text[0].isalnum() and not text.endswith(".")
-            and all(_is_tag_char(char) for char in text))  # fmt: skip
+    return (0 < len(text) <= MAX_TAG_CHARS and text[0].isalnum() and text[0] not in _INVISIBLE
+            and not text.endswith(".") and all(_is_tag_char(char) for char in text))  # fmt: skip
 
 
 def normal_tag(text: str) -> str:
@@ -56,8 +58,9 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
             bound = min(size, end + MAX_TAG_CHARS + 2)
             while end < bound and _is_tag_char(prompt[end]):
                 end += 1
+            too_long = end == bound and end < size and _is_tag_char(prompt[end])  # the run goes on
             tag = prompt[at + 1 : end].rstrip(".")
-            if tag and tag[0].isalnum() and len(tag) <= MAX_TAG_CHARS:
+            if tag and not too_long and is_tag(tag):
                 seen.setdefault(normal_tag(tag), None)
         at = prompt.find("@", end)
     return tuple(seen)

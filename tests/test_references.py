@@ -61,11 +61,14 @@ def test_mentions_are_whole_tags_or_none() -> None:
     assert find("@" + "a" * 65 + " and @ok") == ("ok",)  # cut to 64 it would name another tag
     assert find("@" + "a" * 64 + ".. or") == ("a" * 64,)  # the sentence's dots are not the tag's
     assert find("put @sarah\ufe0f in red") == ("sarah",)  # an invisible mark is no part of a tag
+    assert find("put @sarah\u3164 in red") == ("sarah",)  # nor an invisible letter (a Hangul filler)
+    assert find("@" + "a" * 62 + "....b") == ()  # too long, though its first 62 letters and the dots look whole
 
 
 def test_a_tag_with_a_mark_no_reader_sees_cannot_be_saved() -> None:
     """It would be a second @sarah that looks the same as the first."""
     assert pipeline.references.is_tag("sarah") and not pipeline.references.is_tag("sarah\ufe0f")
+    assert not pipeline.references.is_tag("sarah\u3164") and not pipeline.references.is_tag("\u3164sarah")
 
 
 async def test_an_unknown_tag_brings_no_image(client: Any) -> None:
