@@ -12,7 +12,7 @@ requests are made before the app and carry none.)
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
@@ -73,7 +73,7 @@ def refuse_other_sites(request: web.Request, origins: frozenset[str]) -> None:
     site = headers.get("Sec-Fetch-Site")
     origin = headers.get(hdrs.ORIGIN)
     if site is None:
-        if origin is None or _allows(origins, origin) or origin.partition("://")[2] == headers.get(hdrs.HOST):
+        if origin is None or _allows(origins, origin) or _same_origin(origin, headers):
             return
     elif site in ("same-origin", "none") or (origin is not None and _allows(origins, origin)):
         return
@@ -82,6 +82,29 @@ def refuse_other_sites(request: web.Request, origins: frozenset[str]) -> None:
         return
     raise Forbidden(f"a request from {origin or 'another site'}'s page: the origin must be in "
                     "CORS_ALLOWED_ORIGINS")
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def _same_origin(origin: str, headers: Mapping[str, str]) -> bool:
+    """Whether `origin` is the gateway's own, as the Host header names it, or as a proxy in
+    front that rewrote Host says in X-Forwarded-Host (no page on another site can set that
+    header on a request the browser sends without a preflight). Host names compare without
+    case, and a scheme's default port written or not."""
+    scheme, _, authority = origin.partition("://")
+    own = _authority(authority, scheme)
+    return any(own == _authority(named, scheme)
+               for named in (headers.get(hdrs.HOST), headers.get("X-Forwarded-Host")) if named)  # fmt: skip
+
+
+def _authority(text: str, scheme: str) -> str:
+    """host:port, lower-cased, with the scheme's default port where none is written."""
+    text = text.strip().lower()
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:  # no port: an IPv6 literal's own colons are inside its brackets
+        host, port = text, ""
+    return f"{host}:{port or _DEFAULT_PORTS.get(scheme, '')}"
 
 
 def cors_headers(origins: frozenset[str]) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:

@@ -151,5 +151,14 @@ async def test_same_origin_pages_allowed_origins_links_and_non_browsers_are_serv
         answered = await client.get(STREAM, params={"prompt": "a cat"}, headers=headers)
         assert answered.status == 200, headers
         assert parse_events(await answered.read())[-1].event == "done"
+    # The web UI over plain http to a LAN name (no Sec-Fetch-*): its own origin however Host
+    # spells it, or behind a proxy that rewrote Host and said so in X-Forwarded-Host.
+    for headers in ({"Origin": "http://dev.localhost", "Host": "dev.localhost:80"},
+                    {"Origin": "http://dev.localhost:8000", "Host": "DEV.LOCALHOST:8000"},
+                    {"Origin": "http://gw.example", "Host": "127.0.0.1:8000", "X-Forwarded-Host": "gw.example"}):
+        answered = await client.post(PROCESS, json={"prompt": "a cat"}, headers=headers)
+        assert answered.status == 200, headers
+    other = {"Origin": "http://evil.example", "Host": "127.0.0.1:8000", "X-Forwarded-Host": "gw.example"}
+    assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=other)).status == 403
     link = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     assert (await client.get("/debug/traces", headers=link)).status == 200  # a trace linked from a chat
