@@ -91,6 +91,9 @@ class Stats:
     requests: int = 0  # answered or failed, each once (a stream with an error event may still end in done)
     done: int = 0
     sent: int = 0  # requests written to a connection (rate_reached counts these)
+    first_send: float = 0.0  # perf_counter() of the first and the last of them
+    last_send: float = 0.0
+    retry_after_waits: int = 0  # waits a 429/503 asked for (paced starts come due meanwhile)
     cut_at_end: int = 0  # in flight when the run ended: neither finished nor failed
     oldest_cut: float = 0.0  # ms the longest of those had been waiting
     unsent: int = 0  # paced: starts that came due while every connection still waited on an answer
@@ -240,7 +243,10 @@ class StreamClient:
                 sent = time.perf_counter()  # latencies from the request, as before a reconnect
                 start = sent if scheduled is None else min(scheduled, sent)
                 self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-                stats.sent += measured
+                if measured:
+                    stats.sent += 1
+                    stats.first_send = stats.first_send or sent
+                    stats.last_send = sent
                 outcome = await self._read_response(self.reader, start)
         except TimeoutError:
             await self.close()
@@ -445,6 +451,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     return  # paced: the wait may have run past the end
                 await client.request(mix.body(), stats, run_left=deadline - time.perf_counter(), scheduled=scheduled)
                 if client.retry_after:  # 429/503 asked to wait: do, as a client would
+                    stats.retry_after_waits += stats.measuring
                     await asyncio.sleep(min(client.retry_after, max(0.0, deadline - time.perf_counter())))
         finally:
             await client.close()
@@ -502,7 +509,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     for task in (scheduler, reporter, warm, prober):
         if task:
             task.cancel()
-    measured_from = stats.started if stats.measuring else math.inf
+    measured_from = stats.started if stats.measuring and not args.requests else math.inf  # -n: no end due
     while not due.empty():  # starts that came due while every connection waited on an answer
         stats.unsent += measured_from <= due.get_nowait() < deadline
     if args.progress:
@@ -529,7 +536,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "errors": dict(stats.errors),
         "client_lag_ms": {**percentiles(stats.lag), "max": round(max(stats.lag, default=0.0), 3)},
         # Paced runs: what was reached (the load generator or the server may fall behind).
-        "rate_reached": round(stats.sent / elapsed, 1) if args.rate and elapsed else None,
+        # Over the sends' own span: the wait for the last answers is no sending.
+        "rate_reached": _rate(stats) if args.rate else None,
+        "retry_after_waits": stats.retry_after_waits,
         "repeat_share": None if args.prompts else args.repeat_share,
         "prompts": args.prompts,
         "target_rate": args.rate,
@@ -537,6 +546,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "walk_end": mix.drawn if isinstance(mix, PromptMix) else None,
         "repeated_misses": mix.repeated if isinstance(mix, PromptMix) else None,
     }
+
+
+def _rate(stats: Stats) -> float | None:
+    """Requests sent a second, from the first send to the last (None: fewer than two)."""
+    span = stats.last_send - stats.first_send
+    return round((stats.sent - 1) / span, 1) if stats.sent > 1 and span > 0 else None
 
 
 def _ms(values: dict[str, float | None]) -> str:
@@ -564,12 +579,16 @@ def render(report: dict[str, object]) -> str:
     # takes, or paced starts never sent, is a stall the percentiles cannot show.
     oldest, typical = report.get("oldest_cut_ms"), ttd["p50"]
     stalled = isinstance(oldest, float) and oldest > max(STALL_MS, 10 * (typical or 0.0))
-    if stalled or report.get("unsent"):
+    if stalled or (report.get("unsent") and not report.get("retry_after_waits")):
         rows.append(("WARNING: not answered in the run",
                      f"{report['cut_at_end']} in flight at the end (the oldest for {oldest} ms)"
                      + (f", {report['unsent']} paced starts due but never sent (every connection was busy)"
                         if report.get("unsent") else "")
                      + ": a stalled server? They are in no percentile; a lower --timeout fails them"))
+    if report.get("retry_after_waits"):
+        rows.append(("Retry-After waits", f"{report['retry_after_waits']}, as the server asked"
+                     + (f"; {report['unsent']} paced starts came due meanwhile, never sent"
+                        if report.get("unsent") else "")))
     target, reached = report.get("target_rate"), report.get("rate_reached")
     if isinstance(target, float) and isinstance(reached, float) and reached < 0.9 * target:
         rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: the server "

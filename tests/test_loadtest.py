@@ -318,6 +318,28 @@ async def test_the_rate_reached_counts_what_was_sent_not_what_was_answered_in_th
     assert report["rate_reached"] >= 7 and "behind the --rate" not in loadtest.render(report)
 
 
+async def test_a_paced_run_of_n_requests_that_kept_up_reports_no_stall() -> None:
+    """-n 4 at 10/s with answers of 0.5 s: the scheduler kept adding starts until the last answer
+    came, and those were reported as never sent, the rate as half the one asked for."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE), delay=0.5) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "4", "-n", "4", "--rate", "10",
+                                                         "--no-progress"]))
+    assert (report["completed"], report["unsent"]) == (4, 0) and 8 <= report["rate_reached"] <= 12
+    assert "WARNING" not in loadtest.render(report)
+
+
+async def test_retry_after_waits_under_a_rate_are_not_reported_as_a_stall() -> None:
+    loadtest = load_script("loadtest")
+    answer = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "1.5", "--rate", "10",
+                                                         "--no-progress"]))
+    table = loadtest.render(report)
+    assert report["retry_after_waits"] >= 2 and "Retry-After waits" in table
+    assert "WARNING: not answered" not in table
+
+
 async def test_a_503_asks_by_http_date_and_is_waited_for() -> None:
     import email.utils
 
