@@ -32,8 +32,8 @@ from pipeline.limits import (
     LimitsUnavailable,
     MemoryRateLimiter,
     RateLimiter,
-    RedisRateLimiter,
 )
+from pipeline.limits_redis import RedisRateLimiter
 
 # Requests that run the pipeline; health, metrics and usage are never limited.
 LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from gateway.appkeys import LIMITER
-from pipeline.limits import Limits, MemoryRateLimiter, RedisRateLimiter, TokenSource
+from pipeline.limits import Limits, MemoryRateLimiter, TokenSource
+from pipeline.limits_redis import RedisRateLimiter
 from tests.conftest import MakeClient
 from tests.redis_servers import RedisServer, free_port, needs_redis
 from tests.sse import parse_events

@@ -18,7 +18,8 @@ import pytest
 
 from gateway.config import Settings
 from gateway.redis import open_redis
-from pipeline.limits import Limits, RedisRateLimiter
+from pipeline.limits import Limits
+from pipeline.limits_redis import RedisRateLimiter
 from tests.conftest import MakeClient
 from tests.redis_servers import (
     REDIS_CLI,
