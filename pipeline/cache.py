@@ -20,17 +20,14 @@ import logging
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgspec
-from aiocache import RedisCache
-from aiocache.base import BaseCache
-from aiocache.serializers import BaseSerializer
 
 from observability.spans import pinned_context
+from pipeline.cache_redis import MsgspecSerializer, SharedRedisCache
 from pipeline.cancellation import raise_if_cancelled
 from pipeline.protocols import Classifier
-from pipeline.redis_link import UNAVAILABLE, RedisClient, RedisLink
+from pipeline.redis_link import UNAVAILABLE, RedisLink
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource
 
 log = logging.getLogger(__name__)
@@ -77,52 +74,6 @@ def cacheable(classifier: Classifier, result: IntentClassification) -> bool:
         return False
     # These answer from the keyword rules only when they themselves failed.
     return not (classifier.name in MODEL_CLASSIFIERS and result.source is IntentSource.RULES)
-
-
-class MsgspecSerializer(BaseSerializer):  # type: ignore[misc]  # aiocache is untyped
-    """IntentClassification <-> msgpack bytes; anything undecodable reads as a miss."""
-
-    DEFAULT_ENCODING = None  # bytes: aiocache must not decode what Redis returns
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder(IntentClassification)
-
-    def dumps(self, value: IntentClassification) -> bytes:
-        return self._encoder.encode(value)
-
-    def loads(self, value: bytes | None) -> IntentClassification | None:
-        if value is None:
-            return None
-        try:
-            return self._decoder.decode(value)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-
-
-class SharedRedisCache(RedisCache):  # type: ignore[misc]
-    """aiocache's Redis cache on the gateway's client (its timeouts, cluster, reconnects).
-
-    RedisBackend.__init__ would build a second connection pool; the connection is owned
-    and closed by gateway/redis.py, so this skips it and never closes the client.
-    """
-
-    def __init__(self, client: RedisClient, **kwargs: Any) -> None:
-        BaseCache.__init__(self, **kwargs)
-        self.client = client
-        self.endpoint, self.port = "shared", 0  # only read by RedisCache.__repr__
-
-    async def _set(
-        self, key: str, value: Any, ttl: Any = None, _cas_token: Any = None, _conn: Any = None
-    ) -> Any:
-        # redis-py 8 deprecates SETEX, which RedisBackend uses; SET ... EX is the same thing.
-        if _cas_token is not None:
-            return await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
-        return await self.client.set(key, value, ex=ttl)
-
-    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
-        return None
 
 
 class MemoryCache:
