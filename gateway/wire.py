@@ -25,6 +25,7 @@ from gateway.urlpolicy import ImageUrlPolicy, UrlPolicy
 from pipeline.types import Format, PipelineRequest, Preferences, Quality, Style
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_UPLOADED_IMAGES = 10
 
 
 class ProcessBody(msgspec.Struct, kw_only=True):
@@ -32,6 +33,9 @@ class ProcessBody(msgspec.Struct, kw_only=True):
 
     prompt: str
     working_image_url: str | None = None
+    # Images the user has just uploaded (the app's own storage), besides the one being worked
+    # on: what the classifier and `image_missing` take into account.
+    uploaded_image_urls: list[str] = msgspec.field(default_factory=list)
     user_preferences: Preferences | None = None
     use_ai_classification: bool = True
 
@@ -146,11 +150,17 @@ def to_pipeline_request(
     url = body.working_image_url.strip() if body.working_image_url else None
     if url:
         check_image_url(url, policy=url_policy)
+    if len(body.uploaded_image_urls) > MAX_UPLOADED_IMAGES:
+        raise ValidationFailed(f"at most {MAX_UPLOADED_IMAGES} uploaded images", field="uploaded_image_urls")
+    uploads = tuple(upload.strip() for upload in body.uploaded_image_urls)
+    for index, upload in enumerate(uploads):
+        check_image_url(upload, field=f"uploaded_image_urls[{index}]", policy=url_policy)
     return PipelineRequest(
         prompt=prompt,
         user_id=user_id,
         trace_id=trace_id,
         working_image_url=url or None,
+        uploaded_image_urls=uploads,
         preferences=body.user_preferences or Preferences(),
         use_ai_classification=body.use_ai_classification,
     )

@@ -118,6 +118,7 @@ class PipelineRequest(msgspec.Struct, frozen=True, kw_only=True):
     user_id: str
     trace_id: str
     working_image_url: str | None = None
+    uploaded_image_urls: tuple[str, ...] = ()
     preferences: Preferences = Preferences()
     use_ai_classification: bool = True
     # /compare's AI half: the AI arm whatever the rollout's percentage says for this user.

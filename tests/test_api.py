@@ -160,6 +160,8 @@ async def test_unknown_route_and_method_answer_json(client: Any) -> None:
         ({"prompt": "animate this sunset"}, "image_to_video", True),
         ({"prompt": "animate this sunset", "working_image_url": f"{SUPABASE}/sunset.jpg"}, "image_to_video", False),
         ({"prompt": "change my hair to blonde with bangs"}, "hair_styling", True),
+        ({"prompt": "change my hair to blonde with bangs", "uploaded_image_urls": [f"{SUPABASE}/me.jpg"]},
+         "hair_styling", False),  # a photo just uploaded is an image to work on
         ({"prompt": "a cat on a sofa"}, "image_generation", False),
     ],
 )

@@ -16,7 +16,7 @@ class ContextStage:
         state.context = Context(
             user_id=request.user_id,
             working_images=images,
-            uploaded_images=(),
+            uploaded_images=request.uploaded_image_urls,
             mentions=find_mentions(request.prompt),
         )
         return self._event(state)
