@@ -50,6 +50,12 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = Metrics(resource=resource)
     observe_gateway(metrics, app[STATS], app[SLOTS])
     tracing = tracing_of(settings, resource, metrics)
+    if (export := tracing.export) is not None:
+        metrics.counter(
+            "gateway.trace_export.spans",
+            lambda: [(export.exported, {"outcome": "exported"}), (export.failed, {"outcome": "failed"})],
+            description="Spans sent to the OTLP collector, by outcome (failed: it was down, slow or refused)",
+        )
     app[METRICS] = metrics
     app[TRACING] = tracing
     app[STAGE_INSTRUMENTS] = StageInstruments(tracing, metrics.stage_duration)

@@ -19,8 +19,8 @@ from urllib.parse import unquote
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_OFF,
@@ -150,6 +150,35 @@ def _slot_here(current: object) -> CurrentSpan | None:
     return current if isinstance(current, CurrentSpan) and current.owned_here() else None
 
 
+class CountingExporter(SpanExporter):
+    """The exporter, counting the spans it delivered and those it could not (a collector down,
+    slow or refusing): the SDK only logs a failed export, and an SRE watches /metrics.
+    Written from the batch processor's thread only."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:
+            self.failed += len(spans)
+            raise
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 class StageInstruments:
     """What the pipeline runner needs: light stage spans and the stage latency histogram."""
 
@@ -197,8 +226,9 @@ class Tracing:
         # light spans through end_span, which also hands them to _processors.
         self.provider.add_span_processor(self.buffer)
         self._processors: list[SpanProcessor] = []
-        if exporter is not None:
-            self.add_span_processor(BatchSpanProcessor(exporter))
+        self.export = CountingExporter(exporter) if exporter is not None else None
+        if self.export is not None:
+            self.add_span_processor(BatchSpanProcessor(self.export))
         # OTEL_SDK_DISABLED: spans cost nothing; trace ids still flow from traceparent headers.
         self.tracer: Tracer = self.provider.get_tracer("intent-gateway") if enabled else NoOpTracer()
         self.sampler = sampler

@@ -250,6 +250,28 @@ async def test_spans_arrive_at_an_otlp_http_receiver(
         if attribute.key == "service.name"
     }
     assert services == {"gateway-under-test"}
+    exported = await (await client.get("/metrics")).text()
+    assert f'gateway_trace_export_spans_total{{outcome="exported"}} {len(spans)}' in exported
+
+
+async def test_spans_a_collector_refuses_are_counted_on_metrics(
+    make_client: MakeClient, aiohttp_server: Any
+) -> None:
+    """The SDK only logged a failed export: an SRE watching /metrics saw nothing."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=400, text="bad batch")
+
+    receiver = web.Application()
+    receiver.router.add_post("/v1/traces", refuse)
+    collector = await aiohttp_server(receiver)
+    client = await make_client(otel_exporter_otlp_endpoint=str(collector.make_url("/")))
+    await client.post(PROCESS, json={"prompt": "a cat"})
+    await client.server.app[TRACING].flush()
+    metrics = await (await client.get("/metrics")).text()
+    assert f'gateway_trace_export_spans_total{{outcome="failed"}} {1 + len(STAGES)}' in metrics
+    assert 'gateway_trace_export_spans_total{outcome="exported"} 0' in metrics
 
 
 async def test_debug_traces_lists_and_shows_recent_traces(make_client: MakeClient) -> None:
