@@ -99,6 +99,7 @@ async def open_llm(
 ) -> AsyncIterator[LLMClassifier]:
     from openai import AsyncOpenAI, DefaultAioHttpClient
 
+    from gateway.openai_chat import OpenAIChat
     from pipeline.classifiers.llm import LLMClassifier
 
     # The SDK's aiohttp transport: one HTTP stack for the gateway, and aioresponses mocks it.
@@ -111,8 +112,7 @@ async def open_llm(
         http_client=DefaultAioHttpClient(),
     ) as client:
         yield LLMClassifier(
-            client,
-            model=settings.openai_model,
+            OpenAIChat(client, settings.openai_model),
             breaker=breaker,
             usage=usage,
             timeout=settings.classification_timeout,

@@ -16,6 +16,7 @@ from aioresponses.core import CallbackResult
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from yarl import URL
 
+from gateway.openai_chat import OpenAIChat
 from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from pipeline.classifiers.cascade import FallbackClassifier
 from pipeline.classifiers.llm import LLMClassifier, LLMFailed, parse_answer
@@ -88,8 +89,7 @@ class Harness:
 
         options.setdefault("timeout", 10.0)
         self.llm = LLMClassifier(
-            client,
-            model="gpt-4o-mini",
+            OpenAIChat(client, "gpt-4o-mini"),
             breaker=self.breaker,
             usage=self.usage,
             sleep=sleep,

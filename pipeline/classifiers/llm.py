@@ -8,19 +8,13 @@ through the circuit breaker. Anything but a well-formed in-schema answer raises
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import re
-import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import msgspec
-import openai
-from openai import AsyncOpenAI
-from openai.types.chat import ChatCompletionMessageParam
-from openai.types.shared_params import ResponseFormatJSONSchema
 
 from observability.spans import AttributeValue, ClientSpans, no_client_spans
 from pipeline.breaker import BreakerState, CircuitBreaker, CircuitOpen
@@ -63,7 +57,7 @@ greeting, thanks, a test, a question about the app or the image, another kind of
 workflow_type is then image_editing if the user has an image and image_generation if not."""
 
 
-def response_format() -> ResponseFormatJSONSchema:
+def response_format() -> dict[str, Any]:
     """A strict JSON schema: the server itself keeps workflow_type inside the enum."""
     return {
         "type": "json_schema",
@@ -91,6 +85,9 @@ def response_format() -> ResponseFormatJSONSchema:
     }
 
 
+RESPONSE_FORMAT = response_format()
+
+
 class LLMAnswer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The schema again, enforced on our side: servers that ignore `strict` are not trusted."""
 
@@ -115,18 +112,38 @@ class LLMFailed(Exception):
         self.reason = reason
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether an APITimeoutError was a timeout. The SDK's aiohttp adapter maps any connection
-    failure (refused, reset, the server gone) to a connect timeout, so an upstream that is down
-    read as a slow one; a real timeout has a TimeoutError among its causes."""
-    cause = exc.__cause__ or exc.__context__
-    for _ in range(16):  # a chain can loop back on itself; a real one is a few links long
-        if cause is None:
-            return False
-        if isinstance(cause, TimeoutError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
+class Completion(msgspec.Struct, frozen=True):
+    """A 200 from the upstream: the first choice's content, and the tokens it spent."""
+
+    content: str | None
+    tokens: tuple[int, int] | None = None  # prompt and completion tokens, when it says
+
+
+class ChatFailed(Exception):
+    """The upstream call failed. `reason`: a short metric label (rate_limited, status_503,
+    upstream_timeout, connection_error, unparsable, ...); `retryable`: worth another try
+    within the deadline; `retry_after`: seconds the upstream asked to wait, if it did."""
+
+    def __init__(self, reason: str, detail: str = "", *, retryable: bool = False,
+                 retry_after: float | None = None) -> None:  # fmt: skip
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail, self.retryable, self.retry_after = reason, detail, retryable, retry_after
+
+
+class ChatModel(Protocol):
+    """One Chat Completions call (gateway/openai_chat.py over the openai SDK): the classifier
+    knows a Completion or a ChatFailed, never HTTP."""
+
+    model: str
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        response_format: dict[str, Any],
+        max_tokens: int,
+        within: float,
+    ) -> Completion: ...
 
 
 class _Retry(Exception):
@@ -168,22 +185,6 @@ def user_message(query: ClassifierInput) -> str:
     return "<request>\n" + data.replace("<", "\\u003c") + "\n</request>"
 
 
-def retry_after(error: openai.APIStatusError) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), if any."""
-    value = error.response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None  # unreadable: the backoff alone decides
-    return max(0.0, when.timestamp() - time.time())
-
-
 class _Call:
     """One classification's deadline, and whether an upstream request is in flight."""
 
@@ -205,9 +206,8 @@ class LLMClassifier:
 
     def __init__(
         self,
-        client: AsyncOpenAI,
+        chat: ChatModel,
         *,
-        model: str,
         breaker: CircuitBreaker,
         usage: LLMUsage,
         timeout: float,
@@ -217,9 +217,9 @@ class LLMClassifier:
         jitter: Callable[[], float] = random.random,
         spans: ClientSpans = no_client_spans,
     ) -> None:
-        self.client = client
+        self.chat = chat
         self._spans = spans  # a CLIENT span per upstream call, under the intent stage
-        self.model = model
+        self.model = model = chat.model
         self.version = f"llm-{model}-p{PROMPT_VERSION}"
         self.breaker = breaker
         self.usage = usage
@@ -311,43 +311,28 @@ class LLMClassifier:
         try:
             with self._spans(f"chat {self.model}", self._span_attributes) as span:
                 try:
-                    completion = await self.client.chat.completions.create(
-                        model=self.model,
-                        messages=self._messages(query),
-                        response_format=response_format(),
-                        temperature=0,
-                        max_tokens=self.max_tokens,
-                        timeout=self.timeout,
-                    )
+                    completion = await self.chat.complete(
+                        self._messages(query), response_format=RESPONSE_FORMAT, max_tokens=self.max_tokens,
+                        within=self.timeout,
+                    )  # fmt: skip
                 except asyncio.CancelledError:
                     if call.expired():  # our deadline, not a client gone: a failed call, in the trace too
                         span.fail(TimeoutError(f"no answer within {self.timeout:g}s"), "TimeoutError")
                     raise
-                usage, content = _read_completion(completion)
-                if usage is not None:
-                    self.usage.record_tokens(*usage)  # spent, usable answer or not
+                if (tokens := completion.tokens) is not None:
+                    self.usage.record_tokens(*tokens)  # spent, usable answer or not
                     if span.recording:
-                        span.attributes["gen_ai.usage.input_tokens"] = usage[0]
-                        span.attributes["gen_ai.usage.output_tokens"] = usage[1]
+                        span.attributes["gen_ai.usage.input_tokens"] = tokens[0]
+                        span.attributes["gen_ai.usage.output_tokens"] = tokens[1]
                 # In the span: an answer that is no answer (prose, out of schema) is a failed call.
-                return parse_answer(content)
-        except openai.RateLimitError as exc:
-            raise _Retry("rate_limited", retry_after(exc)) from exc
-        except openai.InternalServerError as exc:
-            raise _Retry(f"status_{exc.status_code}") from exc
-        except openai.APITimeoutError as exc:
-            raise _Retry("upstream_timeout" if _timed_out(exc) else "connection_error") from exc
-        except openai.APIConnectionError as exc:
-            raise _Retry("connection_error") from exc
-        except openai.APIStatusError as exc:
-            raise LLMFailed(f"status_{exc.status_code}", exc.message) from exc
-        except openai.OpenAIError as exc:
-            raise LLMFailed("client_error", str(exc)) from exc
-        except ValueError as exc:  # a 200 whose body is not JSON: a proxy's page, say
-            raise LLMFailed("unparsable", f"the answer is not JSON: {exc}") from exc
+                return parse_answer(completion.content)
+        except ChatFailed as exc:
+            if exc.retryable:
+                raise _Retry(exc.reason, exc.retry_after) from exc
+            raise LLMFailed(exc.reason, exc.detail) from exc
 
     @staticmethod
-    def _messages(query: ClassifierInput) -> list[ChatCompletionMessageParam]:
+    def _messages(query: ClassifierInput) -> list[dict[str, str]]:
         return [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": user_message(query)},
@@ -357,31 +342,3 @@ class LLMClassifier:
         self.usage.failures[reason] += 1
         # While the circuit is open every request would say so: the breaker logs the opening.
         log.log(logging.DEBUG if reason == "circuit_open" else logging.WARNING, "LLM failed: %s", reason)
-
-
-def _read_completion(completion: Any) -> tuple[tuple[int, int] | None, str | None]:
-    """(prompt and completion tokens, the first choice's content) of a 200 answer.
-
-    The SDK builds its objects without validating them, so a server that is not
-    OpenAI-compatible hands us strings, nulls or lists where objects belong.
-    """
-    try:
-        if not completion.choices:
-            raise LLMFailed("unparsable", "no choices")
-        content = completion.choices[0].message.content
-    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
-        raise LLMFailed("unparsable", f"the answer is not a chat completion: {exc!r}") from exc
-    tokens = _read_usage(getattr(completion, "usage", None))
-    return tokens, content if isinstance(content, str) or content is None else str(content)
-
-
-def _read_usage(usage: Any) -> tuple[int, int] | None:
-    """The token counts, when the answer carries them as numbers. Bookkeeping only: local servers
-    send nulls or leave them out, and that is no reason to throw a good answer away."""
-    if usage is None:
-        return None
-    try:
-        return int(usage.prompt_tokens), int(usage.completion_tokens)
-    except (AttributeError, TypeError, ValueError):
-        log.debug("LLM answer without usable token counts: %r", usage)
-        return None
