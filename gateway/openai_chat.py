@@ -44,14 +44,15 @@ class OpenAIChat:
                 timeout=within,
             )
         except openai.RateLimitError as exc:
-            raise ChatFailed("rate_limited", retryable=True, retry_after=retry_after(exc)) from exc
+            wait = retry_after(exc)
+            raise ChatFailed("rate_limited", exc.message, retryable=True, retry_after=wait) from exc
         except openai.InternalServerError as exc:
-            raise ChatFailed(f"status_{exc.status_code}", retryable=True) from exc
+            raise ChatFailed(f"status_{exc.status_code}", exc.message, retryable=True) from exc
         except openai.APITimeoutError as exc:
             reason = "upstream_timeout" if _timed_out(exc) else "connection_error"
-            raise ChatFailed(reason, retryable=True) from exc
+            raise ChatFailed(reason, str(exc), retryable=True) from exc
         except openai.APIConnectionError as exc:
-            raise ChatFailed("connection_error", retryable=True) from exc
+            raise ChatFailed("connection_error", str(exc), retryable=True) from exc
         except openai.APIStatusError as exc:
             raise ChatFailed(f"status_{exc.status_code}", exc.message) from exc
         except openai.OpenAIError as exc:

@@ -206,6 +206,21 @@ async def test_an_llm_call_cut_by_the_deadline_is_an_error_span_not_a_cancelled_
     assert 'gateway_stage_duration_seconds_count{stage="intent",outcome="fallback"} 1' in prometheus
 
 
+async def test_a_failed_llm_call_says_what_the_upstream_did(make_client: MakeClient, upstream: Any) -> None:
+    """Each attempt's span names the SDK's error (a 500 here, then a 429), not only the label the
+    classifier keeps for its metrics."""
+    from tests.test_llm import ENDPOINT
+
+    upstream.post(ENDPOINT, status=500, payload={"error": {"message": "boom"}})
+    upstream.post(ENDPOINT, status=429, payload={"error": {"message": "slow down"}}, repeat=True)
+    client, exporter = await traced_llm(make_client)
+    assert (await (await client.post("/api/v1/enhanced/process", json={"prompt": "a cat"})).json())["fallback_used"]
+    chats = [s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini"]
+    assert [s.status.description for s in chats][:2] == ["InternalServerError", "RateLimitError"]
+    assert chats[0].events[0].attributes is not None
+    assert "boom" in str(chats[0].events[0].attributes["exception.message"])
+
+
 async def test_an_llm_answer_that_is_no_answer_is_an_error_span_and_the_stage_says_why(
     make_client: MakeClient, upstream: Any
 ) -> None:

@@ -308,17 +308,23 @@ class LLMClassifier:
 
     async def _attempt(self, query: ClassifierInput, call: _Call) -> LLMAnswer:
         self.usage.calls += 1
-        try:
-            with self._spans(f"chat {self.model}", self._span_attributes) as span:
-                try:
-                    completion = await self.chat.complete(
-                        self._messages(query), response_format=RESPONSE_FORMAT, max_tokens=self.max_tokens,
-                        within=self.timeout,
-                    )  # fmt: skip
-                except asyncio.CancelledError:
-                    if call.expired():  # our deadline, not a client gone: a failed call, in the trace too
-                        span.fail(TimeoutError(f"no answer within {self.timeout:g}s"), "TimeoutError")
-                    raise
+        with self._spans(f"chat {self.model}", self._span_attributes) as span:
+            try:
+                completion = await self.chat.complete(
+                    self._messages(query), response_format=RESPONSE_FORMAT, max_tokens=self.max_tokens,
+                    within=self.timeout,
+                )  # fmt: skip
+            except asyncio.CancelledError:
+                if call.expired():  # our deadline, not a client gone: a failed call, in the trace too
+                    span.fail(TimeoutError(f"no answer within {self.timeout:g}s"), "TimeoutError")
+                raise
+            except ChatFailed as exc:
+                # The span says what the upstream did (RateLimitError: 429 ..., a connection error),
+                # not only the label; the span ends unfailed by the exception raised after it.
+                cause = exc.__cause__ or exc
+                span.fail(cause, type(cause).__qualname__)
+                failed = exc
+            else:
                 if (tokens := completion.tokens) is not None:
                     self.usage.record_tokens(*tokens)  # spent, usable answer or not
                     if span.recording:
@@ -326,10 +332,9 @@ class LLMClassifier:
                         span.attributes["gen_ai.usage.output_tokens"] = tokens[1]
                 # In the span: an answer that is no answer (prose, out of schema) is a failed call.
                 return parse_answer(completion.content)
-        except ChatFailed as exc:
-            if exc.retryable:
-                raise _Retry(exc.reason, exc.retry_after) from exc
-            raise LLMFailed(exc.reason, exc.detail) from exc
+        if failed.retryable:
+            raise _Retry(failed.reason, failed.retry_after) from failed
+        raise LLMFailed(failed.reason, failed.detail) from failed
 
     @staticmethod
     def _messages(query: ClassifierInput) -> list[dict[str, str]]:
