@@ -53,8 +53,10 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     if (export := tracing.export) is not None:
         metrics.counter(
             "gateway.trace_export.spans",
-            lambda: [(export.exported, {"outcome": "exported"}), (export.failed, {"outcome": "failed"})],
-            description="Spans sent to the OTLP collector, by outcome (failed: it was down, slow or refused)",
+            lambda: [(export.queued, {"outcome": "queued"}), (export.exported, {"outcome": "exported"}),
+                     (export.failed, {"outcome": "failed"})],
+            description="Spans for the OTLP collector: queued, then exported or failed (it was down, slow or "
+            "refused them); queued and neither for long: dropped at the exporter's full queue",
         )
     app[METRICS] = metrics
     app[TRACING] = tracing

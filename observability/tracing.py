@@ -153,10 +153,13 @@ def _slot_here(current: object) -> CurrentSpan | None:
 class CountingExporter(SpanExporter):
     """The exporter, counting the spans it delivered and those it could not (a collector down,
     slow or refusing): the SDK only logs a failed export, and an SRE watches /metrics.
-    Written from the batch processor's thread only."""
+    `exported` and `failed` are written from the batch processor's thread; `queued` (spans
+    handed to its queue) from the event loop's, by QueueingProcessor. Queued and neither
+    exported nor failed: waiting, or dropped at the SDK's full queue (2,048 spans)."""
 
     def __init__(self, inner: SpanExporter) -> None:
         self.inner = inner
+        self.queued = 0
         self.exported = 0
         self.failed = 0
 
@@ -177,6 +180,26 @@ class CountingExporter(SpanExporter):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return self.inner.force_flush(timeout_millis)
+
+
+class QueueingProcessor(SpanProcessor):
+    """The batch processor, counting the spans handed to it (light spans and the SDK's alike)."""
+
+    def __init__(self, batch: BatchSpanProcessor, counts: CountingExporter) -> None:
+        self.batch, self.counts = batch, counts
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self.batch.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.counts.queued += 1
+        self.batch.on_end(span)
+
+    def shutdown(self) -> None:
+        self.batch.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.batch.force_flush(timeout_millis)
 
 
 class StageInstruments:
@@ -228,7 +251,7 @@ class Tracing:
         self._processors: list[SpanProcessor] = []
         self.export = CountingExporter(exporter) if exporter is not None else None
         if self.export is not None:
-            self.add_span_processor(BatchSpanProcessor(self.export))
+            self.add_span_processor(QueueingProcessor(BatchSpanProcessor(self.export), self.export))
         # OTEL_SDK_DISABLED: spans cost nothing; trace ids still flow from traceparent headers.
         self.tracer: Tracer = self.provider.get_tracer("intent-gateway") if enabled else NoOpTracer()
         self.sampler = sampler

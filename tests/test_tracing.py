@@ -271,6 +271,7 @@ async def test_spans_a_collector_refuses_are_counted_on_metrics(
     await client.server.app[TRACING].flush()
     metrics = await (await client.get("/metrics")).text()
     assert f'gateway_trace_export_spans_total{{outcome="failed"}} {1 + len(STAGES)}' in metrics
+    assert f'gateway_trace_export_spans_total{{outcome="queued"}} {1 + len(STAGES)}' in metrics
     assert 'gateway_trace_export_spans_total{outcome="exported"} 0' in metrics
 
 
