@@ -55,12 +55,17 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
         end = at + 1
         if at == 0 or not (_is_word_char(prompt[at - 1]) or prompt[at - 1] == "@"):  # not an e-mail
             # Looked at up to one character past the longest tag (a trailing dot or two aside).
-            bound = min(size, end + MAX_TAG_CHARS + 2)
+            bound = min(size, end + MAX_TAG_CHARS + 1)
             while end < bound and _is_tag_char(prompt[end]):
                 end += 1
-            too_long = end == bound and end < size and _is_tag_char(prompt[end])  # the run goes on
+            while end < size and prompt[end] == ".":  # an ellipsis ends a sentence, not the tag
+                end += 1
+            # A run that goes on past the longest tag, or on past a character no reader sees, is
+            # no mention: cut there, it would name another tag.
+            goes_on = end < size and (_is_tag_char(prompt[end]) or (
+                prompt[end] in _INVISIBLE and end + 1 < size and _is_tag_char(prompt[end + 1])))
             tag = prompt[at + 1 : end].rstrip(".")
-            if tag and not too_long and is_tag(tag):
+            if tag and not goes_on and is_tag(tag):
                 seen.setdefault(normal_tag(tag), None)
         at = prompt.find("@", end)
     return tuple(seen)

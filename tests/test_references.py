@@ -63,6 +63,9 @@ def test_mentions_are_whole_tags_or_none() -> None:
     assert find("put @sarah\ufe0f in red") == ("sarah",)  # an invisible mark is no part of a tag
     assert find("put @sarah\u3164 in red") == ("sarah",)  # nor an invisible letter (a Hangul filler)
     assert find("@" + "a" * 62 + "....b") == ()  # too long, though its first 62 letters and the dots look whole
+    assert find("@" + "a" * 64 + "... or") == ("a" * 64,)  # the longest tag, then an ellipsis
+    assert find("put @sarah" + "." * 70 + " x") == ("sarah",)
+    assert find("put @sa\u3164rah in red") == ()  # cut at the invisible letter it would be @sa
 
 
 def test_a_tag_with_a_mark_no_reader_sees_cannot_be_saved() -> None:
