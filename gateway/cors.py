@@ -94,8 +94,8 @@ def _same_origin(origin: str, headers: Mapping[str, str]) -> bool:
     case, and a scheme's default port written or not."""
     scheme, _, authority = origin.partition("://")
     own = _authority(authority, scheme)
-    return any(own == _authority(named, scheme)
-               for named in (headers.get(hdrs.HOST), headers.get("X-Forwarded-Host")) if named)  # fmt: skip
+    forwarded = headers.get("X-Forwarded-Host", "").partition(",")[0]  # the first proxy's, in a chain
+    return any(own == _authority(named, scheme) for named in (headers.get(hdrs.HOST), forwarded) if named)
 
 
 def _authority(text: str, scheme: str) -> str:

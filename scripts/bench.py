@@ -215,6 +215,8 @@ def combine(slices: list[dict[str, Any]]) -> dict[str, Any]:
         "cut_at_end": sum(part.get("cut_at_end", 0) for part in slices),
         "oldest_cut_ms": max((part.get("oldest_cut_ms", 0.0) for part in slices), default=0.0),
         "reopened": sum(part.get("reopened", 0) for part in slices),
+        "retry_after_waits": sum(part.get("retry_after_waits", 0) for part in slices),
+        "unsent": None if slices[0].get("unsent") is None else sum(part.get("unsent") or 0 for part in slices),
         "interrupted": any(part.get("interrupted", False) for part in slices),
         "requests_per_s": round(completed / elapsed, 1) if elapsed else 0.0,
         "errors": errors,

@@ -64,7 +64,7 @@ def test_slices_add_up_to_one_throughput_with_the_median_slices_latency() -> Non
                 "requests_per_s": completed / seconds, "errors": errors, "ttd_ms": {"p99": p99},
                 "walk_end": walk_end, "embedded_runs": {"static": completed, "minilm": walk_end},
                 "sent": completed + sum(errors.values()) + 64, "cut_at_end": 64, "oldest_cut_ms": p99 * 2,
-                "reopened": 1, "interrupted": False}
+                "reopened": 1, "interrupted": False, "retry_after_waits": 2, "unsent": None}
 
     combined = bench.combine([
         part(3000, 2.0, 9.0, 10), part(2000, 2.0, 7.0, 20, http_503=2), part(2500, 2.0, 8.0, 30, timeout=1),
@@ -79,6 +79,7 @@ def test_slices_add_up_to_one_throughput_with_the_median_slices_latency() -> Non
     # Counts add up over the slices (they were the median slice's); the oldest is the oldest.
     assert (combined["sent"], combined["cut_at_end"], combined["oldest_cut_ms"]) == (7695, 192, 18.0)
     assert (combined["reopened"], combined["answered_per_s"], combined["interrupted"]) == (3, 1250.5, False)
+    assert (combined["retry_after_waits"], combined["unsent"]) == (6, None)  # unpaced: no schedule
 
 
 def test_the_table_says_how_many_escalations_the_fast_tier_answered_under_load() -> None:

@@ -155,7 +155,9 @@ async def test_same_origin_pages_allowed_origins_links_and_non_browsers_are_serv
     # spells it, or behind a proxy that rewrote Host and said so in X-Forwarded-Host.
     for headers in ({"Origin": "http://dev.localhost", "Host": "dev.localhost:80"},
                     {"Origin": "http://dev.localhost:8000", "Host": "DEV.LOCALHOST:8000"},
-                    {"Origin": "http://gw.example", "Host": "127.0.0.1:8000", "X-Forwarded-Host": "gw.example"}):
+                    {"Origin": "http://gw.example", "Host": "127.0.0.1:8000", "X-Forwarded-Host": "gw.example"},
+                    {"Origin": "http://gw.example", "Host": "127.0.0.1:8000",
+                     "X-Forwarded-Host": "gw.example, 10.0.0.1"}):  # chained proxies
         answered = await client.post(PROCESS, json={"prompt": "a cat"}, headers=headers)
         assert answered.status == 200, headers
     other = {"Origin": "http://evil.example", "Host": "127.0.0.1:8000", "X-Forwarded-Host": "gw.example"}
