@@ -152,15 +152,17 @@ def to_pipeline_request(
         check_image_url(url, policy=url_policy)
     if len(body.uploaded_image_urls) > MAX_UPLOADED_IMAGES:
         raise ValidationFailed(f"at most {MAX_UPLOADED_IMAGES} uploaded images", field="uploaded_image_urls")
-    uploads = tuple(upload.strip() for upload in body.uploaded_image_urls)
-    for index, upload in enumerate(uploads):
-        check_image_url(upload, field=f"uploaded_image_urls[{index}]", policy=url_policy)
+    uploads: dict[str, None] = {}  # each image once, in order
+    for index, upload in enumerate(body.uploaded_image_urls):
+        if upload := upload.strip():  # as an empty working_image_url is none, a blank is left out
+            check_image_url(upload, field=f"uploaded_image_urls[{index}]", policy=url_policy)
+            uploads.setdefault(upload, None)
     return PipelineRequest(
         prompt=prompt,
         user_id=user_id,
         trace_id=trace_id,
         working_image_url=url or None,
-        uploaded_image_urls=uploads,
+        uploaded_image_urls=tuple(uploads),
         preferences=body.user_preferences or Preferences(),
         use_ai_classification=body.use_ai_classification,
     )

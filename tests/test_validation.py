@@ -30,8 +30,8 @@ PROCESS = "/api/v1/enhanced/process"
         ({"prompt": "a cat", "working_image_url": "javascript:alert(1)"}, "working_image_url"),
         ({"prompt": "a cat", "working_image_url": "https://"}, "working_image_url"),
         ({"prompt": "a cat", "use_ai_classification": "yes"}, "use_ai_classification"),
-        ({"prompt": "a cat", "uploaded_image_urls": ["https://demo.supabase.co/a.jpg", "ftp://x/y.jpg"]},
-         "uploaded_image_urls[1]"),
+        ({"prompt": "a cat", "uploaded_image_urls": ["", "https://demo.supabase.co/a.jpg", "ftp://x/y.jpg"]},
+         "uploaded_image_urls[2]"),  # the index as sent, blanks counted
         ({"prompt": "a cat", "uploaded_image_urls": ["https://demo.supabase.co/a.jpg"] * 11}, "uploaded_image_urls"),
         ({"prompt": "a cat", "uploaded_image_urls": "https://demo.supabase.co/a.jpg"}, "uploaded_image_urls"),
     ],
