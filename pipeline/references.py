@@ -54,7 +54,7 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
     while at >= 0:
         end = at + 1
         if at == 0 or not (_is_word_char(prompt[at - 1]) or prompt[at - 1] == "@"):  # not an e-mail
-            # Looked at up to one character past the longest tag (a trailing dot or two aside).
+            # Looked at up to one character past the longest tag; dots after that are an ellipsis.
             bound = min(size, end + MAX_TAG_CHARS + 1)
             while end < bound and _is_tag_char(prompt[end]):
                 end += 1

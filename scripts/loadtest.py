@@ -240,7 +240,7 @@ class StreamClient:
                 if self.writer is None:
                     self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
                 assert self.reader is not None
-                sent = time.perf_counter()  # latencies from the request, as before a reconnect
+                sent = time.perf_counter()  # latencies from the send (opening a connection is not in them)
                 start = sent if scheduled is None else min(scheduled, sent)
                 self.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 if measured:
