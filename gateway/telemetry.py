@@ -48,6 +48,11 @@ async def telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     resource = resource_of(settings)
     metrics = Metrics(resource=resource)
+    # Which service these series are (Prometheus' target_info convention): the resource's
+    # service.name is on every span, but a scrape carries no resource.
+    service = {key.replace(".", "_"): str(value) for key, value in resource.attributes.items()
+               if key.startswith("service.")}  # fmt: skip
+    metrics.gauge("target.info", lambda: [(1, service)], description="The service these metrics are from")
     observe_gateway(metrics, app[STATS], app[SLOTS])
     tracing = tracing_of(settings, resource, metrics)
     if (export := tracing.export) is not None:

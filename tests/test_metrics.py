@@ -79,6 +79,13 @@ async def test_other_modules_register_observable_metrics(make_client: MakeClient
     assert values == {"buffered": 3, "spilled": 1}
 
 
+async def test_a_scrape_says_which_service_it_is(make_client: MakeClient) -> None:
+    """service.name was on every span but on no series: Prometheus' target_info carries it."""
+    client = await make_client(otel_service_name="gw-eu", otel_resource_attributes="service.version=1.2")
+    text = await (await client.get("/metrics")).text()
+    assert 'target_info{service_version="1.2",service_name="gw-eu"} 1' in text
+
+
 def test_label_values_are_escaped() -> None:
     """Quotes, backslashes and newlines in label values stay parseable."""
     metrics = Metrics()
