@@ -132,9 +132,13 @@ class PgKeyStore:
         try:
             return await database_call("count the API keys", self._count(), self.LOOKUP_TIMEOUT)
         except DatabaseUnavailable as exc:
-            log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
-            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            self._went_down(exc.__cause__)
             raise
+
+    def _went_down(self, why: object) -> None:
+        """No lookup reaches Postgres for RETRY_SECONDS (answers from the cache meanwhile)."""
+        log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, why)
+        self._down_until = time.monotonic() + self.RETRY_SECONDS
 
     async def _count(self) -> int:
         try:
@@ -158,7 +162,7 @@ class PgKeyStore:
                 await slot.acquire()
         except TimeoutError:
             if self._abandoned:  # the slot is held by a query that already timed out: down, not busy
-                self._down_until = time.monotonic() + self.RETRY_SECONDS
+                self._went_down("a timed-out lookup still holds the connection")
                 return self._stale(cached, now)
             # busy, not down: no stale answer, no mark (see SLOT_WAIT)
             raise DatabaseUnavailable("cannot check the API key now: too many checks at once") from None
@@ -176,8 +180,7 @@ class PgKeyStore:
             # winds the cancelled query down (database_call).
             row = await database_call("check the API key", fetch, self.LOOKUP_TIMEOUT)
         except DatabaseUnavailable as exc:
-            log.warning("key store unavailable, asking again in %g s: %r", self.RETRY_SECONDS, exc.__cause__)
-            self._down_until = time.monotonic() + self.RETRY_SECONDS
+            self._went_down(exc.__cause__)
             if not fetch.done():  # still winding down on its connection, holding the slot
                 self._abandoned.add(fetch)
                 fetch.add_done_callback(self._abandoned.discard)
