@@ -137,9 +137,9 @@ def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = F
         field = f"{field}.{missing[1]}" if field else missing[1]
     if field and query_string:
         field = field.removeprefix("user_preferences.")
-    choices = _CHOICES.get(field.rpartition(".")[2]) if head.startswith("Invalid enum value") else None
-    if choices:
-        head = f"{field.rpartition('.')[2]} must be one of: {', '.join(choices)}"
+    name = field.rpartition(".")[2]
+    if head.startswith("Invalid enum value") and name in _CHOICES:
+        head = f"{name} must be one of: {', '.join(_CHOICES[name])}"
     return ValidationFailed(head if sep else message, field=field or None)
 
 

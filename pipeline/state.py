@@ -44,14 +44,16 @@ class RequestState(msgspec.Struct, kw_only=True):
     references: list[Reference] = msgspec.field(default_factory=list)
     unknown_tags: list[str] = msgspec.field(default_factory=list)
     reference_search: str | None = None  # "skipped" | "failed" | "found N" when that step ran
-    fallback_used: bool = False
     fallback_reason: str | None = None  # why, in words, for the frontend (the first one)
     fallbacks: int = 0  # how many times a stage fell back: a stage's own fallback is the change
     last_fallback_reason: str | None = None  # the latest one: the stage span's, which may differ
 
+    @property
+    def fallback_used(self) -> bool:
+        return self.fallbacks > 0
+
     def fall_back(self, reason: str) -> None:
         """A stage answered with a fallback: the request says so, with the first reason."""
-        self.fallback_used = True
         self.fallbacks += 1
         self.last_fallback_reason = reason
         if self.fallback_reason is None:
