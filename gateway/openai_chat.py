@@ -14,6 +14,7 @@ from typing import Any, cast
 import openai
 from openai import AsyncOpenAI
 
+from observability.tracing import trace_headers
 from pipeline.classifiers.llm import ChatFailed, Completion
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class OpenAIChat:
                 temperature=0,
                 max_tokens=max_tokens,
                 timeout=within,
+                # Called inside the classifier's CLIENT span: the upstream's parent is that span.
+                extra_headers=trace_headers(),
             )
         except openai.RateLimitError as exc:
             wait = retry_after(exc)

@@ -136,6 +136,15 @@ def otlp_traces_url(endpoint: str | None, traces_endpoint: str | None) -> str | 
     return None
 
 
+def trace_headers() -> dict[str, str]:
+    """`traceparent` (and `tracestate`) naming the current span, for a call to an outside service
+    made through a client no instrumentation reaches (the openai SDK's): the upstream, or a
+    proxy in front of it, can continue the request's trace. Empty outside any trace."""
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)  # stateless; once per outside call
+    return carrier
+
+
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)

@@ -117,3 +117,25 @@ async def test_breaker_is_shared_through_redis(make_client: MakeClient, upstream
         if keys:
             await redis.delete(*keys)
         await redis.aclose()
+
+
+async def test_upstream_continues_the_request_trace(make_client: MakeClient, upstream: aioresponses) -> None:
+    """The LLM call carries traceparent: the caller's trace id, and the classifier's CLIENT span
+    as parent, so a trace from an LLM proxy joins the request's."""
+    trace_id, caller_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    upstream.post(ENDPOINT, payload=completion(answer("image_generation", 0.9)))
+    client = await make_client(intent_classifier="llm", **LLM)
+    response = await client.post(
+        "/api/v1/enhanced/process",
+        json={"prompt": "a lighthouse at dawn"},
+        headers={"traceparent": f"00-{trace_id}-{caller_span}-01"},
+    )
+    assert response.status == 200
+
+    (call,) = upstream.requests[("POST", URL(ENDPOINT))]
+    version, sent_trace, sent_parent, flags = call.kwargs["headers"]["traceparent"].split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "01")
+    spans = (await (await client.get(f"/debug/traces/{trace_id}")).json())["spans"]
+    (llm_span,) = [span for span in spans if span["name"] == "chat gpt-4o-mini"]
+    assert sent_parent == llm_span["span_id"] != caller_span
+    assert llm_span["kind"] == "CLIENT"
