@@ -26,8 +26,8 @@ ALLOW_METHODS = "GET, POST, DELETE"
 # request id), which would otherwise fail the preflight.
 ALLOW_HEADERS = ("Authorization, Content-Type, Content-Encoding, Last-Event-ID, traceparent, "
                  "tracestate, X-User-Id, Cache-Control, X-Requested-With, X-Request-Id")
-EXPOSE_HEADERS = ("X-Trace-Id, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "
-                  "WWW-Authenticate")
+EXPOSE_HEADERS = ("X-Trace-Id, X-Heartbeat-Seconds, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
+                  "RateLimit-Reset, WWW-Authenticate")
 MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
 
 

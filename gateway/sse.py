@@ -42,6 +42,9 @@ class EventStream(web.StreamResponse):
                 # no-store: a GET stream's URL may carry a JWT (RFC 6750 2.3: keep it private).
                 "Cache-Control": "no-store",
                 "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
+                # How often a waiting stream hears from us: a client that hears nothing for a
+                # few of these knows the connection stalled (the web page gives up after three).
+                "X-Heartbeat-Seconds": f"{heartbeat_seconds:g}",
                 **(headers or {}),
             },
         )

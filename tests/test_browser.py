@@ -18,6 +18,7 @@ import jwt
 import msgspec
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
@@ -588,3 +589,46 @@ async def test_each_kind_of_503_is_said_in_its_own_words(open_browser: OpenBrows
     await expect(browser.page.locator("#g-error")).to_have_text(
         re.compile(r"^The gateway's database is unavailable right now\. Try again in \d+ s\.$"))
     assert browser.unexpected_failures((503, "/api/v1/enhanced/stream")) == []
+
+
+async def test_heartbeats_keep_a_slow_stream_open_and_silence_ends_it(open_browser: OpenBrowser) -> None:
+    """A classification that waits longer than three heartbeats still finishes on the page, since
+    heartbeats arrive; a stream where nothing arrives (a stalled proxy) ends in words, not a
+    "Streaming…" that never ends."""
+    gated = GatedClassifier(RulesClassifier())
+    browser = await open_browser(gated, sse_heartbeat_seconds=0.2)
+    page = browser.page
+    await browser.goto()
+    await browser.generate("draw a slow lion")
+    await gated.entered.wait()
+    await asyncio.sleep(1.5)  # over seven heartbeats; the page gives up after three missed
+    await expect(page.locator("#g-status")).to_have_text("Streaming…")
+    gated.gate.set()
+    await expect(page.locator("#g-status")).to_have_text(re.compile(r"^Done in "))
+    await expect(page.locator("#g-error")).to_be_hidden()
+
+    async def stalled(request: web.Request) -> web.StreamResponse:
+        # What a proxy that stopped forwarding looks like: the headers, one beat, then nothing.
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Heartbeat-Seconds": "0.2"})
+        await response.prepare(request)
+        await response.write(b": keep-alive\n\n")
+        await asyncio.sleep(30)
+        return response
+
+    stub = web.Application()
+    stub.router.add_post("/api/v1/enhanced/stream", stalled)
+    proxy = TestServer(stub)
+    await proxy.start_server()
+    try:
+        stream_url = str(proxy.make_url("/api/v1/enhanced/stream"))
+        await page.route("**/api/v1/enhanced/stream", lambda route: route.continue_(url=stream_url))
+        started = time.monotonic()
+        await browser.generate("draw a tiger")
+        await expect(page.locator("#g-error")).to_have_text(
+            "The gateway stopped answering: nothing arrived for 0.6 s, not even a keep-alive. Try again.")
+        assert time.monotonic() - started < 5
+        await expect(page.locator("#g-stop")).to_be_disabled()
+        await expect(page.locator("#g-status")).to_have_text("")
+    finally:
+        await page.unroute("**/api/v1/enhanced/stream")
+        await proxy.close()

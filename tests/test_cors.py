@@ -66,7 +66,7 @@ async def test_answers_and_errors_alike_are_readable_by_the_allowed_origin(make_
         assert response.status == status
         assert response.headers["Access-Control-Allow-Origin"] == APP
         exposed = {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
-        assert {"X-Trace-Id", "Retry-After", "RateLimit-Remaining"} <= exposed
+        assert {"X-Trace-Id", "X-Heartbeat-Seconds", "Retry-After", "RateLimit-Remaining"} <= exposed
     other = await client.post(PROCESS, json={"prompt": "a cat"},
                               headers={**auth, "Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers  # the browser withholds it

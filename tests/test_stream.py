@@ -62,12 +62,13 @@ async def test_elapsed_time_counts_from_the_requests_arrival(client: Any, path: 
 
 
 async def test_stream_headers_disable_caching_and_proxy_buffering(client: Any) -> None:
-    """Proxies must pass events through at once."""
+    """Proxies must pass events through at once; clients learn how often a waiting stream beats."""
     resp = await client.post(STREAM, json={"prompt": "a red fox"})
     await resp.read()
     assert resp.headers["Content-Type"] == "text/event-stream"
     assert resp.headers["Cache-Control"] == "no-store"
     assert resp.headers["X-Accel-Buffering"] == "no"
+    assert resp.headers["X-Heartbeat-Seconds"] == "15"  # SSE_HEARTBEAT_SECONDS' default
     assert "Content-Encoding" not in resp.headers
 
 

@@ -63,30 +63,72 @@ export async function getText(path, { signal } = {}) {
   return response.text();
 }
 
+/** Nothing arrived for too long, not even a heartbeat: a proxy or the network holds the stream. */
+export class StreamStalled extends Error {
+  constructor(seconds) {
+    super(`nothing arrived for ${Math.round(seconds * 10) / 10} s`);
+    this.name = "StreamStalled";
+    this.seconds = seconds;
+  }
+}
+
+// Before the answer's headers: the gateway answers them within a second or two even when its
+// limits or key store are slow. After them: three of the gateway's heartbeats missed in a row.
+const HEADERS_WITHIN_S = 30;
+const MISSED_HEARTBEATS = 3;
+const DEFAULT_HEARTBEAT_S = 15;
+
 /**
  * POST to an SSE endpoint and yield {id, event, data} as each event arrives.
  * fetch rather than EventSource: EventSource cannot POST and hides 4xx JSON bodies.
+ * A stream that goes silent throws StreamStalled instead of waiting forever.
  */
 export async function* streamEvents(path, body, { signal } = {}) {
-  const response = await fetch(path, {
-    method: "POST",
-    headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-    body: JSON.stringify(body),
-    signal,
-  });
-  if (!response.ok) throw await failure(response);
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += value.replace(/\r\n?/g, "\n");
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = parseEvent(buffer.slice(0, end));
-      buffer = buffer.slice(end + 2);
-      if (event) yield event;
+  const watchdog = new AbortController();
+  let stalledAfter = null;
+  let timer = null;
+  const arm = (seconds) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      stalledAfter = seconds;
+      watchdog.abort();
+    }, seconds * 1000);
+  };
+  const follow = () => watchdog.abort(signal.reason);
+  if (signal?.aborted) follow();
+  signal?.addEventListener("abort", follow, { once: true });
+  try {
+    arm(HEADERS_WITHIN_S);
+    const response = await fetch(path, {
+      method: "POST",
+      headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
+      body: JSON.stringify(body),
+      signal: watchdog.signal,
+    });
+    if (!response.ok) throw await failure(response);
+    const heartbeat = Number.parseFloat(response.headers.get("X-Heartbeat-Seconds") || "");
+    const silence = MISSED_HEARTBEATS * (heartbeat > 0 ? heartbeat : DEFAULT_HEARTBEAT_S);
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      arm(silence);
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event) yield event;
+      }
     }
+  } catch (error) {
+    if (stalledAfter !== null && !signal?.aborted) throw new StreamStalled(stalledAfter);
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", follow);
+    watchdog.abort(); // a consumer that stopped reading: let the connection go
   }
 }
 
@@ -128,6 +170,9 @@ const FIELD_NAMES = {
 /** What went wrong, in words a person can act on. */
 export function describeError(error) {
   if (error.name === "AbortError") return "Stopped.";
+  if (error instanceof StreamStalled) {
+    return `The gateway stopped answering: ${error.message}, not even a keep-alive. Try again.`;
+  }
   if (!(error instanceof ApiError)) {
     return `Could not reach the gateway (${error.message}). Check your connection and try again.`;
   }

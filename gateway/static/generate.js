@@ -1,6 +1,6 @@
 // Generate: stream one request and show each stage as its event arrives, then the result.
 
-import { ApiError, describeError, getJSON, requestBody, streamEvents } from "./api.js";
+import { ApiError, StreamStalled, describeError, getJSON, requestBody, streamEvents } from "./api.js";
 import { waterfall } from "./charts.js";
 import { $, formatCost, formatMs, h, markField, percent, say } from "./dom.js";
 import { recordRun } from "./latency.js";
@@ -239,7 +239,8 @@ export function setupGenerate() {
         say(status, "Stopped."); // the user's own choice: a status, not an alert
       } else {
         // Once events arrived the gateway was reached: the connection broke, the request did not fail.
-        const message = stages.childElementCount && !(error instanceof ApiError)
+        const broke = !(error instanceof ApiError) && !(error instanceof StreamStalled);
+        const message = stages.childElementCount && broke
           ? `The connection to the gateway broke mid-stream (${error.message}). Try again.`
           : describeError(error);
         say(status, "");
