@@ -40,7 +40,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 # Style and strict types; CI runs it after the tests.
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check gateway pipeline observability tests scripts
-	$(PY) -m mypy gateway pipeline observability
+	$(PY) -m mypy gateway pipeline observability scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -367,7 +367,7 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def render(reports: list[dict[str, object]], rate: float) -> str:
+def render(reports: list[dict[str, Any]], rate: float) -> str:
     floor = next((r["requests_per_s"] for r in reports if r["scenario"] == "floor"), None)
     head = (
         f"{'':<18}{'saturated (max throughput)':^43}|{f'paced (<= {rate:g} req/s)':^41}\n"
