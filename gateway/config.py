@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import typing
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import msgspec
@@ -22,6 +23,16 @@ _LOG_LEVELS = tuple(logging.getLevelNamesMapping())  # what logging's setLevel t
 _SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")  # asyncpg's
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
+# Numbers the gateway cannot work with are refused when the environment is read, naming the
+# variable: SSE_HEARTBEAT_SECONDS=0 sent keep-alives in a busy loop (2.6 MB in 2 s a stream),
+# ANALYTICS_FLUSH_SECONDS=0 would spin the log writer, a negative limit refused everyone.
+Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a wait or an interval: zero would spin or never wait
+SecondsOrNone = Annotated[float, msgspec.Meta(ge=0)]  # where 0 means "do not wait"
+Count = Annotated[int, msgspec.Meta(ge=1)]
+CountOrOff = Annotated[int, msgspec.Meta(ge=0)]  # 0 turns the limit, cache or bound off
+Dollars = Annotated[float, msgspec.Meta(ge=0)]
+Share = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
 
 class ConfigError(ValueError):
     """An environment variable has a value the gateway cannot use."""
@@ -29,7 +40,7 @@ class ConfigError(ValueError):
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     log_level: str = "INFO"
 
     # Classification
@@ -37,87 +48,87 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     openai_api_key: str | None = None
     openai_base_url: str | None = None
     openai_model: str = "gpt-4o-mini"
-    classification_timeout: float = 10.0  # seconds, one deadline per classification
-    max_concurrent_classifications: int = 8
-    classification_queue_timeout: float = 2.0
-    local_confidence_threshold: float = 0.6
-    local_escalate_below: float | None = None  # None: the artifact's threshold (0.8)
+    classification_timeout: Seconds = 10.0  # seconds, one deadline per classification
+    max_concurrent_classifications: Count = 8
+    classification_queue_timeout: SecondsOrNone = 2.0
+    local_confidence_threshold: Share = 0.6
+    local_escalate_below: Share | None = None  # None: the artifact's threshold (0.8)
     local_runtime: MiniLMRuntime = "onnx-int8"  # what runs MiniLM for escalated prompts
     # An escalation that would queue longer than this for MiniLM gets the fast tier's answer
-    local_escalation_budget_ms: float = 25.0
+    local_escalation_budget_ms: SecondsOrNone = 25.0
     ai_classification_enabled: bool = True
-    ai_classification_rollout_percentage: int = 100
+    ai_classification_rollout_percentage: Annotated[int, msgspec.Meta(ge=0, le=100)] = 100
 
     # LLM client (any OpenAI-compatible server; see README)
-    llm_backoff_base: float = 0.5  # seconds: first retry waits up to this (full jitter), then 2x
-    llm_max_tokens: int = 300
-    llm_price_input_per_million: float = 0.15  # USD per 1M tokens, for the spend estimate
-    llm_price_output_per_million: float = 0.60
+    llm_backoff_base: SecondsOrNone = 0.5  # seconds: first retry waits up to this (full jitter), then 2x
+    llm_max_tokens: Count = 300
+    llm_price_input_per_million: Dollars = 0.15  # USD per 1M tokens, for the spend estimate
+    llm_price_output_per_million: Dollars = 0.60
 
     # LLM circuit breaker
-    circuit_breaker_failure_threshold: int = 5
-    circuit_breaker_timeout: float = 60.0
-    circuit_breaker_success_threshold: int = 2  # half-open probe successes that close it
+    circuit_breaker_failure_threshold: Count = 5
+    circuit_breaker_timeout: Seconds = 60.0
+    circuit_breaker_success_threshold: Count = 2  # half-open probe successes that close it
 
     # Redis: cache and limits (unset: in-process memory, limits per instance)
     redis_url: str | None = None  # redis+cluster://host:port (or REDIS_CLUSTER=true) for a cluster
     redis_cluster: bool = False
-    redis_timeout: float = 0.5  # seconds, connect and every command: Redis trouble must stay cheap
-    redis_health_interval: float = 2.0  # seconds between background pings (reconnect detection)
+    redis_timeout: Seconds = 0.5  # seconds, connect and every command: Redis trouble must stay cheap
+    redis_health_interval: Seconds = 2.0  # seconds between background pings (reconnect detection)
     # Connections to Redis per instance (per node on a cluster): one per command in flight.
-    redis_max_connections: int = 128
+    redis_max_connections: Count = 128
     redis_key_prefix: str = "gw:"
-    intent_cache_ttl: int = 3600  # seconds; 0 disables the intent cache
-    rate_limit_requests_per_minute: int = 100  # per user; 0 disables this limit
-    rate_limit_requests_per_hour: int = 1000
-    cost_limit_per_hour: float = 50.0  # US dollars of estimated generation cost
+    intent_cache_ttl: CountOrOff = 3600  # seconds; 0 disables the intent cache
+    rate_limit_requests_per_minute: CountOrOff = 100  # per user; 0 disables this limit
+    rate_limit_requests_per_hour: CountOrOff = 1000
+    cost_limit_per_hour: Dollars = 50.0  # US dollars of estimated generation cost
     rate_limit_fail_mode: Literal["open", "closed"] = "open"  # when Redis is unreachable
 
     # Postgres analytics (unset: no logging to a database)
     database_url: str | None = None
     database_migrate_on_start: bool = True
-    analytics_refresh_seconds: float = 60.0
+    analytics_refresh_seconds: Seconds = 60.0
     log_prompts: Literal["full", "hash", "none"] = "full"
     # With a key, LOG_PROMPTS=hash stores HMAC-SHA256(key, prompt): a plain digest of a short
     # prompt can be reversed by hashing guesses.
     log_prompt_hash_key: str | None = None
     analytics_spill_path: str = "var/analytics-spill.jsonl"
-    analytics_buffer_rows: int = 10_000  # rows held in memory while Postgres is away; beyond: spill
-    analytics_batch_rows: int = 500
-    analytics_flush_seconds: float = 0.25
+    analytics_buffer_rows: Count = 10_000  # rows held in memory while Postgres is away; beyond: spill
+    analytics_batch_rows: Count = 500
+    analytics_flush_seconds: Seconds = 0.25
 
     # Reference search (auto: SearXNG when SEARXNG_URL is set, else Brave with a key, else off)
     reference_search_provider: SearchProviderName = "auto"
     searxng_url: str | None = None
     brave_search_api_key: str | None = None
-    reference_search_timeout: float = 3.0  # seconds, per provider call
-    reference_search_results: int = 4
-    reference_search_cache_ttl: int = 86400
+    reference_search_timeout: Seconds = 3.0  # seconds, per provider call
+    reference_search_results: Count = 4
+    reference_search_cache_ttl: CountOrOff = 86400
 
     # SSE
-    sse_heartbeat_seconds: float = 15.0
+    sse_heartbeat_seconds: Seconds = 15.0
     # On SIGTERM, seconds open streams get to finish; then each ends with an `error` event
     # (shutting_down) the client can retry on, and the process exits soon after.
-    shutdown_grace_seconds: float = 8.0
+    shutdown_grace_seconds: SecondsOrNone = 8.0
     # Seconds for a request body (at most 64 KiB) to arrive once its headers have; then 408.
-    request_body_timeout: float = 10.0
+    request_body_timeout: Seconds = 10.0
 
     # Observability: the standard OpenTelemetry variables (README "Observability")
     otel_sdk_disabled: bool = False
     otel_service_name: str | None = None  # unset: service.name from the attributes, or intent-gateway
     otel_resource_attributes: str | None = None  # "key=value,key=value"
     otel_traces_sampler: str = "parentbased_always_on"
-    otel_traces_sampler_arg: float | None = None
+    otel_traces_sampler_arg: Share | None = None
     otel_exporter_otlp_endpoint: str | None = None  # unset: traces stay in the /debug/traces buffer
     otel_exporter_otlp_traces_endpoint: str | None = None
     otel_exporter_otlp_headers: str | None = None
-    debug_traces_limit: int = 200  # recent traces kept in memory for /debug/traces
+    debug_traces_limit: Count = 200  # recent traces kept in memory for /debug/traces
     # @tags one user may keep: without a bound, one user's saves (thousands a second) filled the
     # process's memory, and listing them returned a 118 MB body that stalled every other request.
-    max_tags_per_user: int = 500
+    max_tags_per_user: Count = 500
     # And in all, in the memory store (no DATABASE_URL): where callers name themselves (open mode,
     # X-User-Id), a new user id per save would otherwise pass the per-user bound.
-    max_tags_in_memory: int = 100_000
+    max_tags_in_memory: Count = 100_000
 
     # Security (issue 10): image URL policy
     image_url_allowed_hosts: str = "supabase.co"  # comma-separated; exact or dot-suffix match
@@ -150,33 +161,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             # strict=False converts "100" -> 100 and "true" -> True, as environment text needs.
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
-            raise ConfigError(_name_variable(str(exc))) from None
+            raise ConfigError(_name_variable(str(exc), raw, cls)) from None
         settings.check()
         return settings
 
     def check(self) -> None:
-        if self.shutdown_grace_seconds < 0:
-            raise ConfigError("SHUTDOWN_GRACE_SECONDS must be 0 or more")
-        if not 0 <= self.ai_classification_rollout_percentage <= 100:
-            raise ConfigError("AI_CLASSIFICATION_ROLLOUT_PERCENTAGE must be 0..100")
-        if self.local_escalate_below is not None and not 0 <= self.local_escalate_below <= 1:
-            raise ConfigError("LOCAL_ESCALATE_BELOW must be 0..1")
-        if self.local_escalation_budget_ms < 0:
-            raise ConfigError("LOCAL_ESCALATION_BUDGET_MS must be 0 or more")
-        if self.max_concurrent_classifications < 1:
-            raise ConfigError("MAX_CONCURRENT_CLASSIFICATIONS must be at least 1")
+        """What one field's constraint cannot say: fields that depend on each other or on text."""
+        if self.analytics_batch_rows > self.analytics_buffer_rows:
+            raise ConfigError("ANALYTICS_BATCH_ROWS must be at most ANALYTICS_BUFFER_ROWS")
         if self.otel_traces_sampler not in OTEL_SAMPLERS:
             raise ConfigError(f"OTEL_TRACES_SAMPLER must be one of {', '.join(OTEL_SAMPLERS)}")
-        if self.redis_timeout <= 0 or self.redis_health_interval <= 0:
-            raise ConfigError("REDIS_TIMEOUT and REDIS_HEALTH_INTERVAL must be positive")
-        if self.request_body_timeout <= 0:
-            raise ConfigError("REQUEST_BODY_TIMEOUT must be positive")
-        if self.redis_max_connections < 1:
-            raise ConfigError("REDIS_MAX_CONNECTIONS must be 1 or more")
         if self.gateway_jwt_secret is not None and len(self.gateway_jwt_secret.encode()) < 32:
             raise ConfigError("GATEWAY_JWT_SECRET must be at least 32 bytes (HS256, RFC 7518 3.2)")
-        if not 1 <= self.analytics_batch_rows <= self.analytics_buffer_rows:
-            raise ConfigError("ANALYTICS_BATCH_ROWS must be 1..ANALYTICS_BUFFER_ROWS")
         if self.intent_classifier in ("llm", "cascade") and not (
             self.openai_api_key or self.openai_base_url
         ):
@@ -184,23 +180,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(
                 f"INTENT_CLASSIFIER={self.intent_classifier} needs OPENAI_API_KEY or OPENAI_BASE_URL"
             )
-        if self.circuit_breaker_failure_threshold < 1 or self.circuit_breaker_success_threshold < 1:
-            raise ConfigError("CIRCUIT_BREAKER_*_THRESHOLD must be at least 1")
         if self.reference_search_provider == "searxng" and not self.searxng_url:
             raise ConfigError("REFERENCE_SEARCH_PROVIDER=searxng needs SEARXNG_URL")
         if self.reference_search_provider == "brave" and not self.brave_search_api_key:
             raise ConfigError("REFERENCE_SEARCH_PROVIDER=brave needs BRAVE_SEARCH_API_KEY")
         if self.searxng_url and not self.searxng_url.startswith(("http://", "https://")):
             raise ConfigError("SEARXNG_URL must be an http(s) URL")
-        if self.reference_search_results < 1:
-            raise ConfigError("REFERENCE_SEARCH_RESULTS must be at least 1")
-        if self.max_tags_per_user < 1 or self.max_tags_in_memory < 1:
-            raise ConfigError("MAX_TAGS_PER_USER and MAX_TAGS_IN_MEMORY must be at least 1")
         self._check_urls()
         if self.log_level.upper() not in _LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}")
-        if self.otel_traces_sampler_arg is not None and not 0 <= self.otel_traces_sampler_arg <= 1:
-            raise ConfigError("OTEL_TRACES_SAMPLER_ARG must be a probability, 0..1")
         origins = self.cors_origins()
         if "*" in origins and len(origins) > 1:
             raise ConfigError("CORS_ALLOWED_ORIGINS: * allows every origin, so it stands alone")
@@ -257,9 +245,24 @@ def _is_origin(origin: str) -> bool:
             and not (parts.path or "?" in origin or "#" in origin or "@" in parts.netloc))
 
 
-def _name_variable(message: str) -> str:
-    # msgspec says "... - at `$.redis_url`"; operators know the variable, not the field.
-    if "`$." in message:
-        head, _, path = message.rpartition("`$.")
-        return f"{path.rstrip('`').upper()}: {head.removesuffix(' - at ')}"
-    return message
+_KINDS = {"`int`": "a whole number", "`float`": "a number", "`bool`": "true or false"}
+
+
+def _name_variable(message: str, raw: Mapping[str, object], cls: type[Settings]) -> str:
+    """msgspec's "Expected `float` > 0.0 - at `$.sse_heartbeat_seconds`" in the words of the one
+    who set it: "SSE_HEARTBEAT_SECONDS must be a number > 0.0, not '0'"."""
+    if "`$." not in message:
+        return message
+    head, _, path = message.rpartition("`$.")
+    field = path.rstrip("`")
+    problem = head.removesuffix(" - at ")
+    given = f", not {raw[field]!r}" if field in raw else ""
+    if problem.startswith("Expected "):
+        wanted = problem.removeprefix("Expected ").split(", got ")[0]
+        for kind, words in _KINDS.items():
+            wanted = wanted.replace(kind, words)
+        return f"{field.upper()} must be {wanted}{given}"
+    choices = next((typing.get_args(f.type) for f in msgspec.structs.fields(cls) if f.name == field), ())
+    if choices and all(isinstance(choice, str) for choice in choices):
+        return f"{field.upper()} must be one of {', '.join(choices)}{given}"
+    return f"{field.upper()}: {problem}"
