@@ -38,50 +38,72 @@ async function failure(response) {
   return new ApiError(response.status, body, Number.isFinite(retry) ? retry : null);
 }
 
-export async function getJSON(path, { signal } = {}) {
-  const response = await fetch(path, { headers: headers({ Accept: "application/json" }), signal });
-  if (!response.ok) throw await failure(response);
-  return response.json();
+// A call the gateway does not answer (a proxy holding it, a network that dropped it) ends in words
+// instead of a page that waits forever: the gateway answers within seconds even when slow.
+const ANSWER_WITHIN_S = 30;
+
+/** fetch, given up (NoAnswer) when nothing has arrived `seconds` after the call. */
+async function fetchWithin(path, init, { signal, seconds = ANSWER_WITHIN_S } = {}) {
+  const watchdog = new AbortController();
+  const follow = () => watchdog.abort(signal.reason);
+  if (signal?.aborted) follow();
+  signal?.addEventListener("abort", follow, { once: true });
+  const timer = setTimeout(() => watchdog.abort(new NoAnswer(seconds)), seconds * 1000);
+  try {
+    const response = await fetch(path, { ...init, signal: watchdog.signal });
+    // The body too: a proxy can send headers and hold the rest.
+    const body = response.ok ? await response.text() : null;
+    return { response, body };
+  } catch (error) {
+    throw watchdog.signal.reason instanceof NoAnswer && !signal?.aborted ? watchdog.signal.reason : error;
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", follow);
+  }
 }
 
-export async function postJSON(path, body, { signal } = {}) {
-  const response = await fetch(path, {
+export async function getJSON(path, { signal } = {}) {
+  const { response, body } = await fetchWithin(path, { headers: headers({ Accept: "application/json" }) }, { signal });
+  if (!response.ok) throw await failure(response);
+  return JSON.parse(body);
+}
+
+export async function postJSON(path, payload, { signal } = {}) {
+  const init = {
     method: "POST",
     headers: headers({ "Content-Type": "application/json", Accept: "application/json" }),
-    body: JSON.stringify(body),
-    signal,
-  });
+    body: JSON.stringify(payload),
+  };
+  const { response, body } = await fetchWithin(path, init, { signal });
   if (!response.ok) throw await failure(response);
-  return response.json();
+  return JSON.parse(body);
 }
 
 /** GET a text resource; null when it does not exist (an endpoint not deployed yet). */
 export async function getText(path, { signal } = {}) {
-  const response = await fetch(path, { headers: headers(), signal });
+  const { response, body } = await fetchWithin(path, { headers: headers() }, { signal });
   if (response.status === 404) return null;
   if (!response.ok) throw await failure(response);
-  return response.text();
+  return body;
 }
 
-/** Nothing arrived for too long, not even a heartbeat: a proxy or the network holds the stream. */
-export class StreamStalled extends Error {
+/** Nothing arrived for too long, not even a heartbeat: a proxy or the network holds the call. */
+export class NoAnswer extends Error {
   constructor(seconds) {
     super(`nothing arrived for ${Math.round(seconds * 10) / 10} s`);
-    this.name = "StreamStalled";
+    this.name = "NoAnswer";
     this.seconds = seconds;
   }
 }
 
-// Before the answer's headers: the gateway answers them within a second or two even when its
-// limits or key store are slow. After them: three of the gateway's heartbeats missed in a row.
-const HEADERS_WITHIN_S = 30;
+// After a stream's headers: three of the gateway's heartbeats missed in a row.
 const MISSED_HEARTBEATS = 3;
 const DEFAULT_HEARTBEAT_S = 15;
 
 /**
  * POST to an SSE endpoint and yield {id, event, data} as each event arrives.
  * fetch rather than EventSource: EventSource cannot POST and hides 4xx JSON bodies.
- * A stream that goes silent throws StreamStalled instead of waiting forever.
+ * A stream that goes silent throws NoAnswer instead of waiting forever.
  */
 export async function* streamEvents(path, body, { signal } = {}) {
   const watchdog = new AbortController();
@@ -98,7 +120,7 @@ export async function* streamEvents(path, body, { signal } = {}) {
   if (signal?.aborted) follow();
   signal?.addEventListener("abort", follow, { once: true });
   try {
-    arm(HEADERS_WITHIN_S);
+    arm(ANSWER_WITHIN_S);
     const response = await fetch(path, {
       method: "POST",
       headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
@@ -123,7 +145,7 @@ export async function* streamEvents(path, body, { signal } = {}) {
       }
     }
   } catch (error) {
-    if (stalledAfter !== null && !signal?.aborted) throw new StreamStalled(stalledAfter);
+    if (stalledAfter !== null && !signal?.aborted) throw new NoAnswer(stalledAfter);
     throw error;
   } finally {
     clearTimeout(timer);
@@ -170,9 +192,7 @@ const FIELD_NAMES = {
 /** What went wrong, in words a person can act on. */
 export function describeError(error) {
   if (error.name === "AbortError") return "Stopped.";
-  if (error instanceof StreamStalled) {
-    return `The gateway stopped answering: ${error.message}, not even a keep-alive. Try again.`;
-  }
+  if (error instanceof NoAnswer) return `The gateway stopped answering: ${error.message}. Try again.`;
   if (!(error instanceof ApiError)) {
     return `Could not reach the gateway (${error.message}). Check your connection and try again.`;
   }

@@ -39,6 +39,12 @@ function setupRouter(dashboard) {
   show();
 }
 
+// "Skip to content" focuses the page shown; followed as a link, #main would be a route (Generate).
+$(".skip").addEventListener("click", (event) => {
+  event.preventDefault();
+  $("#main").focus();
+});
+
 setupApiKey();
 setupGenerate();
 setupCompare();

@@ -65,7 +65,7 @@ export function setupCompare() {
       $("#c-table tbody").replaceChildren(...ROWS.map(([label, get]) => row(label, get(ai), get(existing))));
       $("#c-summary").textContent = summary(result);
       section.hidden = false;
-      say(status, "");
+      say(status, "Compared: the table is below."); // the status is the live region screen readers hear
     } catch (error) {
       if (controller !== mine) return; // replaced by a newer comparison, which reports itself
       say(status, "");

@@ -103,15 +103,17 @@ function latencyRows(prometheus) {
 }
 
 function draw(source, prometheus, hours) {
-  const hourLabel = (d) => `${String(d.getHours()).padStart(2, "0")}h`;
-  const dayLabel = (d) => `${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+  // The buckets are UTC hours and days (the analytics views' and the timeline's): labelled in
+  // UTC, since local labels named the wrong day west of Greenwich and half-hours in India.
+  const hourLabel = (d) => `${String(d.getUTCHours()).padStart(2, "0")}h`;
+  const dayLabel = (d) => `${String(d.getUTCMonth() + 1).padStart(2, "0")}-${String(d.getUTCDate()).padStart(2, "0")}`;
   const hourly = series(source.intents, { key: "hour", value: (r) => r.total_requests, periods: hours, span: HOUR_MS, label: hourLabel });
-  plot("chart-hourly", columnChart(hourly, { label: "Workflows per hour" }));
+  plot("chart-hourly", columnChart(hourly, { label: "Workflows per hour (UTC)" }));
   plot("chart-mix", barList(workflowMix(source.intents), { label: "Workflow mix" }));
   plot("chart-rates", barList(rates(source.intents), { label: "Fallback and cache-hit rates", format: percent, max: 1 }));
   const cost = (r) => r.total_estimated_cost ?? r.total_cost ?? 0;
   const daily = series(source.costs, { key: "day", value: cost, periods: 7, span: DAY_MS, label: dayLabel });
-  plot("chart-cost", columnChart(daily, { label: "Estimated cost per day", format: formatCost }));
+  plot("chart-cost", columnChart(daily, { label: "Estimated cost per day (UTC)", format: formatCost }));
   const latency = latencyRows(prometheus);
   plot("chart-latency", barList(latency.rows, { label: latency.label, format: formatMs }));
 }
@@ -145,10 +147,16 @@ export function setupDashboard() {
   const auto = $("#d-auto");
   let timer = null;
   let loading = false;
+  let again = false; // asked for while loading (a new window, "Refresh now"): one more run after it
+  let updated = null; // what the charts show: `${source note} Updated ${time}.`
 
   async function refresh() {
-    if (loading) return;
+    if (loading) {
+      again = true;
+      return;
+    }
     loading = true;
+    again = false;
     const hours = Number(hoursSelect.value);
     try {
       const analytics = await postgresConfigured();
@@ -161,13 +169,17 @@ export function setupDashboard() {
       const source = pickSource(intents, costs, settled(metrics), hours);
       if (!source) {
         say(alert, describeError(metrics.reason));
+        // The charts still show the last refresh that worked: say so, not "Updated" as if current.
+        say(status, updated && `${updated} The latest refresh failed: these numbers are older.`);
         return;
       }
       say(alert, "");
       draw(source, settled(prometheus), hours);
-      say(status, `${source.note} Updated ${new Date().toLocaleTimeString()}.`);
+      updated = `${source.note} Updated ${new Date().toLocaleTimeString()}.`;
+      say(status, updated);
     } finally {
       loading = false;
+      if (again) refresh();
     }
   }
 

@@ -1,6 +1,6 @@
 // Generate: stream one request and show each stage as its event arrives, then the result.
 
-import { ApiError, StreamStalled, describeError, getJSON, requestBody, streamEvents } from "./api.js";
+import { ApiError, NoAnswer, describeError, getJSON, requestBody, streamEvents } from "./api.js";
 import { waterfall } from "./charts.js";
 import { $, formatCost, formatMs, h, markField, percent, say } from "./dom.js";
 import { recordRun } from "./latency.js";
@@ -239,7 +239,7 @@ export function setupGenerate() {
         say(status, "Stopped."); // the user's own choice: a status, not an alert
       } else {
         // Once events arrived the gateway was reached: the connection broke, the request did not fail.
-        const broke = !(error instanceof ApiError) && !(error instanceof StreamStalled);
+        const broke = !(error instanceof ApiError) && !(error instanceof NoAnswer);
         const message = stages.childElementCount && broke
           ? `The connection to the gateway broke mid-stream (${error.message}). Try again.`
           : describeError(error);
@@ -248,7 +248,11 @@ export function setupGenerate() {
         say(alert, message);
       }
     } finally {
-      if (current()) stop.disabled = true;
+      if (current()) {
+        // Disabling the focused Stop button would drop keyboard focus to the page's start.
+        if (document.activeElement === stop) $("#g-submit").focus();
+        stop.disabled = true;
+      }
     }
   });
 }
