@@ -121,7 +121,7 @@ def decode_query(raw_query: str) -> ProcessBody:
         raise error from None
 
 
-_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+_MISSING_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 # What a preference may be: said when a value is none of them (msgspec echoes the whole value).
 _CHOICES = {"quality": get_args(Quality), "style": get_args(Style), "format": get_args(Format)}
 
@@ -130,8 +130,8 @@ def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = F
     message = str(exc)
     head, sep, path = message.rpartition(" - at `$")
     field = path.rstrip("`").lstrip(".") if sep else ""
-    # "Object missing required field `image_url`" names the field in the message, and only the
-    # object that lacks it (if not the body itself) in the path.
+    # "Object missing required field `image_url`" (or "contains unknown field `imge_url`") names
+    # the field in the message, and only the object that lacks or has it (if not the body) in the path.
     missing = _MISSING_FIELD.search(message)
     if missing:
         field = f"{field}.{missing[1]}" if field else missing[1]

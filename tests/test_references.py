@@ -177,6 +177,7 @@ async def test_the_memory_store_is_bounded_in_all_whoever_callers_say_they_are(m
         ({"tag": "x" * 65, "image_url": SARAH}, "tag"),
         ({"tag": "sarah"}, "image_url"),  # missing: named as a wrong one is
         ({"image_url": SARAH}, "tag"),
+        ({"tag": "sarah", "image_url": SARAH, "imge_url": SARAH}, "imge_url"),  # a typo: named, not ignored
     ],
 )
 async def test_invalid_reference_is_refused(client: Any, body: dict[str, str], field: str) -> None:

@@ -25,7 +25,7 @@ PROCESS = "/api/v1/enhanced/process"
         ({"prompt": 42}, "prompt"),
         ({"prompt": "a cat", "user_preferences": {"quality": "ultra"}}, "user_preferences.quality"),
         ({"prompt": "a cat", "user_preferences": {"style": "x" * 60}}, "user_preferences.style"),
-        ({"prompt": "a cat", "user_preferences": {"colour": "red"}}, "user_preferences"),
+        ({"prompt": "a cat", "user_preferences": {"colour": "red"}}, "user_preferences.colour"),  # the unknown one, named
         ({"prompt": "a cat", "working_image_url": "ftp://a.supabase.co/x.jpg"}, "working_image_url"),
         ({"prompt": "a cat", "working_image_url": "javascript:alert(1)"}, "working_image_url"),
         ({"prompt": "a cat", "working_image_url": "https://"}, "working_image_url"),
