@@ -37,27 +37,31 @@ from pipeline.events import (
     ProcessResult,
     PromptEvent,
     ReferencesEvent,
+    StageEvent,
 )
 from pipeline.limits import Usage
 from pipeline.types import Format, Quality, Style
 
 _REF = "#/components/schemas/{name}"
+STAMPED = ("elapsed_ms", "trace_id")  # what every event's data carries
 
 ERROR_STATUSES = {
     "400": "Malformed JSON or query string (`malformed_json`, `malformed_query`), or a body that does"
            " not decode as its Content-Encoding says (`unreadable_body`)",
     "401": "No or invalid credentials (WWW-Authenticate: Bearer)",
-    "403": "The credentials lack the admin scope",
+    "403": "Refused: a browser request from another site (Sec-Fetch-Site, Origin), a Host that is not"
+           " loopback while the gateway is open (no keys), or credentials without the admin scope",
     "404": "Not found",
     "405": "Method not allowed",
     "408": "The body did not all arrive within REQUEST_BODY_TIMEOUT (the connection closes)",
     "413": "Body larger than 64 KiB",
     "415": "Content-Type is not application/json, or Content-Encoding is not gzip or deflate",
+    "417": "An Expect header other than 100-continue",
     "422": "A field is invalid; `field` names it",
     "429": "A per-user rate or cost limit (Retry-After)",
     "503": "Overloaded: no classification slot in time (Retry-After)",
 }
-_BODY_ERRORS = ("400", "408", "413", "415", "422")
+_BODY_ERRORS = ("400", "408", "413", "415", "417", "422")
 
 
 class Operation(msgspec.Struct, kw_only=True):
@@ -140,6 +144,11 @@ def build_document(app: web.Application) -> dict[str, Any]:
     for op in OPERATIONS.values():
         types += [t for t in (op.request, op.response) if _is_struct(t)]
     _, components = msgspec.json.schema_components(types, ref_template=_REF)
+    for kind in types:
+        if _is_struct(kind) and issubclass(kind, StageEvent):
+            # Defaults only to the runner, which stamps every event it sends: required to a client.
+            schema = components[kind.__name__]
+            schema["required"] = sorted({*schema.get("required", ()), *STAMPED})
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         resource = route.resource
@@ -189,9 +198,10 @@ def _operation(method: str, path: str, handler: Any) -> dict[str, Any]:
         success["content"] = {op.content_type: {"schema": body_schema}}
     responses: dict[str, Any] = {op.status: success}
     responses.update({status: {"description": text} for status, text in op.bodiless.items()})
-    statuses = [*op.errors, "405", *(["404"] if _path_params(path) else [])]
+    # 403 anywhere: the cross-site and open-mode Host checks come before routing by scope.
+    statuses = [*op.errors, "403", "405", *(["404"] if _path_params(path) else [])]
     if scope != "public":
-        statuses += ["401", "429", "503"] + (["403"] if scope == "admin" else [])
+        statuses += ["401", "429", "503"]
     elif path != "/health":
         statuses += ["503"]
     if not known:

@@ -48,6 +48,8 @@ async def test_document_lists_every_route(client: Any) -> None:
     assert success["$ref"].endswith("/ProcessResult")
     assert doc["paths"]["/health"]["get"]["security"] == []
     assert "403" in doc["paths"]["/metrics"]["get"]["responses"]
+    # Cross-site browser requests are refused before routing: every operation can answer 403.
+    assert "403" in process["responses"] and "417" in process["responses"]
 
 
 async def test_the_stream_events_data_schemas_are_components(client: Any) -> None:
@@ -55,7 +57,8 @@ async def test_the_stream_events_data_schemas_are_components(client: Any) -> Non
     doc = await (await client.get("/openapi.json")).json()
     schemas = doc["components"]["schemas"]
     for name in ("ContextEvent", "IntentEvent", "ModelEvent", "PromptEvent", "ErrorEvent", "ProcessResult"):
-        assert name in schemas
+        # Every event carries these (the runner stamps them): generated types must not make them optional.
+        assert {"elapsed_ms", "trace_id"} <= set(schemas[name]["required"]), name
     assert {"low_confidence", "no_clear_intent"} <= set(schemas["IntentEvent"]["properties"])
 
 
