@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.analytics.service import postgres_ctx
 from gateway.appkeys import (
+    BODIES_ARRIVING,
     CATALOG,
     CLASSIFIER,
     HEALTH_PROBES,
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
         settings.max_concurrent_classifications, settings.classification_queue_timeout
     )
     app[IN_FLIGHT] = {}  # a handler leaves it in its finally: a WeakSet cost ~1% per stream
+    app[BODIES_ARRIVING] = {}
     app[SHUTTING_DOWN] = asyncio.Event()
     app[HEALTH_PROBES] = {}
     app[IMAGE_URL_POLICY] = CachedUrlPolicy(ImageUrlPolicy(
@@ -163,11 +165,20 @@ async def end_requests(app: web.Application) -> None:
     own shutdown timeout cancels them: a stream with an `error` event (shutting_down) and a
     proper end of stream, a JSON request with a 503 shutting_down."""
     app[SHUTTING_DOWN].set()
+    arriving = app[BODIES_ARRIVING]
+    for handler in arriving:  # their bodies never arrive now (aiohttp reads no more): 503 at once
+        arriving[handler] = True
+        handler.cancel()
     in_flight = app[IN_FLIGHT]
+    grace = app[SETTINGS].shutdown_grace_seconds
     if in_flight:
-        log.info("stopping: %d requests in flight get up to %g s", len(in_flight),
-                 app[SETTINGS].shutdown_grace_seconds)
-        await asyncio.wait(list(in_flight), timeout=app[SETTINGS].shutdown_grace_seconds)
+        log.info("stopping: %d requests in flight get up to %g s", len(in_flight), grace)
+    # Requests that get into the pipeline meanwhile (their auth or limits were waiting on Redis)
+    # share what is left of the grace, rather than being cancelled the moment it ends.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while in_flight and (left := deadline - loop.time()) > 0:
+        await asyncio.wait(list(in_flight), timeout=left, return_when=asyncio.FIRST_COMPLETED)
     still_running = list(in_flight.items())
     for handler, run in still_running:
         run.shutting_down = True  # so the handler tells this cancel from its client leaving

@@ -63,6 +63,8 @@ class InFlight(Protocol):
 
 IN_FLIGHT = web.AppKey("in_flight", dict[asyncio.Task[Any], InFlight])  # by handler
 SHUTTING_DOWN = web.AppKey("shutting_down", asyncio.Event)  # set on SIGTERM: a cancellation is ours
+# Handlers whose body is still arriving; True once end_requests has cancelled one (that cancel is ours).
+BODIES_ARRIVING = web.AppKey("bodies_arriving", dict[asyncio.Task[Any], bool])
 # The shared Redis connection (gateway/redis.py), None when REDIS_URL is unset.
 REDIS: web.AppKey[RedisConnection | None] = web.AppKey("redis")
 IMAGE_URL_POLICY = web.AppKey("image_url_policy", CachedUrlPolicy)

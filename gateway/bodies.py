@@ -7,8 +7,8 @@ import asyncio
 
 from aiohttp import hdrs, web
 
-from gateway.appkeys import SETTINGS
-from gateway.errors import RequestTimeout
+from gateway.appkeys import BODIES_ARRIVING, SETTINGS
+from gateway.errors import RequestTimeout, ShuttingDown
 from gateway.wire import MAX_BODY_BYTES, require_json
 
 
@@ -24,8 +24,21 @@ async def read_json_body(request: web.Request) -> bytes:
         # for, so no deadline (setting one costs ~4 us, 2% of a cache hit).
         return await request.read()
     timeout = request.app[SETTINGS].request_body_timeout
+    # Once the gateway is stopping, aiohttp reads no more bytes from any connection: the rest of
+    # this body never arrives, so end_requests cancels the wait and the client hears why (it got
+    # no answer at all: a 503 in the access log, a connection cut on the wire).
+    arriving, handler = request.app[BODIES_ARRIVING], asyncio.current_task()
+    assert handler is not None
+    arriving[handler] = False
     try:
         async with asyncio.timeout(timeout):
             return await request.read()
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    except asyncio.CancelledError:
+        if not arriving.get(handler):
+            raise  # the client left
+        handler.uncancel()
+        raise ShuttingDown("the gateway is restarting: send the request again") from None
+    finally:
+        arriving.pop(handler, None)

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.appkeys import BODIES_ARRIVING
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import GatedClassifier
 
@@ -194,3 +195,33 @@ async def test_on_shutdown_a_json_request_past_its_grace_answers_503_it_can_retr
     assert resp.headers["Retry-After"] == "1" and resp.headers["Connection"] == "close"
     (line,) = [r for r in caplog.records if r.name == "gateway.request"]
     assert line.status == 503  # type: ignore[attr-defined]  # what the client saw, this time
+
+
+@pytest.mark.parametrize("path", [PROCESS, "/api/v1/enhanced/stream"])
+async def test_on_shutdown_a_request_whose_body_is_still_arriving_answers_503_at_once(
+    make_client: Any, path: str
+) -> None:
+    """Once stopping, aiohttp reads no more bytes: a body half sent at SIGTERM never arrives. Its
+    request used to get no answer at all (a cut after the shutdown timeout); now a 503 it can
+    retry on, without waiting out the grace."""
+    client = await make_client(shutdown_grace_seconds=5)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    body = b'{"prompt": "a cat on a sofa"}'
+    writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body[:10]))
+    arriving = client.app[BODIES_ARRIVING]
+    for _ in range(200):
+        if arriving:
+            break
+        await asyncio.sleep(0.01)
+    assert arriving, "the handler never waited for the rest of its body"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closing = asyncio.create_task(client.server.close())
+    answer = await asyncio.wait_for(reader.read(), 5)
+    await closing
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+    assert b'"error":"shutting_down"' in payload
+    assert loop.time() - started < 2  # not the 5 s grace: the body was never coming
