@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -199,6 +200,9 @@ RESTART_WINDOW = 60.0
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
+    if (taken := _port_taken(host, port)) is not None:
+        log.critical("%s:%d is in use (%s): another gateway or program holds it", host, port, taken)
+        return 1
     # spawn, not fork: each worker builds its own loop, clients and app from scratch.
     context = multiprocessing.get_context("spawn")
     processes: list[BaseProcess] = []
@@ -253,6 +257,25 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
             log.error("worker exited unexpectedly: started another",
                       extra={"exited_pid": dead.pid, "exitcode": dead.exitcode, "new_pid": processes[-1].pid})
     return 1 if failed else 0
+
+
+def _port_taken(host: str, port: int) -> str | None:
+    """Why host:port cannot be ours, if it cannot. SO_REUSEPORT lets the workers share the port,
+    and so it let a second `serve --workers` of the same user join it too: two gateways with
+    different settings, each taking half the connections, both saying they listen. A bind
+    without SO_REUSEPORT fails wherever anything listens there, sharing or not."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return str(exc)
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT holds nothing
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    return None
 
 
 def _run_worker(settings: Settings, host: str, port: int, *, reuse_port: bool) -> int:

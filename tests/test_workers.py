@@ -127,16 +127,45 @@ def test_a_worker_that_dies_is_replaced(tmp_path: Path) -> None:
 
 
 def test_workers_that_keep_dying_stop_the_gateway_with_an_error(tmp_path: Path) -> None:
-    """A port another program holds: every worker fails to bind. After 5 exits per worker within
-    a minute the supervisor gives up with exit code 1 instead of restarting them forever."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        with serve(tmp_path, 2, port=taken.getsockname()[1]) as served:
-            served.process.wait(timeout=90)
+    """Workers that die as soon as they start (here killed as they appear): after 5 exits per
+    worker within a minute the supervisor gives up with exit code 1 instead of restarting them
+    forever."""
+    with serve(tmp_path, 2) as served:
+        served.wait_for('"started workers"', 1)
+        killed: set[int] = set()
+        deadline = time.monotonic() + 60
+        while served.process.poll() is None and time.monotonic() < deadline:
+            for pid in set(_spawned(served.process.pid)) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.02)
+        served.process.wait(timeout=30)
     assert served.process.returncode == 1
     assert served.lines("workers keep exiting") == 1
     assert served.lines("worker exited unexpectedly") == 10  # the 11th exit of 2 workers stops it
+
+
+def _spawned(parent: int) -> list[int]:
+    """The supervisor's worker processes (not spawn's resource tracker, its other child)."""
+    found = subprocess.run(["pgrep", "-P", str(parent), "-f", "spawn_main"], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def test_a_port_already_taken_is_refused_at_once(tmp_path: Path) -> None:
+    """Another program on the port, or another gateway's workers sharing it (SO_REUSEPORT, which
+    let a second `serve --workers` join the first and take half its connections): exit code 1
+    at once, saying so, instead of starting workers that fail or that split the traffic."""
+    for share in (False, True):
+        with socket.socket() as taken:
+            if share:
+                taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            with serve(tmp_path, 2, port=taken.getsockname()[1]) as served:
+                served.process.wait(timeout=30)
+        assert served.process.returncode == 1
+        assert served.lines("is in use (Address already in use): another gateway or program holds it") == 1
+        assert served.lines('"started workers"') == 0
 
 
 def test_a_worker_count_under_one_is_refused() -> None:
