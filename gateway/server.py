@@ -270,7 +270,8 @@ def _port_taken(host: str, port: int) -> str | None:
         return str(exc)
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: TIME_WAIT holds nothing
+            # As aiohttp binds: a connection in TIME_WAIT holds nothing.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(address)
             except OSError as exc:
