@@ -83,6 +83,9 @@ CLOSERS = ["", " thanks", " :)", " asap", " for instagram", " please", "!", " - 
 LAG_PROBE_SECONDS = 0.005
 STALL_MS = 1000.0  # a request cut by the run's end after waiting this long (and 10x a stream) stalled
 CONNECT_RETRY_SECONDS = 0.1  # a client whose connect failed waits this long before the next try
+# No new request this close to the run's end: the loop's timers (uvloop: 1 ms steps) fire up to
+# a step early, and each request begun in that instant was cut at once and counted in flight.
+END_SLACK = 0.002
 
 
 @dataclass
@@ -210,6 +213,7 @@ class StreamClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.first: float | None = None  # this request's first event (ms), kept if it times out
+        self.done: float | None = None  # and its `done` (ms): a response that then never ends still has it
         self.retry_after = 0.0  # seconds the last answer (429, 503) asked the client to wait
         self.completed = 0  # streams that reached `done`, warm-up included: the progress line's
 
@@ -220,13 +224,14 @@ class StreamClient:
 
     async def request(
         self, body: bytes, stats: Stats, *, run_left: float = float("inf"), scheduled: float | None = None
-    ) -> None:
-        """One request; `run_left`: seconds until the run ends. A request the run's end cuts short
-        neither finished nor failed: it is counted as cut at the end. `scheduled`: when a paced
-        run meant to send it; its latencies count from then, so a request that waited behind a
-        slow one reports that wait (the coordinated omission wrk2 corrects)."""
+    ) -> bool:
+        """One request; `run_left`: seconds until the run ends. A request the run's end (or Ctrl-C)
+        cuts short neither finished nor failed: it is counted as cut at the end, and True is
+        returned. `scheduled`: when a paced run meant to send it; its latencies count from then,
+        so a request that waited behind a slow one reports that wait (the coordinated omission
+        wrk2 corrects)."""
         measured = stats.measuring  # a request begun in the warm-up is not measured, wherever it ends
-        self.first, self.retry_after = None, 0.0
+        self._begin()
         cut_by_run_end = run_left < self.timeout
         sent: float | None = None
         try:
@@ -248,15 +253,21 @@ class StreamClient:
                     stats.first_send = stats.first_send or sent
                     stats.last_send = sent
                 outcome = await self._read_response(self.reader, start)
+        except asyncio.CancelledError:  # Ctrl-C: in flight, like a request the run's end cuts
+            await self.close()
+            if measured and sent is not None:
+                self._cut(stats, sent)
+            raise
         except TimeoutError:
             await self.close()
-            if cut_by_run_end:
-                if measured:
-                    stats.cut_at_end += 1
-                    if sent is not None:
-                        stats.oldest_cut = max(stats.oldest_cut, (time.perf_counter() - sent) * 1000)
-                return
-            outcome = (["timeout"], self.first, None)  # its first event, if any, was measured
+            if self.done is not None:  # `done` came, but the response never ended: a result, and a fault
+                outcome = (["open_after_done"], self.first, self.done)
+            elif cut_by_run_end:
+                if measured and sent is not None:  # a connection still opening sent nothing
+                    self._cut(stats, sent)
+                return True
+            else:
+                outcome = (["timeout"], self.first, None)  # its first event, if any, was measured
         except OSError:  # ConnectionError included (TimeoutError, one too, is caught above)
             if self.writer is not None:  # the connection was up: it broke mid-request
                 outcome = (["disconnect"], self.first, None)
@@ -273,7 +284,7 @@ class StreamClient:
         errors, first, done = outcome
         self.completed += done is not None
         if not measured:
-            return
+            return False
         stats.requests += 1
         stats.errors.update(errors)
         if first is not None:
@@ -283,6 +294,17 @@ class StreamClient:
             stats.done += 1
             if scheduled is not None and sent is not None:
                 stats.ttd_from_send.append(done - (sent - start) * 1000)
+        return False
+
+    def _begin(self) -> None:
+        """What one request's answer fills in, cleared before it is sent."""
+        self.first = self.done = None
+        self.retry_after = 0.0
+
+    @staticmethod
+    def _cut(stats: Stats, sent: float) -> None:
+        stats.cut_at_end += 1
+        stats.oldest_cut = max(stats.oldest_cut, (time.perf_counter() - sent) * 1000)
 
     async def _read_response(
         self, reader: asyncio.StreamReader, start: float
@@ -317,7 +339,7 @@ class StreamClient:
             close = True  # the body ends where the connection does
         body = _chunks(reader, chunked, length)
         errors: list[str] = [] if status == 200 else [f"http_{status}"]
-        if not event_stream:
+        if not event_stream or errors:  # a refusal's body (JSON, or events) is no stream's timing
             async for _ in body:
                 pass
             if close:
@@ -325,29 +347,50 @@ class StreamClient:
             return errors or ["not_event_stream"], None, None
         first: float | None = None
         done: float | None = None
-        pending = b""
-        async for piece in body:
-            pending += piece
-            if b"\r" in pending:  # CRLF line endings (SSE allows them): read as LF
-                pending = pending.replace(b"\r\n", b"\n")
-            while (cut := pending.find(b"\n\n")) >= 0:
-                block, pending = pending[:cut], pending[cut + 2 :]
-                if block.startswith(b":") or sse_field(block, b"data") is None:
-                    continue  # a heartbeat comment, or a block with no data: no event (SSE)
+
+        def arrived(blocks: list[bytes]) -> None:
+            nonlocal first, done
+            for block in blocks:
                 now = (time.perf_counter() - start) * 1000
                 if first is None:
                     first = self.first = now
                 event = sse_field(block, b"event")
                 if event == b"done":
-                    done = now
+                    done = self.done = now
                 elif event == b"error":
                     # stage_failed still ends in `done` (a fallback); overloaded ends the stream.
                     errors.append(f"event_{_error_code(sse_field(block, b'data'))}")
+
+        pending = carried = b""
+        async for piece in body:
+            pending += carried + piece
+            carried = b""
+            if b"\r" in pending:  # CRLF or CR line endings (SSE allows both): read as LF
+                if pending.endswith(b"\r"):  # maybe half of a CRLF: the next piece says
+                    pending, carried = pending[:-1], b"\r"
+                pending = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            blocks, pending = _blocks(pending)
+            arrived(blocks)
+        if carried:  # the body's last byte was a CR: a line ending after all
+            arrived(_blocks(pending + b"\n")[0])
         if close:
             await self.close()
         if done is None and not errors:
             errors.append("no_done_event")
         return errors, first, done
+
+
+def _blocks(text: bytes) -> tuple[list[bytes], bytes]:
+    """The complete SSE event blocks in `text` (LF line endings), and what is left after them.
+    A block without data is no event (SSE): a heartbeat alone, say; comment lines are dropped."""
+    blocks: list[bytes] = []
+    while (cut := text.find(b"\n\n")) >= 0:
+        block, text = text[:cut], text[cut + 2 :]
+        if block.startswith(b":"):  # comment lines (heartbeats) are ignored, not their block
+            block = b"\n".join(line for line in block.split(b"\n") if not line.startswith(b":"))
+        if sse_field(block, b"data") is not None:
+            blocks.append(block)
+    return blocks, text
 
 
 async def _chunks(reader: asyncio.StreamReader, chunked: bool, length: int | None) -> AsyncIterator[bytes]:
@@ -403,6 +446,34 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
 
 
+class Pacer:
+    """--rate's schedule: start i is due at `begin + i / rate`; a free client takes the next
+    one. Counted, not queued: at a rate no server reaches, a queue of due starts grew by the
+    rate every second (a million a second at --rate 1e6)."""
+
+    def __init__(self, rate: float, begin: float, end: float) -> None:
+        self.step, self.begin, self.end = 1 / rate, begin, end
+        self.taken = 0
+
+    async def next_start(self) -> float | None:
+        """When the next start is due, once it is (None past the run's end)."""
+        at = self.begin + self.taken * self.step
+        if at >= self.end:
+            return None
+        self.taken += 1
+        if (wait := at - time.perf_counter()) > 0:
+            await asyncio.sleep(wait)
+        return at
+
+    def due_untaken(self, *, since: float, until: float) -> int:
+        """Starts due in [since, until] that no client took."""
+        if until < self.begin:
+            return 0
+        last = min(math.floor((until - self.begin) / self.step), math.ceil((self.end - self.begin) / self.step) - 1)
+        first = max(self.taken, math.ceil((since - self.begin) / self.step))
+        return max(0, last - first + 1)
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
     url = urlsplit(args.url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
@@ -422,18 +493,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     # is busy, and its latencies count from when it was due (wrk2's correction), so that wait
     # shows. (Each connection keeping a schedule of its own charged one slow stream's time to
     # the next few requests of its connection, as if the server had kept them waiting.)
-    due: asyncio.Queue[float] = asyncio.Queue()
-
-    async def schedule() -> None:
-        step, at = 1 / args.rate, time.perf_counter()
-        while at < deadline:
-            now = time.perf_counter()
-            while at <= now and at < deadline:
-                due.put_nowait(at)
-                at += step
-            await asyncio.sleep(max(0.0, min(at, deadline) - time.perf_counter()))
-        for _ in range(args.concurrency):
-            due.put_nowait(math.inf)  # the end: one for each client still waiting for a start
+    pacer = Pacer(args.rate, time.perf_counter(), deadline) if args.rate else None
 
     streams = [StreamClient(host, port, args.path, {**headers, "X-User-Id": f"load-{index}"}, args.timeout)
                for index in range(args.concurrency)]  # fmt: skip
@@ -442,14 +502,21 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         client = streams[index]
         try:
             while time.perf_counter() < deadline:
-                if args.requests and stats.measuring:  # -n counts measured requests, not the warm-up's
+                scheduled = None
+                if pacer is not None and (scheduled := await pacer.next_start()) is None:
+                    return  # the schedule's last start is taken
+                # -n counts measured requests, not the warm-up's: checked once the start is due,
+                # as the warm-up may end while a client waits for it.
+                if args.requests and stats.measuring:
                     if budget[0] <= 0:
                         return
                     budget[0] -= 1
-                scheduled = await due.get() if args.rate else None
-                if time.perf_counter() >= deadline or (scheduled is not None and scheduled >= deadline):
-                    return  # paced: the wait may have run past the end
-                await client.request(mix.body(), stats, run_left=deadline - time.perf_counter(), scheduled=scheduled)
+                if deadline - time.perf_counter() < END_SLACK:
+                    return
+                cut = await client.request(mix.body(), stats, run_left=deadline - time.perf_counter(),
+                                           scheduled=scheduled)  # fmt: skip
+                if cut:
+                    return  # the run's end cut it: no more starts in its last instant
                 if client.retry_after:  # 429/503 asked to wait: do, as a client would
                     stats.retry_after_waits += stats.measuring
                     await asyncio.sleep(min(client.retry_after, max(0.0, deadline - time.perf_counter())))
@@ -483,7 +550,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(args.warmup)
         stats.__init__()  # type: ignore[misc]  # measurement starts now
 
-    scheduler = asyncio.create_task(schedule()) if args.rate else None
     reporter = asyncio.create_task(progress()) if args.progress else None
     warm = asyncio.create_task(end_warmup()) if args.warmup > 0 else None
     prober = asyncio.create_task(probe_lag())
@@ -506,12 +572,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(signal.SIGINT)
     elapsed = time.perf_counter() - stats.started
-    for task in (scheduler, reporter, warm, prober):
+    for task in (reporter, warm, prober):
         if task:
             task.cancel()
-    measured_from = stats.started if stats.measuring and not args.requests else math.inf  # -n: no end due
-    while not due.empty():  # starts that came due while every connection waited on an answer
-        stats.unsent += measured_from <= due.get_nowait() < deadline
+    if pacer is not None and stats.measuring and not args.requests:  # -n: no end due
+        # Starts that came due while every connection waited on an answer.
+        stats.unsent = pacer.due_untaken(since=stats.started, until=min(time.perf_counter(), deadline))
     if args.progress:
         sys.stderr.write("\n")
     return {
@@ -562,9 +628,9 @@ def render(report: dict[str, object]) -> str:
     ttfe, ttd, lag = report["ttfe_ms"], report["ttd_ms"], report["client_lag_ms"]
     assert isinstance(ttfe, dict) and isinstance(ttd, dict) and isinstance(lag, dict)
     rows = [
-        ("requests/s", f"{report['requests_per_s']} completed ({report['answered_per_s']} with errors)"),
-        ("completed", f"{report['completed']} of {report['requests']} in {report['duration_s']} s"
-                      + (" (interrupted)" if report["interrupted"] else "")),
+        ("requests/s", f"{report['requests_per_s']} completed ({report['answered_per_s']} answered or failed)"),
+        ("completed", f"{report['completed']} of {report['requests']} ({report['sent']} sent) in "
+                      f"{report['duration_s']} s" + (" (interrupted)" if report["interrupted"] else "")),
         ("first event p50/p95/p99 ms", _ms(ttfe)),
         ("done p50/p95/p99 ms", _ms(ttd)),
     ]
@@ -591,8 +657,9 @@ def render(report: dict[str, object]) -> str:
                         if report.get("unsent") else "")))
     target, reached = report.get("target_rate"), report.get("rate_reached")
     if isinstance(target, float) and isinstance(reached, float) and reached < 0.9 * target:
-        rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: the server "
-                                                   "(or this load tester) did not keep up"))
+        why = ("clients waited as Retry-After asked" if report.get("retry_after_waits")
+               else "the server (or this load tester) did not keep up")
+        rows.append(("WARNING: behind the --rate", f"{reached} req/s sent of {target:g} asked for: {why}"))
     if report.get("repeated_misses"):
         rows.append(("WARNING: the walk wrapped", f"{report['repeated_misses']} 'misses' repeated earlier prompts"))
     width = max(len(name) for name, _ in rows)
@@ -634,10 +701,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if value is not None and value < least:
             parser.error(f"{name} must be {least} or more")
     for name, value in (("-d/--duration", args.duration), ("--rate", args.rate), ("--timeout", args.timeout)):
-        if value is not None and not value > 0:
-            parser.error(f"{name} must be more than 0")
-    if args.warmup < 0:
+        if value is not None and not 0 < value < math.inf:  # inf: a run that never ends, or spins
+            parser.error(f"{name} must be a number more than 0")
+    if not 0 <= args.warmup < math.inf:
         parser.error("--warmup must be 0 or more")
+    if url.port == 0:
+        parser.error("--url: port 0 is no server's port")
+    if not args.path.startswith("/"):
+        parser.error(f"--path is the endpoint's path, starting with /: {args.path!r}")
+    if args.hot is not None and args.hot > len(PROMPTS):
+        parser.error(f"--hot: the built-in mix has {len(PROMPTS)} prompts to repeat (--prompts FILE for more)")
     if args.repeat_share is not None and not 0 <= args.repeat_share <= 1:
         parser.error("--repeat-share is a share: 0 to 1")
     if args.duration is None and args.requests is None:

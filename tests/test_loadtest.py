@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -360,6 +361,8 @@ def test_an_ipv6_url_is_sent_a_bracketed_host() -> None:
 @pytest.mark.parametrize("events", [
     [b"event:context\ndata:{}\n\n", b"event:done\ndata:{}\n\n"],  # no space after the colon
     [b"event: context\r\ndata: {}\r\n\r\n", b"event: done\r", b"\ndata: {}\r\n\r\n"],  # CRLF, split
+    [b"event: context\rdata: {}\r\r", b"event: done\r", b"data: {}\r\r"],  # CR alone, split after one
+    [b": hb\nevent: context\ndata: {}\n\n", b": beat\n: beat\nevent: done\ndata: {}\n\n"],  # comment lines first
 ])  # fmt: skip
 async def test_valid_sse_in_other_spellings_is_read_as_the_gateways(events: list[bytes]) -> None:
     loadtest = load_script("loadtest")
@@ -390,7 +393,9 @@ async def test_a_429_with_retry_after_is_waited_for_not_hammered() -> None:
                                   ["--url", "https://127.0.0.1:8000"], ["--url", "127.0.0.1:8000"],
                                   ["--url", "http://127.0.0.1:8000/prefix"], ["--url", "http://127.0.0.1:99999"],
                                   ["--url", "http://127.0.0.1:abc"], ["--url", "http://u:p@127.0.0.1:8000"],
-                                  ["--repeat-share", "1.5"]])  # fmt: skip
+                                  ["--repeat-share", "1.5"], ["--rate", "inf"], ["-d", "inf"],
+                                  ["--warmup", "inf"], ["--timeout", "nan"], ["--url", "http://127.0.0.1:0"],
+                                  ["--path", "api/v1/enhanced/stream"], ["--hot", "999"]])  # fmt: skip
 def test_arguments_that_would_run_forever_or_elsewhere_are_refused(argv: list[str]) -> None:
     loadtest = load_script("loadtest")
     with pytest.raises(SystemExit) as refused:
@@ -486,3 +491,77 @@ async def test_a_paced_run_counts_the_wait_behind_a_stall_in_every_request_that_
     assert report["completed"] >= 20
     assert report["ttd_ms"]["p95"] >= 300 and report["ttd_from_send_ms"]["p95"] < 300
     assert "scheduled start" in loadtest.render(report)
+
+
+async def test_a_rate_no_server_reaches_holds_no_queue_of_due_starts() -> None:
+    """--rate 1e6 for a second against one connection: the starts it could not send are counted
+    (unsent), not queued one by one (the queue grew a million entries a second, and --rate inf
+    filled the machine's memory without ever yielding)."""
+    loadtest = load_script("loadtest")
+    tracemalloc.start()
+    try:
+        async with RawServer(_chunked(DONE)) as url:
+            report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-d", "1", "--rate", "1e6",
+                                                             "--no-progress"]))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000  # bytes: a queue of a million floats alone was ~50 MB
+    assert report["completed"] > 0 and report["unsent"] > 500_000
+    assert report["unsent"] + report["sent"] + report["cut_at_end"] <= 1_000_000
+
+
+async def test_n_requests_with_a_rate_and_a_warm_up_measures_n() -> None:
+    """-n 50 --warmup 1 --rate 1000 on 32 connections measured 82: clients that had checked the
+    budget during the warm-up sent afterwards, counted, without it."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE)) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "32", "-n", "50", "--warmup", "0.5",
+                                                         "--rate", "1000", "--no-progress"]))
+    assert report["requests"] == 50 and report["completed"] == 50
+
+
+async def test_no_more_requests_are_cut_at_the_end_than_there_are_connections() -> None:
+    """The loop's timers fire up to a millisecond early: each client began request after request
+    in the run's last instant, each cut at once (5-13 "in flight" with -c 4)."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(b"event: context\ndata: {}\n\n")[:-5], stall=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "4", "-d", "1", "--no-progress"]))
+    assert report["cut_at_end"] == 4
+
+
+async def test_a_stream_that_sends_done_but_never_ends_keeps_its_result_and_says_so() -> None:
+    """`done` arrived, then the response stayed open: the result used to be lost to a timeout."""
+    loadtest = load_script("loadtest")
+    async with RawServer(_chunked(DONE)[:-5], stall=True) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "2", "-d", "2", "--timeout", "0.5",
+                                                         "--no-progress"]))
+    # Each connection closed after its timeout, a new one opened: about four each in the 2 s.
+    assert report["completed"] == report["requests"] == report["errors"]["open_after_done"] >= 4
+    assert report["ttd_ms"]["p50"] is not None
+
+
+async def test_a_refusal_with_an_event_stream_body_is_one_error_and_no_timing() -> None:
+    """A 503 whose body is events (a gateway overloaded before its stream began) counted twice
+    (http_503 and event_overloaded), and its event's time went into the first-event percentiles."""
+    loadtest = load_script("loadtest")
+    body = b'event: error\ndata: {"code": "overloaded"}\n\n'
+    answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n"
+              b"\r\n%s" % (len(body), body))
+    async with RawServer(answer) as url:
+        report = await loadtest.run(loadtest.parse_args(["--url", url, "-c", "1", "-n", "3", "--no-progress"]))
+    assert report["errors"] == {"http_503": 3} and report["ttfe_ms"]["p50"] is None
+
+
+async def test_ctrl_c_counts_the_requests_it_cut_short() -> None:
+    """Streams in flight when Ctrl-C came were in no count: sent, never answered, not cut."""
+    async with RawServer(_chunked(b"event: context\ndata: {}\n\n")[:-5], stall=True) as url:
+        command = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", url, "-c", "2", "-d", "30",
+                   "--no-progress"]  # fmt: skip
+        process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE,
+                                                       stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        await asyncio.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+    report = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert report["interrupted"] is True and report["sent"] == report["cut_at_end"] == 2, stderr.decode()
