@@ -365,6 +365,33 @@ async def test_a_hung_database_holds_health_and_requests_no_longer_than_their_ti
     await proxy.stop()
 
 
+async def test_a_hung_database_holds_the_writer_and_the_shutdown_no_longer_than_their_bounds(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    """Postgres frozen with the connections open: a write gives up at its 5 s and says the
+    database is unreachable (it stalled ~35 s, /health saying all was well), and stopping takes
+    seconds: the key store's pool closed with no bound, and a SIGTERM took 4 minutes."""
+    proxy = TcpProxy()
+    await proxy.start()
+    client = await _db_client(make_client, postgres_db.replace(":5432/", f":{proxy.port}/"), tmp_path,
+                              gateway_api_keys=None)  # fmt: skip
+    writer = client.app[REQUEST_LOG]
+    await _process(client)
+    await wait_until(lambda: writer.stats.written == 1, timeout=10)
+    proxy.pause()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await _process(client)
+    await wait_until(lambda: writer.stats.failed_writes >= 1, timeout=15)
+    assert loop.time() - started < 8 and writer.connected is False
+    started = loop.time()
+    await client.close()
+    assert loop.time() - started < 15  # the writer's last try (5 s), then each pool's bounded close
+    assert (writer.stats.spilled, writer.stats.dropped) == (1, 0)  # the row waits in the spill file
+    proxy.resume()
+    await proxy.stop()
+
+
 async def test_overflow_spills_to_file_and_replays(
     postgres_db: str, make_client: MakeClient, tmp_path: Path
 ) -> None:

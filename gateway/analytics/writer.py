@@ -260,10 +260,26 @@ class LogWriter:
         return True
 
     async def _write(self, batch: list[LogEntry]) -> int:
-        """Store the batch once; return how many of its rows were new."""
+        """Store the batch once within write_timeout; return how many of its rows were new.
+
+        The store runs in a task of its own, left to wind down past the deadline: asyncpg gives
+        back a connection whose query was cancelled only once the server acknowledges it (up to
+        30 s from a hung one), and a timeout around the store held the writer that long, /health
+        saying all was well and the overflow unspilled. A store that commits after all is no
+        harm: the retry finds its rows there and adds only the rest.
+        """
+        store = asyncio.ensure_future(self._store(batch))
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                return await asyncio.shield(store)
+        finally:
+            if not store.done():
+                store.cancel()
+
+    async def _store(self, batch: list[LogEntry]) -> int:
         intents = [intent_record(e) for e in batch]
         models = [model_record(e) for e in batch if e.selected_model is not None]
-        async with asyncio.timeout(self.write_timeout), self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn:
             try:
                 async with conn.transaction():
                     await _copy(conn, "intent_classification_logs", "model_selection_logs", intents, models)
