@@ -8,6 +8,7 @@ and only allowed on loopback; see `auth_ctx`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
@@ -21,10 +22,12 @@ from aiohttp import web
 
 from gateway.analytics.pool import close_pool
 from gateway.apikeys import USER_ID_PATTERN, Authenticator, PgKeyStore, Principal, parse_static_keys
-from gateway.appkeys import AUTH, SETTINGS, USER_ID
+from gateway.appkeys import AUTH, HEALTH_PROBES, SETTINGS, USER_ID
 from gateway.config import ConfigError, Settings
 from gateway.cors import refuse_other_sites
 from gateway.errors import DatabaseUnavailable, Forbidden, Handler, Unauthorized, ValidationFailed
+
+HEALTH_PROBE_SECONDS = 0.5  # /health answers within a load balancer's usual 1 s
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +176,8 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         open_if_no_keys=_may_run_open(settings) if undecided else None,
         cors_origins=settings.cors_origins(),
     )
+    if undecided:
+        app[HEALTH_PROBES]["auth"] = functools.partial(_keys_probe, app[AUTH])
     try:
         yield
     finally:
@@ -180,6 +185,20 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
             # Bounded: a bare close() waits for a hung server to answer each connection's goodbye
             # (measured: 4 minutes past SIGTERM, where Kubernetes kills at 30 s).
             await close_pool(pool, grace=1.0)  # two connections for key lookups: 1 s is ample
+
+
+async def _keys_probe(auth: Authenticator) -> dict[str, object]:
+    """/health while the keys table was unread at start-up: every request that needs a key gets
+    503, so the instance is no use to a load balancer. The probe asks the table itself: with the
+    instance out of rotation, no request would come to ask it."""
+    if auth.open_if_no_keys is not None:
+        try:
+            async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+                await auth.decide()
+        except (DatabaseUnavailable, TimeoutError):
+            return {"state": "down", "requests": "refused",
+                    "detail": "the API keys table cannot be read: requests that need a key get 503"}
+    return {"state": "ok"}
 
 
 async def _count_db_keys(store: PgKeyStore) -> int | None:

@@ -7,12 +7,14 @@ with 429 in a middleware, charges the model stage's estimated cost, and serves /
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from gateway.appkeys import (
     ADMISSION,
+    HEALTH_PROBES,
     LIMITER,
     METRICS,
     REDIS,
@@ -34,6 +36,7 @@ from pipeline.limits import (
     RateLimiter,
 )
 from pipeline.limits_redis import RedisRateLimiter
+from pipeline.redis_link import RedisLink
 
 # Requests that run the pipeline; health, metrics and usage are never limited.
 LIMITED_PATHS = frozenset({"/api/v1/enhanced/process", "/api/v1/enhanced/stream", "/api/v1/enhanced/compare"})
@@ -53,6 +56,16 @@ def limits_of(settings: Settings) -> Limits:
     )
 
 
+async def _closed_limits_probe(redis: RedisLink) -> dict[str, object]:
+    """RATE_LIMIT_FAIL_MODE=closed: while Redis is unreachable every request is refused (503),
+    which /health must say, or a load balancer keeps sending traffic to an instance that serves
+    none of it. Redis's own entry says whether it answers; this one, what that means here."""
+    if redis.available:
+        return {"state": "ok", "fail_mode": "closed"}
+    return {"state": "down", "fail_mode": "closed", "requests": "refused",
+            "detail": "Redis is unreachable and RATE_LIMIT_FAIL_MODE=closed: requests get 503"}
+
+
 async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx (after redis_ctx): exact limits on Redis, else per instance in memory."""
     settings, redis = app[SETTINGS], app[REDIS]
@@ -60,6 +73,8 @@ async def limiter_ctx(app: web.Application) -> AsyncIterator[None]:
     if redis is not None:
         fail_mode, spans = settings.rate_limit_fail_mode, app[TRACING].client_span
         limiter = RedisRateLimiter(redis, limits_of(settings), fail_mode=fail_mode, spans=spans)
+        if fail_mode == "closed":
+            app[HEALTH_PROBES]["rate_limits"] = functools.partial(_closed_limits_probe, redis)
     app[LIMITER] = limiter
     app[METRICS].counter(
         "gateway.rate_limited",

@@ -308,7 +308,9 @@ async def metrics_json(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    """GET /health: ok, or degraded naming the dependency that is not."""
+    """GET /health: ok, or degraded naming the dependency that is not (200: requests are still
+    served, from memory or a fallback); 503 unavailable while a dependency's state refuses them
+    (keys unreadable, limits failing closed): a load balancer then sends the traffic elsewhere."""
     settings = request.app[SETTINGS]
     dependencies: dict[str, dict[str, object]] = {
         "classifier": {"state": "ok", "name": settings.intent_classifier},
@@ -320,6 +322,8 @@ async def health(request: web.Request) -> web.Response:
     # and Postgres one after the other took 1.5 s, past a load balancer's usual 1 s probe).
     states = await asyncio.gather(*(probe() for probe in probes.values()))
     dependencies.update(zip(probes, states, strict=True))
+    if any(dep.get("requests") == "refused" for dep in dependencies.values()):
+        return json_response({"status": "unavailable", "dependencies": dependencies}, status=503)
     degraded = any(dep["state"] not in ("ok", "not_configured") for dep in dependencies.values())
     return json_response({"status": "degraded" if degraded else "ok", "dependencies": dependencies})
 

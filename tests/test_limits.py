@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from gateway.appkeys import LIMITER
+from gateway.appkeys import LIMITER, REDIS
 from pipeline.limits import Limits, MemoryRateLimiter, TokenSource
 from pipeline.limits_redis import RedisRateLimiter
-from tests.conftest import MakeClient
+from tests.conftest import MakeClient, wait_until
 from tests.redis_servers import RedisServer, free_port, needs_redis
 from tests.sse import parse_events
 
@@ -218,14 +218,24 @@ async def test_redis_down_fails_open_by_default(make_client: MakeClient, redis_s
 
 @needs_redis
 async def test_redis_down_fails_closed_when_asked(make_client: MakeClient, redis_server: RedisServer) -> None:
-    """RATE_LIMIT_FAIL_MODE=closed: with Redis stopped, limited routes answer 503, health still 200."""
-    client = await make_client(redis_url=redis_server.url, rate_limit_fail_mode="closed")
+    """RATE_LIMIT_FAIL_MODE=closed: with Redis stopped, limited routes answer 503, and so does
+    /health (it said 200 "serving from memory" while the instance refused every request, so a
+    load balancer kept sending them); with Redis back, both serve again."""
+    client = await make_client(redis_url=redis_server.url, rate_limit_fail_mode="closed", redis_health_interval=0.1)
+    assert (await client.get("/health")).status == 200
     redis_server.stop()
     refused = await client.post(STREAM, json={"prompt": "a red fox"})
     assert refused.status == 503
     assert (await refused.json())["error"] == "rate_limit_unavailable"
     assert refused.headers["Retry-After"] == "1"
+    health = await client.get("/health")
+    body = await health.json()
+    assert (health.status, body["status"], body["dependencies"]["rate_limits"]["requests"]) == (
+        503, "unavailable", "refused")
+    redis_server.start()
+    await wait_until(lambda: client.app[REDIS] is not None and client.app[REDIS].available, timeout=10)
     assert (await client.get("/health")).status == 200
+    assert (await client.post(STREAM, json={"prompt": "a red fox"})).status == 200
 
 
 async def test_refusals_and_cache_lookups_in_metrics(make_client: MakeClient) -> None:
