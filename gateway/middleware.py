@@ -17,6 +17,7 @@ from aiohttp import HttpVersion, web
 
 from gateway.appkeys import ARM, ARRIVED, METRICS, SHUTTING_DOWN, STATS, TRACE_ID, TRACING, USER_ID
 from gateway.errors import Handler
+from gateway.sse import EventStream
 from observability.spans import LightSpan
 
 log = logging.getLogger("gateway.request")
@@ -49,12 +50,15 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     request[TRACE_ID] = trace_id = span.trace_id
     request[ARRIVED] = started
     status = 500
+    ended_with: str | None = None  # a stream's in-band error that ended it, after its 200
     with span:
         try:
             if span.recording:
                 span.attributes.update(_request_attributes(request, resource is not None and route))
             response = await handler(request)
             status = response.status
+            if type(response) is EventStream:
+                ended_with = response.ended_with
             if not response.prepared:
                 response.headers["X-Trace-Id"] = trace_id
             return response
@@ -63,7 +67,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         finally:
             duration = time.perf_counter() - started
-            _set_status(span, status)
+            _set_status(span, status, ended_with)
             app[STATS].record_request(route, status)
             app[METRICS].http_duration.record(duration, request.method, route, status)
             if log.isEnabledFor(logging.INFO):  # the line's fields cost more than the check
@@ -79,6 +83,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
                         "arm": request.get(ARM),
                         "route": route,
                         "status": status,
+                        "ended_with": ended_with,
                         "duration_ms": round(duration * 1000, 3),
                     },
                 )
@@ -119,10 +124,13 @@ def _http_attributes(
     return attributes
 
 
-def _set_status(span: LightSpan, status: int) -> None:
+def _set_status(span: LightSpan, status: int, ended_with: str | None) -> None:
     if span.recording:
         span.attributes["http.response.status_code"] = status
         if status >= 500:  # server spans: 4xx is the client's error, not ours
             span.attributes["error.type"] = str(status)
             span.set_error(f"HTTP {status}")
+        elif ended_with is not None:  # overloaded after the stream began: a failure all the same
+            span.attributes["error.type"] = ended_with
+            span.set_error(f"the stream ended with an error event: {ended_with}")
 

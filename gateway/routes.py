@@ -212,6 +212,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                 unfinished = exc.code
                 error = as_gateway_error(exc)
                 app[STATS].record_error(error.code)
+                stream.ended_with = error.code
                 event = ErrorEvent(code=error.code, message=error.detail, trace_id=preq.trace_id,
                                    elapsed_ms=state.elapsed_ms())
                 # An EventSource runs the request again by itself: after Retry-After, not its ~3 s.
@@ -227,7 +228,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         # Our own cancellation (app.end_requests), past the shutdown grace: the pipeline has
         # stopped; the client hears why, and the stream ends properly, so it retries elsewhere.
         handler.uncancel()
-        unfinished = "shutting_down"
+        unfinished = stream.ended_with = "shutting_down"
         app[STATS].record_error(unfinished)
         await _end_with_error(stream, ErrorEvent(
             code="shutting_down", message="the gateway is restarting: send the request again",

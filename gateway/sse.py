@@ -59,6 +59,9 @@ class EventStream(web.StreamResponse):
         self._failed: BaseException | None = None
         self._stopped = False
         self.shutting_down = False  # set by the app's shutdown before it cancels the handler
+        # The code of an `error` event that ended the stream (overloaded, shutting_down): the
+        # status line said 200 before that, so the request's span and log line say it instead.
+        self.ended_with: str | None = None
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         # aiohttp calls prepare() again on the response a handler returns: arm the heartbeat

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.appkeys import SLOTS, STATS
+from gateway.appkeys import SLOTS, STATS, TRACING
 from gateway.sse import EventStream
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import FailingClassifier, GatedClassifier, MakeClient, wait_until
@@ -242,6 +242,13 @@ async def test_overload_on_a_stream_is_an_error_event(make_client: MakeClient) -
     gated.gate.set()
     assert [e.event for e in parse_events(await (await first).read())] == STAGES
     assert client.app[SLOTS].in_use == 0
+    # Its status line said 200; its trace says it failed (an SLO on spans sees the overload).
+    await wait_until(lambda: client.app[TRACING].buffer.get(events[0].data["trace_id"]) is not None)
+    trace = client.app[TRACING].buffer.get(events[0].data["trace_id"])
+    assert trace is not None and trace.spans is not None
+    (server,) = [span for span in trace.spans if span.kind == "SERVER"]
+    assert server.status == "ERROR" and server.attributes["error.type"] == "overloaded"
+    assert server.attributes["http.response.status_code"] == 200
 
 
 async def test_a_heartbeat_that_finds_the_client_gone_makes_the_next_send_fail() -> None:
@@ -313,6 +320,7 @@ async def test_on_shutdown_a_stream_past_its_grace_ends_with_an_error_event_it_c
     assert 0.3 <= took < 2.0
     (line,) = [r for r in caplog.records if r.name == "gateway.request"]
     assert line.status == 200  # type: ignore[attr-defined]  # the stream had begun: the error is in-band
+    assert line.ended_with == "shutting_down"  # type: ignore[attr-defined]  # ... and the line says it
 
 
 async def test_on_shutdown_a_stream_that_finishes_within_its_grace_is_untouched(make_client: MakeClient) -> None:
