@@ -91,6 +91,12 @@ def _current_task() -> asyncio.Task[Any] | None:
         return None
 
 
+def current_trace_id() -> str | None:
+    """The current span's trace id (32 hex digits), None outside any trace."""
+    context = get_current_span().get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None
+
+
 def pinned_context() -> contextvars.Context:
     """A copy of the current context whose current span stays the one current now."""
     context = contextvars.copy_context()

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from observability.spans import pinned_context
+from observability.spans import current_trace_id, pinned_context
 from pipeline.cache_redis import MsgspecSerializer, SharedRedisCache
 from pipeline.cancellation import raise_if_cancelled
 from pipeline.protocols import Classifier
@@ -113,11 +113,12 @@ class MemoryCache:
 class _Flight:
     """One in-flight lookup-or-classify and how many requests wait for it."""
 
-    __slots__ = ("task", "waiters")
+    __slots__ = ("leader", "task", "waiters")
 
-    def __init__(self, task: asyncio.Task[tuple[IntentClassification, bool]]) -> None:
+    def __init__(self, task: asyncio.Task[tuple[IntentClassification, bool]], leader: str | None) -> None:
         self.task = task
         self.waiters = 0
+        self.leader = leader  # the trace id of the request that started it: where its work is traced
 
 
 class IntentCache:
@@ -156,9 +157,11 @@ class IntentCache:
         return "redis" if self.redis is not None and self.redis.available else "memory"
 
     async def get_or_classify(
-        self, classifier: Classifier, query: ClassifierInput, classify: Classify
+        self, classifier: Classifier, query: ClassifierInput, classify: Classify,
+        joined: Callable[[str], None] | None = None,
     ) -> tuple[IntentClassification, bool]:
-        """(result, cache_hit). Concurrent identical misses share one `classify()` call.
+        """(result, cache_hit). Concurrent identical misses share one `classify()` call; one that
+        joins another's is told (`joined`) the trace id that holds the shared call's spans.
 
         A hit, and a miss the classifier answers at once, are answered in the caller's task.
         Other misses share work that runs in its own task: a waiting request that is cancelled
@@ -195,10 +198,12 @@ class IntentCache:
                 name=f"intent-cache-{key[:8]}",
                 context=pinned_context(),
             )
-            flight = self._inflight[key] = _Flight(task)
+            flight = self._inflight[key] = _Flight(task, current_trace_id())
             task.add_done_callback(lambda done: self._finished(key, done))
         else:
             self.coalesced += 1
+            if joined is not None and flight.leader is not None:
+                joined(flight.leader)
         flight.waiters += 1
         try:
             return await asyncio.shield(flight.task)

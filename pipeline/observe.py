@@ -29,6 +29,9 @@ def stage_span_attributes(stage: str, state: RequestState, outcome: str) -> dict
         # "static_busy" says the fast tier answered because MiniLM's queue was too long.
         if isinstance(tier := intent.metadata.get("tier"), str):
             attributes["classifier_tier"] = tier
+        if state.coalesced_with is not None:
+            # Waited for an identical request's classification: its LLM call is in that trace.
+            attributes["coalesced_with"] = state.coalesced_with
     elif stage == "model" and selection is not None:
         attributes["model_id"] = selection.model_id
         attributes["provider"] = selection.provider

@@ -47,6 +47,9 @@ class RequestState(msgspec.Struct, kw_only=True):
     fallback_reason: str | None = None  # why, in words, for the frontend (the first one)
     fallbacks: int = 0  # how many times a stage fell back: a stage's own fallback is the change
     last_fallback_reason: str | None = None  # the latest one: the stage span's, which may differ
+    # The trace of the request whose classification this one waited for (identical concurrent
+    # misses share one): the LLM call and the cache write are in that trace, not this one.
+    coalesced_with: str | None = None
 
     @property
     def fallback_used(self) -> bool:
@@ -58,6 +61,9 @@ class RequestState(msgspec.Struct, kw_only=True):
         self.last_fallback_reason = reason
         if self.fallback_reason is None:
             self.fallback_reason = reason
+
+    def joined(self, leader_trace_id: str) -> None:
+        self.coalesced_with = leader_trace_id
 
     def elapsed_us(self) -> int:
         return int((time.perf_counter() - self.started) * 1_000_000)

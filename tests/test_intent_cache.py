@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from gateway.appkeys import INTENT_CACHE, REDIS
+from gateway.appkeys import INTENT_CACHE, REDIS, TRACING
 from pipeline.cache import (
     FALLBACK_FLAG,
     PROVISIONAL_FLAG,
@@ -177,6 +177,16 @@ async def test_concurrent_identical_misses_classify_once(make_client: MakeClient
     answers = [await (await request).json() for request in requests]
     assert counting.calls == 1
     assert {answer["workflow_type"] for answer in answers} == {answers[0]["workflow_type"]}
+    # The four that waited say in their intent span whose trace holds the shared call.
+    buffer = client.app[TRACING].buffer
+    intent_spans = {}
+    for answer in answers:
+        trace = buffer.get(answer["trace_id"])
+        assert trace is not None and trace.spans is not None
+        (intent_spans[answer["trace_id"]],) = [s for s in trace.spans if s.name == "stage.intent"]
+    led = [t for t, span in intent_spans.items() if "coalesced_with" not in span.attributes]
+    assert len(led) == 1
+    assert {span.attributes.get("coalesced_with") for t, span in intent_spans.items() if t not in led} == set(led)
 
 
 async def test_one_cancelled_waiter_does_not_cancel_the_others(make_client: MakeClient) -> None:

@@ -40,7 +40,7 @@ class IntentStage:
         # The "existing" arm is the rules baseline: microseconds to compute, so never cached.
         if state.arm == "ai" and self.cache is not None:
             state.intent, state.cache_hit = await self.cache.get_or_classify(
-                classifier, query, lambda: self._classify(classifier, query)
+                classifier, query, lambda: self._classify(classifier, query), state.joined
             )
         else:
             state.intent = await classifier.quick_answer(query) or await self._classify(classifier, query)
