@@ -163,8 +163,13 @@ class CircuitBreaker:
 
     async def record_success(self) -> None:
         self._probing = False
+        before = self.last_state
         record = await self._run("success")
-        self._observe(record.state(self._clock(), self.policy))
+        state = self._observe(record.state(self._clock(), self.policy))
+        if state is BreakerState.CLOSED and before is not BreakerState.CLOSED:
+            # The opening was a warning: the recovery is said too, or the log reads as an outage
+            # that never ended.
+            log.info("circuit %s closed: calls go out again", self.name)
 
     async def record_failure(self) -> None:
         self._probing = False

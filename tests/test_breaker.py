@@ -102,8 +102,10 @@ async def test_success_resets_the_count(make_store: Callable[[], BreakerStore]) 
     assert await breaker.state() is BreakerState.CLOSED
 
 
-async def test_half_open_recovery(make_store: Callable[[], BreakerStore]) -> None:
-    """After the timeout one probe at a time goes through; M successes close the circuit."""
+async def test_half_open_recovery(make_store: Callable[[], BreakerStore], caplog: pytest.LogCaptureFixture) -> None:
+    """After the timeout one probe at a time goes through; M successes close the circuit, and
+    the log says so (the opening was a warning: without this the outage never ended in it)."""
+    caplog.set_level("INFO", logger="pipeline.breaker")
     clock = Clock()
     breaker = CircuitBreaker("up", POLICY, store=make_store(), clock=clock)
     await fail(breaker, 3)
@@ -115,8 +117,10 @@ async def test_half_open_recovery(make_store: Callable[[], BreakerStore]) -> Non
     assert not await breaker.allow()  # the first probe is still in flight
     await breaker.record_success()
     assert await breaker.state() is BreakerState.HALF_OPEN  # one of two successes
+    assert "circuit up closed" not in caplog.text
     await succeed(breaker)
     assert await breaker.state() is BreakerState.CLOSED
+    assert caplog.text.count("circuit up closed: calls go out again") == 1
     await fail(breaker, 2)
     assert await breaker.state() is BreakerState.CLOSED  # the count started over
 
