@@ -99,8 +99,11 @@ async def _upkeep(pool: asyncpg.Pool, analytics: Analytics, settings: Settings, 
     """Periodically: migrate if start-up could not, create partitions ahead, refresh the views."""
     loop = asyncio.get_running_loop()
     partitions_due = loop.time() + PARTITION_CHECK_SECONDS if migrated else 0.0
+    again_now = False
     while True:
-        await asyncio.sleep(settings.analytics_refresh_seconds)
+        if not again_now:
+            await asyncio.sleep(settings.analytics_refresh_seconds)
+        again_now = False
         try:
             if not migrated and settings.database_migrate_on_start:
                 async with pool.acquire() as conn:
@@ -113,9 +116,10 @@ async def _upkeep(pool: asyncpg.Pool, analytics: Analytics, settings: Settings, 
             await analytics.refresh()
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
             # The schema is gone (a database dropped and created again, a restore): migrate
-            # again next round, and the log writer's buffered rows follow.
+            # again at once (it waited a round, a minute by default), and the log writer's
+            # buffered rows follow. Once: a migration that fails too waits for the next round.
             log.warning("analytics schema missing (%r): migrating again", exc)
-            migrated = False
+            again_now, migrated = migrated and settings.database_migrate_on_start, False
         except Exception as exc:  # keep refreshing once the database is back
             log.warning("analytics upkeep failed: %r", exc, exc_info=not is_unreachable(exc))
 

@@ -249,7 +249,10 @@ class LogWriter:
                 return True
             self.stats.failed_writes += 1
             if self.connected is not False:
-                log.warning("postgres unreachable, buffering log rows: %r", exc)
+                # A missing table is no unreachable server: the fix is a migration, not a network.
+                missing = isinstance(exc, asyncpg.UndefinedTableError)
+                what = "the log tables are missing (not migrated yet?)" if missing else "postgres unreachable"
+                log.warning("%s, buffering log rows: %r", what, exc)
             self.connected = False
             return False
         if self.connected is False:
