@@ -27,7 +27,7 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 # variable: SSE_HEARTBEAT_SECONDS=0 sent keep-alives in a busy loop (2.6 MB in 2 s a stream),
 # ANALYTICS_FLUSH_SECONDS=0 would spin the log writer, a negative limit refused everyone.
 Seconds = Annotated[float, msgspec.Meta(gt=0)]  # a wait or an interval: zero would spin or never wait
-SecondsOrNone = Annotated[float, msgspec.Meta(ge=0)]  # where 0 means "do not wait"
+ZeroOrMore = Annotated[float, msgspec.Meta(ge=0)]  # a wait or a budget where 0 means "none"
 Count = Annotated[int, msgspec.Meta(ge=1)]
 CountOrOff = Annotated[int, msgspec.Meta(ge=0)]  # 0 turns the limit, cache or bound off
 Dollars = Annotated[float, msgspec.Meta(ge=0)]
@@ -50,17 +50,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     openai_model: str = "gpt-4o-mini"
     classification_timeout: Seconds = 10.0  # seconds, one deadline per classification
     max_concurrent_classifications: Count = 8
-    classification_queue_timeout: SecondsOrNone = 2.0
+    classification_queue_timeout: ZeroOrMore = 2.0
     local_confidence_threshold: Share = 0.6
     local_escalate_below: Share | None = None  # None: the artifact's threshold (0.8)
     local_runtime: MiniLMRuntime = "onnx-int8"  # what runs MiniLM for escalated prompts
     # An escalation that would queue longer than this for MiniLM gets the fast tier's answer
-    local_escalation_budget_ms: SecondsOrNone = 25.0
+    local_escalation_budget_ms: ZeroOrMore = 25.0
     ai_classification_enabled: bool = True
     ai_classification_rollout_percentage: Annotated[int, msgspec.Meta(ge=0, le=100)] = 100
 
     # LLM client (any OpenAI-compatible server; see README)
-    llm_backoff_base: SecondsOrNone = 0.5  # seconds: first retry waits up to this (full jitter), then 2x
+    llm_backoff_base: ZeroOrMore = 0.5  # seconds: first retry waits up to this (full jitter), then 2x
     llm_max_tokens: Count = 300
     llm_price_input_per_million: Dollars = 0.15  # USD per 1M tokens, for the spend estimate
     llm_price_output_per_million: Dollars = 0.60
@@ -109,7 +109,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sse_heartbeat_seconds: Seconds = 15.0
     # On SIGTERM, seconds open streams get to finish; then each ends with an `error` event
     # (shutting_down) the client can retry on, and the process exits soon after.
-    shutdown_grace_seconds: SecondsOrNone = 8.0
+    shutdown_grace_seconds: ZeroOrMore = 8.0
     # Seconds for a request body (at most 64 KiB) to arrive once its headers have; then 408.
     request_body_timeout: Seconds = 10.0
 

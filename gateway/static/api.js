@@ -27,64 +27,15 @@ export class ApiError extends Error {
   }
 }
 
-async function failure(response) {
-  let body = {};
+function failure(response, text) {
+  let body;
   try {
-    body = await response.json();
+    body = JSON.parse(text);
   } catch {
     body = { detail: response.statusText };
   }
   const retry = Number.parseInt(response.headers.get("Retry-After") || "", 10);
   return new ApiError(response.status, body, Number.isFinite(retry) ? retry : null);
-}
-
-// A call the gateway does not answer (a proxy holding it, a network that dropped it) ends in words
-// instead of a page that waits forever: the gateway answers within seconds even when slow.
-const ANSWER_WITHIN_S = 30;
-
-/** fetch, given up (NoAnswer) when nothing has arrived `seconds` after the call. */
-async function fetchWithin(path, init, { signal, seconds = ANSWER_WITHIN_S } = {}) {
-  const watchdog = new AbortController();
-  const follow = () => watchdog.abort(signal.reason);
-  if (signal?.aborted) follow();
-  signal?.addEventListener("abort", follow, { once: true });
-  const timer = setTimeout(() => watchdog.abort(new NoAnswer(seconds)), seconds * 1000);
-  try {
-    const response = await fetch(path, { ...init, signal: watchdog.signal });
-    // The body too: a proxy can send headers and hold the rest.
-    const body = response.ok ? await response.text() : null;
-    return { response, body };
-  } catch (error) {
-    throw watchdog.signal.reason instanceof NoAnswer && !signal?.aborted ? watchdog.signal.reason : error;
-  } finally {
-    clearTimeout(timer);
-    signal?.removeEventListener("abort", follow);
-  }
-}
-
-export async function getJSON(path, { signal } = {}) {
-  const { response, body } = await fetchWithin(path, { headers: headers({ Accept: "application/json" }) }, { signal });
-  if (!response.ok) throw await failure(response);
-  return JSON.parse(body);
-}
-
-export async function postJSON(path, payload, { signal } = {}) {
-  const init = {
-    method: "POST",
-    headers: headers({ "Content-Type": "application/json", Accept: "application/json" }),
-    body: JSON.stringify(payload),
-  };
-  const { response, body } = await fetchWithin(path, init, { signal });
-  if (!response.ok) throw await failure(response);
-  return JSON.parse(body);
-}
-
-/** GET a text resource; null when it does not exist (an endpoint not deployed yet). */
-export async function getText(path, { signal } = {}) {
-  const { response, body } = await fetchWithin(path, { headers: headers() }, { signal });
-  if (response.status === 404) return null;
-  if (!response.ok) throw await failure(response);
-  return body;
 }
 
 /** Nothing arrived for too long, not even a heartbeat: a proxy or the network holds the call. */
@@ -96,9 +47,85 @@ export class NoAnswer extends Error {
   }
 }
 
+// A call the gateway does not answer (a proxy holding it, a network that dropped it) ends in words
+// instead of a page that waits forever: the gateway answers within seconds even when slow.
+const ANSWER_WITHIN_S = 30;
 // After a stream's headers: three of the gateway's heartbeats missed in a row.
 const MISSED_HEARTBEATS = 3;
 const DEFAULT_HEARTBEAT_S = 15;
+
+/** Aborts a fetch when the caller's signal does, or when nothing arrived for as long as last armed. */
+class Watchdog {
+  constructor(signal) {
+    this.caller = signal;
+    this.controller = new AbortController();
+    this.signal = this.controller.signal;
+    this.silence = null; // the NoAnswer, once the silence ended the call
+    this.timer = null;
+    this.follow = () => this.controller.abort(signal.reason);
+    if (signal?.aborted) this.follow();
+    signal?.addEventListener("abort", this.follow, { once: true });
+  }
+
+  arm(seconds) {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.silence = new NoAnswer(seconds);
+      this.controller.abort(this.silence);
+    }, seconds * 1000);
+  }
+
+  /** What to report for `error`: NoAnswer when the silence caused it (not the caller's Stop). */
+  why(error) {
+    return this.silence && !this.caller?.aborted ? this.silence : error;
+  }
+
+  /** Done: no timer, no link, and the connection let go (a consumer that stopped reading). */
+  release() {
+    clearTimeout(this.timer);
+    this.caller?.removeEventListener("abort", this.follow);
+    this.controller.abort();
+  }
+}
+
+/** fetch and the whole body, or NoAnswer (a proxy can send headers and hold the rest). */
+async function fetchWithin(path, init, signal) {
+  const watchdog = new Watchdog(signal);
+  watchdog.arm(ANSWER_WITHIN_S);
+  try {
+    const response = await fetch(path, { ...init, signal: watchdog.signal });
+    return { response, text: await response.text() };
+  } catch (error) {
+    throw watchdog.why(error);
+  } finally {
+    watchdog.release();
+  }
+}
+
+export async function getJSON(path, { signal } = {}) {
+  const { response, text } = await fetchWithin(path, { headers: headers({ Accept: "application/json" }) }, signal);
+  if (!response.ok) throw failure(response, text);
+  return JSON.parse(text);
+}
+
+export async function postJSON(path, payload, { signal } = {}) {
+  const init = {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json", Accept: "application/json" }),
+    body: JSON.stringify(payload),
+  };
+  const { response, text } = await fetchWithin(path, init, signal);
+  if (!response.ok) throw failure(response, text);
+  return JSON.parse(text);
+}
+
+/** GET a text resource; null when it does not exist (an endpoint not deployed yet). */
+export async function getText(path, { signal } = {}) {
+  const { response, text } = await fetchWithin(path, { headers: headers() }, signal);
+  if (response.status === 404) return null;
+  if (!response.ok) throw failure(response, text);
+  return text;
+}
 
 /**
  * POST to an SSE endpoint and yield {id, event, data} as each event arrives.
@@ -106,34 +133,22 @@ const DEFAULT_HEARTBEAT_S = 15;
  * A stream that goes silent throws NoAnswer instead of waiting forever.
  */
 export async function* streamEvents(path, body, { signal } = {}) {
-  const watchdog = new AbortController();
-  let stalledAfter = null;
-  let timer = null;
-  const arm = (seconds) => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      stalledAfter = seconds;
-      watchdog.abort();
-    }, seconds * 1000);
-  };
-  const follow = () => watchdog.abort(signal.reason);
-  if (signal?.aborted) follow();
-  signal?.addEventListener("abort", follow, { once: true });
+  const watchdog = new Watchdog(signal);
   try {
-    arm(ANSWER_WITHIN_S);
+    watchdog.arm(ANSWER_WITHIN_S);
     const response = await fetch(path, {
       method: "POST",
       headers: headers({ "Content-Type": "application/json", Accept: "text/event-stream" }),
       body: JSON.stringify(body),
       signal: watchdog.signal,
     });
-    if (!response.ok) throw await failure(response);
+    if (!response.ok) throw failure(response, await response.text());
     const heartbeat = Number.parseFloat(response.headers.get("X-Heartbeat-Seconds") || "");
     const silence = MISSED_HEARTBEATS * (heartbeat > 0 ? heartbeat : DEFAULT_HEARTBEAT_S);
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
-      arm(silence);
+      watchdog.arm(silence);
       const { value, done } = await reader.read();
       if (done) break;
       buffer += value.replace(/\r\n?/g, "\n");
@@ -145,12 +160,9 @@ export async function* streamEvents(path, body, { signal } = {}) {
       }
     }
   } catch (error) {
-    if (stalledAfter !== null && !signal?.aborted) throw new NoAnswer(stalledAfter);
-    throw error;
+    throw watchdog.why(error);
   } finally {
-    clearTimeout(timer);
-    signal?.removeEventListener("abort", follow);
-    watchdog.abort(); // a consumer that stopped reading: let the connection go
+    watchdog.release();
   }
 }
 
