@@ -36,7 +36,7 @@ from gateway.classifiers import open_classifier
 from gateway.config import Settings
 from gateway.cors import cors_headers, cors_middleware
 from gateway.errors import error_middleware
-from gateway.limits import limiter_ctx, rate_limit_middleware
+from gateway.limits import LIMITED_PATHS, limiter_ctx, rate_limit_middleware
 from gateway.llm import llm_ctx
 from gateway.middleware import request_middleware
 from gateway.openapi import add_openapi_route
@@ -77,7 +77,7 @@ def create_app(settings: Settings, *, classifier: Classifier | None = None) -> w
     if origins:
         app.on_response_prepare.append(cors_headers(origins))
     app[SETTINGS] = settings
-    app[STATS] = RequestStats()
+    app[STATS] = RequestStats(pipeline_routes=LIMITED_PATHS)
     app[TIMELINE] = Timeline()
     app[CATALOG] = Catalog.load()
     app[REFERENCES] = MemoryReferenceStore(

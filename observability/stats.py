@@ -8,7 +8,10 @@ from collections import Counter
 class RequestStats:
     """Counts per instance; cheap enough to update on every request."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline_routes: frozenset[str] = frozenset()) -> None:
+        # The routes that run the pipeline, whose errors `error_rate` counts: over every request,
+        # health probes and scrapes diluted it (23 of 32 requests in one SRE's run).
+        self.pipeline_routes = pipeline_routes
         self.requests: Counter[str] = Counter()  # by route
         self.statuses: Counter[int] = Counter()
         self.responses: Counter[tuple[str, int]] = Counter()  # by (route, status), for /metrics
@@ -44,6 +47,8 @@ class RequestStats:
     def snapshot(self) -> dict[str, object]:
         done = max(self.classifications, 1)
         total_requests = sum(self.requests.values())
+        pipeline_requests = (sum(self.requests[route] for route in self.pipeline_routes)
+                             if self.pipeline_routes else total_requests)  # fmt: skip
         return {
             "requests": total_requests,
             "requests_by_route": dict(self.requests),
@@ -60,6 +65,6 @@ class RequestStats:
             "rates": {
                 "cache_hit_rate": self.cache_hits / done,
                 "fallback_rate": self.fallbacks / done,
-                "error_rate": sum(self.errors.values()) / max(total_requests, 1),
+                "error_rate": sum(self.errors.values()) / max(pipeline_requests, 1),
             },
         }

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.appkeys import BODIES_ARRIVING
 from pipeline.classifiers.rules import RulesClassifier
-from tests.conftest import GatedClassifier
+from tests.conftest import FailingClassifier, GatedClassifier
 
 PROCESS = "/api/v1/enhanced/process"
 SUPABASE = "https://demo.supabase.co/storage/v1/object/public/images"
@@ -137,6 +137,18 @@ async def test_metrics_count_requests_and_sources(client: Any) -> None:
     assert metrics["requests_by_route"]["/api/v1/enhanced/process"] == 3
     assert {"cache_hit_rate", "fallback_rate", "error_rate"} <= set(metrics["rates"])
     assert metrics["classification_slots"]["in_use"] == 0
+
+
+async def test_the_error_rate_is_over_pipeline_requests_not_probes(make_client: Any) -> None:
+    """One request whose classifier fails, among health probes and scrapes: the rate is 1.0 (over
+    every request it read 1 in 7)."""
+    client = await make_client(classifier=FailingClassifier())
+    assert (await client.post(PROCESS, json={"prompt": "a tree"})).status == 200  # a stage_failed fallback
+    for _ in range(5):
+        await client.get("/health")
+    metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert metrics["errors_by_code"] == {"stage_failed": 1}
+    assert metrics["rates"]["error_rate"] == 1.0
 
 
 async def test_health_reports_ok_and_dependencies(client: Any) -> None:
