@@ -48,7 +48,7 @@ async def run_pipeline(
                     # classifier answered) did not fail, but did fall back.
                     outcome = "fallback" if state.fallbacks > fallbacks_before else "ok"
                 except asyncio.CancelledError:  # the client left (or shutdown): not the stage's failure
-                    outcome = "cancelled"  # the client left, or a shutdown past its grace
+                    outcome = "cancelled"
                     raise
                 except PipelineError:
                     raise
