@@ -276,6 +276,15 @@ class Authenticator:
         # keys" would make it) until `decide` can ask. The value: whether it may open then.
         self.open_if_no_keys = open_if_no_keys
         self._deciding = asyncio.Lock()  # one request asks; those arriving meanwhile wait for it
+        self._decision: asyncio.Task[None] | None = None  # /health's, run to its end
+
+    def deciding(self) -> asyncio.Task[None]:
+        """`decide` in a task of its own (one at a time): /health waits for it only so long."""
+        if self._decision is None or self._decision.done():
+            self._decision = asyncio.ensure_future(self.decide())
+            # Its outcome is read by whoever still waits; a failure nobody waited for is no news.
+            self._decision.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._decision
 
     async def decide(self) -> None:
         """Ask the keys table whether any key exists, and open or stay closed for good

@@ -193,8 +193,10 @@ async def _keys_probe(auth: Authenticator) -> dict[str, object]:
     instance out of rotation, no request would come to ask it."""
     if auth.open_if_no_keys is not None:
         try:
+            # Shielded: a lookup the probe stops waiting for runs on to its own 1 s timeout (a
+            # slow connect is not cut short each time), and its failure sets the store's back-off.
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
-                await auth.decide()
+                await asyncio.shield(auth.deciding())
         except (DatabaseUnavailable, TimeoutError):
             return {"state": "down", "requests": "refused",
                     "detail": "the API keys table cannot be read: requests that need a key get 503"}

@@ -7,7 +7,7 @@ import asyncio
 
 from aiohttp import hdrs, web
 
-from gateway.appkeys import BODIES_ARRIVING, SETTINGS
+from gateway.appkeys import BODIES_ARRIVING, SETTINGS, SHUTTING_DOWN
 from gateway.errors import RequestTimeout, ShuttingDown
 from gateway.wire import MAX_BODY_BYTES, require_json
 
@@ -27,6 +27,8 @@ async def read_json_body(request: web.Request) -> bytes:
     # Once the gateway is stopping, aiohttp reads no more bytes from any connection: the rest of
     # this body never arrives, so end_requests cancels the wait and the client hears why (it got
     # no answer at all: a 503 in the access log, a connection cut on the wire).
+    if request.app[SHUTTING_DOWN].is_set():  # got here after end_requests looked (auth waited)
+        raise ShuttingDown("the gateway is restarting: send the request again")
     arriving, handler = request.app[BODIES_ARRIVING], asyncio.current_task()
     assert handler is not None
     arriving[handler] = False

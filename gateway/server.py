@@ -184,7 +184,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     """Serve until SIGINT/SIGTERM; with workers > 1, N processes share the port (SO_REUSEPORT)."""
     configure_logging(settings.log_level)
     host = host or settings.host
-    port = port or settings.port
+    port = settings.port if port is None else port
     # The app checks where it is bound (no keys + not loopback = refuse to start).
     settings = msgspec.structs.replace(settings, host=host, port=port)
     if workers <= 1:
@@ -200,6 +200,9 @@ RESTART_WINDOW = 60.0
 
 
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
+    if port == 0:  # each worker would get a free port of its own: N gateways, not one
+        log.critical("--workers needs a fixed port (PORT=0 picks a different free port per worker)")
+        return 1
     if (taken := _port_taken(host, port)) is not None:
         log.critical("%s:%d is in use (%s): another gateway or program holds it", host, port, taken)
         return 1

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.appkeys import BODIES_ARRIVING
+from gateway.appkeys import BODIES_ARRIVING, SHUTTING_DOWN
 from pipeline.classifiers.rules import RulesClassifier
 from tests.conftest import FailingClassifier, GatedClassifier
 
@@ -207,6 +207,20 @@ async def test_on_shutdown_a_json_request_past_its_grace_answers_503_it_can_retr
     assert resp.headers["Retry-After"] == "1" and resp.headers["Connection"] == "close"
     (line,) = [r for r in caplog.records if r.name == "gateway.request"]
     assert line.status == 503  # type: ignore[attr-defined]  # what the client saw, this time
+
+
+async def test_a_body_first_waited_for_once_stopping_began_answers_503_at_once(make_client: Any) -> None:
+    """A request that reaches its body only after the shutdown looked for waiting bodies (its
+    auth or limits were waiting): no bytes come any more, so 503 at once, not a 408 after
+    REQUEST_BODY_TIMEOUT (a reviewer measured that)."""
+    client = await make_client(request_body_timeout=30)
+    client.app[SHUTTING_DOWN].set()  # as end_requests sets it, with the server still reading here
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 40\r\n\r\n{\"prompt\": " % PROCESS.encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
 
 
 @pytest.mark.parametrize("path", [PROCESS, "/api/v1/enhanced/stream"])

@@ -174,3 +174,12 @@ def test_a_worker_count_under_one_is_refused() -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2
     assert "--workers: must be 1 or more, not 0" in refused.stderr
+
+
+def test_workers_on_port_0_are_refused() -> None:
+    """PORT=0 picks a free port per process: with --workers, N gateways on N ports, not one."""
+    refused = subprocess.run([sys.executable, "-m", "gateway", "serve", "--port", "0", "--workers", "2"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "INTENT_CLASSIFIER": "rules"})  # fmt: skip
+    assert refused.returncode == 1
+    assert "--workers needs a fixed port" in refused.stderr

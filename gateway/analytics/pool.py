@@ -62,13 +62,14 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
 
 
-async def database_call(what: str, operation: Awaitable[T], seconds: float = QUERY_TIMEOUT) -> T:
-    """`operation`'s result within `seconds`, or DatabaseUnavailable; driver failures are too.
+async def within(seconds: float, operation: Awaitable[T]) -> T:
+    """`operation`'s result, or TimeoutError after `seconds` without waiting for it to stop.
 
     The operation runs in a task of its own, cancelled at the deadline but not waited for:
     asyncpg gives a connection whose query was cancelled back to the pool only once the server
     acknowledges the cancel, up to command_timeout (30 s) from a hung server, and an
-    `asyncio.timeout` around the query held its caller (a request, /health) for all of that.
+    `asyncio.timeout` around the query held its caller (a request, /health, the log writer)
+    for all of that.
     """
     task = asyncio.ensure_future(operation)
     try:
@@ -76,8 +77,15 @@ async def database_call(what: str, operation: Awaitable[T], seconds: float = QUE
         # with the result (pipeline/cancellation.py). shield reads the outcome of a task left behind.
         async with asyncio.timeout(seconds):
             return await asyncio.shield(task)
-    except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
-        raise DatabaseUnavailable(f"cannot {what}: the database is unavailable") from exc
     finally:
         if not task.done():  # timed out, or our caller was cancelled: wind down on its own
             task.cancel()
+
+
+async def database_call(what: str, operation: Awaitable[T], seconds: float = QUERY_TIMEOUT) -> T:
+    """`operation`'s result within `seconds` (see `within`), or DatabaseUnavailable; driver
+    failures are too."""
+    try:
+        return await within(seconds, operation)
+    except (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot {what}: the database is unavailable") from exc

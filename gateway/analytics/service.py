@@ -101,9 +101,9 @@ async def _upkeep(pool: asyncpg.Pool, analytics: Analytics, settings: Settings, 
     partitions_due = loop.time() + PARTITION_CHECK_SECONDS if migrated else 0.0
     again_now = False
     while True:
-        if not again_now:
+        retried, again_now = again_now, False
+        if not retried:
             await asyncio.sleep(settings.analytics_refresh_seconds)
-        again_now = False
         try:
             if not migrated and settings.database_migrate_on_start:
                 async with pool.acquire() as conn:
@@ -117,9 +117,11 @@ async def _upkeep(pool: asyncpg.Pool, analytics: Analytics, settings: Settings, 
         except (asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError) as exc:
             # The schema is gone (a database dropped and created again, a restore): migrate
             # again at once (it waited a round, a minute by default), and the log writer's
-            # buffered rows follow. Once: a migration that fails too waits for the next round.
+            # buffered rows follow. Once in a row: migrating skips the versions it has recorded,
+            # so a view dropped by hand stays missing, and retrying at once would spin.
             log.warning("analytics schema missing (%r): migrating again", exc)
-            again_now, migrated = migrated and settings.database_migrate_on_start, False
+            again_now = not retried and migrated and settings.database_migrate_on_start
+            migrated = False
         except Exception as exc:  # keep refreshing once the database is back
             log.warning("analytics upkeep failed: %r", exc, exc_info=not is_unreachable(exc))
 

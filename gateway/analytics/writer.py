@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from gateway.analytics.pool import within
 from gateway.analytics.rows import (
     INTENT_COLUMNS,
     MODEL_COLUMNS,
@@ -265,19 +266,11 @@ class LogWriter:
     async def _write(self, batch: list[LogEntry]) -> int:
         """Store the batch once within write_timeout; return how many of its rows were new.
 
-        The store runs in a task of its own, left to wind down past the deadline: asyncpg gives
-        back a connection whose query was cancelled only once the server acknowledges it (up to
-        30 s from a hung one), and a timeout around the store held the writer that long, /health
-        saying all was well and the overflow unspilled. A store that commits after all is no
-        harm: the retry finds its rows there and adds only the rest.
+        Abandoned at the deadline (`within`): a timeout around the store itself held the writer
+        ~35 s on a hung server, /health saying all was well and the overflow unspilled. A store
+        that commits after all is no harm: the retry finds its rows there and adds the rest.
         """
-        store = asyncio.ensure_future(self._store(batch))
-        try:
-            async with asyncio.timeout(self.write_timeout):
-                return await asyncio.shield(store)
-        finally:
-            if not store.done():
-                store.cancel()
+        return await within(self.write_timeout, self._store(batch))
 
     async def _store(self, batch: list[LogEntry]) -> int:
         intents = [intent_record(e) for e in batch]
