@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 from pipeline.types import IMAGE_INPUT_WORKFLOWS, Format, Preferences, Style, WorkflowType
 
 W = WorkflowType
 
 # Prompts shorter than this many words get workflow-specific detail appended.
 SHORT_PROMPT_WORDS = 8
+# Scripts written without spaces between words: kana, CJK ideographs, Thai, Lao, Myanmar.
+_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f]")
+# What ends a sentence: kept, and the detail follows after a space (", " after "!" read badly,
+# and stripping a period cut "Jr." and "...").
+_SENTENCE_ENDS = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f")
+
+
+def word_count(text: str) -> int:
+    """Words as a reader counts them: split on spaces, and in scripts written without them
+    (Japanese, Chinese, Thai) about one word per two characters. By spaces alone a 50-character
+    Japanese sentence was one word, a "short prompt" that got English filler appended."""
+    tokens = text.split()
+    if text.isascii():  # most prompts
+        return len(tokens)
+    return sum(max(1, len(_UNSPACED.findall(token)) // 2) for token in tokens)
 
 SUFFIXES: dict[WorkflowType, str] = {
     W.IMAGE_GENERATION: "high quality, detailed, professional",
@@ -44,7 +61,7 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     """Append workflow detail to short prompts (longer ones already say what they want), and the
     preferred style and format where the workflow makes something new and the prompt does not
     say them already."""
-    detail = SUFFIXES[workflow] if len(prompt.split()) < SHORT_PROMPT_WORDS else ""
+    detail = SUFFIXES[workflow] if word_count(prompt) < SHORT_PROMPT_WORDS else ""
     additions = [detail] if detail else []
     style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
@@ -56,4 +73,5 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
             additions.append(shape)
     if not additions:
         return prompt
-    return f"{prompt.rstrip(' .,;')}, {', '.join(additions)}"
+    base = prompt.rstrip().rstrip(",;:").rstrip()  # a dangling separator: the list says it
+    return f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"

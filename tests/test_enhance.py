@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.enhance import enhance
+import pytest
+
+from pipeline.enhance import SHORT_PROMPT_WORDS, enhance, word_count
 from pipeline.types import Preferences
 from pipeline.types import WorkflowType as W
 
@@ -12,9 +14,35 @@ NONE = Preferences()
 
 
 def test_a_short_prompt_gets_its_workflows_detail_and_a_long_one_is_left_as_written() -> None:
-    assert enhance("a cat.", W.IMAGE_GENERATION, NONE) == "a cat, high quality, detailed, professional"
+    assert enhance("a cat", W.IMAGE_GENERATION, NONE) == "a cat, high quality, detailed, professional"
     long = "a lighthouse on a cliff at dawn with gulls over the water"
     assert enhance(long, W.IMAGE_GENERATION, NONE) == long
+
+
+@pytest.mark.parametrize(("prompt", "enhanced"), [
+    # The user's punctuation stays; after a sentence's end the detail follows a space, not ", ".
+    ("make my hair blue!", "make my hair blue! professional hair styling, natural hairline, high detail"),
+    ("portrait of Martin Luther King Jr.", "portrait of Martin Luther King Jr. high quality, detailed, professional"),
+    ("a fox...", "a fox... high quality, detailed, professional"),
+    ("can you make me a logo?", "can you make me a logo? high quality, detailed, professional"),
+    # A separator left dangling is the list's to say.
+    ("a poster with the words:", "a poster with the words, high quality, detailed, professional"),
+    ("a cat,", "a cat, high quality, detailed, professional"),
+])  # fmt: skip
+def test_the_detail_joins_the_prompt_without_changing_its_punctuation(prompt: str, enhanced: str) -> None:
+    workflow = W.HAIR_STYLING if "hair" in prompt else W.IMAGE_GENERATION
+    assert enhance(prompt, workflow, NONE) == enhanced
+
+
+def test_words_are_counted_in_scripts_written_without_spaces() -> None:
+    """By spaces alone a long Japanese or Chinese sentence was one word: a "short prompt"."""
+    japanese = "夕焼けの海辺を歩く白い犬と、その後ろに広がる紫色の空、遠くに見える灯台の光が水面に反射している幻想的な風景"
+    chinese = "一只白色的小狗在夕阳下的海边奔跑\uff0c远处的灯塔发出温暖的光芒"
+    for long in (japanese, chinese):
+        assert word_count(long) >= SHORT_PROMPT_WORDS
+        assert enhance(long, W.IMAGE_GENERATION, NONE) == long
+    assert word_count("白い猫") == 1 and enhance("白い猫", W.IMAGE_GENERATION, NONE) != "白い猫"
+    assert word_count("a red fox in the snow") == 6 and word_count("un zorro rojo en la nieve") == 6
 
 
 def test_style_and_format_shape_what_is_made_from_words() -> None:

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from pipeline.classifiers.rules import default_workflow, named_looks
 from pipeline.encoder import MiniLMEncoder, SentenceEncoder
+from pipeline.enhance import SHORT_PROMPT_WORDS, word_count
 from pipeline.group_commit import GroupCommit
 from pipeline.intent_model import (
     ARTIFACT_VERSION,
@@ -72,7 +73,6 @@ _TIER_NAMES: dict[Tier, str] = {
 # At most this many queries wait between `quick_answer` and `classify` (a slot each, so ~8; more
 # are requests that ended or joined another's classification in between).
 _UNDECIDED_KEPT = 256
-_SHORT_PROMPT_WORDS = 8  # the prompt stage's "quick enhancement" rule, as in the rules classifier
 # Fast tiers computed in one call at most: at saturation 64 streams of misses brought ~18 to one
 # loop turn (1-49); the cost per prompt stops falling long before this.
 FAST_BATCH = 64
@@ -338,7 +338,7 @@ class LocalClassifier:
             source=IntentSource.LOCAL,
             requires_web_search=bool(looks),
             web_search_query=(" ".join(looks) + " look") if looks else None,
-            enhancement_needed=len(query.prompt.split()) < _SHORT_PROMPT_WORDS,
+            enhancement_needed=word_count(query.prompt) < SHORT_PROMPT_WORDS,
             metadata=metadata,
         )
 

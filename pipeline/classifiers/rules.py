@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from pipeline.enhance import SHORT_PROMPT_WORDS, word_count
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
 
 W = WorkflowType
@@ -83,7 +84,7 @@ class RulesClassifier:
         text = query.prompt.lower()
         has_image = query.has_image
         matches = [(kw, wf) for wf, kw, pattern in _COMPILED if pattern.search(text)]
-        enhancement_needed = len(query.prompt.split()) < 8
+        enhancement_needed = word_count(query.prompt) < SHORT_PROMPT_WORDS
 
         if not matches:
             return IntentClassification(

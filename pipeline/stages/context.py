@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.enhance import word_count
 from pipeline.events import ContextEvent
 from pipeline.references import find_mentions
 from pipeline.state import Context, RequestState
@@ -38,5 +39,5 @@ class ContextStage:
             uploaded_images=list(context.uploaded_images),
             mentions=list(context.mentions),
             preferences=request.preferences,
-            word_count=len(request.prompt.split()),
+            word_count=word_count(request.prompt),
         )
