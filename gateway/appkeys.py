@@ -52,6 +52,7 @@ REFERENCE_LOOKUP = web.AppKey("reference_lookup", ReferenceLookup)
 # A probe answers {"state": "ok" | "degraded" | "down" | "not_configured", ...details}.
 HealthProbe = Callable[[], Awaitable[dict[str, object]]]
 HEALTH_PROBES = web.AppKey("health_probes", dict[str, HealthProbe])
+HEALTH_PROBE_SECONDS = 0.5  # each probe's bound: /health answers within a load balancer's usual 1 s
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)  # built once the routes are final
 
 

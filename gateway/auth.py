@@ -22,12 +22,10 @@ from aiohttp import web
 
 from gateway.analytics.pool import close_pool
 from gateway.apikeys import USER_ID_PATTERN, Authenticator, PgKeyStore, Principal, parse_static_keys
-from gateway.appkeys import AUTH, HEALTH_PROBES, SETTINGS, USER_ID
+from gateway.appkeys import AUTH, HEALTH_PROBE_SECONDS, HEALTH_PROBES, SETTINGS, USER_ID
 from gateway.config import ConfigError, Settings
 from gateway.cors import refuse_other_sites
 from gateway.errors import DatabaseUnavailable, Forbidden, Handler, Unauthorized, ValidationFailed
-
-HEALTH_PROBE_SECONDS = 0.5  # /health answers within a load balancer's usual 1 s
 
 log = logging.getLogger(__name__)
 

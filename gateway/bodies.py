@@ -28,7 +28,7 @@ async def read_json_body(request: web.Request) -> bytes:
     # this body never arrives, so end_requests cancels the wait and the client hears why (it got
     # no answer at all: a 503 in the access log, a connection cut on the wire).
     if request.app[SHUTTING_DOWN].is_set():  # got here after end_requests looked (auth waited)
-        raise ShuttingDown("the gateway is restarting: send the request again")
+        raise ShuttingDown()
     arriving, handler = request.app[BODIES_ARRIVING], asyncio.current_task()
     assert handler is not None
     arriving[handler] = False
@@ -41,6 +41,6 @@ async def read_json_body(request: web.Request) -> bytes:
         if not arriving.get(handler):
             raise  # the client left
         handler.uncancel()
-        raise ShuttingDown("the gateway is restarting: send the request again") from None
+        raise ShuttingDown() from None
     finally:
         arriving.pop(handler, None)

@@ -192,6 +192,10 @@ class ShuttingDown(GatewayError):
     status = 503
     code = "shutting_down"
     closes_connection = True  # this process serves no more requests
+    DETAIL = "the gateway is restarting: send the request again"
+
+    def __init__(self) -> None:
+        super().__init__(self.DETAIL)
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": "1"}

@@ -117,7 +117,7 @@ async def run_to_result(
         handler.uncancel()
         unfinished = "shutting_down"
         request.app[STATS].record_error(unfinished)
-        raise ShuttingDown("the gateway is restarting: send the request again") from None
+        raise ShuttingDown() from None
     finally:
         in_flight.pop(handler, None)
         if unfinished is not None:
@@ -231,7 +231,7 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
         unfinished = stream.ended_with = "shutting_down"
         app[STATS].record_error(unfinished)
         await _end_with_error(stream, ErrorEvent(
-            code="shutting_down", message="the gateway is restarting: send the request again",
+            code=ShuttingDown.code, message=ShuttingDown.DETAIL,
             trace_id=preq.trace_id, elapsed_ms=state.elapsed_ms(),
         ))  # fmt: skip
     finally:

@@ -17,6 +17,11 @@ _UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0
 _SENTENCE_ENDS = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f")
 
 
+def is_short(prompt: str) -> bool:
+    """Short enough to get its workflow's detail appended (the classifiers' enhancement_needed)."""
+    return word_count(prompt) < SHORT_PROMPT_WORDS
+
+
 def word_count(text: str) -> int:
     """Words as a reader counts them: split on spaces, and in scripts written without them
     (Japanese, Chinese, Thai) about one word per two characters. By spaces alone a 50-character
@@ -61,7 +66,7 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     """Append workflow detail to short prompts (longer ones already say what they want), and the
     preferred style and format where the workflow makes something new and the prompt does not
     say them already."""
-    detail = SUFFIXES[workflow] if word_count(prompt) < SHORT_PROMPT_WORDS else ""
+    detail = SUFFIXES[workflow] if is_short(prompt) else ""
     additions = [detail] if detail else []
     style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""

@@ -70,6 +70,22 @@ async def _db_client(make_client: MakeClient, url: str, tmp_path: Path, **overri
     return await make_client(**settings)
 
 
+async def _drop_under_the_gateway(url: str, statement: str) -> None:
+    """Run a DROP while the gateway refreshes its views (every 0.1-0.2 s in these tests): when
+    Postgres picks the drop as the deadlock's victim, it goes again."""
+    conn = await asyncpg.connect(url)
+    try:
+        for attempt in range(5):
+            try:
+                await conn.execute(statement)
+                return
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 4:
+                    raise
+    finally:
+        await conn.close()
+
+
 async def _process(client: Any, prompt: str = "a cat playing in the garden", **headers: str) -> Any:
     resp = await client.post(PROCESS, json={"prompt": prompt}, headers=headers)
     assert resp.status == 200
@@ -555,17 +571,7 @@ async def test_a_schema_lost_while_running_is_migrated_again_and_no_row_is_lost(
     assert (await _process(client)).status == 200
     await wait_until(lambda: writer.stats.written == 1, timeout=10)
 
-    conn = await asyncpg.connect(postgres_db)
-    try:
-        for attempt in range(5):
-            try:
-                await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-                break
-            except asyncpg.DeadlockDetectedError:  # with the gateway's view refresh (every 0.1 s
-                if attempt == 4:  # here): Postgres picked the drop to roll back, so it goes again
-                    raise
-    finally:
-        await conn.close()
+    await _drop_under_the_gateway(postgres_db, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
     for _ in range(3):
         assert (await _process(client)).status == 200
     await wait_until(lambda: writer.stats.written == 4, timeout=15)
@@ -583,17 +589,7 @@ async def test_a_view_dropped_by_hand_is_retried_once_a_round_not_in_a_loop(
     sent refreshes to Postgres as fast as round trips allowed (58,937 in 0.5 s, a reviewer's run)."""
     client = await _db_client(make_client, postgres_db, tmp_path, analytics_refresh_seconds=0.2)
     assert (await _process(client)).status == 200
-    conn = await asyncpg.connect(postgres_db)
-    try:
-        for attempt in range(5):
-            try:
-                await conn.execute("DROP MATERIALIZED VIEW cost_analytics")
-                break
-            except asyncpg.DeadlockDetectedError:  # with the gateway's own refresh: again
-                if attempt == 4:
-                    raise
-    finally:
-        await conn.close()
+    await _drop_under_the_gateway(postgres_db, "DROP MATERIALIZED VIEW cost_analytics")
     with caplog.at_level("WARNING", logger="gateway.analytics.service"):
         await asyncio.sleep(1.5)  # about seven rounds, two tries each (the round's, the retry)
     missing = [r for r in caplog.records if "analytics schema missing" in r.getMessage()]

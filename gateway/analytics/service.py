@@ -18,6 +18,7 @@ from gateway.analytics.views import Analytics
 from gateway.analytics.writer import LogWriter
 from gateway.appkeys import (
     ANALYTICS,
+    HEALTH_PROBE_SECONDS,
     HEALTH_PROBES,
     LLM_BREAKER,
     METRICS,
@@ -33,7 +34,6 @@ from observability.metrics import Metrics
 log = logging.getLogger(__name__)
 
 PARTITION_CHECK_SECONDS = 3600.0
-PROBE_TIMEOUT = 0.5  # as Redis's: /health answers within a load balancer's 1 s probe timeout
 
 
 async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -145,7 +145,7 @@ def observe_writer(metrics: Metrics, writer: LogWriter) -> None:
 
 async def _probe(pool: asyncpg.Pool, writer: LogWriter) -> dict[str, object]:
     try:
-        await database_call("probe", pool.fetchval("SELECT 1"), PROBE_TIMEOUT)
+        await database_call("probe", pool.fetchval("SELECT 1"), HEALTH_PROBE_SECONDS)
         # Answering, but not taking the log's rows (schema gone, permissions): they pile up.
         state = "degraded" if writer.connected is False else "ok"
     except Exception:  # whatever failed, /health answers, and says so

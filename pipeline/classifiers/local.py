@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from pipeline.classifiers.rules import default_workflow, named_looks
 from pipeline.encoder import MiniLMEncoder, SentenceEncoder
-from pipeline.enhance import SHORT_PROMPT_WORDS, word_count
+from pipeline.enhance import is_short
 from pipeline.group_commit import GroupCommit
 from pipeline.intent_model import (
     ARTIFACT_VERSION,
@@ -338,7 +338,7 @@ class LocalClassifier:
             source=IntentSource.LOCAL,
             requires_web_search=bool(looks),
             web_search_query=(" ".join(looks) + " look") if looks else None,
-            enhancement_needed=word_count(query.prompt) < SHORT_PROMPT_WORDS,
+            enhancement_needed=is_short(query.prompt),
             metadata=metadata,
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.enhance import SHORT_PROMPT_WORDS, word_count
+from pipeline.enhance import is_short
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
 
 W = WorkflowType
@@ -84,7 +84,7 @@ class RulesClassifier:
         text = query.prompt.lower()
         has_image = query.has_image
         matches = [(kw, wf) for wf, kw, pattern in _COMPILED if pattern.search(text)]
-        enhancement_needed = word_count(query.prompt) < SHORT_PROMPT_WORDS
+        enhancement_needed = is_short(query.prompt)
 
         if not matches:
             return IntentClassification(
