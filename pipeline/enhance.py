@@ -56,6 +56,23 @@ FORMATS: dict[Format, str] = {
     "1:1": "1:1 aspect ratio", "4:3": "4:3 aspect ratio", "3:4": "3:4 aspect ratio",
     "16:9": "16:9 aspect ratio", "9:16": "9:16 aspect ratio",
 }
+# A prompt that names a look or a shape of its own means it: the preference (a default the user
+# set once) does not contradict it ("a watercolor painting of a fox" got ", photorealistic";
+# "a vertical phone wallpaper" got ", 16:9 aspect ratio"). Generic words ("a painting", "a
+# portrait of my dog", "a mountain landscape") say no look or shape, so the preference refines them.
+_NAMES_A_STYLE = re.compile(
+    r"\b(?:photo(?:graph)?s?|photo-?realistic|realistic|cinematic|anime|manga|cartoons?|comics?|"
+    r"watercolou?rs?|oil[- ]paint(?:ing|ed)|oil on canvas|acrylic|gouache|charcoal|pencil (?:sketch|drawing)|"
+    r"sketch(?:ed|es)?|ink drawing|line art|digital (?:art|painting)|3d|cgi|pixel art|low[- ]poly|vector|"
+    r"minimalist|pop art|impressionist|cubist|surrealist|ukiyo-e|art deco|art nouveau|claymation|"
+    r"stop[- ]motion|noir|polaroid)\b"
+)  # not "vintage", "retro", "black and white": "a vintage car" and "a black and white cat" say no look
+_NAMES_A_SHAPE = re.compile(
+    r"\b(?:vertical|horizontal|widescreen|wide[- ]screen|ultra[- ]?wide|panoram(?:a|ic)|"
+    r"(?:portrait|landscape) (?:orientation|mode|format)|square (?:format|image|picture|photo|crop|frame)|"
+    r"aspect ratio|(?:1|2|3|4|5|9|16|21) ?: ?(?:1|2|3|4|5|9|16))\b"
+)  # a ratio as one says it; not any "10:10" (a clock's hands)
+
 # A new picture or clip made from words takes the user's style and format. The other workflows
 # start from an image, which already has both (the look a style transfer aims at is a style too).
 FROM_TEXT = frozenset(WorkflowType) - IMAGE_INPUT_WORKFLOWS
@@ -71,12 +88,19 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
     if style or shape:
-        said = f"{prompt.lower()} {detail}"
-        if style and style.lower() not in said:
+        said = prompt.lower()
+        if style and not _names_a_style(said, workflow) and style.lower() not in f"{said} {detail}":
             additions.insert(0, style)
-        if shape and shape.lower() not in said:
+        if shape and not _NAMES_A_SHAPE.search(said):
             additions.append(shape)
     if not additions:
         return prompt
     base = prompt.rstrip().rstrip(",;:").rstrip()  # a dangling separator: the list says it
     return f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
+
+
+def _names_a_style(prompt: str, workflow: WorkflowType) -> bool:
+    """In a style transfer "this photo" is the user's image, not the look asked for."""
+    if workflow is W.STYLE_TRANSFER:
+        prompt = re.sub(r"\b(?:this|my|the) (?:photo|photograph|picture|image|pic)s?\b", "", prompt)
+    return _NAMES_A_STYLE.search(prompt) is not None

@@ -76,6 +76,44 @@ def test_what_the_prompt_or_its_detail_already_says_is_not_said_twice() -> None:
     assert enhance(castle, W.IMAGE_GENERATION, Preferences(style="3d_render")) == castle
 
 
+@pytest.mark.parametrize("prompt", [
+    "a watercolor painting of a fox in the snow at dawn",
+    "an anime girl on a rooftop",
+    "a photo of my street at night",
+    "a pencil sketch of an old tree",
+    "a 3D castle",
+    "cinematic shot of a rainy street",
+])
+def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt: str) -> None:
+    """The preference is a default set once; the prompt says what this picture is."""
+    assert "oil painting" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(style="oil_painting"))
+
+
+@pytest.mark.parametrize("prompt", [
+    "a vertical phone wallpaper of a forest", "a widescreen shot of a canyon", "a panoramic city skyline",
+    "a poster of a cat, 4:3", "a dog in the park in portrait mode", "a square image of a lemon",
+])
+def test_a_prompt_that_names_its_own_shape_does_not_get_the_preferred_one(prompt: str) -> None:
+    assert "16:9" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(format="16:9"))
+
+
+@pytest.mark.parametrize("prompt", [
+    "a portrait of my dog", "a mountain landscape", "a vintage car", "a black and white cat",
+    "a clock showing 10:10", "a painting of a harbor",
+])
+def test_words_that_name_no_look_or_shape_take_the_preference(prompt: str) -> None:
+    """Subjects and generic words ("a portrait of", "a painting") leave the preference to refine them."""
+    enhanced = enhance(prompt, W.IMAGE_GENERATION, Preferences(style="oil_painting", format="16:9"))
+    assert "oil painting" in enhanced and "16:9 aspect ratio" in enhanced
+
+
+def test_a_style_transfer_from_this_photo_still_takes_the_preferred_look() -> None:
+    """There "this photo" is the user's image, not the look asked for."""
+    prefs = Preferences(style="oil_painting")
+    assert "oil painting" in enhance("turn this photo into a painting", W.STYLE_TRANSFER, prefs)
+    assert "oil painting" not in enhance("turn this photo into an anime drawing", W.STYLE_TRANSFER, prefs)
+
+
 async def test_process_answers_with_the_preferred_style_in_the_final_prompt(client: Any) -> None:
     body = {"prompt": "a cat on a sofa", "user_preferences": {"style": "watercolor", "format": "square"}}
     result = await (await client.post("/api/v1/enhanced/process", json=body)).json()
