@@ -428,6 +428,39 @@ async def test_a_keys_table_unreadable_at_start_up_keeps_authentication_on(
     await proxy.stop()
 
 
+async def test_a_health_probe_that_stops_waiting_leaves_the_keys_lookup_running(
+    make_client: Any, pg_url: str
+) -> None:
+    """The keys table unread at start-up, then slow to answer: /health waits its 0.5 s and says
+    "refused", but the lookup it started runs on to its own 1 s bound (shielded), so an answer
+    that comes at 0.8 s still decides. Cut with the probe, a table slower than 0.5 s was never
+    read, and the instance stayed out of rotation for good."""
+    proxy = TcpProxy()
+    await proxy.start()
+    port = proxy.port
+    await proxy.stop()  # refused at start-up
+    client = await make_client(database_url=pg_url.replace(":5432/", f":{port}/"))
+    auth = client.app[AUTH]
+    assert auth.store is not None and auth.open_if_no_keys is not None
+    proxy.port = port
+    await proxy.start()
+    proxy.pause()  # Postgres is back, but slow: no byte passes yet
+    auth.store.RETRY_SECONDS = 0.0
+    auth.store._down_until = 0.0
+    health = await client.get("/health")
+    assert (health.status, (await health.json())["dependencies"]["auth"]["requests"]) == (503, "refused")
+    assert not auth.open
+    await asyncio.sleep(0.3)  # 0.8 s after the probe began: within the lookup's own second
+    proxy.resume()
+    for _ in range(50):  # the lookup the probe left behind finishes without another request
+        if auth.open:
+            break
+        await asyncio.sleep(0.02)
+    assert auth.open and auth.open_if_no_keys is None
+    assert (await client.get("/health")).status == 200
+    await proxy.stop()
+
+
 async def test_a_hung_key_store_costs_one_request_its_timeout_and_the_next_nothing(
     make_client: Any, pg_url: str
 ) -> None:
