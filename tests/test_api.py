@@ -136,6 +136,10 @@ async def test_metrics_count_requests_and_sources(client: Any) -> None:
     assert sum(metrics["classifications_by_source"].values()) == 3
     assert metrics["requests_by_route"]["/api/v1/enhanced/process"] == 3
     assert {"cache_hit_rate", "fallback_rate", "error_rate"} <= set(metrics["rates"])
+    # The app plan's names at the top level, as its get_metrics returned them.
+    assert (metrics["cache_hit_rate"], metrics["error_rate"]) == (
+        metrics["rates"]["cache_hit_rate"], metrics["rates"]["error_rate"])
+    assert metrics["cache_hit_rate"] == 2 / 3  # "a tree" three times: the second and third hit
     assert metrics["classification_slots"]["in_use"] == 0
 
 
