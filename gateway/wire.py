@@ -5,10 +5,11 @@ Bad input stops here with a typed error; stages trust what passes.
 
 from __future__ import annotations
 
+import math
 import re
 import urllib.parse
 from collections.abc import Mapping
-from typing import TypeVar, get_args, overload
+from typing import Annotated, TypeVar, get_args, overload
 
 import msgspec
 
@@ -28,6 +29,34 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_UPLOADED_IMAGES = 10
 
 
+# A preference as sent is at most 50 characters (the app plan cut values there).
+StyleText = Annotated[str, msgspec.Meta(
+    max_length=50, description=f"one of {', '.join(get_args(Style))}, in any case, with spaces or hyphens "
+    "for underscores; or an alias such as photo, oil, pencil, 3d"
+)]  # fmt: skip
+FormatText = Annotated[str, msgspec.Meta(
+    max_length=50, description=f"one of {', '.join(get_args(Format))}; vertical or horizontal; or a "
+    "width x height that reduces to one of the ratios, such as 16x9 or 1920x1080"
+)]  # fmt: skip
+
+
+class PreferencesBody(msgspec.Struct, kw_only=True):
+    """`user_preferences` as sent. As in the app plan, keys other than these three are left
+    out (a client's own settings, such as its AI toggle, may ride along), and a style or format
+    is read the way people write it: "Oil painting", "3D render", "16x9", "1024x1024", "vertical"."""
+
+    quality: Quality = "balanced"
+    style: StyleText | None = None
+    format: FormatText | None = None
+
+    def __post_init__(self) -> None:  # msgspec runs it as it decodes: a bad value is a 422 here
+        self.style = _choice(self.style, "style", _STYLE_ALIASES)
+        self.format = _choice(self.format, "format", _FORMAT_ALIASES)
+
+    def to_preferences(self) -> Preferences:
+        return Preferences(quality=self.quality, style=self.style, format=self.format)  # type: ignore[arg-type]
+
+
 class ProcessBody(msgspec.Struct, kw_only=True):
     """The JSON body of /process, /stream and /compare (the plan's EnhancedGenerationRequest)."""
 
@@ -36,7 +65,7 @@ class ProcessBody(msgspec.Struct, kw_only=True):
     # Images the user has just uploaded (the app's own storage), besides the one being worked
     # on: what the classifier and `image_missing` take into account.
     uploaded_image_urls: list[str] = msgspec.field(default_factory=list)
-    user_preferences: Preferences | None = None
+    user_preferences: PreferencesBody | None = None
     use_ai_classification: bool = True
 
 
@@ -113,6 +142,9 @@ def decode_query(raw_query: str) -> ProcessBody:
         raw["user_preferences"] = prefs
     try:
         return msgspec.convert(raw, ProcessBody, strict=False)
+    except ValidationFailed as exc:  # a style or format none of its choices: named as sent
+        field = exc.field and exc.field.removeprefix("user_preferences.")
+        raise ValidationFailed(exc.detail, field=field) from None
     except msgspec.ValidationError as exc:
         error = _as_validation_error(exc, query_string=True)
         if error.field == "use_ai_classification":  # not "Expected `bool`, got `str`": all values are
@@ -163,9 +195,48 @@ def to_pipeline_request(
         trace_id=trace_id,
         working_image_url=url or None,
         uploaded_image_urls=tuple(uploads),
-        preferences=body.user_preferences or Preferences(),
+        preferences=body.user_preferences.to_preferences() if body.user_preferences else Preferences(),
         use_ai_classification=body.use_ai_classification,
     )
+
+
+# How people write a style, beyond its own name with spaces, hyphens or capitals.
+_STYLE_ALIASES: dict[str, Style] = {
+    "photo": "photorealistic", "photograph": "photorealistic", "realistic": "photorealistic",
+    "photo_realistic": "photorealistic", "film": "cinematic", "movie": "cinematic", "manga": "anime",
+    "comic": "cartoon", "cartoonish": "cartoon", "watercolour": "watercolor", "oil": "oil_painting",
+    "oil_paint": "oil_painting", "painting": "oil_painting", "pencil": "sketch", "pencil_sketch": "sketch",
+    "drawing": "sketch", "digital": "digital_art", "digital_painting": "digital_art", "3d": "3d_render",
+    "render": "3d_render", "cgi": "3d_render", "retro": "vintage", "minimal": "minimalist",
+}  # fmt: skip
+_FORMAT_ALIASES: dict[str, Format] = {
+    "vertical": "portrait", "tall": "portrait", "horizontal": "landscape", "wide": "landscape",
+    "widescreen": "16:9", "1x1": "1:1",
+}  # fmt: skip
+_SIZE = re.compile(r"(\d{1,5})\s*[x\u00d7:/]\s*(\d{1,5})")  # 16x9, 16:9, 1024x1024, 1920 x 1080
+
+
+def _choice(text: str | None, name: str, aliases: Mapping[str, str]) -> str | None:
+    """A style or format as one of its choices: its name in any case, with spaces or hyphens
+    for underscores; an alias; for a format, any width x height that reduces to a ratio."""
+    if text is None or not text.strip():
+        return None
+    choices = _CHOICES[name]
+    key = re.sub(r"[\s_-]+", "_", text.strip().lower())
+    if key in choices:
+        return key
+    if key in aliases:
+        return aliases[key]
+    if name == "format" and (size := _SIZE.fullmatch(text.strip())):
+        width, height = int(size[1]), int(size[2])
+        if width and height:
+            divisor = math.gcd(width, height)
+            ratio = f"{width // divisor}:{height // divisor}"
+            if ratio in choices:
+                return ratio
+    sizes = " (or a width x height such as 1920x1080)" if name == "format" else ""
+    field = f"user_preferences.{name}"
+    raise ValidationFailed(f"{name} must be one of: {', '.join(choices)}{sizes}", field=field)
 
 
 def check_image_url(

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from tests.conftest import MakeClient, exchange, raw_request
+from tests.sse import parse_events
 
 PROCESS = "/api/v1/enhanced/process"
 
@@ -25,7 +26,6 @@ PROCESS = "/api/v1/enhanced/process"
         ({"prompt": 42}, "prompt"),
         ({"prompt": "a cat", "user_preferences": {"quality": "ultra"}}, "user_preferences.quality"),
         ({"prompt": "a cat", "user_preferences": {"style": "x" * 60}}, "user_preferences.style"),
-        ({"prompt": "a cat", "user_preferences": {"colour": "red"}}, "user_preferences.colour"),  # the unknown one, named
         ({"prompt": "a cat", "working_image_url": "ftp://a.supabase.co/x.jpg"}, "working_image_url"),
         ({"prompt": "a cat", "working_image_url": "javascript:alert(1)"}, "working_image_url"),
         ({"prompt": "a cat", "working_image_url": "https://"}, "working_image_url"),
@@ -48,7 +48,10 @@ async def test_invalid_fields_get_422_naming_the_field(client: Any, body: dict[s
 
 @pytest.mark.parametrize(("preferences", "detail"), [
     ({"quality": "x" * 500}, "quality must be one of: speed, balanced, quality"),
-    ({"format": "2:1"}, "format must be one of: square, portrait, landscape, 1:1, 4:3, 3:4, 16:9, 9:16"),
+    ({"format": "2:1"}, "format must be one of: square, portrait, landscape, 1:1, 4:3, 3:4, 16:9, 9:16 "
+                        "(or a width x height such as 1920x1080)"),
+    ({"style": "cyberpunk"}, "style must be one of: photorealistic, cinematic, anime, cartoon, watercolor, "
+                             "oil_painting, sketch, digital_art, 3d_render, vintage, minimalist"),
 ])  # fmt: skip
 async def test_a_preference_that_is_none_of_its_choices_is_told_the_choices(
     client: Any, preferences: dict[str, str], detail: str
@@ -57,6 +60,34 @@ async def test_a_preference_that_is_none_of_its_choices_is_told_the_choices(
     named no value that would do."""
     resp = await client.post(PROCESS, json={"prompt": "a cat", "user_preferences": preferences})
     assert resp.status == 422 and (await resp.json())["detail"] == detail
+
+
+@pytest.mark.parametrize(("sent", "read"), [
+    ({"style": "Oil painting", "format": "1024x1024"}, {"style": "oil_painting", "format": "1:1"}),
+    ({"style": "3D Render", "format": "1920 x 1080"}, {"style": "3d_render", "format": "16:9"}),
+    ({"style": "photo", "format": "vertical"}, {"style": "photorealistic", "format": "portrait"}),
+    ({"style": "ANIME", "format": "9x16"}, {"style": "anime", "format": "9:16"}),
+    ({"style": " ", "format": ""}, {"style": None, "format": None}),
+])  # fmt: skip
+async def test_a_style_or_format_is_read_the_way_people_write_it(
+    client: Any, sent: dict[str, str], read: dict[str, str | None]
+) -> None:
+    stream = await client.post("/api/v1/enhanced/stream", json={"prompt": "a cat", "user_preferences": sent})
+    assert stream.status == 200
+    context = next(e for e in parse_events(await stream.read()) if e.event == "context").data
+    assert {key: context["preferences"][key] for key in read} == read
+
+
+async def test_preference_keys_the_gateway_does_not_use_are_left_out_as_the_plan_does(client: Any) -> None:
+    """The app plan keeps quality, style and format and drops the rest (a client's AI toggle)."""
+    body = {"prompt": "a cat", "user_preferences": {"quality": "speed", "enableAI": True, "colour": "red"}}
+    resp = await client.post(PROCESS, json=body)
+    assert resp.status == 200 and (await resp.json())["model_selection"]["model_id"]
+
+
+async def test_the_stream_query_names_a_bad_style_as_its_parameter(client: Any) -> None:
+    resp = await client.get("/api/v1/enhanced/stream", params={"prompt": "a cat", "style": "cyberpunk"})
+    assert resp.status == 422 and (await resp.json())["field"] == "style"
 
 
 async def test_prompt_of_exactly_2000_characters_is_accepted(client: Any) -> None:
