@@ -33,7 +33,7 @@ Scope = Literal["public", "user", "admin"]
 
 PUBLIC_PATHS = frozenset({"/", "/health", "/openapi.json", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/static/",)
-ADMIN_PATHS = frozenset({"/metrics", "/api/v1/enhanced/metrics"})
+ADMIN_PATHS = frozenset({"/metrics", "/api/v1/enhanced/metrics", "/api/v1/enhanced/health"})
 ADMIN_PREFIXES = ("/api/v1/enhanced/analytics", "/debug/", "/api/v1/admin/")
 # EventSource cannot send an Authorization header, so its GET stream may carry the app's JWT as
 # ?access_token= (RFC 6750 2.3). JWTs only: they expire within the hour, where an API key in a

@@ -28,7 +28,8 @@ CLIENT_CLOSED = 499
 
 # Scrapes, probes and the web UI's files and dashboard polling: a trace each would push the
 # requests out of the /debug/traces buffer.
-_UNTRACED = frozenset({"/metrics", "/health", "/", "/static/{name}", "/api/v1/enhanced/metrics", "preflight"})
+_UNTRACED = frozenset({"/metrics", "/health", "/", "/static/{name}", "/api/v1/enhanced/metrics",
+                       "/api/v1/enhanced/health", "preflight"})
 
 
 @web.middleware

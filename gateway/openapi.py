@@ -135,6 +135,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/openapi.json"): Operation(),
     ("GET", "/api/v1/enhanced/metrics"): Operation(),
+    ("GET", "/api/v1/enhanced/health"): Operation(),
     ("GET", "/health"): Operation(bodiless={
         "503": "unavailable: a dependency's state refuses requests (API keys unreadable, limits failing "
                "closed); the same JSON, naming it"}),

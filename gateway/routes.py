@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 
@@ -145,6 +146,7 @@ def record_result(request: web.Request, preq: PipelineRequest, result: ProcessRe
         workflow=workflow,
         cache_hit=result.cache_hit,
         fallback_used=result.fallback_used,
+        processing_seconds=result.processing_time,
     )
     app[TIMELINE].record(
         workflow=workflow,
@@ -312,21 +314,49 @@ async def health(request: web.Request) -> web.Response:
     """GET /health: ok, or degraded naming the dependency that is not (200: requests are still
     served, from memory or a fallback); 503 unavailable while a dependency's state refuses them
     (keys unreadable, limits failing closed): a load balancer then sends the traffic elsewhere."""
-    settings = request.app[SETTINGS]
+    dependencies = await _dependencies(request.app)
+    if any(dep.get("requests") == "refused" for dep in dependencies.values()):
+        return json_response({"status": "unavailable", "dependencies": dependencies}, status=503)
+    status = "degraded" if _degraded(dependencies) else "ok"
+    return json_response({"status": status, "dependencies": dependencies})
+
+
+async def system_health(request: web.Request) -> web.Response:
+    """GET /api/v1/enhanced/health: the app plan's monitoring view (its get_system_health), for
+    its dashboards. `model_availability` is the models the gateway itself runs (the classifiers):
+    it never calls the hosted generation models, so it cannot say whether they answer."""
+    dependencies = await _dependencies(request.app)
+    classification = request.app[STATS].classification_health()
+    models = {name: dependencies[name] for name in ("classifier", "llm") if name in dependencies}
+    cache = {**request.app[INTENT_CACHE].stats(), "redis": dependencies["redis"]}
+    healthy = classification["status"] == "healthy" and not _degraded(dependencies)
+    return json_response({
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(),
+        "ai_classification": classification,
+        "model_availability": models,
+        "cache_status": cache,
+        "dependencies": dependencies,
+        "overall_status": "healthy" if healthy else "degraded",
+    })  # fmt: skip
+
+
+async def _dependencies(app: web.Application) -> dict[str, dict[str, object]]:
+    """Each dependency's state, from its probe (those not configured say so)."""
     dependencies: dict[str, dict[str, object]] = {
-        "classifier": {"state": "ok", "name": settings.intent_classifier},
+        "classifier": {"state": "ok", "name": app[SETTINGS].intent_classifier},
         "redis": {"state": "not_configured"},
         "postgres": {"state": "not_configured"},
     }
-    probes = request.app[HEALTH_PROBES]
+    probes = app[HEALTH_PROBES]
     # Side by side: hung dependencies cost the slowest probe's timeout, not their sum (Redis
     # and Postgres one after the other took 1.5 s, past a load balancer's usual 1 s probe).
     states = await asyncio.gather(*(probe() for probe in probes.values()))
     dependencies.update(zip(probes, states, strict=True))
-    if any(dep.get("requests") == "refused" for dep in dependencies.values()):
-        return json_response({"status": "unavailable", "dependencies": dependencies}, status=503)
-    degraded = any(dep["state"] not in ("ok", "not_configured") for dep in dependencies.values())
-    return json_response({"status": "degraded" if degraded else "ok", "dependencies": dependencies})
+    return dependencies
+
+
+def _degraded(dependencies: dict[str, dict[str, object]]) -> bool:
+    return any(dep["state"] not in ("ok", "not_configured") for dep in dependencies.values())
 
 
 def add_routes(app: web.Application) -> None:
@@ -342,6 +372,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/references", analytics.list_references)
     app.router.add_delete("/api/v1/references/{tag}", analytics.delete_reference)
     app.router.add_get("/health", health)
+    app.router.add_get("/api/v1/enhanced/health", system_health)
     app.router.add_get("/metrics", prometheus_metrics)
     add_debug_routes(app)  # /debug/*: operator-only
     add_key_routes(app)

@@ -25,6 +25,7 @@ class RequestStats:
         self.classifications = 0
         self.cache_hits = 0
         self.fallbacks = 0
+        self.processing_seconds = 0.0  # the results' processing_time, summed
 
     def record_request(self, route: str, status: int) -> None:
         self.requests[route] += 1
@@ -32,9 +33,11 @@ class RequestStats:
         self.responses[route, status] += 1
 
     def record_result(
-        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool
+        self, *, source: str, arm: str, workflow: str, cache_hit: bool, fallback_used: bool,
+        processing_seconds: float,
     ) -> None:
         self.classifications += 1
+        self.processing_seconds += processing_seconds
         self.sources[source] += 1
         self.arms[arm] += 1
         self.workflows[workflow] += 1
@@ -43,6 +46,20 @@ class RequestStats:
 
     def record_error(self, code: str) -> None:
         self.errors[code] += 1
+
+    def classification_health(self) -> dict[str, object]:
+        """The app plan's AIClassificationMonitor.get_health_status, from these counts: a request
+        that ended without an answer (overloaded, shutting down) is its unsuccessful one."""
+        failed = sum(self.errors.values()) - self.errors["stage_failed"]  # a failed stage still answers
+        total = self.classifications + failed
+        success_rate = self.classifications / total if total else 1.0
+        return {
+            "status": "healthy" if success_rate > 0.95 else "degraded",
+            "success_rate": success_rate,
+            "fallback_rate": self.fallbacks / max(self.classifications, 1),
+            "avg_processing_time": self.processing_seconds / max(self.classifications, 1),
+            "total_requests": total,
+        }
 
     def snapshot(self) -> dict[str, object]:
         done = max(self.classifications, 1)

@@ -155,6 +155,23 @@ async def test_the_error_rate_is_over_pipeline_requests_not_probes(make_client: 
     assert metrics["rates"]["error_rate"] == 1.0
 
 
+async def test_the_plans_system_health_view_counts_answers_fallbacks_and_time(
+    make_client: Any,
+) -> None:
+    """/api/v1/enhanced/health is the app plan's get_system_health: its dashboards read these."""
+    client = await make_client(classifier=FailingClassifier())
+    assert (await client.post(PROCESS, json={"prompt": "a tree"})).status == 200  # a fallback answer
+    assert (await client.post(PROCESS, json={"prompt": "a tree", "use_ai_classification": False})).status == 200
+    view = await (await client.get("/api/v1/enhanced/health")).json()
+    classification = view["ai_classification"]
+    assert classification["total_requests"] == 2 and classification["success_rate"] == 1.0
+    assert classification["fallback_rate"] == 0.5 and classification["status"] == "healthy"
+    assert 0 < classification["avg_processing_time"] < 5
+    assert view["model_availability"]["classifier"]["state"] == "ok"
+    assert view["cache_status"]["redis"] == {"state": "not_configured"}
+    assert view["overall_status"] == "healthy" and view["timestamp"].endswith("+00:00")
+
+
 async def test_health_reports_ok_and_dependencies(client: Any) -> None:
     """/health says ok with nothing external configured."""
     body = await (await client.get("/health")).json()

@@ -36,6 +36,7 @@ SECRET = "jwt-shared-secret-for-tests-0123456789"
 ADMIN_ENDPOINTS = [
     "/metrics",
     "/api/v1/enhanced/metrics",
+    "/api/v1/enhanced/health",
     "/api/v1/enhanced/analytics/intents",
     "/debug/traces",
     "/api/v1/admin/keys",
