@@ -312,6 +312,21 @@ async def test_breaker_opens_and_stops_calling(harness: Harness, upstream: aiore
     assert harness.usage.short_circuited == 5
 
 
+async def test_answers_the_prompt_spoiled_leave_the_breaker_closed(harness: Harness, upstream: aioresponses) -> None:
+    """A prompt can make the model answer badly (cut off at max_tokens, out of schema): each is
+    that request's failure, not the upstream's. Counted by the breaker, one user's few prompts
+    opened the circuit (shared through Redis) and turned the LLM off for every user."""
+    truncated = '{"workflow_type": "hair_styling", "confidence": 0.9, "reasoning": "Because'
+    for content in [truncated, answer(confidence=95)] * 3:
+        upstream.post(ENDPOINT, payload=completion(content))
+        with pytest.raises(LLMFailed):
+            await harness.llm.classify(QUERY)
+    assert await harness.breaker.state() is BreakerState.CLOSED
+    upstream.post(ENDPOINT, payload=completion(answer()))
+    assert (await harness.llm.classify(QUERY)).source is IntentSource.LLM
+    assert len(calls(upstream)) == 7
+
+
 async def test_half_open_recovery(harness: Harness, upstream: aioresponses) -> None:
     """After the timeout, probes go through; two successes close the breaker."""
     upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=3)

@@ -112,6 +112,11 @@ class LLMFailed(Exception):
         self.reason = reason
 
 
+class UnusableAnswer(LLMFailed):
+    """The upstream answered, but not with a classification (prose, cut off at max_tokens, out of
+    schema). The prompt decides this: it fails the request's call, not the upstream's health."""
+
+
 class Completion(msgspec.Struct, frozen=True):
     """A 200 from the upstream: the first choice's content, and the tokens it spent."""
 
@@ -156,9 +161,9 @@ class _Retry(Exception):
 
 
 def parse_answer(content: str | None) -> LLMAnswer:
-    """Decode the message content, tolerating a ```json fence; raise LLMFailed otherwise."""
+    """Decode the message content, tolerating a ```json fence; raise UnusableAnswer otherwise."""
     if not content or not content.strip():
-        raise LLMFailed("unparsable", "empty content")
+        raise UnusableAnswer("unparsable", "empty content")
     text = content.strip()
     fenced = _FENCE.match(text)
     if fenced:
@@ -166,9 +171,9 @@ def parse_answer(content: str | None) -> LLMAnswer:
     try:
         return _decode_answer(text)
     except msgspec.ValidationError as exc:
-        raise LLMFailed("out_of_schema", str(exc)) from None
+        raise UnusableAnswer("out_of_schema", str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise LLMFailed("unparsable", str(exc)) from None
+        raise UnusableAnswer("unparsable", str(exc)) from None
 
 
 def user_message(query: ClassifierInput) -> str:
@@ -284,12 +289,19 @@ class LLMClassifier:
                 async with self.breaker.guard():
                     call.in_flight = True  # stays set if the deadline cancels the attempt
                     try:
-                        answer = await self._attempt(query, call)
+                        answer: LLMAnswer | UnusableAnswer = await self._attempt(query, call)
+                    except UnusableAnswer as unusable:
+                        # A success for the breaker: counted as a failure, one user's prompts
+                        # (asking for a long essay, cut off at max_tokens) opened the circuit,
+                        # shared through Redis, and turned the LLM off for every user.
+                        answer = unusable
                     except Exception:
                         call.in_flight = False
                         raise
                     call.in_flight = False
-                    return answer
+                if isinstance(answer, UnusableAnswer):
+                    raise answer
+                return answer
             except CircuitOpen as exc:
                 self.usage.short_circuited += attempt == 0
                 raise LLMFailed("circuit_open", str(exc)) from None
