@@ -44,7 +44,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     span = app[TRACING].server_span(
         f"{request.method} {route}" if resource is not None else request.method,
         request.headers,
-        {"http.request.method": request.method, "url.path": request.path},
+        {"http.request.method": request.method, "url.path": _clip(request.path)},
         # By path, not route: /debug/traces/<not an id> matches no route and was traced.
         traced=route not in _UNTRACED and not request.path.startswith("/debug/"),
     )
@@ -111,7 +111,7 @@ def _http_attributes(
         host, port = host_header, ""
     attributes: dict[str, str | int] = {
         "url.scheme": scheme,
-        "server.address": host.strip("[]"),
+        "server.address": _clip(host.strip("[]")),
         "network.protocol.version": f"{version.major}.{version.minor}",
     }
     if port:
@@ -121,8 +121,18 @@ def _http_attributes(
     if remote:
         attributes["client.address"] = remote
     if user_agent:
-        attributes["user_agent.original"] = user_agent
+        attributes["user_agent.original"] = _clip(user_agent)
     return attributes
+
+
+# What a span keeps of a value the client chose (a path, a Host, a User-Agent): request lines and
+# headers may be 8-64 KiB each, and kept in the /debug/traces buffer whole, anyone could make the
+# gateway hold ~68 KB a request (401s are traced too).
+MAX_ATTRIBUTE_CHARS = 256
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_ATTRIBUTE_CHARS else text[:MAX_ATTRIBUTE_CHARS] + "\u2026"
 
 
 def _set_status(span: LightSpan, status: int, ended_with: str | None) -> None:

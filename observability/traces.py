@@ -19,6 +19,9 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 MAX_SPANS_PER_TRACE = 500  # a long stream with many Redis calls must not grow without bound
+# All traces together: a caller's traceparent chooses the trace id, so without it requests that
+# all name one trace filled every trace to its 500 (200 traces: 100,000 spans). Requests make ~5-30.
+MAX_SPANS = 20_000
 
 
 class SpanView(msgspec.Struct, kw_only=True):
@@ -70,8 +73,10 @@ class FinishedSpan(Protocol):
 class TraceBuffer(SpanProcessor):
     """Keeps the spans of the last `limit` traces, oldest dropped first."""
 
-    def __init__(self, limit: int = 200) -> None:
+    def __init__(self, limit: int = 200, max_spans: int = MAX_SPANS) -> None:
         self.limit = max(1, limit)
+        self.max_spans = max_spans
+        self.spans = 0  # kept, over all traces
         self._traces: OrderedDict[int, list[FinishedSpan]] = OrderedDict()
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -84,12 +89,17 @@ class TraceBuffer(SpanProcessor):
         kept = self._traces.get(trace_id)
         if kept is None:
             if len(self._traces) >= self.limit:
-                self._traces.popitem(last=False)
+                self.spans -= len(self._traces.popitem(last=False)[1])
             kept = self._traces[trace_id] = []
-        kept.extend(spans[: MAX_SPANS_PER_TRACE - len(kept)])
+        added = spans[: MAX_SPANS_PER_TRACE - len(kept)]
+        kept.extend(added)
+        self.spans += len(added)
+        while self.spans > self.max_spans and len(self._traces) > 1:  # the oldest go first
+            self.spans -= len(self._traces.popitem(last=False)[1])
 
     def shutdown(self) -> None:
         self._traces.clear()
+        self.spans = 0
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

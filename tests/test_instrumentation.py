@@ -229,7 +229,8 @@ async def test_an_llm_answer_that_is_no_answer_is_an_error_span_and_the_stage_sa
     was open and no call was made at all."""
     from tests.test_llm import ENDPOINT, completion
 
-    upstream.post(ENDPOINT, payload=completion("sorry, I cannot help with that"), repeat=True)
+    upstream.post(ENDPOINT, payload=completion("sorry, I cannot help with that"))
+    upstream.post(ENDPOINT, status=500, repeat=True)  # then the upstream fails: the circuit opens
     client, exporter = await traced_llm(make_client, circuit_breaker_failure_threshold=1)
     response = await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde"})
     assert (await response.json())["fallback_used"] is True
@@ -238,6 +239,7 @@ async def test_an_llm_answer_that_is_no_answer_is_an_error_span_and_the_stage_sa
     assert chat.attributes is not None and chat.attributes["gen_ai.usage.output_tokens"] == 30  # still spent
     trace = await (await client.get(f"/debug/traces/{response.headers['X-Trace-Id']}")).json()
     assert trace["error"] is True
+    await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair red"})  # a 500: opens
     exporter.clear()
     await client.post("/api/v1/enhanced/process", json={"prompt": "make my hair blonde please"})
     names = [s.name for s in exporter.get_finished_spans()]

@@ -125,7 +125,7 @@ async def test_a_host_header_whose_port_is_no_port_is_traced_without_one(make_cl
     server = by_name(exporter.get_finished_spans())[f"POST {PROCESS}"]
     assert server.attributes is not None
     assert "server.port" not in server.attributes
-    assert server.attributes["server.address"] == f"127.0.0.1:{port}"
+    assert server.attributes["server.address"] == f"127.0.0.1:{port}"[:256] + ("\u2026" if len(port) > 200 else "")
 
 
 async def test_the_intent_span_says_which_tier_of_the_embedded_classifier_answered(
@@ -334,6 +334,24 @@ async def test_buffer_keeps_only_the_most_recent_traces(make_client: MakeClient)
     evicted = await client.get(f"/debug/traces/{ids[0]}")
     assert evicted.status == 404
     assert (await evicted.json())["detail"] == "no such trace in the buffer (evicted, unsampled or unknown)"
+
+
+async def test_what_a_caller_chooses_cannot_fill_the_trace_buffer(make_client: MakeClient) -> None:
+    """Unauthenticated requests naming one trace (traceparent) with 8 KB paths and User-Agents:
+    each span keeps at most 256 characters of them, and all traces together at most max_spans
+    spans (requests naming one trace filled it to 500, in every one of 200 traces)."""
+    client = await make_client(gateway_api_keys="alice:alice-key-0123456789abcdef")
+    buffer = client.app[TRACING].buffer
+    buffer.max_spans = 40
+    for trace in range(3):
+        parent = {"traceparent": f"00-{trace + 1:032x}-{1:016x}-01", "User-Agent": "u" * 8000}
+        for _ in range(30):
+            assert (await client.get("/api/v1/enhanced/usage/" + "x" * 8000, headers=parent)).status in (401, 404)
+    assert buffer.spans <= 40 and buffer.spans == sum(view.span_count for view in buffer.recent())
+    kept = buffer.get(f"{3:032x}")
+    assert kept is not None and kept.spans
+    attributes = kept.spans[0].attributes
+    assert len(attributes["url.path"]) <= 257 and len(attributes["user_agent.original"]) <= 257
 
 
 @pytest.fixture
