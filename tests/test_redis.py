@@ -50,6 +50,11 @@ async def test_health_follows_redis(make_client: MakeClient, redis_server: Redis
     assert response.status == 200
     assert body["status"] == "degraded"
     assert body["dependencies"]["redis"]["state"] == "degraded"
+    # What failed, not where: /health needs no key, and the message names Redis's host and port.
+    assert body["dependencies"]["redis"]["error"] in ("ConnectionError", "TimeoutError")
+    assert str(redis_server.port) not in await response.text()
+    metrics = await (await client.get("/api/v1/enhanced/metrics")).json()
+    assert str(redis_server.port) in metrics["redis"]["last_error"]  # the operator's view has it
 
     redis_server.start()
     connection = client.app[REDIS]
