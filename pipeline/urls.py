@@ -8,6 +8,7 @@ hosts for user images is a separate, stricter question the gateway asks on top.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -16,6 +17,11 @@ MAX_URL_CHARS = 2048
 # Names that resolve to the machine itself or to private networks by convention.
 _PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".intranet", ".lan", ".home.arpa", ".corp")
 _PRIVATE_NAMES = frozenset({"localhost", "localhost.localdomain", "metadata", "metadata.google.internal"})
+# What a DNS name (an IDN in its xn-- form) or an IP literal is written with, lower-cased. Anything
+# else is refused, not normalised: a host spelled with U+3002 for a dot, with percent-escapes
+# ("%31%32%37.0.0.1") or a backslash ("127.0.0.1\.x.com") would pass as a name, and a browser or
+# yarl then fetches 127.0.0.1.
+_HOST_CHARS = re.compile(r"[a-z0-9_.:-]+")
 
 
 class UnsafeURL(ValueError):
@@ -25,9 +31,10 @@ class UnsafeURL(ValueError):
 def check_public_url(url: str) -> None:
     """Raise UnsafeURL unless `url` is http(s) to a public host name or public IP address.
 
-    Blocks schemes other than http/https, credentials in the URL, loopback, private,
-    link-local (cloud metadata), reserved and multicast addresses, including the legacy
-    IPv4 spellings (2130706433, 0x7f.1, 127.1) that resolvers still accept.
+    Blocks schemes other than http/https, credentials in the URL, hosts that are not plain
+    ASCII names or addresses (non-ASCII, percent-escapes), loopback, private, link-local
+    (cloud metadata), reserved and multicast addresses, including the legacy IPv4 spellings
+    (2130706433, 0x7f.1, 127.1) that resolvers still accept.
     Names are not resolved here (no I/O): a fetcher must still pin the resolved address.
     """
     if len(url) > MAX_URL_CHARS:
@@ -43,9 +50,13 @@ def check_public_url(url: str) -> None:
         raise UnsafeURL("URL must use http or https")
     if parts.username is not None or parts.password is not None:
         raise UnsafeURL("URL must not carry credentials")
+    if not parts.netloc.isascii():
+        raise UnsafeURL("URL host is not ASCII (an international name must be in its xn-- form)")
     host = (parts.hostname or "").rstrip(".")
     if not host:
         raise UnsafeURL("URL has no host")
+    if not _HOST_CHARS.fullmatch(host):
+        raise UnsafeURL(f"URL host {host!r} has characters no DNS name or address has")
     _check_host(host)
 
 

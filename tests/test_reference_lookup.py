@@ -9,16 +9,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 from redis.asyncio import Redis
 
 from gateway.config import ConfigError, Settings
 from gateway.search.searxng import SearxngSearch
+from gateway.search.transport import MAX_RESPONSE_BYTES
 from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, decode, encode
 from pipeline.search.lookup import ReferenceLookup
-from pipeline.search.protocol import ImageHit
+from pipeline.search.protocol import ImageHit, SearchFailed
 from pipeline.types import Reference
 from tests.redis_servers import needs_redis
 
@@ -186,3 +189,57 @@ def test_titles_are_one_short_line_of_plain_text(session: aiohttp.ClientSession)
     assert titles[0] == "Zendaya at the Met Gala"
     assert titles[1] is not None and len(titles[1]) == 200 and titles[1].endswith("\u2026")
     assert titles[2] is None
+
+
+async def searxng_serving(aiohttp_server: Any, handler: Any) -> SearxngSearch:
+    """The SearXNG client against a real local server answering /search with `handler`."""
+    app = web.Application()
+    app.router.add_get("/search", handler)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return SearxngSearch(aiohttp.ClientSession(), str(server.make_url("/")))
+
+
+async def test_an_answer_that_arrives_in_two_parts_is_read_whole(aiohttp_server: Any) -> None:
+    """A ~100 KB answer written in two parts 0.2 s apart decodes in full, not as a truncated body."""
+    body = msgspec.json.encode(hits(*(f"look-{n}" for n in range(1500))))
+    assert len(body) > 100_000
+
+    async def in_two_parts(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        await asyncio.sleep(0.2)
+        await resp.write(body[len(body) // 2 :])
+        return resp
+
+    searxng = await searxng_serving(aiohttp_server, in_two_parts)
+    async with searxng.session:
+        found = await searxng.search("Zendaya Met Gala look", limit=2000)
+    assert [hit.image_url for hit in found] == [f"https://img.example.com/look-{n}.jpg" for n in range(1500)]
+
+
+async def test_an_answer_over_the_cap_is_refused_before_it_is_all_read(aiohttp_server: Any) -> None:
+    """A body with no Content-Length that runs past the cap is refused once the cap is passed."""
+    chunk = b" " * 65536
+    total = 64 * 1024 * 1024  # 32 times the cap: more than socket buffers hold on the way
+    sent = 0
+    finished = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        try:
+            while sent < total:
+                await resp.write(chunk)
+                sent += len(chunk)
+        finally:
+            finished.set()
+        return resp
+
+    searxng = await searxng_serving(aiohttp_server, endless)
+    async with searxng.session:
+        with pytest.raises(SearchFailed, match="too large"):
+            await searxng.search("Zendaya Met Gala look", limit=10)
+    await asyncio.wait_for(finished.wait(), 10)
+    assert MAX_RESPONSE_BYTES < sent < total // 2

@@ -152,6 +152,8 @@ async def test_unsafe_result_urls_are_dropped(make_client: MakeClient, upstream:
         "http://[::ffff:192.168.0.1]/a.png", "file:///etc/passwd", "javascript:alert(1)",
         "https://user:pw@images.example.com/a.jpg", "ftp://images.example.com/a.jpg",
         "http://printer.local/a.jpg", "http://intranet/a.jpg",
+        # Hosts a browser or yarl reads as 127.0.0.1 or the metadata address.
+        "http://127\u30020.0.1/a.jpg", "http://%31%32%37.0.0.1/a.jpg", "http://169.254.169.254\u3002/latest/meta-data/",
     ]
     results = [searx_result(0, img_src=url) for url in unsafe]
     results.append(searx_result(1))

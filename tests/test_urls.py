@@ -15,6 +15,8 @@ from pipeline.urls import UnsafeURL, check_public_url, is_public_url
         "https://8.8.8.8/a.png",
         "https://[2606:4700:4700::1111]/a.png",
         "https://example.com:8443/a.png",
+        "https://xn--exmple-cua.com/a.png",  # an international name in its ASCII form
+        "https://my_bucket.s3.example.com./a%20b.png",  # '_', a trailing dot, escapes outside the host
     ],
 )
 def test_public_urls_pass(url: str) -> None:
@@ -48,6 +50,16 @@ def test_public_urls_pass(url: str) -> None:
         ("https://example.com:99999/", "not a valid URL"),
         ("https://exa mple.com/", "whitespace"),
         ("https://example.com/" + "a" * 2100, "longer than"),
+        # Hosts a browser or yarl reads as another host than this check would: refused, not decoded.
+        ("http://127\u30020.0.1/x.jpg", "not ASCII"),  # U+3002 ideographic full stop, read as "."
+        ("http://169.254.169.254\u3002/latest/meta-data/", "not ASCII"),
+        ("http://\uff11\uff12\uff17.0.0.1/x.jpg", "not ASCII"),  # full-width digits
+        ("http://ex\u00e4mple.com/x.jpg", "not ASCII"),  # an IDN must come as xn--exmple-cua.com
+        ("http://%31%32%37.0.0.1/x", "characters no DNS name"),
+        ("http://%6c%6f%63%61%6c%68%6f%73%74/x", "characters no DNS name"),  # localhost
+        ("http://127.0.0.1%2f.example.com/x", "characters no DNS name"),
+        ("http://[fe80::1%25eth0]/x", "characters no DNS name"),
+        ("http://127.0.0.1\\.example.com/x", "characters no DNS name"),  # a browser reads "\" as "/"
     ],
 )
 def test_unsafe_urls_are_refused_with_a_reason(url: str, why: str) -> None:

@@ -33,7 +33,7 @@ async def get_json(
                 raise SearchFailed(f"{provider} answered HTTP {resp.status}")
             if resp.content_length is not None and resp.content_length > MAX_RESPONSE_BYTES:
                 raise SearchFailed(f"{provider} answer is too large")
-            body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+            body = await _read_capped(resp.content, MAX_RESPONSE_BYTES + 1)
     except TimeoutError as exc:  # aiohttp's timeouts (the session's ClientTimeout) subclass it
         raise SearchFailed(f"{provider} timed out") from exc
     except aiohttp.ClientError as exc:
@@ -44,3 +44,14 @@ async def get_json(
         return msgspec.json.decode(body, type=into)
     except msgspec.DecodeError as exc:  # ValidationError included
         raise SearchFailed(f"{provider} sent an unexpected body: {exc}") from exc
+
+
+async def _read_capped(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to its end or `limit` bytes, whichever comes first.
+
+    One read(n) returns only what has arrived so far, so an answer sent in two writes would be cut.
+    """
+    body = bytearray()
+    while len(body) < limit and (chunk := await stream.read(limit - len(body))):
+        body += chunk
+    return bytes(body)
