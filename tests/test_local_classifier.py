@@ -247,7 +247,7 @@ async def test_a_closed_classifier_fails_escalations_instead_of_starting_a_threa
     await classifier.classify(_query(UNSURE))
     classifier.close()
     with pytest.raises(RuntimeError, match="closed"):
-        await classifier.classify(_query("waves"))
+        await classifier.classify(_query(UNSURE))
     assert classifier._thread is None
     assert (await classifier.classify(_query("change my hair to blonde with bangs", IMAGE))).metadata["tier"] == "static"
 
