@@ -52,7 +52,9 @@ async def create_key(request: web.Request) -> web.Response:
     store = _store(request)
     await store.ensure_schema()
     new: NewKey = await store.create(body.user_id, admin=body.admin)
-    return json_response(new, status=201)
+    response = json_response(new, status=201)
+    response.headers["Cache-Control"] = "no-store"  # the key is shown this once: no cache may keep it
+    return response
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -467,6 +467,7 @@ async def test_shutdown_without_postgres_spills_and_next_start_replays(
         await _process(first)
     await first.close()
     assert len((tmp_path / "spill.jsonl").read_bytes().splitlines()) == 6
+    assert (tmp_path / "spill.jsonl").stat().st_mode & 0o777 == 0o600  # users' prompts: owner only
 
     second = await _db_client(make_client, postgres_db, tmp_path)
     await wait_until(lambda: second.app[REQUEST_LOG].stats.replayed == 6, timeout=10)

@@ -357,7 +357,7 @@ async def test_admin_api_creates_and_revokes_keys(make_client: Any, pg_url: str)
     """An admin creates a user key over HTTP, the key works, and revoking it locks it out."""
     client = await make_client(database_url=pg_url, gateway_api_keys=KEYS)
     created = await client.post("/api/v1/admin/keys", json={"user_id": "erin"}, headers=bearer(ROOT))
-    assert created.status == 201
+    assert created.status == 201 and created.headers["Cache-Control"] == "no-store"  # shown once
     new = await created.json()
     assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(new["key"]))).status == 200
     assert (await client.get("/api/v1/admin/keys", headers=bearer(new["key"]))).status == 403

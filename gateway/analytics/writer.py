@@ -348,7 +348,8 @@ async def _copy(
 
 def _append_durably(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("ab") as f:
+    # Owner-only: the rows hold users' prompts (the umask's 0644 let every local account read them).
+    with open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
