@@ -259,6 +259,7 @@ class Authenticator:
         store: PgKeyStore | None = None,
         jwt_secret: str | None = None,
         jwt_audience: str | None = None,
+        jwt_issuer: str | None = None,
         open_access: bool = False,
         open_if_no_keys: bool | None = None,
         loopback_only: bool = False,
@@ -268,6 +269,9 @@ class Authenticator:
         self.store = store
         self.jwt_secret = jwt_secret
         self.jwt_audience = jwt_audience
+        # Set it where one secret signs tokens of several issuers (projects, environments sharing
+        # a secret): a token the other issued would otherwise pass here.
+        self.jwt_issuer = jwt_issuer
         self.open = open_access
         self.loopback_only = loopback_only  # open, only for requests addressed to loopback (Host)
         self.cors_origins = cors_origins  # the pages on other sites that may have browsers call
@@ -340,7 +344,9 @@ class Authenticator:
                 self.jwt_secret,
                 algorithms=["HS256"],  # never "none", never an algorithm the token picks
                 audience=self.jwt_audience,
-                options={"require": ["exp", "sub"], "verify_aud": self.jwt_audience is not None},
+                issuer=self.jwt_issuer,
+                options={"require": ["exp", "sub"], "verify_aud": self.jwt_audience is not None,
+                         "verify_iss": self.jwt_issuer is not None},
                 leeway=30,
             )
         except jwt.ExpiredSignatureError:

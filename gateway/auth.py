@@ -168,6 +168,7 @@ async def auth_ctx(app: web.Application) -> AsyncIterator[None]:
         store=store,
         jwt_secret=settings.gateway_jwt_secret,
         jwt_audience=settings.gateway_jwt_audience,
+        jwt_issuer=settings.gateway_jwt_issuer,
         open_access=not configured and not undecided,
         # Open because bound to loopback (not because told to): callers must address loopback.
         loopback_only=is_loopback(settings.host) and not settings.gateway_allow_anonymous,

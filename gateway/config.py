@@ -137,6 +137,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gateway_api_keys: str | None = None
     gateway_jwt_secret: str | None = None
     gateway_jwt_audience: str | None = None
+    gateway_jwt_issuer: str | None = None
     gateway_allow_anonymous: bool = False
     # Browser apps on other origins that may call the gateway: "scheme://host[:port]", comma-
     # separated, or "*"; unset: same origin only (gateway/cors.py).

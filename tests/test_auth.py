@@ -200,6 +200,16 @@ async def test_jwt_audience_is_checked_when_configured(make_client: Any) -> None
     assert other.status == 401
 
 
+async def test_jwt_issuer_is_checked_when_configured(make_client: Any) -> None:
+    """With GATEWAY_JWT_ISSUER, a token of another issuer (or none) signed with the same secret is refused."""
+    ours = "https://app.supabase.co/auth/v1"
+    client = await make_client(gateway_jwt_secret=SECRET, gateway_jwt_issuer=ours)
+    ok = await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(token(iss=ours)))
+    assert ok.status == 200
+    for other in (token(iss="https://staging.supabase.co/auth/v1"), token()):
+        assert (await client.post(PROCESS, json={"prompt": "a cat"}, headers=bearer(other))).status == 401
+
+
 @pytest.mark.parametrize("presented", [ALICE, ROOT, "nobody-key-0123456789abcdef"])
 async def test_every_configured_key_is_compared_in_constant_time(
     monkeypatch: pytest.MonkeyPatch, presented: str
