@@ -46,16 +46,19 @@ class WordCachedTokenizer:
     def ids(self, text: str) -> list[int]:
         if _COVERED.fullmatch(text) is None:
             return list(self.tokenizer.encode(text).ids)
-        ids = [self._cls]
         chunks = self._chunks
-        new: dict[str, list[int]] = {}
-        for chunk in text.lower().split():
-            known = chunks.get(chunk) or new.get(chunk)
-            if known is None:
-                if len(new) == NEW_CHUNKS_PER_PROMPT:
-                    return list(self.tokenizer.encode(text).ids)
-                known = new[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
-            ids += known
+        words = text.lower().split()
+        # Counted before any is tokenized: found one by one, a prompt of 12 new words cost 8
+        # chunk calls and then the whole-text call (~9x one call), every time it came, since
+        # such a prompt teaches the cache nothing.
+        unseen = [chunk for chunk in dict.fromkeys(words) if chunk not in chunks]
+        if len(unseen) > NEW_CHUNKS_PER_PROMPT:
+            return list(self.tokenizer.encode(text).ids)
+        new = {chunk: self.tokenizer.encode(chunk, add_special_tokens=False).ids for chunk in unseen}
+        ids = [self._cls]
+        for chunk in words:
+            known = chunks.get(chunk)
+            ids += new[chunk] if known is None else known
         if new:
             if len(chunks) + len(new) > CHUNK_CACHE:
                 chunks.clear()

@@ -84,6 +84,31 @@ def test_a_prompt_of_mostly_new_words_is_tokenized_whole_and_not_cached(
     assert len(cached) == 6
 
 
+class CountingTokenizer:
+    """The real tokenizer, counting its encode calls."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def encode(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        return self.tokenizer.encode(*args, **kwargs)  # type: ignore[arg-type]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.tokenizer.token_to_id(token)
+
+
+def test_a_prompt_of_mostly_new_words_costs_one_tokenizer_call(tokenizer: Tokenizer) -> None:
+    """Counted before tokenizing: it cost eight chunk calls, then the whole text, every time."""
+    counting = CountingTokenizer(tokenizer)
+    cached = WordCachedTokenizer(counting, max_length=MAX_SEQ_LENGTH)  # type: ignore[arg-type]
+    prompt = "a luminous zeppelin drifting over foggy basalt cliffs beside crumbling lighthouses tonight"
+    for _ in range(3):
+        assert cached.ids(prompt) == tokenizer.encode(prompt).ids
+    assert counting.calls == 3
+    assert cached.ids("a zeppelin") == tokenizer.encode("a zeppelin").ids and counting.calls == 5
+
+
 def test_long_text_is_truncated_to_the_models_length(cached: WordCachedTokenizer) -> None:
     ids = cached.ids("animate this sunset " * 200)
     assert len(ids) == MAX_SEQ_LENGTH
