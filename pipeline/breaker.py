@@ -183,16 +183,19 @@ class CircuitBreaker:
         self._probing = False
 
     @asynccontextmanager
-    async def guard(self) -> AsyncIterator[None]:
+    async def guard(self, *, neutral: tuple[type[Exception], ...] = ()) -> AsyncIterator[None]:
         """Raise CircuitOpen instead of calling; record the body's success or failure.
 
         A cancelled body records nothing (the caller decides what a deadline means) but
-        frees the half-open probe slot.
+        frees the half-open probe slot; so does one that raises a `neutral` exception (an
+        answer that says nothing of the upstream's health either way).
         """
         if not await self.allow():
             raise CircuitOpen(self.name, await self.retry_in())
         try:
             yield
+        except neutral:
+            raise
         except Exception:
             await self.record_failure()
             raise

@@ -327,6 +327,20 @@ async def test_answers_the_prompt_spoiled_leave_the_breaker_closed(harness: Harn
     assert len(calls(upstream)) == 7
 
 
+async def test_answers_the_prompt_spoiled_do_not_hide_a_failing_upstream(
+    harness: Harness, upstream: aioresponses
+) -> None:
+    """Neither verdict: counted as successes, one user's essay prompts between the upstream's
+    own failures kept resetting the count, and the circuit never opened."""
+    for _ in range(3):
+        upstream.post(ENDPOINT, payload=completion('{"workflow_type": "hair_sty'))
+        upstream.post(ENDPOINT, status=400, payload=ERROR)  # not retried: one failure a request
+    for _ in range(6):
+        with pytest.raises(LLMFailed):
+            await harness.llm.classify(QUERY)
+    assert await harness.breaker.state() is BreakerState.OPEN
+
+
 async def test_half_open_recovery(harness: Harness, upstream: aioresponses) -> None:
     """After the timeout, probes go through; two successes close the breaker."""
     upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=3)

@@ -286,22 +286,18 @@ class LLMClassifier:
     async def _with_retries(self, query: ClassifierInput, call: _Call) -> LLMAnswer:
         for attempt in range(MAX_RETRIES + 1):
             try:
-                async with self.breaker.guard():
+                # An unusable answer is neither verdict: as a failure, one user's prompts (asking
+                # for an essay, cut off at max_tokens) opened the circuit, shared through Redis,
+                # for every user; as a success, it hid a failing upstream between them.
+                async with self.breaker.guard(neutral=(UnusableAnswer,)):
                     call.in_flight = True  # stays set if the deadline cancels the attempt
                     try:
-                        answer: LLMAnswer | UnusableAnswer = await self._attempt(query, call)
-                    except UnusableAnswer as unusable:
-                        # A success for the breaker: counted as a failure, one user's prompts
-                        # (asking for a long essay, cut off at max_tokens) opened the circuit,
-                        # shared through Redis, and turned the LLM off for every user.
-                        answer = unusable
+                        answer = await self._attempt(query, call)
                     except Exception:
                         call.in_flight = False
                         raise
                     call.in_flight = False
-                if isinstance(answer, UnusableAnswer):
-                    raise answer
-                return answer
+                    return answer
             except CircuitOpen as exc:
                 self.usage.short_circuited += attempt == 0
                 raise LLMFailed("circuit_open", str(exc)) from None
