@@ -25,7 +25,11 @@ class RequestStats:
         self.classifications = 0
         self.cache_hits = 0
         self.fallbacks = 0
-        self.processing_seconds = 0.0  # the results' processing_time, summed
+        # The AI arm's own (the app plan's AIClassificationMonitor): the rules arm and /compare's
+        # second run would dilute its fallback rate (a 10% rollout: a 100% rate read as ~10%).
+        self.ai_classifications = 0
+        self.ai_fallbacks = 0
+        self.ai_seconds = 0.0  # their processing_time, summed
 
     def record_request(self, route: str, status: int) -> None:
         self.requests[route] += 1
@@ -37,7 +41,10 @@ class RequestStats:
         processing_seconds: float,
     ) -> None:
         self.classifications += 1
-        self.processing_seconds += processing_seconds
+        if arm == "ai":
+            self.ai_classifications += 1
+            self.ai_fallbacks += fallback_used
+            self.ai_seconds += processing_seconds
         self.sources[source] += 1
         self.arms[arm] += 1
         self.workflows[workflow] += 1
@@ -56,9 +63,10 @@ class RequestStats:
         return {
             "status": "healthy" if success_rate > 0.95 else "degraded",
             "success_rate": success_rate,
-            "fallback_rate": self.fallbacks / max(self.classifications, 1),
-            "avg_processing_time": self.processing_seconds / max(self.classifications, 1),
+            "fallback_rate": self.ai_fallbacks / max(self.ai_classifications, 1),
+            "avg_processing_time": self.ai_seconds / max(self.ai_classifications, 1),
             "total_requests": total,
+            "ai_classifications": self.ai_classifications,
         }
 
     def snapshot(self) -> dict[str, object]:

@@ -165,7 +165,9 @@ async def test_the_plans_system_health_view_counts_answers_fallbacks_and_time(
     view = await (await client.get("/api/v1/enhanced/health")).json()
     classification = view["ai_classification"]
     assert classification["total_requests"] == 2 and classification["success_rate"] == 1.0
-    assert classification["fallback_rate"] == 0.5 and classification["status"] == "healthy"
+    # Of the AI arm's answers (the rules arm's would dilute it): the one there fell back.
+    assert classification["ai_classifications"] == 1 and classification["fallback_rate"] == 1.0
+    assert classification["status"] == "healthy"
     assert 0 < classification["avg_processing_time"] < 5
     assert view["model_availability"]["classifier"]["state"] == "ok"
     assert view["cache_status"]["redis"] == {"state": "not_configured"}
