@@ -461,6 +461,7 @@ async def test_shutdown_without_postgres_spills_and_next_start_replays(
     proxy = TcpProxy()
     await proxy.start()
     via_proxy = postgres_db.replace(":5432/", f":{proxy.port}/")
+    (tmp_path / "spill.jsonl").touch(mode=0o644)  # left readable by an earlier version
     first = await _db_client(make_client, via_proxy, tmp_path, analytics_flush_seconds=60.0)
     await proxy.stop()
     for _ in range(6):

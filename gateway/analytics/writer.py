@@ -348,8 +348,11 @@ async def _copy(
 
 def _append_durably(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Owner-only: the rows hold users' prompts (the umask's 0644 let every local account read them).
-    with open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as f:
+    # Owner-only: the rows hold users' prompts (the umask's 0644 let every local account read
+    # them). Not through a symlink planted at the path, and a file left 0644 by an earlier
+    # version is made owner-only too (O_CREAT's mode applies only to a new file).
+    with open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab") as f:
+        os.fchmod(f.fileno(), 0o600)
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
