@@ -18,9 +18,9 @@ MAX_URL_CHARS = 2048
 _PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".intranet", ".lan", ".home.arpa", ".corp")
 _PRIVATE_NAMES = frozenset({"localhost", "localhost.localdomain", "metadata", "metadata.google.internal"})
 # What a DNS name (an IDN in its xn-- form) or an IP literal is written with, lower-cased. Anything
-# else is refused, not normalised: a host spelled with U+3002 for a dot, with percent-escapes
-# ("%31%32%37.0.0.1") or a backslash ("127.0.0.1\.x.com") would pass as a name, and a browser or
-# yarl then fetches 127.0.0.1.
+# else left after IDNA is refused, not normalised: a host with percent-escapes ("%31%32%37.0.0.1")
+# or a backslash ("127.0.0.1\.x.com") would pass as a name, and a browser or yarl then fetches
+# 127.0.0.1.
 _HOST_CHARS = re.compile(r"[a-z0-9_.:-]+")
 
 
@@ -31,8 +31,8 @@ class UnsafeURL(ValueError):
 def check_public_url(url: str) -> None:
     """Raise UnsafeURL unless `url` is http(s) to a public host name or public IP address.
 
-    Blocks schemes other than http/https, credentials in the URL, hosts that are not plain
-    ASCII names or addresses (non-ASCII, percent-escapes), loopback, private, link-local
+    Blocks schemes other than http/https, credentials in the URL, hosts that are no name or
+    address once IDNA has read them (percent-escapes, backslashes), loopback, private, link-local
     (cloud metadata), reserved and multicast addresses, including the legacy IPv4 spellings
     (2130706433, 0x7f.1, 127.1) that resolvers still accept.
     Names are not resolved here (no I/O): a fetcher must still pin the resolved address.
@@ -50,9 +50,15 @@ def check_public_url(url: str) -> None:
         raise UnsafeURL("URL must use http or https")
     if parts.username is not None or parts.password is not None:
         raise UnsafeURL("URL must not carry credentials")
-    if not parts.netloc.isascii():
-        raise UnsafeURL("URL host is not ASCII (an international name must be in its xn-- form)")
-    host = (parts.hostname or "").rstrip(".")
+    host = parts.hostname or ""
+    if not host.isascii():
+        # The name as a resolver and a browser read it: IDNA maps "\u3002" to "." and full-width
+        # digits to digits ("127\u30020.0.1" is 127.0.0.1), and international names to xn-- form.
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UnsafeURL("URL host is not a valid international name") from None
+    host = host.rstrip(".")
     if not host:
         raise UnsafeURL("URL has no host")
     if not _HOST_CHARS.fullmatch(host):

@@ -16,6 +16,8 @@ from pipeline.urls import UnsafeURL, check_public_url, is_public_url
         "https://[2606:4700:4700::1111]/a.png",
         "https://example.com:8443/a.png",
         "https://xn--exmple-cua.com/a.png",  # an international name in its ASCII form
+        "https://b\u00fccher.de/cover.jpg",  # and as people write it (IDNA reads it as xn--bcher-kva.de)
+        "https://\u4f8b\u3048.jp/a.jpg",
         "https://my_bucket.s3.example.com./a%20b.png",  # '_', a trailing dot, escapes outside the host
     ],
 )
@@ -50,11 +52,11 @@ def test_public_urls_pass(url: str) -> None:
         ("https://example.com:99999/", "not a valid URL"),
         ("https://exa mple.com/", "whitespace"),
         ("https://example.com/" + "a" * 2100, "longer than"),
-        # Hosts a browser or yarl reads as another host than this check would: refused, not decoded.
-        ("http://127\u30020.0.1/x.jpg", "not ASCII"),  # U+3002 ideographic full stop, read as "."
-        ("http://169.254.169.254\u3002/latest/meta-data/", "not ASCII"),
-        ("http://\uff11\uff12\uff17.0.0.1/x.jpg", "not ASCII"),  # full-width digits
-        ("http://ex\u00e4mple.com/x.jpg", "not ASCII"),  # an IDN must come as xn--exmple-cua.com
+        # Hosts a browser or yarl reads as another host: checked as IDNA reads them.
+        ("http://127\u30020.0.1/x.jpg", "non-public"),  # U+3002 ideographic full stop, read as "."
+        ("http://169.254.169.254\u3002/latest/meta-data/", "non-public"),
+        ("http://\uff11\uff12\uff17.0.0.1/x.jpg", "non-public"),  # full-width digits
+        ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54/x", "not a public name"),  # localhost
         ("http://%31%32%37.0.0.1/x", "characters no DNS name"),
         ("http://%6c%6f%63%61%6c%68%6f%73%74/x", "characters no DNS name"),  # localhost
         ("http://127.0.0.1%2f.example.com/x", "characters no DNS name"),
