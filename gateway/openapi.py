@@ -28,7 +28,7 @@ from gateway.errors import ErrorBody
 from gateway.keyroutes import CreateKey, KeyList, Revoked
 from gateway.responses import encode_json
 from gateway.routes import Comparison
-from gateway.wire import ProcessBody
+from gateway.wire import FormatText, ProcessBody, StyleText
 from pipeline.events import (
     ContextEvent,
     ErrorEvent,
@@ -40,7 +40,7 @@ from pipeline.events import (
     StageEvent,
 )
 from pipeline.limits import Usage
-from pipeline.types import Format, Quality, Style
+from pipeline.types import Quality
 
 _REF = "#/components/schemas/{name}"
 STAMPED = ("elapsed_ms", "trace_id")  # what every event's data carries
@@ -91,8 +91,8 @@ _STREAM_QUERY: dict[str, Any] = {
     "prompt": (str, True),
     "working_image_url": (str, False),
     "quality": (Quality, False),
-    "style": (Style, False),
-    "format": (Format, False),
+    "style": (StyleText, False),  # read as the POST body's are (gateway/wire.py)
+    "format": (FormatText, False),
     "use_ai_classification": (bool, False),
     "access_token": (str, False),  # EventSource sends no headers: the app's JWT (gateway/auth.py)
 }

@@ -66,6 +66,10 @@ async def test_the_eventsource_stream_documents_its_token_and_its_204(client: An
     get = (await (await client.get("/openapi.json")).json())["paths"]["/api/v1/enhanced/stream"]["get"]
     assert "access_token" in {p["name"] for p in get["parameters"]}
     assert "204" in get["responses"] and "content" not in get["responses"]["204"]
+    # Style and format are read as the POST body's are ("Oil painting", "16x9"), not enums only.
+    schemas = {p["name"]: p["schema"] for p in get["parameters"]}
+    assert schemas["style"]["type"] == "string" and "enum" not in schemas["style"]
+    assert "1920x1080" in schemas["format"]["description"]
 
 
 async def test_document_is_public_with_auth_on(make_client: Any) -> None:

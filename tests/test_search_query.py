@@ -94,6 +94,11 @@ def test_an_event_is_not_taken_for_a_person() -> None:
     assert local_query("copy the Met Gala's best look") == "Met Gala look"
 
 
+def test_a_name_written_straight_after_chinese_or_japanese_is_found() -> None:
+    assert find_person("\u7ed9\u6211Rihanna's look") == "Rihanna"
+    assert find_person("\u50cfZendaya's Met Gala\u9020\u578b") == "Zendaya"
+
+
 def _fastest_find_person(prompt: str, runs: int = 5) -> float:
     times = []
     for _ in range(runs):

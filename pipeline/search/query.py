@@ -67,10 +67,11 @@ _EVENT_PATTERNS = tuple(
 _PEOPLE_PATTERNS = tuple(
     (name, re.compile(r"\b" + re.escape(name) + r"\b", re.IGNORECASE)) for name in KNOWN_PEOPLE
 )
-# Linear on any input: a name starts only at a word boundary and its words are bounded, so a long
-# capitalised run ("AAAA...", "A-A-A-...") is not rescanned to its end from every position.
+# Linear on any input: a name starts only where no name character precedes it and its words are
+# bounded, so a long capitalised run ("AAAA...", "A-A-A-...") is not rescanned from every position.
+# Not `\b`: there is none between CJK text and a Latin name ("\u7ed9\u6211Rihanna's look").
 _WORD = r"[A-Z][\w\u2019'.-]{0,40}"
-_NAME = rf"\b{_WORD}(?: {_WORD}){{0,3}}"
+_NAME = rf"(?<![A-Za-z0-9_\u2019'.-]){_WORD}(?: {_WORD}){{0,3}}"
 # A capitalised name with a cue that it is someone's look: "like X", "as X", "X's", "X at the".
 _CUED_NAME = re.compile(
     rf"\b(?:like|as|channel(?:ing)?|copy(?:ing)?|inspired by)\s+(?P<a>{_NAME})"
