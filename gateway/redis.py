@@ -116,6 +116,7 @@ class RedisConnection:
         self.health_interval = health_interval
         self.available = False  # until the first ping answers
         self.last_error: str | None = None
+        self.last_error_kind: str | None = None  # its exception's name: all /health shows
         self.failures = 0  # calls that found Redis unreachable
         self.recoveries = 0  # times Redis came back after being unreachable
 
@@ -135,7 +136,8 @@ class RedisConnection:
 
     def failed(self, exc: BaseException) -> None:
         self.failures += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_kind = type(exc).__name__
+        self.last_error = f"{self.last_error_kind}: {exc}"
         if self.available:
             log.warning(
                 "redis unreachable (%s); cache in memory, limits fail per RATE_LIMIT_FAIL_MODE",
@@ -156,8 +158,7 @@ class RedisConnection:
             return {"state": "ok", "mode": mode}
         # The error's kind only: /health needs no key, and the message names Redis's host and
         # port. The whole message is in the log and in the admin-only JSON metrics.
-        kind = self.last_error.partition(":")[0] if self.last_error else None
-        return {"state": "degraded", "mode": mode, "error": kind, "serving": "memory"}
+        return {"state": "degraded", "mode": mode, "error": self.last_error_kind, "serving": "memory"}
 
     def stats(self) -> dict[str, object]:
         return {

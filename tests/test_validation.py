@@ -81,8 +81,10 @@ async def test_a_style_or_format_is_read_the_way_people_write_it(
 async def test_preference_keys_the_gateway_does_not_use_are_left_out_as_the_plan_does(client: Any) -> None:
     """The app plan keeps quality, style and format and drops the rest (a client's AI toggle)."""
     body = {"prompt": "a cat", "user_preferences": {"quality": "speed", "enableAI": True, "colour": "red"}}
-    resp = await client.post(PROCESS, json=body)
-    assert resp.status == 200 and (await resp.json())["model_selection"]["model_id"]
+    stream = await client.post("/api/v1/enhanced/stream", json=body)
+    assert stream.status == 200
+    context = next(e for e in parse_events(await stream.read()) if e.event == "context").data
+    assert context["preferences"] == {"quality": "speed", "style": None, "format": None}
 
 
 async def test_the_stream_query_names_a_bad_style_as_its_parameter(client: Any) -> None:
