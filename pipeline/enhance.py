@@ -56,22 +56,30 @@ FORMATS: dict[Format, str] = {
     "1:1": "1:1 aspect ratio", "4:3": "4:3 aspect ratio", "3:4": "3:4 aspect ratio",
     "16:9": "16:9 aspect ratio", "9:16": "9:16 aspect ratio",
 }
-# A prompt that names a look or a shape of its own means it: the preference (a default the user
+# A prompt that names a medium or a shape of its own means it: the preference (a default the user
 # set once) does not contradict it ("a watercolor painting of a fox" got ", photorealistic";
-# "a vertical phone wallpaper" got ", 16:9 aspect ratio"). Generic words ("a painting", "a
-# portrait of my dog", "a mountain landscape") say no look or shape, so the preference refines them.
-_NAMES_A_STYLE = re.compile(
-    r"\b(?:photo(?:graph)?s?|photo-?realistic|realistic|cinematic|anime|manga|cartoons?|comics?|"
-    r"watercolou?rs?|oil[- ]paint(?:ing|ed)|oil on canvas|acrylic|gouache|charcoal|pencil (?:sketch|drawing)|"
-    r"sketch(?:ed|es)?|ink drawing|line art|digital (?:art|painting)|3d|cgi|pixel art|low[- ]poly|vector|"
-    r"minimalist|pop art|impressionist|cubist|surrealist|ukiyo-e|art deco|art nouveau|claymation|"
-    r"stop[- ]motion|noir|polaroid)\b"
-)  # not "vintage", "retro", "black and white": "a vintage car" and "a black and white cat" say no look
+# "a vertical phone wallpaper" got ", 16:9 aspect ratio"). Words that also describe things ("a
+# charcoal gray kitten", "acrylic nails", "a photo album", "vertical stripes", "a widescreen TV")
+# name a medium or shape only before what is drawn or framed: "charcoal drawing", "vertical poster".
+_RENDERED = (r"(?:of|style|painting|drawing|illustration|art|artwork|portrait|render|rendering|look|image|"
+             r"picture|print|poster|photo|photograph|shot|sketch)")
+_NAMES_A_MEDIUM = re.compile(
+    r"\b(?:photo-?realistic|hyper-?realistic|anime|manga|watercolou?rs?|oil[- ]paint(?:ing|ed)|oil on canvas|"
+    r"gouache|sketch(?:ed|es)?|line art|digital (?:art|painting|illustration)|pixel art|low[- ]poly|cgi|"
+    r"claymation|stop[- ]motion|impressionist|cubist|surrealist|ukiyo-e|pop art|in the style of|"
+    r"[\w-]+[- ]style|"
+    rf"(?:photo(?:graph)?|cartoons?|comics?|charcoal|acrylic|pencil|ink|crayon|pastel|vector|polaroid|3d|"
+    rf"realistic|cinematic|art deco|art nouveau|noir|retro|vintage) {_RENDERED})\b"
+)
 _NAMES_A_SHAPE = re.compile(
-    r"\b(?:vertical|horizontal|widescreen|wide[- ]screen|ultra[- ]?wide|panoram(?:a|ic)|"
-    r"(?:portrait|landscape) (?:orientation|mode|format)|square (?:format|image|picture|photo|crop|frame)|"
-    r"aspect ratio|(?:1|2|3|4|5|9|16|21) ?: ?(?:1|2|3|4|5|9|16))\b"
-)  # a ratio as one says it; not any "10:10" (a clock's hands)
+    r"\b(?:(?:vertical|horizontal|portrait|landscape|square|wide|tall|widescreen) (?:phone )?"
+    r"(?:format|orientation|mode|aspect|image|picture|photo|poster|wallpaper|video|clip|shot|frame|"
+    r"composition|layout|banner|version|crop|story|reel|thumbnail|cover)|in (?:portrait|landscape)|"
+    r"panoram(?:a|ic)|aspect ratio|\d{3,4} ?x ?\d{3,4})\b"
+    r"|(?<![\d:.])(?:1[:x]1|4[:x]3|3[:x]4|16[:x]9|9[:x]16|3[:x]2|2[:x]3|21[:x]9|4[:x]5|5[:x]4)(?![\d:])"
+)  # a ratio as one says it, not any "3:16" (a verse) or "10:10" (a clock's hands)
+# Looks that go with any medium ("a photo of ..., cinematic"): added unless the prompt says them.
+_LOOKS: frozenset[Style] = frozenset({"cinematic", "vintage", "minimalist"})
 
 # A new picture or clip made from words takes the user's style and format. The other workflows
 # start from an image, which already has both (the look a style transfer aims at is a style too).
@@ -89,7 +97,9 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
     if style or shape:
         said = prompt.lower()
-        if style and not _names_a_style(said, workflow) and style.lower() not in f"{said} {detail}":
+        # A look is said or not; a medium is one of several, and the prompt's own wins.
+        named = style.split()[0] in said if preferences.style in _LOOKS else _names_a_medium(said, workflow)
+        if style and not named and style.lower() not in f"{said} {detail}":
             additions.insert(0, style)
         if shape and not _NAMES_A_SHAPE.search(said):
             additions.append(shape)
@@ -99,8 +109,8 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     return f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
 
 
-def _names_a_style(prompt: str, workflow: WorkflowType) -> bool:
+def _names_a_medium(prompt: str, workflow: WorkflowType) -> bool:
     """In a style transfer "this photo" is the user's image, not the look asked for."""
     if workflow is W.STYLE_TRANSFER:
         prompt = re.sub(r"\b(?:this|my|the) (?:photo|photograph|picture|image|pic)s?\b", "", prompt)
-    return _NAMES_A_STYLE.search(prompt) is not None
+    return _NAMES_A_MEDIUM.search(prompt) is not None

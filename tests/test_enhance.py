@@ -81,8 +81,11 @@ def test_what_the_prompt_or_its_detail_already_says_is_not_said_twice() -> None:
     "an anime girl on a rooftop",
     "a photo of my street at night",
     "a pencil sketch of an old tree",
-    "a 3D castle",
+    "a 3D render of a castle",
     "cinematic shot of a rainy street",
+    "a Studio Ghibli style forest",
+    "a robot in the style of Van Gogh",
+    "a charcoal drawing of my grandfather",
 ])
 def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt: str) -> None:
     """The preference is a default set once; the prompt says what this picture is."""
@@ -92,6 +95,7 @@ def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt:
 @pytest.mark.parametrize("prompt", [
     "a vertical phone wallpaper of a forest", "a widescreen shot of a canyon", "a panoramic city skyline",
     "a poster of a cat, 4:3", "a dog in the park in portrait mode", "a square image of a lemon",
+    "a 9x16 story background", "a 1080x1920 wallpaper", "a tall phone wallpaper of a forest",
 ])
 def test_a_prompt_that_names_its_own_shape_does_not_get_the_preferred_one(prompt: str) -> None:
     assert "16:9" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(format="16:9"))
@@ -100,11 +104,24 @@ def test_a_prompt_that_names_its_own_shape_does_not_get_the_preferred_one(prompt
 @pytest.mark.parametrize("prompt", [
     "a portrait of my dog", "a mountain landscape", "a vintage car", "a black and white cat",
     "a clock showing 10:10", "a painting of a harbor",
+    # Words that also describe things say no medium or shape before a thing (a review's finds).
+    "a woman with long acrylic nails", "a charcoal gray kitten", "kids watching cartoons on TV",
+    "a polaroid camera on a table", "a 3D printer on a desk", "a family photo album", "a comic book store",
+    "a glass of pinot noir", "a dress with vertical stripes", "a vertical garden", "a widescreen TV",
+    "a poster with John 3:16",
 ])
 def test_words_that_name_no_look_or_shape_take_the_preference(prompt: str) -> None:
     """Subjects and generic words ("a portrait of", "a painting") leave the preference to refine them."""
     enhanced = enhance(prompt, W.IMAGE_GENERATION, Preferences(style="oil_painting", format="16:9"))
     assert "oil painting" in enhanced and "16:9 aspect ratio" in enhanced
+
+
+def test_a_look_that_goes_with_any_medium_is_kept_beside_the_prompts_own() -> None:
+    """ "a photo of ..." names the medium; cinematic, vintage and minimalist still describe it."""
+    for look, said in (("cinematic", "cinematic"), ("vintage", "vintage look"), ("minimalist", "minimalist style")):
+        assert said in enhance("a photo of a lighthouse at dusk", W.IMAGE_GENERATION, Preferences(style=look))
+    assert enhance("a cinematic shot of rain", W.IMAGE_GENERATION, Preferences(style="cinematic")).count(
+        "cinematic") == 1
 
 
 def test_a_style_transfer_from_this_photo_still_takes_the_preferred_look() -> None:
