@@ -90,6 +90,7 @@ STREAM_EVENTS = (ContextEvent, IntentEvent, ModelEvent, PromptEvent, ReferencesE
 _STREAM_QUERY: dict[str, Any] = {
     "prompt": (str, True),
     "working_image_url": (str, False),
+    "uploaded_image_url": (list[str], False),  # repeated: the POST body's uploaded_image_urls
     "quality": (Quality, False),
     "style": (StyleText, False),  # read as the POST body's are (gateway/wire.py)
     "format": (FormatText, False),

@@ -130,11 +130,15 @@ def decode_query(raw_query: str) -> ProcessBody:
     """
     query: dict[str, str] = {}
     try:
-        for key, value in urllib.parse.parse_qsl(raw_query, keep_blank_values=True, errors="strict"):
-            query.setdefault(key, value)  # the first of a repeated name, as request.query gives
+        pairs = urllib.parse.parse_qsl(raw_query, keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise MalformedQuery("query string is not UTF-8 once its percent-escapes are decoded") from None
+    for key, value in pairs:
+        query.setdefault(key, value)  # the first of a repeated name, as request.query gives
     raw: dict[str, object] = {key: query[key] for key in ("prompt", "working_image_url") if key in query}
+    # The POST body's uploaded_image_urls, one repeated parameter each (a URL may hold a comma).
+    if uploads := [value for key, value in pairs if key == "uploaded_image_url"]:
+        raw["uploaded_image_urls"] = uploads
     if query.get("use_ai_classification"):
         raw["use_ai_classification"] = query["use_ai_classification"]
     prefs = {key: query[key] for key in ("quality", "style", "format") if query.get(key)}

@@ -101,6 +101,18 @@ async def test_get_stream_reads_the_query_string(client: Any) -> None:
     assert events[-1].data["workflow_type"] == "image_to_video"
 
 
+async def test_get_stream_takes_uploaded_images_as_a_repeated_parameter(client: Any) -> None:
+    """The POST body's uploaded_image_urls, for EventSource: one parameter per image (a URL may
+    hold a comma). Before, a GET stream could not say an image had just been uploaded."""
+    uploads = ["https://a.supabase.co/me.jpg", "https://a.supabase.co/me,2.jpg"]
+    query = [("prompt", "change my hair to blonde with bangs"), *(("uploaded_image_url", u) for u in uploads)]
+    events = parse_events(await (await client.get(STREAM, params=query)).read())
+    assert events[0].data["uploaded_images"] == uploads
+    assert events[-1].data["metadata"]["image_missing"] is False
+    bad = await client.get(STREAM, params=[("prompt", "a cat"), ("uploaded_image_url", "ftp://x/y.jpg")])
+    assert bad.status == 422 and (await bad.json())["field"] == "uploaded_image_urls[0]"
+
+
 async def test_an_eventsource_reconnecting_after_done_is_told_to_stop(client: Any) -> None:
     """Browsers reconnect to an EventSource whenever its stream ends: after `done` the gateway
     answers 204, which stops them, instead of running (and charging) the request again. A
