@@ -11,7 +11,7 @@ W = WorkflowType
 # Prompts shorter than this many words get workflow-specific detail appended.
 SHORT_PROMPT_WORDS = 8
 # Scripts written without spaces between words: kana, CJK ideographs, Thai, Lao, Myanmar.
-_UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f]")
+UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f]")
 # What ends a sentence: kept, and the detail follows after a space (", " after "!" read badly,
 # and stripping a period cut "Jr." and "...").
 _SENTENCE_ENDS = (".", "!", "?", "\u2026", "\u3002", "\uff01", "\uff1f")
@@ -29,7 +29,7 @@ def word_count(text: str) -> int:
     tokens = text.split()
     if text.isascii():  # most prompts
         return len(tokens)
-    return sum(max(1, len(_UNSPACED.findall(token)) // 2) for token in tokens)
+    return sum(max(1, len(UNSPACED.findall(token)) // 2) for token in tokens)
 
 SUFFIXES: dict[WorkflowType, str] = {
     W.IMAGE_GENERATION: "high quality, detailed, professional",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Protocol
 
+from pipeline.enhance import UNSPACED
+
 MAX_TAG_CHARS = 64
 
 
@@ -44,8 +46,9 @@ def normal_tag(text: str) -> str:
 def find_mentions(prompt: str) -> tuple[str, ...]:
     """Tags in order of first appearance, normalised, without '@' or trailing dots: "@María" in
     any script is "maría". A tag longer than any that can be saved is no mention (cut short, it
-    would name another). In a script written without spaces the tag runs to the next space or
-    punctuation ("@東京の写真" is the tag 東京の写真): write "@東京 の写真"."""
+    would name another). A tag begun in a script written with spaces ends where one written
+    without them begins ("@sarahの写真" is @sarah); one begun in such a script runs to the next
+    space or punctuation ("@東京の写真" is the tag 東京の写真): write "@東京 の写真"."""
     if "@" not in prompt:  # most prompts: nothing else runs
         return ()
     seen: dict[str, None] = {}
@@ -53,22 +56,30 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
     size = len(prompt)
     while at >= 0:
         end = at + 1
-        if at == 0 or not (_is_word_char(prompt[at - 1]) or prompt[at - 1] == "@"):  # not an e-mail
+        before = prompt[at - 1] if at else " "
+        # Not an e-mail's "@" (after a name's letters; a Chinese or Japanese word before it is no name).
+        if not ((_is_word_char(before) and UNSPACED.match(before) is None) or before == "@"):
             # Looked at up to one character past the longest tag; dots after that are an ellipsis.
             bound = min(size, end + MAX_TAG_CHARS + 1)
-            while end < bound and _is_tag_char(prompt[end]):
+            spaced = end < size and UNSPACED.match(prompt[end]) is None
+            while end < bound and _continues_tag(prompt[end], spaced):
                 end += 1
             while end < size and prompt[end] == ".":  # an ellipsis ends a sentence, not the tag
                 end += 1
             # A run that goes on past the longest tag, or on past a character no reader sees, is
             # no mention: cut there, it would name another tag.
-            goes_on = end < size and (_is_tag_char(prompt[end]) or (
+            goes_on = end < size and (_continues_tag(prompt[end], spaced) or (
                 prompt[end] in _INVISIBLE and end + 1 < size and _is_tag_char(prompt[end + 1])))
             tag = prompt[at + 1 : end].rstrip(".")
             if tag and not goes_on and is_tag(tag):
                 seen.setdefault(normal_tag(tag), None)
         at = prompt.find("@", end)
     return tuple(seen)
+
+
+def _continues_tag(char: str, spaced: bool) -> bool:
+    """Whether `char` is more of a tag begun in a script written with spaces (`spaced`) or not."""
+    return _is_tag_char(char) and not (spaced and UNSPACED.match(char) is not None)
 
 
 class ReferenceStore(Protocol):

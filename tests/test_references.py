@@ -68,6 +68,14 @@ def test_mentions_are_whole_tags_or_none() -> None:
     assert find("put @sa\u3164rah in red") == ()  # cut at the invisible letter it would be @sa
 
 
+def test_a_latin_tag_ends_where_japanese_or_chinese_text_begins() -> None:
+    """Japanese and Chinese put no space after a name: "@sarahの写真" was the unknown tag "sarahの写真"."""
+    find = pipeline.references.find_mentions
+    assert find("@sarahの写真を使って") == ("sarah",)
+    assert find("把@Anna2穿上红色的裙子") == ("anna2",)
+    assert find("@東京の写真") == ("東京の写真",)  # a tag begun in such a script runs on, as documented
+
+
 def test_a_tag_with_a_mark_no_reader_sees_cannot_be_saved() -> None:
     """It would be a second @sarah that looks the same as the first."""
     assert pipeline.references.is_tag("sarah") and not pipeline.references.is_tag("sarah\ufe0f")
