@@ -28,7 +28,7 @@ from gateway.errors import ErrorBody
 from gateway.keyroutes import CreateKey, KeyList, Revoked
 from gateway.responses import encode_json
 from gateway.routes import Comparison
-from gateway.wire import FormatText, ProcessBody, StyleText
+from gateway.wire import FormatText, ProcessBody, QualityText, StyleText
 from pipeline.events import (
     ContextEvent,
     ErrorEvent,
@@ -40,7 +40,6 @@ from pipeline.events import (
     StageEvent,
 )
 from pipeline.limits import Usage
-from pipeline.types import Quality
 
 _REF = "#/components/schemas/{name}"
 STAMPED = ("elapsed_ms", "trace_id")  # what every event's data carries
@@ -91,7 +90,7 @@ _STREAM_QUERY: dict[str, Any] = {
     "prompt": (str, True),
     "working_image_url": (str, False),
     "uploaded_image_url": (list[str], False),  # repeated: the POST body's uploaded_image_urls
-    "quality": (Quality, False),
+    "quality": (QualityText, False),
     "style": (StyleText, False),  # read as the POST body's are (gateway/wire.py)
     "format": (FormatText, False),
     "use_ai_classification": (bool, False),

@@ -30,6 +30,7 @@ MAX_UPLOADED_IMAGES = 10
 
 
 # A preference as sent is at most 50 characters (the app plan cut values there).
+QualityText = Annotated[str, msgspec.Meta(description=f"one of {', '.join(get_args(Quality))}, in any case")]
 StyleText = Annotated[str, msgspec.Meta(
     max_length=50, description=f"one of {', '.join(get_args(Style))}, in any case, with spaces or hyphens "
     "for underscores; or an alias such as photo, oil, pencil, 3d"
@@ -45,11 +46,12 @@ class PreferencesBody(msgspec.Struct, kw_only=True):
     out (a client's own settings, such as its AI toggle, may ride along), and a style or format
     is read the way people write it: "Oil painting", "3D render", "16x9", "1024x1024", "vertical"."""
 
-    quality: Quality = "balanced"
+    quality: QualityText | None = None  # null or absent: balanced
     style: StyleText | None = None
     format: FormatText | None = None
 
     def __post_init__(self) -> None:  # msgspec runs it as it decodes: a bad value is a 422 here
+        self.quality = _choice(self.quality, "quality", {}) or "balanced"
         self.style = _choice(self.style, "style", _STYLE_ALIASES)
         self.format = _choice(self.format, "format", _FORMAT_ALIASES)
 
@@ -215,9 +217,9 @@ _STYLE_ALIASES: dict[str, Style] = {
 }  # fmt: skip
 _FORMAT_ALIASES: dict[str, Format] = {
     "vertical": "portrait", "tall": "portrait", "horizontal": "landscape", "wide": "landscape",
-    "widescreen": "16:9", "1x1": "1:1",
+    "widescreen": "16:9", "wide_screen": "16:9", "1x1": "1:1",
 }  # fmt: skip
-_SIZE = re.compile(r"(\d{1,5})\s*[x\u00d7:/]\s*(\d{1,5})")  # 16x9, 16:9, 1024x1024, 1920 x 1080
+_SIZE = re.compile(r"(\d{1,5})\s*[x\u00d7:/]\s*(\d{1,5})")  # 16x9, 16:9, 1024x1024, 1920 x 1080 (lower-cased)
 
 
 def _choice(text: str | None, name: str, aliases: Mapping[str, str]) -> str | None:
@@ -231,7 +233,7 @@ def _choice(text: str | None, name: str, aliases: Mapping[str, str]) -> str | No
         return key
     if key in aliases:
         return aliases[key]
-    if name == "format" and (size := _SIZE.fullmatch(text.strip())):
+    if name == "format" and (size := _SIZE.fullmatch(text.strip().lower())):
         width, height = int(size[1]), int(size[2])
         if width and height:
             divisor = math.gcd(width, height)

@@ -68,6 +68,9 @@ async def test_a_preference_that_is_none_of_its_choices_is_told_the_choices(
     ({"style": "photo", "format": "vertical"}, {"style": "photorealistic", "format": "portrait"}),
     ({"style": "ANIME", "format": "9x16"}, {"style": "anime", "format": "9:16"}),
     ({"style": " ", "format": ""}, {"style": None, "format": None}),
+    ({"quality": "Speed", "format": "16X9"}, {"quality": "speed", "format": "16:9"}),  # a QA pass's finds
+    ({"quality": None, "format": "1920 X 1080"}, {"quality": "balanced", "format": "16:9"}),
+    ({"format": "wide screen"}, {"format": "16:9"}),
 ])  # fmt: skip
 async def test_a_style_or_format_is_read_the_way_people_write_it(
     client: Any, sent: dict[str, str], read: dict[str, str | None]
