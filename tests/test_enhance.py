@@ -28,6 +28,8 @@ def test_a_short_prompt_gets_its_workflows_detail_and_a_long_one_is_left_as_writ
     # A separator left dangling is the list's to say.
     ("a poster with the words:", "a poster with the words, high quality, detailed, professional"),
     ("a cat,", "a cat, high quality, detailed, professional"),
+    ("a castle in the clouds -", "a castle in the clouds, high quality, detailed, professional"),
+    ("\u753b\u4e00\u53ea\u732b\uff0c", "\u753b\u4e00\u53ea\u732b, high quality, detailed, professional"),
 ])  # fmt: skip
 def test_the_detail_joins_the_prompt_without_changing_its_punctuation(prompt: str, enhanced: str) -> None:
     workflow = W.HAIR_STYLING if "hair" in prompt else W.IMAGE_GENERATION
