@@ -105,7 +105,7 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
             additions.append(shape)
     if not additions:
         return prompt
-    # A dangling separator (in any script, or a dash) is the list's to say: "猫，" got "猫，, ...".
+    # A dangling separator (a full-width comma too, or a dash) is the list's to say: it doubled.
     base = prompt.rstrip().rstrip(",;:-\u2013\u2014\uff0c\u3001\uff1b\uff1a").rstrip()
     return f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
 

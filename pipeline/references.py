@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Protocol
 
 from pipeline.enhance import UNSPACED
+
+# What ends a tag begun in Latin or another spaced script: text in a script written without
+# spaces, or Korean, whose particles join the word before ("@sarah\uc758 \uc0ac\uc9c4": sarah's photo).
+_ENDS_A_SPACED_TAG = re.compile(f"{UNSPACED.pattern}|[\uac00-\ud7af\u1100-\u11ff\u3130-\u318f]")
 
 MAX_TAG_CHARS = 64
 
@@ -47,8 +52,10 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
     """Tags in order of first appearance, normalised, without '@' or trailing dots: "@María" in
     any script is "maría". A tag longer than any that can be saved is no mention (cut short, it
     would name another). A tag begun in a script written with spaces ends where one written
-    without them begins ("@sarahの写真" is @sarah); one begun in such a script runs to the next
-    space or punctuation ("@東京の写真" is the tag 東京の写真): write "@東京 の写真"."""
+    without them, or Korean, begins ("@sarahの写真" is @sarah); one begun in such a script runs to
+    the next space or punctuation ("@東京の写真" is the tag 東京の写真): write "@東京 の写真"."""
+    if "\uff20" in prompt:  # the full-width @ Japanese and Chinese keyboards type
+        prompt = prompt.replace("\uff20", "@")
     if "@" not in prompt:  # most prompts: nothing else runs
         return ()
     seen: dict[str, None] = {}
@@ -61,7 +68,7 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
         if not ((_is_word_char(before) and UNSPACED.match(before) is None) or before == "@"):
             # Looked at up to one character past the longest tag; dots after that are an ellipsis.
             bound = min(size, end + MAX_TAG_CHARS + 1)
-            spaced = end < size and UNSPACED.match(prompt[end]) is None
+            spaced = end < size and _ENDS_A_SPACED_TAG.match(prompt[end]) is None
             while end < bound and _continues_tag(prompt[end], spaced):
                 end += 1
             while end < size and prompt[end] == ".":  # an ellipsis ends a sentence, not the tag
@@ -79,7 +86,7 @@ def find_mentions(prompt: str) -> tuple[str, ...]:
 
 def _continues_tag(char: str, spaced: bool) -> bool:
     """Whether `char` is more of a tag begun in a script written with spaces (`spaced`) or not."""
-    return _is_tag_char(char) and not (spaced and UNSPACED.match(char) is not None)
+    return _is_tag_char(char) and not (spaced and _ENDS_A_SPACED_TAG.match(char) is not None)
 
 
 class ReferenceStore(Protocol):

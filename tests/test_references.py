@@ -69,11 +69,16 @@ def test_mentions_are_whole_tags_or_none() -> None:
 
 
 def test_a_latin_tag_ends_where_japanese_or_chinese_text_begins() -> None:
-    """Japanese and Chinese put no space after a name: "@sarahの写真" was the unknown tag "sarahの写真"."""
+    """Japanese and Chinese put no space after a name, nor Korean before a particle: "@sarahの写真"
+    was the unknown tag "sarahの写真"."""
     find = pipeline.references.find_mentions
     assert find("@sarahの写真を使って") == ("sarah",)
     assert find("把@Anna2穿上红色的裙子") == ("anna2",)
     assert find("@東京の写真") == ("東京の写真",)  # a tag begun in such a script runs on, as documented
+    # A QA pass's finds: the full-width @ those keyboards type, and Korean particles.
+    assert find("\uff20sarahの写真を使って") == ("sarah",)
+    assert find("把\uff20Anna穿上红裙子") == ("anna",)
+    assert find("@sarah\uc758 \uc0ac\uc9c4\uc73c\ub85c") == ("sarah",)
 
 
 def test_a_tag_with_a_mark_no_reader_sees_cannot_be_saved() -> None:
