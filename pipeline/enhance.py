@@ -64,20 +64,35 @@ FORMATS: dict[Format, str] = {
 _RENDERED = (r"(?:of|style|painting|drawing|illustration|art|artwork|portrait|render|rendering|look|image|"
              r"picture|print|poster|photo|photograph|shot|sketch)")
 _NAMES_A_MEDIUM = re.compile(
-    r"\b(?:photo-?realistic|hyper-?realistic|anime|manga|watercolou?rs?|oil[- ]paint(?:ing|ed)|oil on canvas|"
+    r"\b(?:photo-?realistic|hyper-?realistic|anime|manga|watercolou?r|oil[- ]paint(?:ing|ed)|oil on canvas|"
     r"gouache|sketch(?:ed|es)?|line art|digital (?:art|painting|illustration)|pixel art|low[- ]poly|cgi|"
     r"claymation|stop[- ]motion|impressionist|cubist|surrealist|ukiyo-e|pop art|in the style of|"
-    r"[\w-]+[- ]style|"
-    rf"(?:photo(?:graph)?|cartoons?|comics?|charcoal|acrylic|pencil|ink|crayon|pastel|vector|polaroid|3d|"
-    rf"realistic|cinematic|art deco|art nouveau|noir|retro|vintage) {_RENDERED})\b"
+    r"[\w-]+[- ]style|photo(?:graph)?s?(?! (?:album|booth|frame|studio|shoot|editor|app|gallery|wall))|"
+    r"(?:cartoons?|comics?|charcoal|acrylic|pencil|ink|crayon|pastel|vector|polaroid|3d|realistic|cinematic|"
+    rf"art deco|art nouveau|noir|retro|vintage) {_RENDERED})\b"
+    # Other languages' words for a medium, where no space marks a word's end: a watercolor, an
+    # oil painting, ink wash, a photo, a sketch in Japanese and Chinese; Spanish, Portuguese,
+    # Italian, French, German.
+    r"|\u6c34\u5f69|\u6cb9\u7d75|\u6cb9\u753b|\u6c34\u58a8|\u5199\u771f|\u7167\u7247|\u7d20\u63cf"
+    r"|\u30b9\u30b1\u30c3\u30c1"
+    r"|\b(?:acuarela|aquarela|acquerello|aquarelle|aquarell|\u00f3leo|olio|\u00f6lgem\u00e4lde"
+    r"|peinture \u00e0 l'huile|fotograf\u00eda|fotografia|photographie|dibujo|dessin|zeichnung)\b"
 )
+# Words for a painting or drawing in general: the preferred one refines them ("a painting of",
+# + oil_painting), unless it is a photograph or a render, which would contradict them.
+_NAMES_ART = re.compile(r"\b(?:painting|drawing|illustration|artwork|cartoon|lego|pixar)")
+_NOT_ART: frozenset[Style] = frozenset({"photorealistic", "3d_render"})
 _NAMES_A_SHAPE = re.compile(
-    r"\b(?:(?:vertical|horizontal|portrait|landscape|square|wide|tall|widescreen) (?:phone )?"
+    r"\b(?:(?:vertical|horizontal|square|tall|widescreen) (?:phone )?"
     r"(?:format|orientation|mode|aspect|image|picture|photo|poster|wallpaper|video|clip|shot|frame|"
-    r"composition|layout|banner|version|crop|story|reel|thumbnail|cover)|in (?:portrait|landscape)|"
-    r"panoram(?:a|ic)|aspect ratio|\d{3,4} ?x ?\d{3,4})\b"
+    r"composition|layout|banner|version|crop|story|reel|thumbnail|cover)|"
+    r"(?:portrait|landscape|wide) (?:format|orientation|mode|aspect|poster|wallpaper|banner|version|crop)|"
+    r"in (?:portrait|landscape)|panoram(?:a|ic)|aspect ratio|\d{3,4} ?x ?\d{3,4})\b"
     r"|(?<![\d:.])(?:1[:x]1|4[:x]3|3[:x]4|16[:x]9|9[:x]16|3[:x]2|2[:x]3|21[:x]9|4[:x]5|5[:x]4)(?![\d:])"
-)  # a ratio as one says it, not any "3:16" (a verse) or "10:10" (a clock's hands)
+    # Vertical and horizontal in Chinese and Japanese.
+    r"|\u7ad6\u7248|\u7ad6\u5c4f|\u6a2a\u7248|\u6a2a\u5c4f|\u7e26\u9577|\u7e26\u578b|\u6a2a\u9577"
+)  # a ratio as one says it, not any "3:16" (a verse) or "10:10" (a clock's hands); "a wide shot" and
+# "a landscape photo" are a framing and a subject, not an aspect ratio
 # Looks that go with any medium ("a photo of ..., cinematic"): added unless the prompt says them.
 _LOOKS: frozenset[Style] = frozenset({"cinematic", "vintage", "minimalist"})
 
@@ -98,7 +113,11 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     if style or shape:
         said = prompt.lower()
         # A look is said or not; a medium is one of several, and the prompt's own wins.
-        named = style.split()[0] in said if preferences.style in _LOOKS else _names_a_medium(said, workflow)
+        if preferences.style in _LOOKS:
+            named = style.split()[0] in said
+        else:
+            named = _names_a_medium(said, workflow) or (
+                preferences.style in _NOT_ART and _NAMES_ART.search(said) is not None)
         if style and not named and style.lower() not in f"{said} {detail}":
             additions.insert(0, style)
         if shape and not _NAMES_A_SHAPE.search(said):
@@ -113,5 +132,7 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
 def _names_a_medium(prompt: str, workflow: WorkflowType) -> bool:
     """In a style transfer "this photo" is the user's image, not the look asked for."""
     if workflow is W.STYLE_TRANSFER:
+        if re.search(r"\blooks? like\b", prompt):  # "make it look like a Pixar movie": its own target
+            return True
         prompt = re.sub(r"\b(?:this|my|the) (?:photo|photograph|picture|image|pic)s?\b", "", prompt)
     return _NAMES_A_MEDIUM.search(prompt) is not None

@@ -88,6 +88,13 @@ def test_what_the_prompt_or_its_detail_already_says_is_not_said_twice() -> None:
     "a Studio Ghibli style forest",
     "a robot in the style of Van Gogh",
     "a charcoal drawing of my grandfather",
+    # A QA pass's finds: other languages' words, a photo not followed by "of".
+    "\u6c34\u5f69\u753b\u306e\u732b",  # Japanese: a watercolor of a cat
+    "\u4e00\u5e45\u6c34\u58a8\u753b\u98ce\u683c\u7684\u5c71\u6c34\u753b",  # Chinese: an ink-wash landscape
+    "un gato pintado en acuarela",
+    "ein \u00d6lgem\u00e4lde eines alten Hafens",
+    "a photograph taken at dusk of a city skyline",
+    "a black and white photo, 1950s diner",
 ])
 def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt: str) -> None:
     """The preference is a default set once; the prompt says what this picture is."""
@@ -98,6 +105,7 @@ def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt:
     "a vertical phone wallpaper of a forest", "a widescreen shot of a canyon", "a panoramic city skyline",
     "a poster of a cat, 4:3", "a dog in the park in portrait mode", "a square image of a lemon",
     "a 9x16 story background", "a 1080x1920 wallpaper", "a tall phone wallpaper of a forest",
+    "\u7ad6\u7248\u7684\u6d77\u62a5\uff0c\u590f\u65e5\u97f3\u4e50\u8282",  # Chinese: a vertical poster
 ])
 def test_a_prompt_that_names_its_own_shape_does_not_get_the_preferred_one(prompt: str) -> None:
     assert "16:9" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(format="16:9"))
@@ -111,6 +119,7 @@ def test_a_prompt_that_names_its_own_shape_does_not_get_the_preferred_one(prompt
     "a polaroid camera on a table", "a 3D printer on a desk", "a family photo album", "a comic book store",
     "a glass of pinot noir", "a dress with vertical stripes", "a vertical garden", "a widescreen TV",
     "a poster with John 3:16",
+    "a wide shot of a football stadium at night", "a gallery wall of watercolors",
 ])
 def test_words_that_name_no_look_or_shape_take_the_preference(prompt: str) -> None:
     """Subjects and generic words ("a portrait of", "a painting") leave the preference to refine them."""
@@ -124,6 +133,26 @@ def test_a_look_that_goes_with_any_medium_is_kept_beside_the_prompts_own() -> No
         assert said in enhance("a photo of a lighthouse at dusk", W.IMAGE_GENERATION, Preferences(style=look))
     assert enhance("a cinematic shot of rain", W.IMAGE_GENERATION, Preferences(style="cinematic")).count(
         "cinematic") == 1
+
+
+@pytest.mark.parametrize("prompt", [
+    "a painting of a lighthouse at sunset", "a drawing of my dog", "an illustration of a dragon",
+    "a cartoon dog skateboarding", "lego city street scene", "a pixar-like character of a robot",
+])
+def test_a_painting_or_drawing_takes_no_photorealistic_preference(prompt: str) -> None:
+    """The preferred medium refines "a painting" (oil, watercolor), but a photograph contradicts it."""
+    assert "photorealistic" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(style="photorealistic"))
+
+
+def test_a_painting_takes_the_preferred_kind_of_painting_and_a_landscape_photo_the_preferred_shape() -> None:
+    assert "oil painting" in enhance("a painting of a harbor", W.IMAGE_GENERATION, Preferences(style="oil_painting"))
+    for prompt in ("a landscape photo of the Swiss Alps at sunrise", "a portrait photo of a woman in a red coat"):
+        assert "16:9 aspect ratio" in enhance(prompt, W.IMAGE_GENERATION, Preferences(format="16:9"))  # a subject
+
+
+def test_a_style_transfer_to_a_look_of_its_own_takes_no_preference() -> None:
+    prefs = Preferences(style="watercolor")
+    assert "watercolor" not in enhance("make it look like a Pixar movie", W.STYLE_TRANSFER, prefs)
 
 
 def test_a_style_transfer_from_this_photo_still_takes_the_preferred_look() -> None:
