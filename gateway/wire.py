@@ -138,8 +138,9 @@ def decode_query(raw_query: str) -> ProcessBody:
     for key, value in pairs:
         query.setdefault(key, value)  # the first of a repeated name, as request.query gives
     raw: dict[str, object] = {key: query[key] for key in ("prompt", "working_image_url") if key in query}
-    # The POST body's uploaded_image_urls, one repeated parameter each (a URL may hold a comma).
-    if uploads := [value for key, value in pairs if key == "uploaded_image_url"]:
+    # The POST body's uploaded_image_urls, one repeated parameter each (a URL may hold a comma),
+    # under the name a form, PHP-style "[]" or the body's plural gives it.
+    if uploads := [value for key, value in pairs if key in _UPLOAD_PARAMETERS]:
         raw["uploaded_image_urls"] = uploads
     if query.get("use_ai_classification"):
         raw["use_ai_classification"] = query["use_ai_classification"]
@@ -159,6 +160,7 @@ def decode_query(raw_query: str) -> ProcessBody:
         raise error from None
 
 
+_UPLOAD_PARAMETERS = frozenset({"uploaded_image_url", "uploaded_image_url[]", "uploaded_image_urls"})
 _MISSING_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 # What a preference may be: said when a value is none of them (msgspec echoes the whole value).
 _CHOICES = {"quality": get_args(Quality), "style": get_args(Style), "format": get_args(Format)}

@@ -109,6 +109,9 @@ async def test_get_stream_takes_uploaded_images_as_a_repeated_parameter(client: 
     events = parse_events(await (await client.get(STREAM, params=query)).read())
     assert events[0].data["uploaded_images"] == uploads
     assert events[-1].data["metadata"]["image_missing"] is False
+    for name in ("uploaded_image_urls", "uploaded_image_url[]"):  # the body's name, PHP-style
+        plural = await client.get(STREAM, params=[("prompt", "a cat"), (name, uploads[0])])
+        assert parse_events(await plural.read())[0].data["uploaded_images"] == uploads[:1], name
     bad = await client.get(STREAM, params=[("prompt", "a cat"), ("uploaded_image_url", "ftp://x/y.jpg")])
     assert bad.status == 422 and (await bad.json())["field"] == "uploaded_image_urls[0]"
 
