@@ -149,24 +149,25 @@ def decode_query(raw_query: str) -> ProcessBody:
         raw["user_preferences"] = prefs
     try:
         return msgspec.convert(raw, ProcessBody, strict=False)
-    except ValidationFailed as exc:  # a style or format none of its choices: named as sent
-        field = exc.field and exc.field.removeprefix("user_preferences.")
-        raise ValidationFailed(exc.detail, field=field) from None
     except msgspec.ValidationError as exc:
-        error = _as_validation_error(exc, query_string=True)
-        if error.field == "use_ai_classification":  # not "Expected `bool`, got `str`": all values are
-            error = ValidationFailed("use_ai_classification must be true or false (or 1 or 0)",
-                                     field="use_ai_classification")  # fmt: skip
-        raise error from None
+        error = _as_validation_error(exc)
+    except ValidationFailed as exc:  # PreferencesBody's: a value that is none of its choices
+        error = exc
+    if error.field == "use_ai_classification":  # not "Expected `bool`, got `str`": all values are
+        raise ValidationFailed("use_ai_classification must be true or false (or 1 or 0)",
+                               field="use_ai_classification")  # fmt: skip
+    # Named as sent: here a preference is a parameter of its own.
+    field = error.field and error.field.removeprefix("user_preferences.")
+    raise ValidationFailed(error.detail, field=field) from None
 
 
 _UPLOAD_PARAMETERS = frozenset({"uploaded_image_url", "uploaded_image_url[]", "uploaded_image_urls"})
 _MISSING_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
-# What a preference may be: said when a value is none of them (msgspec echoes the whole value).
+# What a preference may be: said when a value is none of them.
 _CHOICES = {"quality": get_args(Quality), "style": get_args(Style), "format": get_args(Format)}
 
 
-def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = False) -> ValidationFailed:
+def _as_validation_error(exc: msgspec.ValidationError) -> ValidationFailed:
     message = str(exc)
     head, sep, path = message.rpartition(" - at `$")
     field = path.rstrip("`").lstrip(".") if sep else ""
@@ -175,11 +176,6 @@ def _as_validation_error(exc: msgspec.ValidationError, *, query_string: bool = F
     missing = _MISSING_FIELD.search(message)
     if missing:
         field = f"{field}.{missing[1]}" if field else missing[1]
-    if field and query_string:
-        field = field.removeprefix("user_preferences.")
-    name = field.rpartition(".")[2]
-    if head.startswith("Invalid enum value") and name in _CHOICES:
-        head = f"{name} must be one of: {', '.join(_CHOICES[name])}"
     return ValidationFailed(head if sep else message, field=field or None)
 
 
