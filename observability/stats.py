@@ -27,8 +27,7 @@ class RequestStats:
         self.fallbacks = 0
         # The AI arm's own (the app plan's AIClassificationMonitor): the rules arm and /compare's
         # second run would dilute its fallback rate (a 10% rollout: a 100% rate read as ~10%).
-        self.ai_classifications = 0
-        self.ai_fallbacks = 0
+        self.ai_fallbacks = 0  # its answers are arms["ai"]
         self.ai_seconds = 0.0  # their processing_time, summed
 
     def record_request(self, route: str, status: int) -> None:
@@ -42,7 +41,6 @@ class RequestStats:
     ) -> None:
         self.classifications += 1
         if arm == "ai":
-            self.ai_classifications += 1
             self.ai_fallbacks += fallback_used
             self.ai_seconds += processing_seconds
         self.sources[source] += 1
@@ -63,10 +61,10 @@ class RequestStats:
         return {
             "status": "healthy" if success_rate > 0.95 else "degraded",
             "success_rate": success_rate,
-            "fallback_rate": self.ai_fallbacks / max(self.ai_classifications, 1),
-            "avg_processing_time": self.ai_seconds / max(self.ai_classifications, 1),
+            "fallback_rate": self.ai_fallbacks / max(self.arms["ai"], 1),
+            "avg_processing_time": self.ai_seconds / max(self.arms["ai"], 1),
             "total_requests": total,
-            "ai_classifications": self.ai_classifications,
+            "ai_classifications": self.arms["ai"],
         }
 
     def snapshot(self) -> dict[str, object]:
