@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from pipeline.types import IMAGE_INPUT_WORKFLOWS, Format, Preferences, Style, WorkflowType
 
@@ -31,16 +32,99 @@ def word_count(text: str) -> int:
         return len(tokens)
     return sum(max(1, len(UNSPACED.findall(token)) // 2) for token in tokens)
 
-SUFFIXES: dict[WorkflowType, str] = {
-    W.IMAGE_GENERATION: "high quality, detailed, professional",
-    W.HAIR_STYLING: "professional hair styling, natural hairline, high detail",
-    W.REFERENCE_STYLING: "high quality styling, professional photography",
-    W.IMAGE_EDITING: "seamless edit, consistent lighting, high quality",
-    W.IMAGE_ENHANCEMENT: "sharp details, natural colors, high resolution",
-    W.STYLE_TRANSFER: "faithful composition, strong artistic style",
-    W.VIDEO_GENERATION: "cinematic, smooth motion, synchronized audio",
-    W.IMAGE_TO_VIDEO: "smooth natural motion, stable subject",
-    W.TEXT_TO_VIDEO: "cinematic, smooth motion, detailed scene",
+
+_STEM = 5  # letters of a word that stand for it ("details" says "detailed")
+
+
+def _any(words: str) -> re.Pattern[str]:
+    """Any of these words or phrases (a regex alternation), as whole words of a lower-cased prompt."""
+    return re.compile(rf"\b(?:{words})\b")
+
+
+class Detail:
+    """One phrase of a workflow's detail, left out where the prompt says it already or says the
+    opposite: `unless` matches, or the prompt takes back one of its words or `kin` ("no music"
+    takes back "synchronized audio")."""
+
+    __slots__ = ("kin", "stems", "text", "unless")
+
+    def __init__(self, text: str, unless: re.Pattern[str] | None = None, kin: tuple[str, ...] = ()) -> None:
+        self.text = text
+        self.unless = unless
+        self.stems = tuple(word[:_STEM] for word in text.lower().split())
+        self.kin = self.stems + kin
+
+
+# What says the opposite of a detail, by kind.
+_LOW_FI = (r"low[- ]?(?:res|resolution|quality|poly|fi)|lo-?fi|\d+[- ]?bit|pixel(?:ated)?|ms paint|"
+           r"jpe?g artifacts")
+_SIMPLE = (r"simple|simplistic|minimal(?:ist|istic)?|plain|flat|basic|icon|emoji|doodle|stick figure|"
+           r"line art|outline|silhouette|sketchy|rough|" + _LOW_FI)
+_UNSTEADY = (r"shak(?:e|y|ing)|handheld|jerky|choppy|glitch(?:y|ing)?|stop[- ]motion|time-?lapse|hyperlapse|"
+             r"strob(?:e|ing)|frantic|chaotic|fast|quick(?:ly)?|rapid(?:ly)?|wild(?:ly)?|crazy|spin(?:s|ning)?|"
+             r"earthquake|explod(?:e|es|ing)|explosion")
+_DEFORMING = (r"spin(?:s|ning)?|morph\w*|transform\w*|melt\w*|explod\w*|explosion|shatter\w*|disintegrat\w*|"
+              r"shak(?:e|es|ing)|earthquake|glitch\w*")
+_COLOR_WORK = (r"black and white|b ?& ?w|b/w|monochrome|gr[ae]yscale|sepia|dark(?:er|en)?|mood(?:y|ier)|"
+               r"vibrant|(?:de)?saturat\w*|warm(?:er)?|cool(?:er)?|tint\w*|tone[sd]?|filter|vintage|film|"
+               r"grade|grading|colou?r(?:s|ed|ize|ise)?|teal|neon|pastel|faded|retro")
+_SOFT = r"blur\w*|soft(?:er|en)?|dream\w*|haz[ey]|grain\w*|bokeh|glow\w*|out of focus"
+_LIGHTING = (r"light\w*|lit|relight|dark(?:er|en)?|bright(?:er|en)?|shadows?|sunset|night|neon|glow\w*|"
+             r"golden hour")
+_NO_HAIR = r"bald\w*|shav(?:e|ed|ing)|hairless|no hair|remove (?:\w+ )?hair"
+_DRAWN = r"cartoon\w*|anime|manga|drawing|painting|illustration|sketch\w*|watercolou?r|3d|pixar|lego|comic\w*"
+_UNCINEMATIC = _any(r"documentary|amateur|found footage|vlog|home video|phone footage|security cam(?:era)?|"
+                    r"cctv|webcam|dash ?cam|gopro|screen recording|handheld|" + _LOW_FI)
+# Words for sound: "no music" and "sin sonido" take back "synchronized audio" (Russian music, sound last).
+_AUDIO = ("music", "sound", "audio", "soundtrack", "voice", "musica", "son", "ton",
+          "\u043c\u0443\u0437\u044b\u043a", "\u0437\u0432\u0443\u043a")
+
+SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
+    W.IMAGE_GENERATION: (
+        Detail("high quality", _any(_LOW_FI)),
+        Detail("detailed", _any(_SIMPLE)),
+        Detail("professional", _any(r"amateur\w*|child(?:ish|like|'s drawing)|kids?'? drawing|crude|doodle|"
+                                    r"ms paint|meme|ugly")),
+    ),
+    W.HAIR_STYLING: (
+        Detail("professional hair styling", _any(_NO_HAIR)),
+        Detail("natural hairline", _any(_NO_HAIR + "|receding")),
+        Detail("high detail"),
+    ),
+    W.REFERENCE_STYLING: (
+        Detail("high quality styling"),
+        Detail("professional photography", _any(_DRAWN)),
+    ),
+    W.IMAGE_EDITING: (
+        Detail("seamless edit"),
+        Detail("consistent lighting", _any(_LIGHTING)),
+        Detail("high quality", _any(_LOW_FI)),
+    ),
+    W.IMAGE_ENHANCEMENT: (
+        Detail("sharp details", _any(_SOFT)),
+        Detail("natural colors", _any(_COLOR_WORK), kin=("colou",)),
+        Detail("high resolution", _any(_LOW_FI)),
+    ),
+    W.STYLE_TRANSFER: (
+        Detail("faithful composition", _any(r"recompos\w*|rearrang\w*|zoom(?:ed)? out|expand\w*|"
+                                            r"change the composition")),
+        Detail("strong artistic style", _any(r"subtle\w*|slight(?:ly)?|light touch|a (?:bit|little)|hint of|"
+                                             r"gentl[ey]|mild(?:ly)?|soft(?:ly)?")),
+    ),
+    W.VIDEO_GENERATION: (
+        Detail("cinematic", _UNCINEMATIC),
+        Detail("smooth motion", _any(_UNSTEADY)),
+        Detail("synchronized audio", _any(r"mut(?:e|ed)|silent(?:ly)?|silence"), kin=_AUDIO),
+    ),
+    W.IMAGE_TO_VIDEO: (
+        Detail("smooth natural motion", _any(_UNSTEADY)),
+        Detail("stable subject", _any(_DEFORMING)),
+    ),
+    W.TEXT_TO_VIDEO: (
+        Detail("cinematic", _UNCINEMATIC),
+        Detail("smooth motion", _any(_UNSTEADY)),
+        Detail("detailed scene", _any(_SIMPLE)),
+    ),
 }
 
 
@@ -62,21 +146,23 @@ FORMATS: dict[Format, str] = {
 # charcoal gray kitten", "acrylic nails", "a photo album", "vertical stripes", "a widescreen TV")
 # name a medium or shape only before what is drawn or framed: "charcoal drawing", "vertical poster".
 _RENDERED = (r"(?:of|style|painting|drawing|illustration|art|artwork|portrait|render|rendering|look|image|"
-             r"picture|print|poster|photo|photograph|shot|sketch)")
+             r"picture|print|poster|photo|photograph|shot|sketch|icon|logo|sticker|graphic|design)")
 _NAMES_A_MEDIUM = re.compile(
-    r"\b(?:photo-?realistic|hyper-?realistic|anime|manga|watercolou?r|oil[- ]paint(?:ing|ed)|oil on canvas|"
-    r"gouache|sketch(?:ed|es)?|line art|digital (?:art|painting|illustration)|pixel art|low[- ]poly|cgi|"
-    r"claymation|stop[- ]motion|impressionist|cubist|surrealist|ukiyo-e|pop art|in the style of|"
+    r"\b(?:photo-?realistic|hyper-?realistic|realistic|photoreal|lifelike|anime|manga|watercolou?r|"
+    r"oil[- ]paint(?:ing|ed)|oil on canvas|gouache|sketch(?:ed|es)?|line art|"
+    r"digital (?:art|painting|illustration)|"
+    r"pixel art|low[- ]poly|cgi|claymation|stop[- ]motion|impressionist|cubist|surrealist|ukiyo-e|pop art|"
+    r"kawaii|chibi|ghibli|simpsons|pixar|disney|minecraft|south park|in the style of|"
     r"[\w-]+[- ]style|photo(?:graph)?s?(?! (?:album|booth|frame|studio|shoot|editor|app|gallery|wall))|"
-    r"(?:cartoons?|comics?|charcoal|acrylic|pencil|ink|crayon|pastel|vector|polaroid|3d|realistic|cinematic|"
+    r"(?:cartoons?|comics?|charcoal|acrylic|pencil|ink|crayon|pastel|vector|flat|polaroid|3d|cinematic|"
     rf"art deco|art nouveau|noir|retro|vintage) {_RENDERED})\b"
     # Other languages' words for a medium, where no space marks a word's end: a watercolor, an
     # oil painting, ink wash, a photo, a sketch in Japanese and Chinese; Spanish, Portuguese,
-    # Italian, French, German.
+    # Italian, French, German (accents dropped: the prompt is folded before it is searched).
     r"|\u6c34\u5f69|\u6cb9\u7d75|\u6cb9\u753b|\u6c34\u58a8|\u5199\u771f|\u7167\u7247|\u7d20\u63cf"
     r"|\u30b9\u30b1\u30c3\u30c1"
-    r"|\b(?:acuarela|aquarela|acquerello|aquarelle|aquarell|\u00f3leo|olio|\u00f6lgem\u00e4lde"
-    r"|peinture \u00e0 l'huile|fotograf\u00eda|fotografia|photographie|dibujo|dessin|zeichnung)\b"
+    r"|\b(?:acuarela|aquarela|acquerello|aquarelle|aquarell|oleo|olio|olgemalde|peinture|fotografia|photographie"
+    r"|dibujo|desenho|disegno|dessin|zeichnung|pintura|pittura|gemalde|lapis|matita)\b"
 )
 # Words for a painting or drawing in general: the preferred one refines them ("a painting of",
 # + oil_painting), unless it is a photograph or a render, which would contradict them.
@@ -85,48 +171,127 @@ _NOT_ART: frozenset[Style] = frozenset({"photorealistic", "3d_render"})
 _NAMES_A_SHAPE = re.compile(
     r"\b(?:(?:vertical|horizontal|square|tall|widescreen) (?:phone )?"
     r"(?:format|orientation|mode|aspect|image|picture|photo|poster|wallpaper|video|clip|shot|frame|"
-    r"composition|layout|banner|version|crop|story|reel|thumbnail|cover)|"
+    r"composition|layout|banner|version|crop|story|reel|thumbnail|cover|logo|icon|avatar|sticker|post|tile)|"
     r"(?:portrait|landscape|wide) (?:format|orientation|mode|aspect|poster|wallpaper|banner|version|crop)|"
+    # Screens and feeds with a shape of their own.
+    r"(?:phone|iphone|android|mobile|lock ?screen|home ?screen|desktop|laptop|monitor) "
+    r"(?:wallpaper|background)|(?:instagram|insta|ig|facebook|fb) (?:story|stories|reels?|post)|tiktok|"
+    r"youtube (?:banner|thumbnail|short)s?|"
+    r"(?:twitter|x|linkedin) (?:header|banner)|"
     r"in (?:portrait|landscape)|panoram(?:a|ic)|aspect ratio|\d{3,4} ?x ?\d{3,4})\b"
     r"|(?<![\d:.])(?:1[:x]1|4[:x]3|3[:x]4|16[:x]9|9[:x]16|3[:x]2|2[:x]3|21[:x]9|4[:x]5|5[:x]4)(?![\d:])"
     # Vertical and horizontal in Chinese and Japanese.
     r"|\u7ad6\u7248|\u7ad6\u5c4f|\u6a2a\u7248|\u6a2a\u5c4f|\u7e26\u9577|\u7e26\u578b|\u6a2a\u9577"
 )  # a ratio as one says it, not any "3:16" (a verse) or "10:10" (a clock's hands); "a wide shot" and
 # "a landscape photo" are a framing and a subject, not an aspect ratio
-# Looks that go with any medium ("a photo of ..., cinematic"): added unless the prompt says them.
-_LOOKS: frozenset[Style] = frozenset({"cinematic", "vintage", "minimalist"})
+# Looks that go with any medium ("a photo of ..., cinematic"): added unless the prompt says them
+# or their opposite ("a modern kitchen" is no vintage look).
+_LOOKS: dict[Style, re.Pattern[str]] = {
+    "cinematic": _any(r"flat|vector|icon|logo|diagram|infographic|sticker|emoji|clip ?art|pixel art"),
+    "vintage": _any(r"modern|futuristic|contemporary|sci-?fi|cyberpunk|space age"),
+    "minimalist": _any(r"busy|crowded|cluttered|maximalist|ornate|intricate|bustling|chaotic"),
+}
 
 # A new picture or clip made from words takes the user's style and format. The other workflows
 # start from an image, which already has both (the look a style transfer aims at is a style too).
 FROM_TEXT = frozenset(WorkflowType) - IMAGE_INPUT_WORKFLOWS
 STYLED = FROM_TEXT | {W.STYLE_TRANSFER}
 
+# Text to print, unquoted, at the prompt's end ("a mug that says hi mom"): whatever followed would
+# be printed too, so nothing is appended. Quoted text ends where its quotes do.
+_PRINTS_TEXT_AT_END = re.compile(
+    r"\b(?:says?|saying|(?:that|which|it) reads?|reads?:|written|spell(?:s|ing)|titled|the (?:text|words?)|"
+    r"with text|caption(?:ed)?|lettering|slogan)\b"
+    r"[^\"'\u201c\u201d\u2018\u2019\u300c\u300d\u00ab\u00bb.!?]*$",  # no quote or sentence end after
+    re.IGNORECASE,
+)
+# Where a prompt's own settings start: parameters ("--ar 9:16", "--no people") and a negative prompt
+# ("negative: blurry"). What is appended belongs to the description before them.
+_SETTINGS = re.compile(r"\s--[a-z]|[\s,;.]*\b(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
+_CLAUSES = re.compile(r"[,.;:!?()\[\]\n\u3001\u3002\uff0c\uff1b\uff01\uff1f]")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+# Words that take back the next few ("no music", "not a cartoon", "sin m\u00fasica"), in the languages
+# the classifier was trained on.
+_NEGATORS = frozenset({
+    "no", "not", "non", "without", "never", "avoid", "zero", "don't", "dont", "doesn't", "isn't", "nothing",
+    "sin", "sans", "pas", "ohne", "kein", "keine", "nicht", "sem", "senza",
+    "\u0431\u0435\u0437", "\u043d\u0435",  # Russian: without, not
+})
+_NEGATED_SPAN = 3  # words after a negator that it takes back
+
+
+class _Said:
+    """What a prompt says, word by word (lower case, accents dropped), and what it takes back."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text if text.isascii() else _fold(text)
+        words = _WORD.findall(self.text)
+        # Each word and its stem: "smooth slow motion" says "smooth motion", "details" "detailed".
+        self.stems = {*words, *(word[:_STEM] for word in words)}
+        self.negated: list[str] = []
+        if _NEGATORS.isdisjoint(words):  # most prompts
+            return
+        for clause in _CLAUSES.split(self.text):
+            left = 0
+            for word in _WORD.findall(clause):
+                if word in _NEGATORS:
+                    left = _NEGATED_SPAN
+                elif left:
+                    self.negated.append(word)
+                    left -= 1
+
+    def denies(self, stems: tuple[str, ...]) -> bool:
+        return any(word.startswith(stems) for word in self.negated)
+
+    def wants(self, detail: Detail) -> bool:
+        """Whether the prompt lacks this detail and says nothing against it."""
+        return not (self.stems.issuperset(detail.stems) or self.denies(detail.kin)
+                    or (detail.unless is not None and detail.unless.search(self.text) is not None))
+
+
+def _fold(text: str) -> str:
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
 
 def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> str:
     """Append workflow detail to short prompts (longer ones already say what they want), and the
     preferred style and format where the workflow makes something new and the prompt does not
-    say them already."""
-    detail = SUFFIXES[workflow] if is_short(prompt) else ""
-    additions = [detail] if detail else []
+    say them already. Nothing the prompt says already or says against is added."""
+    short = is_short(prompt)
     style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
-    if style or shape:
-        said = prompt.lower()
-        # A look is said or not; a medium is one of several, and the prompt's own wins.
-        if preferences.style in _LOOKS:
-            named = style.split()[0] in said
-        else:
-            named = _names_a_medium(said, workflow) or (
-                preferences.style in _NOT_ART and _NAMES_ART.search(said) is not None)
-        if style and not named and style.lower() not in f"{said} {detail}":
-            additions.insert(0, style)
-        if shape and not _NAMES_A_SHAPE.search(said):
-            additions.append(shape)
+    if not (short or style or shape):
+        return prompt
+    described, settings = prompt, ""
+    if ("--" in prompt or ":" in prompt) and (start := _SETTINGS.search(prompt)) is not None:
+        described, settings = prompt[:start.start()], prompt[start.start():]
+    if _PRINTS_TEXT_AT_END.search(described):
+        return prompt
+    said = _Said(described.lower())
+    additions = [detail.text for detail in SUFFIXES[workflow] if said.wants(detail)] if short else []
+    if style and _wants_style(said, preferences.style, style, workflow, additions):
+        additions.insert(0, style)
+    if shape and not _NAMES_A_SHAPE.search(said.text):
+        additions.append(shape)
     if not additions:
         return prompt
     # A dangling separator (a full-width comma too, or a dash) is the list's to say: it doubled.
-    base = prompt.rstrip().rstrip(",;:-\u2013\u2014\uff0c\u3001\uff1b\uff1a").rstrip()
-    return f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
+    base = described.rstrip().rstrip(",;:-\u2013\u2014\uff0c\u3001\uff1b\uff1a").rstrip()
+    enhanced = f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
+    return enhanced + settings
+
+
+def _wants_style(said: _Said, preferred: Style | None, style: str, workflow: WorkflowType,
+                 details: list[str]) -> bool:
+    """Whether the preferred style adds to the prompt: not said already (by the prompt or its
+    detail), not taken back ("not a cartoon"), and not replaced by the prompt's own."""
+    if style.lower() in f"{said.text} {' '.join(details)}" or said.denies((style.lower()[:_STEM],)):
+        return False
+    if preferred in _LOOKS:  # a look is said or not; its opposite rules it out
+        return style.split()[0] not in said.text and _LOOKS[preferred].search(said.text) is None
+    # A medium is one of several, and the prompt's own wins.
+    return not (_names_a_medium(said.text, workflow)
+                or (preferred in _NOT_ART and _NAMES_ART.search(said.text) is not None))
 
 
 def _names_a_medium(prompt: str, workflow: WorkflowType) -> bool:

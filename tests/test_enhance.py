@@ -26,7 +26,7 @@ def test_a_short_prompt_gets_its_workflows_detail_and_a_long_one_is_left_as_writ
     ("a fox...", "a fox... high quality, detailed, professional"),
     ("can you make me a logo?", "can you make me a logo? high quality, detailed, professional"),
     # A separator left dangling is the list's to say.
-    ("a poster with the words:", "a poster with the words, high quality, detailed, professional"),
+    ("a castle at dawn:", "a castle at dawn, high quality, detailed, professional"),
     ("a cat,", "a cat, high quality, detailed, professional"),
     ("a castle in the clouds -", "a castle in the clouds, high quality, detailed, professional"),
     ("\u753b\u4e00\u53ea\u732b\uff0c", "\u753b\u4e00\u53ea\u732b, high quality, detailed, professional"),
@@ -95,6 +95,9 @@ def test_what_the_prompt_or_its_detail_already_says_is_not_said_twice() -> None:
     "ein \u00d6lgem\u00e4lde eines alten Hafens",
     "a photograph taken at dusk of a city skyline",
     "a black and white photo, 1950s diner",
+    # A second QA pass's finds: adjectives and franchises that name a look, more languages.
+    "a realistic dog", "a kawaii chibi fox", "turn me into a simpsons character", "a flat vector icon of a cat",
+    "desenho a l\u00e1pis de um gato", "disegno a matita di un gufo",
 ])
 def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt: str) -> None:
     """The preference is a default set once; the prompt says what this picture is."""
@@ -106,6 +109,9 @@ def test_a_prompt_that_names_its_own_look_does_not_get_the_preferred_one(prompt:
     "a poster of a cat, 4:3", "a dog in the park in portrait mode", "a square image of a lemon",
     "a 9x16 story background", "a 1080x1920 wallpaper", "a tall phone wallpaper of a forest",
     "\u7ad6\u7248\u7684\u6d77\u62a5\uff0c\u590f\u65e5\u97f3\u4e50\u8282",  # Chinese: a vertical poster
+    # Screens and feeds that have a shape of their own.
+    "iphone lock screen wallpaper of a koi pond", "an instagram story of a latte", "a tiktok video of a robot",
+    "desktop wallpaper of a misty forest", "a youtube thumbnail for my cooking channel", "a square logo for my cafe",
 ])
 def test_a_prompt_that_names_its_own_shape_does_not_get_the_preferred_one(prompt: str) -> None:
     assert "16:9" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(format="16:9"))
@@ -168,3 +174,89 @@ async def test_process_answers_with_the_preferred_style_in_the_final_prompt(clie
     assert result["workflow_type"] == "image_generation"
     assert result["final_prompt"] == "a cat on a sofa, watercolor painting, high quality, detailed, professional, square format"
     assert result["metadata"]["enhancement_applied"] is True
+
+
+@pytest.mark.parametrize(("prompt", "workflow", "enhanced"), [
+    ("a cat, high quality", W.IMAGE_GENERATION, "a cat, high quality, detailed, professional"),
+    ("smooth slow motion video of waves", W.TEXT_TO_VIDEO, "smooth slow motion video of waves, cinematic, detailed scene"),
+    ("cinematic video of waves with ocean sounds", W.VIDEO_GENERATION,
+     "cinematic video of waves with ocean sounds, smooth motion, synchronized audio"),
+    ("animate this with smooth natural motion", W.IMAGE_TO_VIDEO, "animate this with smooth natural motion, stable subject"),
+    ("professional hair styling: bob cut", W.HAIR_STYLING, "professional hair styling: bob cut, natural hairline, high detail"),
+    ("sharpen it, high resolution", W.IMAGE_ENHANCEMENT, "sharpen it, high resolution, sharp details, natural colors"),
+])  # fmt: skip
+def test_detail_the_prompt_says_already_is_not_said_twice(prompt: str, workflow: W, enhanced: str) -> None:
+    """By the word's stem: "smooth slow motion" says "smooth motion", "details" says "detailed"."""
+    assert enhance(prompt, workflow, NONE) == enhanced
+
+
+@pytest.mark.parametrize(("prompt", "workflow", "unsaid"), [
+    ("bald", W.HAIR_STYLING, "natural hairline"),
+    ("shave my head", W.HAIR_STYLING, "hair styling"),
+    ("make her spin around fast", W.IMAGE_TO_VIDEO, "smooth natural motion"),
+    ("make the camera shake like an earthquake", W.IMAGE_TO_VIDEO, "stable subject"),
+    ("make it blurry like a dream", W.IMAGE_ENHANCEMENT, "sharp details"),
+    ("make it black and white", W.IMAGE_ENHANCEMENT, "natural colors"),
+    ("relight it like a sunset", W.IMAGE_EDITING, "consistent lighting"),
+    ("a low-res 8-bit sprite of a knight", W.IMAGE_GENERATION, "high quality"),
+    ("a simple minimalist logo of a fox", W.IMAGE_GENERATION, "detailed"),
+    ("just a hint of van gogh", W.STYLE_TRANSFER, "strong artistic style"),
+    ("shaky handheld video of a street", W.TEXT_TO_VIDEO, "smooth motion"),
+    ("found footage of a forest", W.TEXT_TO_VIDEO, "cinematic"),
+    # Taken back in words: "no", "not", "without", and other languages' own.
+    ("a dog video, not cinematic", W.TEXT_TO_VIDEO, "cinematic"),
+    ("don't make it cinematic, a dog", W.TEXT_TO_VIDEO, "cinematic"),
+    ("a cat, no details, very plain", W.IMAGE_GENERATION, "detailed"),
+    ("rain video, no music", W.VIDEO_GENERATION, "audio"),
+    ("waves crashing without any sound", W.VIDEO_GENERATION, "audio"),
+    ("video of a dog barking, muted", W.VIDEO_GENERATION, "audio"),
+    ("un video de olas sin m\u00fasica", W.VIDEO_GENERATION, "audio"),
+    ("\u0432\u0438\u0434\u0435\u043e \u0432\u043e\u043b\u043d \u0431\u0435\u0437 \u043c\u0443\u0437\u044b\u043a\u0438", W.VIDEO_GENERATION, "audio"),  # Russian: no music
+])  # fmt: skip
+def test_detail_the_prompt_says_against_is_left_out(prompt: str, workflow: W, unsaid: str) -> None:
+    enhanced = enhance(prompt, workflow, NONE)
+    assert enhanced.startswith(prompt) and unsaid not in enhanced.removeprefix(prompt)
+
+
+def test_what_is_left_of_a_workflows_detail_is_still_added() -> None:
+    assert enhance("rain video, no music", W.VIDEO_GENERATION, NONE) == "rain video, no music, cinematic, smooth motion"
+    assert enhance("bald", W.HAIR_STYLING, NONE) == "bald, high detail"
+
+
+@pytest.mark.parametrize("prompt", [
+    "a mug that says hi mom", "a neon sign that says OPEN LATE", "a sign that reads:", "a cake with the words happy bday",
+    "a t-shirt with text no drama",
+])
+def test_text_to_print_at_the_end_gets_nothing_appended(prompt: str) -> None:
+    """Whatever followed "says hi mom" would be printed on the mug too."""
+    assert enhance(prompt, W.IMAGE_GENERATION, Preferences(style="anime")) == prompt
+
+
+def test_quoted_text_ends_at_its_quotes() -> None:
+    assert enhance('a mug that says "hi mom"', W.IMAGE_GENERATION, NONE) == (
+        'a mug that says "hi mom", high quality, detailed, professional'
+    )
+
+
+@pytest.mark.parametrize(("prompt", "enhanced"), [
+    ("a cat --no people", "a cat, high quality, detailed, professional --no people"),
+    ("a cat --ar 9:16 --style raw", "a cat, high quality, detailed, professional --ar 9:16 --style raw"),
+    ("a woman, negative: blurry", "a woman, high quality, detailed, professional, negative: blurry"),
+    ("a fox. Negative prompt: text", "a fox, high quality, detailed, professional. Negative prompt: text"),
+])  # fmt: skip
+def test_the_detail_goes_before_the_prompts_own_settings(prompt: str, enhanced: str) -> None:
+    """Parameters and a negative prompt end the description: after them the detail would be
+    a parameter's value or something to avoid."""
+    assert enhance(prompt, W.IMAGE_GENERATION, NONE) == enhanced
+
+
+@pytest.mark.parametrize(("prompt", "style"), [
+    ("a dog, not a cartoon", "cartoon"),
+    ("a fox but not anime", "anime"),
+    ("a modern minimalist kitchen", "vintage"),
+    ("a busy crowded night market", "minimalist"),
+    ("a flat icon of a cat", "cinematic"),
+])  # fmt: skip
+def test_a_preferred_style_the_prompt_takes_back_or_contradicts_is_left_out(prompt: str, style: Any) -> None:
+    enhanced = enhance(prompt, W.IMAGE_GENERATION, Preferences(style=style))
+    assert enhanced.count(style) == prompt.count(style)
