@@ -66,7 +66,8 @@ class ProcessBody(msgspec.Struct, kw_only=True):
     working_image_url: str | None = None
     # Images the user has just uploaded (the app's own storage), besides the one being worked
     # on: what the classifier and `image_missing` take into account.
-    uploaded_image_urls: list[str] = msgspec.field(default_factory=list)
+    # null is none, as for the other optional fields (JavaScript clients send null for "empty").
+    uploaded_image_urls: list[str] | None = None
     user_preferences: PreferencesBody | None = None
     use_ai_classification: bool = True
 
@@ -142,8 +143,9 @@ def decode_query(raw_query: str) -> ProcessBody:
     # under the name a form, PHP-style "[]" or the body's plural gives it.
     if uploads := [value for key, value in pairs if key in _UPLOAD_PARAMETERS]:
         raw["uploaded_image_urls"] = uploads
-    if query.get("use_ai_classification"):
-        raw["use_ai_classification"] = query["use_ai_classification"]
+    if switch := query.get("use_ai_classification"):
+        # What a form's checkbox (on) or a select (yes/no) sends, besides true/false and 1/0.
+        raw["use_ai_classification"] = _SWITCHES.get(switch.lower(), switch)
     prefs = {key: query[key] for key in ("quality", "style", "format") if query.get(key)}
     if prefs:
         raw["user_preferences"] = prefs
@@ -154,13 +156,16 @@ def decode_query(raw_query: str) -> ProcessBody:
     except ValidationFailed as exc:  # PreferencesBody's: a value that is none of its choices
         error = exc
     if error.field == "use_ai_classification":  # not "Expected `bool`, got `str`": all values are
-        raise ValidationFailed("use_ai_classification must be true or false (or 1 or 0)",
-                               field="use_ai_classification")  # fmt: skip
+        raise ValidationFailed(
+            "use_ai_classification must be true or false (or 1 or 0, on or off, yes or no)",
+            field="use_ai_classification",
+        )
     # Named as sent: here a preference is a parameter of its own.
     field = error.field and error.field.removeprefix("user_preferences.")
     raise ValidationFailed(error.detail, field=field) from None
 
 
+_SWITCHES = {"on": True, "off": False, "yes": True, "no": False}
 _UPLOAD_PARAMETERS = frozenset({"uploaded_image_url", "uploaded_image_url[]", "uploaded_image_urls"})
 _MISSING_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 # What a preference may be: said when a value is none of them.
@@ -186,10 +191,11 @@ def to_pipeline_request(
     url = body.working_image_url.strip() if body.working_image_url else None
     if url:
         check_image_url(url, policy=url_policy)
-    if len(body.uploaded_image_urls) > MAX_UPLOADED_IMAGES:
+    uploaded = body.uploaded_image_urls or []
+    if len(uploaded) > MAX_UPLOADED_IMAGES:
         raise ValidationFailed(f"at most {MAX_UPLOADED_IMAGES} uploaded images", field="uploaded_image_urls")
     uploads: dict[str, None] = {}  # each image once, in order
-    for index, upload in enumerate(body.uploaded_image_urls):
+    for index, upload in enumerate(uploaded):
         if upload := upload.strip():  # as an empty working_image_url is none, a blank is left out
             check_image_url(upload, field=f"uploaded_image_urls[{index}]", policy=url_policy)
             uploads.setdefault(upload, None)

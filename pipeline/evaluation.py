@@ -18,6 +18,7 @@ class Example(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     prompt: str
     workflow: str  # one of LABELS: a workflow, or that the prompt asks for nothing
     working_images: list[str] = []
+    uploaded_images: list[str] = []  # as the training files say them (`IntentExample`)
 
     def __post_init__(self) -> None:
         if self.workflow not in LABELS:
@@ -74,6 +75,7 @@ async def evaluate(classifier: Classifier, examples: list[Example]) -> Report:
         query = ClassifierInput(
             prompt=example.prompt,
             working_images=tuple(example.working_images),
+            uploaded_images=tuple(example.uploaded_images),
             mentions=find_mentions(example.prompt),
         )
         started = time.perf_counter()

@@ -41,6 +41,20 @@ def test_eval_json_reports_the_documented_fields(tmp_path: Path) -> None:
     assert {"macro_f1", "ece"} <= set(report)
 
 
+def test_eval_takes_uploaded_images_as_the_training_files_say_them(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An upload is an image in hand: "make a video of this" is image_to_video with one, as the
+    eval file says, and text_to_video without (the file was refused: an unknown field)."""
+    data = tmp_path / "uploads.jsonl"
+    upload = {"uploaded_images": ["https://a.supabase.co/x.jpg"]}
+    rows = [{"prompt": "make a video of this", "workflow": "image_to_video", **upload},
+            {"prompt": "make a video of this", "workflow": "image_to_video"}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["eval", str(data), "--classifier", "rules", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["confusion"]["image_to_video"] == {"image_to_video": 1, "text_to_video": 1}
+
+
 def test_eval_table_is_readable(tmp_path: Path) -> None:
     data = tmp_path / "one.jsonl"
     data.write_text(json.dumps({"prompt": "upscale this", "workflow": "image_enhancement"}) + "\n")

@@ -157,12 +157,21 @@ async def test_a_query_whose_escapes_are_not_utf8_is_400_not_a_replacement_chara
 
 
 async def test_get_stream_says_which_values_a_flag_takes(client: Any) -> None:
-    resp = await client.get(STREAM, params={"prompt": "a cat", "use_ai_classification": "yes"})
+    resp = await client.get(STREAM, params={"prompt": "a cat", "use_ai_classification": "maybe"})
     assert resp.status == 422
-    assert await resp.json() == {"error": "validation_error", "field": "use_ai_classification",
-                                 "detail": "use_ai_classification must be true or false (or 1 or 0)"}
+    assert await resp.json() == {
+        "error": "validation_error", "field": "use_ai_classification",
+        "detail": "use_ai_classification must be true or false (or 1 or 0, on or off, yes or no)",
+    }
     off = await client.get(STREAM, params={"prompt": "a cat", "use_ai_classification": "0"})
     assert parse_events(await off.read())[-1].data["metadata"]["arm"] == "existing"
+
+
+@pytest.mark.parametrize(("sent", "arm"), [("on", "ai"), ("Yes", "ai"), ("off", "existing"), ("no", "existing")])
+async def test_get_stream_takes_the_flag_as_a_form_sends_it(client: Any, sent: str, arm: str) -> None:
+    """A checked checkbox sends "on"; a yes/no select its option's value."""
+    resp = await client.get(STREAM, params={"prompt": "a cat", "use_ai_classification": sent})
+    assert parse_events(await resp.read())[-1].data["metadata"]["arm"] == arm
 
 
 async def test_get_stream_takes_empty_options_as_absent_and_the_first_of_a_repeated_name(client: Any) -> None:

@@ -90,6 +90,14 @@ async def test_preference_keys_the_gateway_does_not_use_are_left_out_as_the_plan
     assert context["preferences"] == {"quality": "speed", "style": None, "format": None}
 
 
+async def test_optional_fields_sent_as_null_are_absent(client: Any) -> None:
+    """JavaScript clients send null for an empty optional field: uploads too, as the others."""
+    body = {"prompt": "a cat", "working_image_url": None, "uploaded_image_urls": None, "user_preferences": None}
+    resp = await client.post(PROCESS, json=body)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["workflow_type"] == "image_generation"
+
+
 async def test_the_stream_query_names_a_bad_style_as_its_parameter(client: Any) -> None:
     resp = await client.get("/api/v1/enhanced/stream", params={"prompt": "a cat", "style": "cyberpunk"})
     assert resp.status == 422 and (await resp.json())["field"] == "style"
