@@ -21,8 +21,9 @@ from aioresponses import aioresponses
 from gateway.analytics.pool import create_pool
 from gateway.analytics.rows import LogEntry, prompt_columns
 from gateway.analytics.schema import migrate
-from gateway.analytics.writer import LogWriter, is_transient
+from gateway.analytics.writer import LogWriter, is_transient, spill_path_problem
 from gateway.appkeys import ANALYTICS, REQUEST_LOG
+from gateway.config import ConfigError
 from pipeline.classifiers.rules import RulesClassifier
 from pipeline.types import ClassifierInput, IntentClassification
 from tests.conftest import GatedClassifier, MakeClient, wait_until
@@ -507,6 +508,54 @@ async def test_replaying_rows_already_written_stores_them_once(postgres_db: str,
         await pool.close()
     assert (writer.stats.written, writer.stats.duplicates) == (1, 5)
     assert await _counts(postgres_db) == (6, 6)
+
+
+async def test_a_postgres_slower_than_the_traffic_spills_past_the_buffer_bound(
+    postgres_db: str, tmp_path: Path
+) -> None:
+    """Reachable but slow (here: a batch held behind a table lock) is no outage, yet rows pile up
+    all the same: past `buffer_rows` the newest go to the spill file, and all are stored in the end.
+    (They stayed in memory: 2,000+ rows at a bound of 20, in a QA run.)"""
+    pool = await create_pool(postgres_db)
+    blocker = await asyncpg.connect(postgres_db)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        writer = LogWriter(pool, spill_path=tmp_path / "spill.jsonl", batch_rows=10, buffer_rows=20,
+                           flush_seconds=0.02, write_timeout=30.0)  # fmt: skip
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute("LOCK TABLE intent_classification_logs IN ACCESS EXCLUSIVE MODE")
+        writer.start()
+        for _ in range(10):
+            writer.enqueue(_entry())
+        await wait_until(lambda: len(writer._inflight) == 10, timeout=5)  # held by the lock
+        for _ in range(100):
+            writer.enqueue(_entry())
+        await locked.rollback()  # the batch goes through: Postgres was only slow
+        await wait_until(lambda: writer.stats.written == 110, timeout=20)  # replayed rows included
+        assert writer.stats.spilled == 80  # 100 waiting once the batch was in, at a bound of 20
+        await writer.close()
+    finally:
+        await blocker.close()
+        await pool.close()
+    assert await _counts(postgres_db) == (110, 110)
+    assert writer.stats.dropped == 0
+
+
+def test_a_spill_path_that_cannot_be_written_is_named_before_it_is_needed(tmp_path: Path) -> None:
+    (tmp_path / "a-file").touch()
+    assert spill_path_problem(tmp_path / "var" / "spill.jsonl") is None  # made as needed
+    problem = spill_path_problem(tmp_path / "a-file" / "spill.jsonl")
+    assert problem is not None and "cannot write in" in problem
+
+
+async def test_the_gateway_refuses_to_start_with_an_unwritable_spill_path(
+    postgres_db: str, make_client: MakeClient, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").touch()
+    with pytest.raises(ConfigError, match="ANALYTICS_SPILL_PATH"):
+        await make_client(database_url=postgres_db, analytics_spill_path=str(tmp_path / "a-file" / "spill.jsonl"))
 
 
 async def test_a_batch_failing_halfway_keeps_nothing_and_only_the_bad_row_is_set_aside(

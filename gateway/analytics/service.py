@@ -15,7 +15,7 @@ from gateway.analytics.pool import close_pool, create_pool, database_call, is_un
 from gateway.analytics.references import PostgresReferenceStore
 from gateway.analytics.schema import ensure_partitions, migrate
 from gateway.analytics.views import Analytics
-from gateway.analytics.writer import LogWriter
+from gateway.analytics.writer import LogWriter, spill_path_problem
 from gateway.appkeys import (
     ANALYTICS,
     HEALTH_PROBE_SECONDS,
@@ -27,7 +27,7 @@ from gateway.appkeys import (
     SETTINGS,
     TRACING,
 )
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.llm import uses_llm
 from observability.metrics import Metrics
 
@@ -42,6 +42,8 @@ async def postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.database_url:
         yield
         return
+    if problem := spill_path_problem(Path(settings.analytics_spill_path)):
+        raise ConfigError(f"ANALYTICS_SPILL_PATH: {problem}; log rows wait there while Postgres is away")
     pool = await create_pool(settings.database_url, init=app[TRACING].instrument_postgres)
     try:
         migrated = settings.database_migrate_on_start and await _try_migrate(pool)

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import random
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -223,8 +224,14 @@ class LogWriter:
                     await self._wake.wait()
 
     async def _drain(self) -> bool:
-        """Write every buffered row; False when Postgres is unreachable (rows kept)."""
+        """Write every buffered row; False when Postgres is unreachable (rows kept).
+
+        Rows keep coming while it writes: past `buffer_rows` the newest go to the spill file here
+        too, or a Postgres slower than the traffic (not down) grew the buffer without bound.
+        """
         while self._inflight or self._pending:
+            if self._overflow() > 0:
+                await self._spill_overflow()
             if not self._inflight:
                 count = min(self.batch_rows, len(self._pending))
                 self._inflight = [self._pending.popleft() for _ in range(count)]
@@ -344,6 +351,20 @@ async def _copy(
     await conn.copy_records_to_table(intent_table, records=intents, columns=INTENT_COLUMNS)
     if models:
         await conn.copy_records_to_table(model_table, records=models, columns=MODEL_COLUMNS)
+
+
+def spill_path_problem(path: Path) -> str | None:
+    """Why rows could not be spilled at `path` (None: they can), checked at start-up: found out
+    only when Postgres is away, every spilled row was lost."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        return f"cannot write in {path.parent} ({exc.strerror or exc})"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    return None
 
 
 def _append_durably(path: Path, data: bytes) -> None:
