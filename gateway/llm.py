@@ -6,6 +6,7 @@ every instance stops calling a dead upstream together; otherwise in this process
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -32,6 +33,12 @@ def breaker_policy(settings: Settings) -> BreakerPolicy:
     )
 
 
+def upstream_key(name: str, *upstream: str) -> str:
+    """A shared breaker's key: its name and which upstream it guards (a digest: no URL in Redis).
+    One key for all, one gateway's dead upstream opened the circuit of another's healthy one."""
+    return f"{name}:{hashlib.sha256(' '.join(upstream).encode()).hexdigest()[:12]}"
+
+
 def llm_usage(settings: Settings) -> LLMUsage:
     return LLMUsage(
         Prices(
@@ -45,7 +52,9 @@ async def llm_ctx(app: web.Application) -> AsyncIterator[None]:
     """After redis_ctx (shares its connection), before the classifier (which uses these)."""
     settings, redis = app[SETTINGS], app[REDIS]
     store = RedisBreakerStore(redis) if redis is not None else None
-    breaker = app[LLM_BREAKER] = CircuitBreaker("llm", breaker_policy(settings), store=store)
+    base_url = settings.openai_base_url or "https://api.openai.com/v1"
+    upstream = upstream_key("llm", base_url, settings.openai_model)
+    breaker = app[LLM_BREAKER] = CircuitBreaker("llm", breaker_policy(settings), store=store, key=upstream)
     usage = app[LLM_USAGE] = llm_usage(settings)
 
     async def probe() -> dict[str, object]:

@@ -187,6 +187,10 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     port = settings.port if port is None else port
     # The app checks where it is bound (no keys + not loopback = refuse to start).
     settings = msgspec.structs.replace(settings, host=host, port=port)
+    # Before loading anything: a port in use is one line and exit 1, not a traceback a second later.
+    if port != 0 and (taken := _port_taken(host, port)) is not None:
+        log.critical("%s:%d is in use (%s): another gateway or program holds it", host, port, taken)
+        return 1
     if workers <= 1:
         return _run_worker(settings, host, port, reuse_port=False)
     return _supervise(settings, host, port, workers)
@@ -202,9 +206,6 @@ RESTART_WINDOW = 60.0
 def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     if port == 0:  # each worker would get a free port of its own: N gateways, not one
         log.critical("--workers needs a fixed port (PORT=0 picks a different free port per worker)")
-        return 1
-    if (taken := _port_taken(host, port)) is not None:
-        log.critical("%s:%d is in use (%s): another gateway or program holds it", host, port, taken)
         return 1
     # spawn, not fork: each worker builds its own loop, clients and app from scratch.
     context = multiprocessing.get_context("spawn")

@@ -128,8 +128,12 @@ class CircuitBreaker:
         *,
         store: BreakerStore | None = None,
         clock: Callable[[], float] = time.time,
+        key: str | None = None,
     ) -> None:
         self.name = name
+        # What the shared store files it under (default: the name): the dependency itself, so
+        # deployments that share a Redis but call different upstreams keep separate circuits.
+        self.key = key or name
         self.policy = policy or BreakerPolicy()
         self._store: BreakerStore = store or MemoryBreakerStore()
         self._local = MemoryBreakerStore()  # used while the shared store is failing
@@ -229,12 +233,12 @@ class CircuitBreaker:
     async def _run(self, op: str) -> BreakerRecord:
         now = self._clock()
         try:
-            record = await _apply(self._store, op, self.name, now, self.policy)
+            record = await _apply(self._store, op, self.key, now, self.policy)
         except Exception as exc:  # a shared store that is down must not take the caller down
             if self._store_ok:  # once per outage, not once per call
                 log.warning("breaker %s: store failed (%r); using local state", self.name, exc)
             self._store_ok = False
-            record = await _apply(self._local, op, self.name, now, self.policy)
+            record = await _apply(self._local, op, self.key, now, self.policy)
         else:
             if not self._store_ok:
                 log.warning("breaker %s: store is back; using shared state", self.name)

@@ -119,6 +119,32 @@ async def test_breaker_is_shared_through_redis(make_client: MakeClient, upstream
         await redis.aclose()
 
 
+async def test_a_breaker_shared_through_redis_is_its_upstreams(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """Two gateways on one Redis calling different upstreams: one's dead upstream opened the
+    other's circuit too (one key for all), and its healthy upstream went unused."""
+    prefix = f"gw-test-{secrets.token_hex(6)}:"
+    other_base = "http://other-llm.test/v1"
+    upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)
+    upstream.post(f"{other_base}/chat/completions", payload=completion(answer("image_generation")), repeat=True)
+    shared = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix, **LLM}
+    dead = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3, **shared)
+    healthy = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3,
+                                **{**shared, "openai_base_url": other_base})
+    try:
+        assert (await process(dead, "a cat playing in the garden"))["fallback_used"] is True
+        assert (await (await dead.get("/health")).json())["dependencies"]["llm"]["breaker"] == "open"
+        body = await process(healthy, "a cat playing in the garden")
+        assert (body["fallback_used"], body["intent_source"]) == (False, "llm")
+    finally:
+        redis = Redis.from_url("redis://127.0.0.1:6379/0")
+        keys = [key async for key in redis.scan_iter(match=prefix + "*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
 async def test_upstream_continues_the_request_trace(make_client: MakeClient, upstream: aioresponses) -> None:
     """The LLM call carries traceparent: the caller's trace id, and the classifier's CLIENT span
     as parent, so a trace from an LLM proxy joins the request's."""

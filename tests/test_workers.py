@@ -155,17 +155,17 @@ def test_a_port_already_taken_is_refused_at_once(tmp_path: Path) -> None:
     """Another program on the port, or another gateway's workers sharing it (SO_REUSEPORT, which
     let a second `serve --workers` join the first and take half its connections): exit code 1
     at once, saying so, instead of starting workers that fail or that split the traffic."""
-    for share in (False, True):
+    for share, workers in ((False, 2), (True, 2), (False, 1)):  # one worker: it was a traceback
         with socket.socket() as taken:
             if share:
                 taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             taken.bind(("127.0.0.1", 0))
             taken.listen()
-            with serve(tmp_path, 2, port=taken.getsockname()[1]) as served:
+            with serve(tmp_path, workers, port=taken.getsockname()[1]) as served:
                 served.process.wait(timeout=30)
         assert served.process.returncode == 1
         assert served.lines("is in use (Address already in use): another gateway or program holds it") == 1
-        assert served.lines('"started workers"') == 0
+        assert served.lines('"started workers"') == 0 and served.lines("Traceback") == 0
 
 
 def test_a_worker_count_under_one_is_refused() -> None:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from gateway.config import Settings
-from gateway.llm import breaker_policy
+from gateway.llm import breaker_policy, upstream_key
 from gateway.search.brave import BraveImageSearch
 from gateway.search.searxng import SearxngSearch
 from observability.metrics import Metrics
@@ -59,6 +59,7 @@ async def open_reference_lookup(
                 "reference_search",
                 breaker_policy(settings),
                 store=RedisBreakerStore(redis) if redis is not None else None,
+                key=upstream_key("reference_search", provider_name, settings.searxng_url or ""),
             ),
             max_results=settings.reference_search_results,
             cache_ttl=settings.reference_search_cache_ttl,
