@@ -127,11 +127,15 @@ async def run_to_result(
 
 
 def record_unfinished(request: web.Request, state: RequestState, reason: str) -> None:
-    """Every request leaves a log row: one that ended without a result says why."""
+    """Every request leaves a log row: one that ended without a result says why (and, once the
+    intent stage began, which A/B arm it was on: an A/B analysis must count it too)."""
+    if state.arm is not None:
+        request[ARM] = state.arm
     if (request_log := request.app.get(REQUEST_LOG)) is not None:
         route = request.path.rsplit("/", 1)[-1]
         elapsed_ms = state.elapsed_ms()
-        request_log.record_unfinished(state.request, reason=reason, route=route, elapsed_ms=elapsed_ms)
+        request_log.record_unfinished(state.request, reason=reason, route=route, elapsed_ms=elapsed_ms,
+                                      arm=state.arm)
 
 
 def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:

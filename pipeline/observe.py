@@ -23,7 +23,8 @@ def stage_span_attributes(stage: str, state: RequestState, outcome: str) -> dict
         attributes["confidence"] = intent.confidence
         attributes["intent_source"] = intent.source._value_
         attributes["cache_hit"] = state.cache_hit
-        attributes["arm"] = state.arm
+        if state.arm is not None:
+            attributes["arm"] = state.arm
         # The embedded classifier's tier: "minilm" explains an intent stage of milliseconds
         # (the transformer, and its queue) where "static" answers in a fraction of one, and
         # "static_busy" says the fast tier answered because MiniLM's queue was too long.

@@ -81,8 +81,8 @@ def _stamp(event: StageEvent, state: RequestState) -> StageEvent:
 
 def build_result(state: RequestState) -> ProcessResult:
     """The final answer from a state every stage has filled (or defaulted)."""
-    intent, selection = state.intent, state.selection
-    assert intent is not None and selection is not None and state.final_prompt is not None
+    intent, selection, arm = state.intent, state.selection, state.arm
+    assert intent is not None and selection is not None and state.final_prompt is not None and arm is not None
     return ProcessResult(
         success=True,
         workflow_type=intent.workflow_type,
@@ -101,7 +101,7 @@ def build_result(state: RequestState) -> ProcessResult:
             requires_web_search=intent.requires_web_search,
             web_search_query=intent.web_search_query,
             enhancement_applied=state.enhancement_applied,
-            arm=state.arm,
+            arm=arm,
             unknown_tags=state.unknown_tags,
             low_confidence=intent.low_confidence,
             no_clear_intent=intent.no_clear_intent,

@@ -36,7 +36,7 @@ class RequestState(msgspec.Struct, kw_only=True):
     started: float = msgspec.field(default_factory=time.perf_counter)  # the gateway's: arrival
     context: Context | None = None
     intent: IntentClassification | None = None
-    arm: Arm = "ai"
+    arm: Arm | None = None  # set as the intent stage starts: which A/B arm classifies
     cache_hit: bool = False
     selection: ModelSelection | None = None
     final_prompt: str | None = None

@@ -200,9 +200,9 @@ async def test_requests_that_end_without_a_result_are_logged_with_the_reason(
     writer = client.app[REQUEST_LOG]
     await wait_until(lambda: writer.stats.written == 2, timeout=10)
     rows = await _fetch(postgres_db, "SELECT * FROM intent_classification_logs ORDER BY outcome")
-    assert [(r["outcome"], r["route"], r["prompt"]) for r in rows] == [
-        ("client_disconnected", "stream", "walk away from me"),
-        ("overloaded", "process", "no slot for me"),
+    assert [(r["outcome"], r["route"], r["prompt"], r["arm"]) for r in rows] == [
+        ("client_disconnected", "stream", "walk away from me", "ai"),  # the arm: A/B counts them too
+        ("overloaded", "process", "no slot for me", "ai"),
     ]
     assert all(r["classified_workflow"] == "unclassified" and not r["rate_limited"] for r in rows)
     assert await _count(postgres_db, "model_selection_logs") == 0
@@ -236,7 +236,9 @@ async def test_a_stream_ended_by_shutdown_is_logged_as_such_not_as_the_clients_l
         await client.close()  # the writer flushes what it holds as the gateway stops
         await resp.read()
     rows = await _fetch(postgres_db, "SELECT * FROM intent_classification_logs")
-    assert [(r["outcome"], r["route"], r["prompt"]) for r in rows] == [("shutting_down", "stream", "stopped mid-way")]
+    assert [(r["outcome"], r["route"], r["prompt"], r["arm"]) for r in rows] == [
+        ("shutting_down", "stream", "stopped mid-way", "ai")
+    ]
 
 
 @pytest.mark.parametrize("client_leaves", [False, True])

@@ -11,7 +11,7 @@ from typing import Literal
 import msgspec
 
 from pipeline.events import ProcessResult
-from pipeline.types import PipelineRequest
+from pipeline.types import Arm, PipelineRequest
 
 LogPrompts = Literal["full", "hash", "none"]
 
@@ -103,6 +103,7 @@ def unfinished_entry(
     rate_limited: bool = False,
     prompt: tuple[str | None, str | None] = (None, None),
     processing_time_ms: int = 0,
+    arm: Arm | None = None,
 ) -> LogEntry:
     """A request that ended without a result: no workflow, no model, `reason` says why."""
     return LogEntry(
@@ -120,7 +121,7 @@ def unfinished_entry(
         cache_hit=False,
         rate_limited=rate_limited,
         intent_source=None,
-        arm=None,
+        arm=arm,
         selected_model=None,
         fallback_models=[],
         estimated_cost=None,

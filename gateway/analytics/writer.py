@@ -41,7 +41,7 @@ from gateway.analytics.rows import (
     unstarted_entry,
 )
 from pipeline.events import ProcessResult
-from pipeline.types import PipelineRequest
+from pipeline.types import Arm, PipelineRequest
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ class LogWriter:
         """A request that ended before its body was read: rate_limited or client_disconnected."""
         self.enqueue(unstarted_entry(user_id=user_id, trace_id=trace_id, route=route, reason=reason))
 
-    def record_unfinished(self, preq: PipelineRequest, *, reason: str, route: str, elapsed_ms: float) -> None:
+    def record_unfinished(self, preq: PipelineRequest, *, reason: str, route: str, elapsed_ms: float,
+                          arm: Arm | None = None) -> None:
         """A request that ended before its result: overloaded, or its client went away."""
         self.enqueue(
             unfinished_entry(
@@ -153,6 +154,7 @@ class LogWriter:
                 reason=reason,
                 prompt=prompt_columns(preq.prompt, self.prompts, self.prompt_hash_key),
                 processing_time_ms=round(elapsed_ms),
+                arm=arm,
             )
         )
 

@@ -66,19 +66,20 @@ class IntentStage:
         context = state.context
         assert context is not None
         state.intent = self.rules.classify_sync(context.classifier_input(state.request.prompt))
+        state.arm = state.arm or "existing"  # failed before choosing: the rules answered
         return self._event(state)
 
     @staticmethod
     def _event(state: RequestState) -> IntentEvent:
-        intent = state.intent
-        assert intent is not None
+        intent, arm = state.intent, state.arm
+        assert intent is not None and arm is not None
         return IntentEvent(
             workflow_type=intent.workflow_type,
             confidence=intent.confidence,
             source=intent.source,
             reasoning=intent.reasoning,
             cache_hit=state.cache_hit,
-            arm=state.arm,
+            arm=arm,
             requires_web_search=intent.requires_web_search,
             web_search_query=intent.web_search_query,
             low_confidence=intent.low_confidence,
