@@ -47,7 +47,7 @@ from gateway.wire import (
     to_pipeline_request,
 )
 from pipeline.errors import PipelineError
-from pipeline.events import ErrorEvent, ModelEvent, ProcessResult
+from pipeline.events import ErrorEvent, ProcessResult
 from pipeline.protocols import Stage
 from pipeline.runner import run_pipeline
 from pipeline.state import RequestState
@@ -98,11 +98,10 @@ async def run_to_result(
         async for name, event in run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS]):
             if name == "done":
                 assert isinstance(event, ProcessResult)
+                await charge_cost(request, _chargeable(event))
                 unfinished = None
                 record_result(request, preq, event)
                 return event
-            if isinstance(event, ModelEvent):
-                await charge_cost(request, _chargeable(event, state))
             if isinstance(event, ErrorEvent):
                 request.app[STATS].record_error(event.code)
     except PipelineError as exc:  # overloaded: counted as the stream counts its error event
@@ -206,10 +205,9 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                 async for name, event in events:
                     if name == "done":
                         assert isinstance(event, ProcessResult)
+                        await charge_cost(request, _chargeable(event))
                         unfinished = None
                         record_result(request, preq, event)
-                    elif isinstance(event, ModelEvent):
-                        await charge_cost(request, _chargeable(event, state))
                     elif isinstance(event, ErrorEvent):
                         app[STATS].record_error(event.code)
                     await stream.send(name, encode_json(event), last=name == "done")
@@ -248,10 +246,13 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     return stream
 
 
-def _chargeable(event: ModelEvent, state: RequestState) -> float:
-    """The estimate charged to the user's cost limit: nothing for a prompt that asks for nothing
-    ("hi"), which the frontend answers by asking the user rather than by generating."""
-    return 0.0 if state.intent is not None and state.intent.no_clear_intent else event.estimated_cost
+def _chargeable(result: ProcessResult) -> float:
+    """The estimate charged to the user's cost limit, once the answer is whole: nothing where the
+    frontend asks the user instead of generating, for a prompt that asks for nothing ("hi") or a
+    workflow missing its image ("animate this" with none: the same request, sent again with the
+    image, was charged twice)."""
+    metadata = result.metadata
+    return 0.0 if metadata.no_clear_intent or metadata.image_missing else result.estimated_cost
 
 
 async def _end_with_error(stream: EventStream, error: ErrorEvent) -> None:

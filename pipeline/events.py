@@ -42,6 +42,9 @@ class IntentEvent(StageEvent, kw_only=True):
     web_search_query: str | None
     low_confidence: bool
     no_clear_intent: bool  # as in the result's metadata: the frontend can ask the user now
+    # The workflow works on an image and the request brings none (no image of its own, no
+    # @mention): ask for one now. The result's metadata has the last word once @tags resolve.
+    image_missing: bool
 
 
 class ModelEvent(StageEvent, kw_only=True):

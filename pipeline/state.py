@@ -22,6 +22,10 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     uploaded_images: tuple[str, ...]
     mentions: tuple[str, ...]
 
+    def may_bring_an_image(self) -> bool:
+        """An image of the user's own, or a @mention that may resolve to a saved one."""
+        return bool(self.working_images or self.uploaded_images or self.mentions)
+
     def classifier_input(self, prompt: str) -> ClassifierInput:
         return ClassifierInput(
             prompt=prompt,

@@ -251,8 +251,8 @@ async def test_an_llm_answer_that_is_no_answer_is_an_error_span_and_the_stage_sa
 
 async def test_each_outside_call_is_a_child_of_the_span_current_when_it_was_made(make_client: MakeClient) -> None:
     """Stage spans become current in turn: the intent cache's Redis commands are children of
-    stage.intent; admission (before the stages) and the cost charge (between two stages, in
-    the handler) are the request's own children, not a stage's that ended before them."""
+    stage.intent; admission (before the stages) and the cost charge (after them, in the
+    handler) are the request's own children, not a stage's that ended before them."""
     client = await make_client(redis_url=REDIS_URL, redis_key_prefix=f"test-otel-{uuid.uuid4().hex[:8]}:")
     exporter = InMemorySpanExporter()
     client.server.app[TRACING].add_span_processor(SimpleSpanProcessor(exporter))

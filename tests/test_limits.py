@@ -147,9 +147,30 @@ async def test_compare_is_one_request_and_one_charge(make_client: MakeClient) ->
     assert usage["cost_last_hour"] == pytest.approx(body["ai_classification"]["estimated_cost"])
 
 
+async def test_a_workflow_missing_its_image_is_not_charged_until_sent_with_one(make_client: MakeClient) -> None:
+    """The frontend asks for the image and sends the request again: charged once, not twice."""
+    client = await make_client()
+    missing = await (await client.post(PROCESS, json={"prompt": "animate this photo"})).json()
+    assert missing["metadata"]["image_missing"] is True and missing["estimated_cost"] > 0
+    assert (await (await client.get(USAGE)).json())["cost_last_hour"] == 0.0
+    body = {"prompt": "animate this photo", "working_image_url": "https://demo.supabase.co/storage/v1/x.jpg"}
+    sent = await (await client.post(PROCESS, json=body)).json()
+    assert sent["metadata"]["image_missing"] is False
+    assert (await (await client.get(USAGE)).json())["cost_last_hour"] == pytest.approx(sent["estimated_cost"])
+
+
+async def test_the_intent_event_says_an_image_is_missing_before_the_result(make_client: MakeClient) -> None:
+    """The frontend can ask for the image as soon as the workflow is known; a @mention may bring one."""
+    client = await make_client()
+    for prompt, missing in (("animate this photo", True), ("animate @sarah dancing", False), ("a red fox", False)):
+        events = parse_events(await (await client.post(STREAM, json={"prompt": prompt})).read())
+        intent = next(e for e in events if e.event == "intent").data
+        assert intent["image_missing"] is missing, prompt
+
+
 @needs_redis
 async def test_cost_limit_on_redis(make_client: MakeClient, redis_server: RedisServer) -> None:
-    """The estimated cost is charged after model selection; a spent budget refuses with kind cost."""
+    """The estimated cost is charged with the result; a spent budget refuses with kind cost."""
     client = await make_client(
         redis_url=redis_server.url, redis_key_prefix=prefix(), cost_limit_per_hour=0.05
     )
@@ -170,7 +191,7 @@ async def test_cost_limit_on_redis(make_client: MakeClient, redis_server: RedisS
 async def test_a_streams_estimate_is_in_the_ledger_when_the_stream_ends(
     make_client: MakeClient, redis_server: RedisServer
 ) -> None:
-    """A stream's model-stage estimate is in the user's ledger when the stream has ended."""
+    """A stream's estimate is in the user's ledger when the stream has ended."""
     client = await make_client(redis_url=redis_server.url, redis_key_prefix=prefix(), cost_limit_per_hour=2.0)
     ann = {"X-User-Id": "ann"}
     for expected_total in (1, 2):

@@ -45,6 +45,7 @@ const STAGE_FACTS = {
     ["Source", d.source + (d.cache_hit ? " (cached)" : "")],
     ["Reasoning", d.reasoning],
     ["Request", d.no_clear_intent ? "unclear: say what to make or change" : null],
+    ["Input image", d.image_missing ? "missing: this workflow works on an image, so attach one" : null],
   ],
   model: (d) => [
     ["Model", `${d.model_id} (${d.provider})`],

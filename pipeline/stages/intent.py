@@ -9,7 +9,7 @@ from pipeline.protocols import Classifier
 from pipeline.rollout import Rollout
 from pipeline.slots import ClassificationSlots
 from pipeline.state import RequestState
-from pipeline.types import ClassifierInput, IntentClassification
+from pipeline.types import IMAGE_INPUT_WORKFLOWS, ClassifierInput, IntentClassification
 
 
 class IntentStage:
@@ -71,8 +71,8 @@ class IntentStage:
 
     @staticmethod
     def _event(state: RequestState) -> IntentEvent:
-        intent, arm = state.intent, state.arm
-        assert intent is not None and arm is not None
+        intent, arm, context = state.intent, state.arm, state.context
+        assert intent is not None and arm is not None and context is not None
         return IntentEvent(
             workflow_type=intent.workflow_type,
             confidence=intent.confidence,
@@ -84,4 +84,5 @@ class IntentStage:
             web_search_query=intent.web_search_query,
             low_confidence=intent.low_confidence,
             no_clear_intent=intent.no_clear_intent,
+            image_missing=intent.workflow_type in IMAGE_INPUT_WORKFLOWS and not context.may_bring_an_image(),
         )
