@@ -64,6 +64,7 @@ async def test_results_are_attached_in_order_after_the_users_tags(
     event = got["references"]
     assert (event["outcome"], event["summary"], event["count"]) == ("found", "found 4", 4)
     assert event["query"] == "Zendaya Met Gala look" and event["provider"] == "searxng"
+    assert got["intent"]["web_search_query"] == event["query"]  # what the frontend shows is what is searched
     refs = got["done"]["references"]
     assert refs[0] == {
         "kind": "user_tag", "tag": "sarah", "image_url": "https://a.supabase.co/sarah.jpg",
@@ -251,7 +252,7 @@ async def test_without_a_provider_the_gateway_behaves_as_before(client: Any, ups
     got = await stream(client, LOOK)
     assert got["names"] == ["context", "intent", "model", "prompt", "done"]
     assert got["done"]["references"] == []
-    assert got["done"]["metadata"]["web_search_query"] == "met gala zendaya look"
+    assert got["done"]["metadata"]["web_search_query"] == "Zendaya Met Gala look"
     assert REFERENCE_LOOKUP not in client.app
     health = await (await client.get("/health")).json()
     assert "reference_search" not in health["dependencies"]

@@ -37,11 +37,12 @@ def test_rules(prompt: str, images: tuple[str, ...], expected: WorkflowType) -> 
 
 
 def test_named_looks_ask_for_a_web_search() -> None:
-    """Celebrity and event looks carry a search query built from the names, not the prompt."""
+    """Celebrity and event looks carry a search query built from the names, not the prompt: the
+    one the references stage searches for (it said "met gala zendaya look", and searched another)."""
     result = RulesClassifier().classify_sync(ClassifierInput("dress me like zendaya at the met gala"))
     assert result.workflow_type is W.REFERENCE_STYLING
     assert result.requires_web_search is True
-    assert result.web_search_query == "met gala zendaya look"
+    assert result.web_search_query == "Zendaya Met Gala look"
     assert result.source is IntentSource.RULES
 
 

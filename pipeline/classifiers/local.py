@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.classifiers.rules import default_workflow, named_looks
+from pipeline.classifiers.rules import default_workflow, look_search_query, named_looks
 from pipeline.encoder import MiniLMEncoder, SentenceEncoder
 from pipeline.enhance import is_short
 from pipeline.group_commit import GroupCommit
@@ -337,7 +337,7 @@ class LocalClassifier:
             reasoning=f"embedded classifier ({_TIER_NAMES[tier]}): {said}",
             source=IntentSource.LOCAL,
             requires_web_search=bool(looks),
-            web_search_query=(" ".join(looks) + " look") if looks else None,
+            web_search_query=look_search_query(query.prompt, looks) if looks else None,
             enhancement_needed=is_short(query.prompt),
             metadata=metadata,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from pipeline.enhance import is_short
+from pipeline.search.query import local_query
 from pipeline.types import ClassifierInput, IntentClassification, IntentSource, WorkflowType
 
 W = WorkflowType
@@ -64,6 +65,12 @@ def named_looks(prompt: str) -> list[str]:
     return [name for name, pattern in _LOOK_PATTERNS if pattern.search(text)]
 
 
+def look_search_query(prompt: str, looks: list[str]) -> str:
+    """The query for named looks: the one the references stage will search (person, event, year,
+    garment), so what the intent event shows is what is searched for."""
+    return local_query(prompt) or " ".join(looks) + " look"
+
+
 def default_workflow(has_image: bool) -> WorkflowType:
     """The safe answer when nothing in the prompt names a workflow: edit the image in hand, or
     make a new one."""
@@ -109,6 +116,6 @@ class RulesClassifier:
             reasoning=f"keyword '{keyword}' matched {workflow.value}",
             source=IntentSource.RULES,
             requires_web_search=requires_search,
-            web_search_query=(" ".join(searchable) + " look") if requires_search else None,
+            web_search_query=look_search_query(query.prompt, searchable) if requires_search else None,
             enhancement_needed=enhancement_needed,
         )
