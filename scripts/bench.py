@@ -246,7 +246,8 @@ def measure(chosen: list[Scenario], args: argparse.Namespace) -> list[dict[str, 
         for scenario in chosen:
             sys.stderr.write(f"paced, {scenario.name}\n")
             saturated = combine(slices[scenario.name])
-            rate = round(min(args.latency_rate, 0.7 * float(saturated["requests_per_s"])))
+            # At least 1: a rate of 0 left --rate out, and an unpaced run filled the paced column.
+            rate = max(1, round(min(args.latency_rate, 0.7 * float(saturated["requests_per_s"]))))
             paced = load(ports[scenario.name], scenario, args, duration=args.duration,
                          warmup=args.warmup, rate=rate, walk_start=int(saturated["walk_end"]))
             reports.append({
@@ -313,9 +314,9 @@ def count_instructions(chosen: list[Scenario], args: argparse.Namespace) -> list
             out = Path(tmp) / f"{scenario.name}.out"
             prefix = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
             with running(scenario, {**env, **scenario.env}, prefix=prefix, timeout=600) as server:
-                drive(server.port, scenario, args, requests=max(args.instructions // 2, 1))  # warm-up
+                walked = drive(server.port, scenario, args, requests=max(args.instructions // 2, 1))  # warm-up
                 callgrind(server.pid, "--instr=on")
-                drive(server.port, scenario, args, requests=args.instructions)
+                drive(server.port, scenario, args, requests=args.instructions, walk_start=walked)
                 callgrind(server.pid, "--instr=off")
                 callgrind(server.pid, "--dump")
                 total = callgrind_total(out.with_name(out.name + ".1"))
@@ -324,15 +325,21 @@ def count_instructions(chosen: list[Scenario], args: argparse.Namespace) -> list
     return reports
 
 
-def drive(port: int, scenario: Scenario, args: argparse.Namespace, *, requests: int) -> None:
+def drive(port: int, scenario: Scenario, args: argparse.Namespace, *, requests: int, walk_start: int = 0) -> int:
+    """`requests` requests of the scenario's mix; returns where its walk of unique prompts ended,
+    for the next run to go on from (the counted run sent the warm-up's "misses" again: hits)."""
     command = [
         PY, str(ROOT / "scripts" / "loadtest.py"), "--url", f"http://127.0.0.1:{port}", "-c", str(args.concurrency),
-        "-n", str(requests), "--repeat-share", str(scenario.repeat_share), "--timeout", "600", "--json", "--no-progress",
+        "-n", str(requests), "--repeat-share", str(scenario.repeat_share), "--walk-start", str(walk_start),
+        "--timeout", "600", "--json", "--no-progress",
     ]
     out = subprocess.run(pinned(1, command), cwd=ROOT, capture_output=True, text=True)
-    errors = json.loads(out.stdout.strip().splitlines()[-1])["errors"] if out.stdout.strip() else out.stderr
-    if errors:
-        raise RuntimeError(f"{scenario.name}: requests failed under callgrind: {errors}")
+    if not out.stdout.strip():
+        raise RuntimeError(f"{scenario.name}: the load tester failed under callgrind: {out.stderr}")
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if report["errors"]:
+        raise RuntimeError(f"{scenario.name}: requests failed under callgrind: {report['errors']}")
+    return int(report["walk_end"])
 
 
 def callgrind(pid: int, command: str) -> None:

@@ -83,6 +83,9 @@ CLOSERS = ["", " thanks", " :)", " asap", " for instagram", " please", "!", " - 
 LAG_PROBE_SECONDS = 0.005
 STALL_MS = 1000.0  # a request cut by the run's end after waiting this long (and 10x a stream) stalled
 CONNECT_RETRY_SECONDS = 0.1  # a client whose connect failed waits this long before the next try
+# A 429/503 that says no Retry-After: the client backs off from this, doubling to the cap, so
+# a refusing server gets no flood of retries (thousands a second, a QA run saw).
+REFUSED_BACKOFF_SECONDS = (0.1, 5.0)
 # No new request this close to the run's end: the loop's timers (uvloop: 1 ms steps) fire up to
 # a step early, and each request begun in that instant was cut at once and counted in flight.
 END_SLACK = 0.002
@@ -131,19 +134,23 @@ def sse_field(block: bytes, name: bytes) -> bytes | None:
 class PromptMix:
     """Request bodies: a repeated hot prompt (cache hit) or a fresh variation (cache miss)."""
 
-    def __init__(self, rng: random.Random, repeat_share: float, hot: int, *, walk_start: int = 0) -> None:
+    def __init__(self, rng: random.Random, repeat_share: float, hot: int, *, walk_start: int | None = None) -> None:
         self.rng, self.repeat_share, self.hot = rng, repeat_share, min(hot, len(PROMPTS))
         self.sizes = (len(OPENERS), len(PROMPTS), len(DETAILS), len(PURPOSES), len(CLOSERS))
         self.total = math.prod(self.sizes)
         # An affine walk k -> (a*k + b) mod total visits every variation once, in scrambled order.
         self.step = next(a for a in range(self.total // 3, self.total) if math.gcd(a, self.total) == 1)
         self.offset = rng.randrange(self.total)
-        self.drawn = walk_start  # a later run continues where an earlier one stopped
+        # A later run continues where an earlier one stopped; by default a run starts anywhere
+        # (not from the seed: the same seed walked the same prompts, and a rerun's "misses" were
+        # the last run's prompts, hits on a cache that kept them).
+        self.drawn = walk_start if walk_start is not None else random.SystemRandom().randrange(self.total)
+        self.origin = 0 if walk_start is not None else self.drawn  # a chain of runs starts at 0
 
     @property
     def repeated(self) -> int:
         """Misses drawn after the walk wrapped: prompts already sent once (maybe still cached)."""
-        return max(0, self.drawn - self.total)
+        return max(0, self.drawn - self.origin - self.total)
 
     def body(self) -> bytes:
         if self.rng.random() < self.repeat_share:
@@ -167,12 +174,13 @@ class FileMix:
     def __init__(self, rng: random.Random, bodies: list[bytes]) -> None:
         self.rng, self.bodies = rng, bodies
 
-    @classmethod
-    def load(cls, rng: random.Random, path: str) -> FileMix:
+    @staticmethod
+    def read(path: str) -> list[bytes]:
+        """The file's request bodies; ValueError says what is wrong with it, and where."""
         try:
-            text = Path(path).read_text(encoding="utf-8")
+            text = Path(path).read_text(encoding="utf-8-sig")  # a BOM an editor left is no JSON
         except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(f"{path}: cannot read it: {exc}") from None
+            raise ValueError(f"{path}: cannot read it: {exc}") from None
         bodies = []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -180,13 +188,13 @@ class FileMix:
             try:
                 body = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{number}: not JSON: {exc}") from None
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
             if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
-                raise SystemExit(f'{path}:{number}: expected an object with a "prompt" string')
+                raise ValueError(f'{path}:{number}: expected an object with a "prompt" string')
             bodies.append(json.dumps(body).encode())
         if not bodies:
-            raise SystemExit(f"{path}: no request bodies")
-        return cls(rng, bodies)
+            raise ValueError(f"{path}: no request bodies")
+        return bodies
 
     def body(self) -> bytes:
         return self.rng.choice(self.bodies)
@@ -215,6 +223,7 @@ class StreamClient:
         self.first: float | None = None  # this request's first event (ms), kept if it times out
         self.done: float | None = None  # and its `done` (ms): a response that then never ends still has it
         self.retry_after = 0.0  # seconds the last answer (429, 503) asked the client to wait
+        self.refusals = 0  # 429/503 answers in a row, for the backoff when one says no Retry-After
         self.completed = 0  # streams that reached `done`, warm-up included: the progress line's
 
     async def close(self) -> None:
@@ -333,6 +342,13 @@ class StreamClient:
                 close = b"close" in value or (close and b"keep-alive" not in value)
             elif name == b"retry-after" and status in (429, 503):
                 self.retry_after = _seconds_until(value.decode("latin-1"))
+        if status in (429, 503):
+            self.refusals += 1
+            if not self.retry_after:
+                low, cap = REFUSED_BACKOFF_SECONDS
+                self.retry_after = min(cap, low * 2 ** (self.refusals - 1))
+        else:
+            self.refusals = 0
         if status in (204, 304):  # never a body, whatever the headers say (RFC 9112 6.3)
             chunked, length = False, 0
         elif not chunked and length is None:
@@ -414,9 +430,11 @@ async def _chunks(reader: asyncio.StreamReader, chunked: bool, length: int | Non
 
 
 def _seconds_until(value: str) -> float:
-    """A Retry-After value, delta-seconds or an HTTP date, in seconds from now (0: unreadable)."""
-    if value.strip().isdigit():
-        return float(value)
+    """A Retry-After value, delta-seconds (a fraction too, though RFC 9110 says whole) or an
+    HTTP date, in seconds from now (0: unreadable)."""
+    with contextlib.suppress(ValueError):
+        seconds = float(value)
+        return seconds if 0 <= seconds < math.inf else 0.0
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -481,9 +499,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     stats = Stats(measuring=args.warmup <= 0)
     rng = random.Random(args.seed)
     mix: PromptMix | FileMix = (
-        FileMix.load(rng, args.prompts) if args.prompts
+        FileMix(rng, args.bodies) if args.prompts
         else PromptMix(rng, args.repeat_share, args.hot, walk_start=args.walk_start)
     )
+    walk_start = mix.drawn if isinstance(mix, PromptMix) else None
     deadline = time.perf_counter() + args.warmup + (args.duration if args.duration is not None else 1e9)
     budget = [args.requests or 0]
 
@@ -557,12 +576,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
 
-    def interrupt() -> None:  # Ctrl-C: stop the clients and report what was measured
-        interrupted.set()
+    def interrupt() -> None:  # Ctrl-C, or SIGTERM (timeout, docker stop, a CI job cancelled):
+        interrupted.set()  # stop the clients and report what was measured
         clients.cancel()
 
     with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
-        loop.add_signal_handler(signal.SIGINT, interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, interrupt)
     try:
         await clients
     except asyncio.CancelledError:
@@ -570,8 +590,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             raise  # our caller's cancellation, not Ctrl-C
     finally:
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGINT)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
     elapsed = time.perf_counter() - stats.started
+    sending = None if args.requests else min(time.perf_counter(), deadline) - stats.started  # -d's window
     for task in (reporter, warm, prober):
         if task:
             task.cancel()
@@ -603,19 +625,24 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "client_lag_ms": {**percentiles(stats.lag), "max": round(max(stats.lag, default=0.0), 3)},
         # Paced runs: what was reached (the load generator or the server may fall behind).
         # Over the sends' own span: the wait for the last answers is no sending.
-        "rate_reached": _rate(stats) if args.rate else None,
+        "rate_reached": _rate(stats, sending) if args.rate else None,
         "retry_after_waits": stats.retry_after_waits,
         "repeat_share": None if args.prompts else args.repeat_share,
         "prompts": args.prompts,
         "target_rate": args.rate,
         # --walk-start for a next run whose misses must be new too (a replayed file has no walk)
+        "walk_start": walk_start,
         "walk_end": mix.drawn if isinstance(mix, PromptMix) else None,
         "repeated_misses": mix.repeated if isinstance(mix, PromptMix) else None,
     }
 
 
-def _rate(stats: Stats) -> float | None:
-    """Requests sent a second, from the first send to the last (None: fewer than two)."""
+def _rate(stats: Stats, window: float | None) -> float | None:
+    """Requests sent a second: over the `window` of seconds a timed run (-d) was to send in; from
+    the first send to the last for -n (None: fewer than two). A timed run measured the latter way
+    read the asked-for rate off a run whose sending had stopped early."""
+    if window is not None:
+        return round(stats.sent / window, 1) if stats.sent and window > 0 else None
     span = stats.last_send - stats.first_send
     return round((stats.sent - 1) / span, 1) if stats.sent > 1 and span > 0 else None
 
@@ -683,8 +710,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
     parser.add_argument("--api-key", help="Bearer key when the gateway requires one")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--walk-start", type=int, default=0,
-                        help="skip this many unique prompts (a previous run's walk_end): misses stay misses")
+    parser.add_argument("--walk-start", type=int,
+                        help="where the walk through unique prompts starts (a previous run's walk_end, to "
+                             "go on from it); default: a random point, so a rerun's misses are not the "
+                             "last run's prompts, cached by then")
     parser.add_argument("--json", action="store_true", help="only the JSON report")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
@@ -715,9 +744,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeat-share is a share: 0 to 1")
     if args.duration is None and args.requests is None:
         args.duration = 10.0
-    if args.prompts and (args.repeat_share is not None or args.hot is not None or args.walk_start):
+    if args.prompts and (args.repeat_share is not None or args.hot is not None or args.walk_start is not None):
         parser.error("--prompts replays a file: its own repeats set the cache hits, so "
                      "--repeat-share, --hot and --walk-start do not apply")
+    args.bodies = None
+    if args.prompts:  # read now: a bad file is a usage error (exit 2), not a failed run
+        try:
+            args.bodies = FileMix.read(args.prompts)
+        except ValueError as exc:
+            parser.error(f"--prompts {exc}")
     args.repeat_share = 0.5 if args.repeat_share is None else args.repeat_share
     args.hot = 10 if args.hot is None else args.hot
     return args
@@ -738,8 +773,9 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(render(report))
         sys.stdout.write(json.dumps(report) + "\n")
         sys.stdout.flush()
-    # Usable as a gate: a run in which no stream finished failed (Ctrl-C stops it without fault).
-    return 0 if report["completed"] or report["interrupted"] else 1
+    # Usable as a gate: a run in which no stream finished failed, stopped early or not (a run
+    # stopped in its warm-up measured nothing: it said 0 and looked fine).
+    return 0 if report["completed"] else 1
 
 
 if __name__ == "__main__":
