@@ -207,7 +207,7 @@ _PRINTS_TEXT_AT_END = re.compile(
 )
 # Where a prompt's own settings start: parameters ("--ar 9:16", "--no people") and a negative prompt
 # ("negative: blurry"). What is appended belongs to the description before them.
-_SETTINGS = re.compile(r"\s--[a-z]|[\s,;.]*\b(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
+_SETTINGS = re.compile(r"\s--[a-z]|\b(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
 _CLAUSES = re.compile(r"[,.;:!?()\[\]\n\u3001\u3002\uff0c\uff1b\uff01\uff1f]")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 # Words that take back the next few ("no music", "not a cartoon", "sin m\u00fasica"), in the languages
@@ -264,7 +264,10 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
         return prompt
     described, settings = prompt, ""
     if ("--" in prompt or ":" in prompt) and (start := _SETTINGS.search(prompt)) is not None:
-        described, settings = prompt[:start.start()], prompt[start.start():]
+        # The separator before them goes with them (stripped here, not in the pattern: a
+        # separator run before every position made the search quadratic, 83 ms on 2,000 spaces).
+        described = prompt[:start.start()].rstrip(" \t\n,;.")
+        settings = prompt[len(described):]
     if _PRINTS_TEXT_AT_END.search(described):
         return prompt
     said = _Said(described.lower())
