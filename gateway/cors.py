@@ -27,7 +27,7 @@ ALLOW_METHODS = "GET, POST, DELETE"
 ALLOW_HEADERS = ("Authorization, Content-Type, Content-Encoding, Last-Event-ID, traceparent, "
                  "tracestate, X-User-Id, Cache-Control, X-Requested-With, X-Request-Id")
 EXPOSE_HEADERS = ("X-Trace-Id, X-Heartbeat-Seconds, Retry-After, RateLimit-Limit, RateLimit-Remaining, "
-                  "RateLimit-Reset, WWW-Authenticate")
+                  "RateLimit-Reset, RateLimit-Policy, WWW-Authenticate")
 MAX_AGE = "600"  # seconds a browser may reuse a preflight's answer
 
 

@@ -148,15 +148,22 @@ class ServiceOverloaded(GatewayError):
         return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
+# RateLimit-Policy's window (seconds) and what the quota counts, per limit (IETF draft's syntax).
+_POLICIES = {"minute": ";w=60", "hour": ";w=3600", "cost": ';w=3600;comment="US cents of estimated cost"'}
+
+
 def rate_limit_headers(decision: Decision) -> dict[str, str]:
-    """RateLimit-* (IETF draft) for the limit that decided; the cost limit counts US cents."""
+    """RateLimit-* (IETF draft) for the limit that decided; the cost limit counts US cents, and
+    RateLimit-Policy says which limit it is (a "5000" read as requests, without it)."""
     if decision.kind is None:
         return {}
     scale = 100 if decision.kind == "cost" else 1
+    limit = str(math.floor(decision.limit * scale))
     return {
-        "RateLimit-Limit": str(math.floor(decision.limit * scale)),
+        "RateLimit-Limit": limit,
         "RateLimit-Remaining": str(math.floor(decision.remaining * scale)),
         "RateLimit-Reset": str(max(1, math.ceil(decision.reset_seconds))),
+        "RateLimit-Policy": limit + _POLICIES[decision.kind],
     }
 
 

@@ -107,6 +107,7 @@ async def test_429_with_headers_before_the_stream(make_client: MakeClient) -> No
     ok = await client.post(PROCESS, json={"prompt": "a red fox"}, headers={"X-User-Id": "ann"})
     assert ok.status == 200
     assert (ok.headers["RateLimit-Limit"], ok.headers["RateLimit-Remaining"]) == ("2", "1")
+    assert ok.headers["RateLimit-Policy"] == "2;w=60"  # which limit: 2 a minute
     assert (await client.post(STREAM, json={"prompt": "a fox"}, headers={"X-User-Id": "ann"})).status == 200
     for path in (PROCESS, STREAM):
         refused = await client.post(path, json={"prompt": "a red fox"}, headers={"X-User-Id": "ann"})
@@ -145,6 +146,15 @@ async def test_compare_is_one_request_and_one_charge(make_client: MakeClient) ->
     usage = await (await client.get(USAGE)).json()
     assert usage["requests_last_minute"] == 1
     assert usage["cost_last_hour"] == pytest.approx(body["ai_classification"]["estimated_cost"])
+
+
+async def test_a_refusal_by_the_cost_limit_says_its_headers_count_cents(make_client: MakeClient) -> None:
+    client = await make_client(cost_limit_per_hour=0.01)
+    assert (await client.post(PROCESS, json={"prompt": "a red fox"})).status == 200  # then over budget
+    refused = await client.post(PROCESS, json={"prompt": "a red fox"})
+    assert refused.status == 429
+    assert refused.headers["RateLimit-Policy"] == '1;w=3600;comment="US cents of estimated cost"'
+    assert refused.headers["RateLimit-Limit"] == "1"
 
 
 async def test_a_workflow_missing_its_image_is_not_charged_until_sent_with_one(make_client: MakeClient) -> None:
