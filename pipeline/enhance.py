@@ -33,26 +33,27 @@ def word_count(text: str) -> int:
     return sum(max(1, len(UNSPACED.findall(token)) // 2) for token in tokens)
 
 
-_STEM = 5  # letters of a word that stand for it ("details" says "detailed")
-
-
 def _any(words: str) -> re.Pattern[str]:
     """Any of these words or phrases (a regex alternation), as whole words of a lower-cased prompt."""
     return re.compile(rf"\b(?:{words})\b")
 
 
 class Detail:
-    """One phrase of a workflow's detail, left out where the prompt says it already or says the
-    opposite: `unless` matches, or the prompt takes back one of its words or `kin` ("no music"
-    takes back "synchronized audio")."""
+    """One phrase of a workflow's detail, left out where the prompt says it already (its words, give
+    or take an ending), takes it back ("no music": one of `denied_by`, by default the phrase's last
+    word, the thing itself: "no hair clips" takes back no "hair styling") or says its opposite
+    (`unless`, read in what the prompt does not take back: "sharp, not blurry" keeps "sharp details";
+    nor is taking back the opposite taking back the detail: "not low quality")."""
 
-    __slots__ = ("kin", "stems", "text", "unless")
+    __slots__ = ("denied_by", "text", "unless", "words")
 
-    def __init__(self, text: str, unless: re.Pattern[str] | None = None, kin: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, text: str, unless: re.Pattern[str] | None = None, denied_by: tuple[str, ...] = ()
+    ) -> None:
         self.text = text
         self.unless = unless
-        self.stems = tuple(word[:_STEM] for word in text.lower().split())
-        self.kin = self.stems + kin
+        self.words = tuple(text.lower().split())
+        self.denied_by = denied_by or self.words[-1:]
 
 
 # What says the opposite of a detail, by kind.
@@ -71,13 +72,13 @@ _COLOR_WORK = (r"black and white|b ?& ?w|b/w|monochrome|gr[ae]yscale|sepia|dark(
 _SOFT = r"blur\w*|soft(?:er|en)?|dream\w*|haz[ey]|grain\w*|bokeh|glow\w*|out of focus"
 _LIGHTING = (r"light\w*|lit|relight|dark(?:er|en)?|bright(?:er|en)?|shadows?|sunset|night|neon|glow\w*|"
              r"golden hour")
-_NO_HAIR = r"bald\w*|shav(?:e|ed|ing)|hairless|no hair|remove (?:\w+ )?hair"
+_NO_HAIR = r"bald\w*|shav(?:e|ed|ing)|hairless|remove (?:\w+ )?hair"
 _DRAWN = r"cartoon\w*|anime|manga|drawing|painting|illustration|sketch\w*|watercolou?r|3d|pixar|lego|comic\w*"
 _UNCINEMATIC = _any(r"documentary|amateur|found footage|vlog|home video|phone footage|security cam(?:era)?|"
                     r"cctv|webcam|dash ?cam|gopro|screen recording|handheld|" + _LOW_FI)
-# Words for sound: "no music" and "sin sonido" take back "synchronized audio" (Russian music, sound last).
-_AUDIO = ("music", "sound", "audio", "soundtrack", "voice", "musica", "son", "ton",
-          "\u043c\u0443\u0437\u044b\u043a", "\u0437\u0432\u0443\u043a")
+# Words for sound: "no music" and "sin sonido" take back "synchronized audio".
+_AUDIO = ("music", "sound", "sounds", "audio", "soundtrack", "voice", "voices", "musica", "sonido", "son",
+          "ton", "\u043c\u0443\u0437\u044b\u043a\u0438", "\u0437\u0432\u0443\u043a\u0430")  # Russian
 
 SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     W.IMAGE_GENERATION: (
@@ -102,7 +103,7 @@ SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     ),
     W.IMAGE_ENHANCEMENT: (
         Detail("sharp details", _any(_SOFT)),
-        Detail("natural colors", _any(_COLOR_WORK), kin=("colou",)),
+        Detail("natural colors", _any(_COLOR_WORK), denied_by=("colors", "colours", "color", "colour")),
         Detail("high resolution", _any(_LOW_FI)),
     ),
     W.STYLE_TRANSFER: (
@@ -114,7 +115,7 @@ SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     W.VIDEO_GENERATION: (
         Detail("cinematic", _UNCINEMATIC),
         Detail("smooth motion", _any(_UNSTEADY)),
-        Detail("synchronized audio", _any(r"mut(?:e|ed)|silent(?:ly)?|silence"), kin=_AUDIO),
+        Detail("synchronized audio", _any(r"mut(?:e|ed)|silent(?:ly)?|silence"), denied_by=_AUDIO),
     ),
     W.IMAGE_TO_VIDEO: (
         Detail("smooth natural motion", _any(_UNSTEADY)),
@@ -123,7 +124,7 @@ SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     W.TEXT_TO_VIDEO: (
         Detail("cinematic", _UNCINEMATIC),
         Detail("smooth motion", _any(_UNSTEADY)),
-        Detail("detailed scene", _any(_SIMPLE)),
+        Detail("detailed scene", _any(_SIMPLE), denied_by=("detailed", "details", "detail")),
     ),
 }
 
@@ -153,7 +154,9 @@ _NAMES_A_MEDIUM = re.compile(
     r"digital (?:art|painting|illustration)|"
     r"pixel art|low[- ]poly|cgi|claymation|stop[- ]motion|impressionist|cubist|surrealist|ukiyo-e|pop art|"
     r"kawaii|chibi|ghibli|simpsons|pixar|disney|minecraft|south park|in the style of|"
-    r"[\w-]+[- ]style|photo(?:graph)?s?(?! (?:album|booth|frame|studio|shoot|editor|app|gallery|wall))|"
+    # A style named by a word or two ("ghibli-style"); bounded, or it backtracked from every word
+    r"(?<![\w-])[\w-]{1,40}[- ]style|"
+    r"photo(?:graph)?s?(?! (?:album|booth|frame|studio|shoot|editor|app|gallery|wall))|"
     r"(?:cartoons?|comics?|charcoal|acrylic|pencil|ink|crayon|pastel|vector|flat|polaroid|3d|cinematic|"
     rf"art deco|art nouveau|noir|retro|vintage) {_RENDERED})\b"
     # Other languages' words for a medium, where no space marks a word's end: a watercolor, an
@@ -198,103 +201,129 @@ FROM_TEXT = frozenset(WorkflowType) - IMAGE_INPUT_WORKFLOWS
 STYLED = FROM_TEXT | {W.STYLE_TRANSFER}
 
 # Text to print, unquoted, at the prompt's end ("a mug that says hi mom"): whatever followed would
-# be printed too, so nothing is appended. Quoted text ends where its quotes do.
-_PRINTS_TEXT_AT_END = re.compile(
-    r"\b(?:says?|saying|(?:that|which|it) reads?|reads?:|written|spell(?:s|ing)|titled|the (?:text|words?)|"
-    r"with text|caption(?:ed)?|lettering|slogan)\b"
-    r"[^\"'\u201c\u201d\u2018\u2019\u300c\u300d\u00ab\u00bb.!?]*$",  # no quote or sentence end after
+# be printed too, so nothing is appended. A trigger after the last quote or sentence end runs to
+# the end; quoted text ends where its quotes do.
+_PRINT_TRIGGER = re.compile(
+    r"\b(?:says?|saying|(?:that|which|it) reads?|the (?:text|words?)|with text|titled|caption(?:ed)?)\b",
     re.IGNORECASE,
 )
+_TEXT_STOPS = ('"', "\u201c", "\u201d", "\u00ab", "\u00bb", "\u300c", "\u300d", ".", "!", "?")
 # Where a prompt's own settings start: parameters ("--ar 9:16", "--no people") and a negative prompt
 # ("negative: blurry"). What is appended belongs to the description before them.
 _SETTINGS = re.compile(r"\s--[a-z]|\b(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
-_CLAUSES = re.compile(r"[,.;:!?()\[\]\n\u3001\u3002\uff0c\uff1b\uff01\uff1f]")
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+# What the settings take back: "--no X" and the negative prompt's words.
+_SETTINGS_AGAINST = re.compile(r"--no\s+([^-]*)|\b(?:negative(?: prompt)?|neg)\s*:(.*)",
+                               re.IGNORECASE | re.DOTALL)
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 # Words that take back the next few ("no music", "not a cartoon", "sin m\u00fasica"), in the languages
-# the classifier was trained on.
-_NEGATORS = frozenset({
+# the classifier was trained on (folded: "n\u00e3o" is "nao").
+_NEGATORS = (
     "no", "not", "non", "without", "never", "avoid", "zero", "don't", "dont", "doesn't", "isn't", "nothing",
-    "sin", "sans", "pas", "ohne", "kein", "keine", "nicht", "sem", "senza",
-    "\u0431\u0435\u0437", "\u043d\u0435",  # Russian: without, not
-})
-_NEGATED_SPAN = 3  # words after a negator that it takes back
+    "sin", "sans", "pas", "ohne", "kein", "keine", "nicht", "sem", "nao", "senza",
+    "\u0431\u0435\u0437", "\u043d\u0435", "\u043d\u0435\u0442",  # Russian: without, not, no
+)
+_NEGATOR_WORDS = frozenset(_NEGATORS)
+_NEGATED_SPAN = 3  # words after a negator that it takes back, within its clause
+# A negator and the words it takes back ("non-stop" is one word, no negator).
+_NEGATION = re.compile(rf"(?<![\w'-])(?:{'|'.join(map(re.escape, _NEGATORS))})(?![\w'-])"
+                       rf"((?:[ \t]+[^\W_]+(?:['-][^\W_]+)*){{1,{_NEGATED_SPAN}}})")
+
+
+def _same_word(a: str, b: str) -> bool:
+    """One word, give or take an ending of two letters: "details" says "detailed", "motions"
+    "motion"; "professor" is not "professional", "cinema" not "cinematic". Under four letters,
+    only itself ("ton" is not "tony")."""
+    if a == b:
+        return True
+    shared = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    return shared >= max(len(a), len(b)) - 2 and shared >= 4
 
 
 class _Said:
-    """What a prompt says, word by word (lower case, accents dropped), and what it takes back."""
+    """What a prompt says (lower case, accents dropped), what it takes back, and the rest."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, settings: str = "") -> None:
+        text = text.lower().replace("\u2019", "'")  # "don\u2019t", as phones type it
         self.text = text if text.isascii() else _fold(text)
         words = _WORD.findall(self.text)
-        # Each word and its stem: "smooth slow motion" says "smooth motion", "details" "detailed".
-        self.stems = {*words, *(word[:_STEM] for word in words)}
-        self.negated: list[str] = []
-        if _NEGATORS.isdisjoint(words):  # most prompts
-            return
-        for clause in _CLAUSES.split(self.text):
-            left = 0
-            for word in _WORD.findall(clause):
-                if word in _NEGATORS:
-                    left = _NEGATED_SPAN
-                elif left:
-                    self.negated.append(word)
-                    left -= 1
+        self.words: dict[str, list[str]] = {}  # by their first four letters
+        for word in words:
+            self.words.setdefault(word[:4], []).append(word)
+        self.negated: list[str] = []  # the words of what it takes back, span by span
+        self.affirmed = self.text  # what `unless` and the looks' opposites read
+        if not _NEGATOR_WORDS.isdisjoint(words):  # few prompts
+            self.negated = _NEGATION.findall(self.text)
+            self.affirmed = _NEGATION.sub(" ", self.text)
+        self.settings = settings.lower()
+        self.negated += [" ".join(against) for against in _SETTINGS_AGAINST.findall(self.settings)]
 
-    def denies(self, stems: tuple[str, ...]) -> bool:
-        return any(word.startswith(stems) for word in self.negated)
+    def says(self, words: tuple[str, ...]) -> bool:
+        return all(any(_same_word(word, w) for w in self.words.get(word[:4], ())) for word in words)
+
+    def denies(self, words: tuple[str, ...], opposite: re.Pattern[str] | None = None) -> bool:
+        """Whether a span it takes back holds one of `words`, and not as part of their `opposite`."""
+        return any(any(_same_word(word, w) for w in _WORD.findall(span) for word in words)
+                   and (opposite is None or opposite.search(span) is None) for span in self.negated)
 
     def wants(self, detail: Detail) -> bool:
         """Whether the prompt lacks this detail and says nothing against it."""
-        return not (self.stems.issuperset(detail.stems) or self.denies(detail.kin)
-                    or (detail.unless is not None and detail.unless.search(self.text) is not None))
+        return not (self.says(detail.words) or self.denies(detail.denied_by, detail.unless)
+                    or (detail.unless is not None and detail.unless.search(self.affirmed) is not None))
 
 
 def _fold(text: str) -> str:
+    # NFKD also parts kana from their voicing marks (\u30ac -> \u30ab): no pattern here depends on them.
     return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
+def _prints_text_at_end(text: str) -> bool:
+    tail = text[max(text.rfind(stop) for stop in _TEXT_STOPS) + 1:]
+    return _PRINT_TRIGGER.search(tail) is not None
 
 
 def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> str:
     """Append workflow detail to short prompts (longer ones already say what they want), and the
     preferred style and format where the workflow makes something new and the prompt does not
     say them already. Nothing the prompt says already or says against is added."""
-    short = is_short(prompt)
     style = STYLES[preferences.style] if preferences.style is not None and workflow in STYLED else ""
     shape = FORMATS[preferences.format] if preferences.format is not None and workflow in FROM_TEXT else ""
-    if not (short or style or shape):
-        return prompt
     described, settings = prompt, ""
     if ("--" in prompt or ":" in prompt) and (start := _SETTINGS.search(prompt)) is not None:
-        # The separator before them goes with them (stripped here, not in the pattern: a
-        # separator run before every position made the search quadratic, 83 ms on 2,000 spaces).
-        described = prompt[:start.start()].rstrip(" \t\n,;.")
+        # A separator before them goes with them; a sentence's end stays ("Jr."). Stripped here,
+        # not in the pattern: a separator run before every position made it quadratic.
+        described = prompt[:start.start()].rstrip(" \t\n,;")
         settings = prompt[len(described):]
-    if _PRINTS_TEXT_AT_END.search(described):
+    short = is_short(described)
+    if not (short or style or shape) or _prints_text_at_end(described):
         return prompt
-    said = _Said(described.lower())
+    said = _Said(described, settings)
     additions = [detail.text for detail in SUFFIXES[workflow] if said.wants(detail)] if short else []
     if style and _wants_style(said, preferences.style, style, workflow, additions):
         additions.insert(0, style)
-    if shape and not _NAMES_A_SHAPE.search(said.text):
+    if shape and not _NAMES_A_SHAPE.search(f"{said.text} {said.settings}"):
         additions.append(shape)
     if not additions:
         return prompt
     # A dangling separator (a full-width comma too, or a dash) is the list's to say: it doubled.
     base = described.rstrip().rstrip(",;:-\u2013\u2014\uff0c\u3001\uff1b\uff1a").rstrip()
     enhanced = f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
+    if settings and not settings.startswith((",", ";")) and not settings.lstrip().startswith("--"):
+        settings = ". " + settings.lstrip()  # a negative prompt the period before it ended
     return enhanced + settings
 
 
 def _wants_style(said: _Said, preferred: Style | None, style: str, workflow: WorkflowType,
                  details: list[str]) -> bool:
-    """Whether the preferred style adds to the prompt: not said already (by the prompt or its
-    detail), not taken back ("not a cartoon"), and not replaced by the prompt's own."""
-    if style.lower() in f"{said.text} {' '.join(details)}" or said.denies((style.lower()[:_STEM],)):
+    """Whether the preferred style adds to the prompt: not said already (by the prompt, its
+    settings or its detail), not taken back ("not a cartoon"), and not replaced by the prompt's own."""
+    head = style.lower().split()[0]  # "watercolor", not "water": "a desert, no water" keeps it
+    if style.lower() in f"{said.text} {said.settings} {' '.join(details)}" or said.denies((head,)):
         return False
     if preferred in _LOOKS:  # a look is said or not; its opposite rules it out
-        return style.split()[0] not in said.text and _LOOKS[preferred].search(said.text) is None
-    # A medium is one of several, and the prompt's own wins.
-    return not (_names_a_medium(said.text, workflow)
-                or (preferred in _NOT_ART and _NAMES_ART.search(said.text) is not None))
+        return head not in said.text and _LOOKS[preferred].search(said.affirmed) is None
+    # A medium is one of several, and the prompt's own wins (one it takes back does not).
+    return not (_names_a_medium(said.affirmed, workflow)
+                or (preferred in _NOT_ART and _NAMES_ART.search(said.affirmed) is not None))
 
 
 def _names_a_medium(prompt: str, workflow: WorkflowType) -> bool:

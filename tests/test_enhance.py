@@ -204,10 +204,9 @@ def test_detail_the_prompt_says_already_is_not_said_twice(prompt: str, workflow:
     ("shaky handheld video of a street", W.TEXT_TO_VIDEO, "smooth motion"),
     ("found footage of a forest", W.TEXT_TO_VIDEO, "cinematic"),
     # Taken back in words: "no", "not", "without", and other languages' own.
-    ("a dog video, not cinematic", W.TEXT_TO_VIDEO, "cinematic"),
-    ("don't make it cinematic, a dog", W.TEXT_TO_VIDEO, "cinematic"),
-    ("a cat, no details, very plain", W.IMAGE_GENERATION, "detailed"),
+    ("a sunset, no details", W.TEXT_TO_VIDEO, "detailed scene"),
     ("rain video, no music", W.VIDEO_GENERATION, "audio"),
+    ("waves, don\u2019t add music", W.VIDEO_GENERATION, "audio"),  # a phone's apostrophe
     ("waves crashing without any sound", W.VIDEO_GENERATION, "audio"),
     ("video of a dog barking, muted", W.VIDEO_GENERATION, "audio"),
     ("un video de olas sin m\u00fasica", W.VIDEO_GENERATION, "audio"),
@@ -218,6 +217,27 @@ def test_detail_the_prompt_says_against_is_left_out(prompt: str, workflow: W, un
     assert enhanced.startswith(prompt) and unsaid not in enhanced.removeprefix(prompt)
 
 
+@pytest.mark.parametrize(("prompt", "workflow", "kept"), [
+    # What is taken back is the opposite, not the detail.
+    ("make it sharp, not blurry", W.IMAGE_ENHANCEMENT, "sharp details"),
+    ("waves, no shaky camera", W.TEXT_TO_VIDEO, "smooth motion"),
+    ("a cat, not low quality", W.IMAGE_GENERATION, "high quality"),
+    ("don't make it black and white", W.IMAGE_ENHANCEMENT, "natural colors"),
+    # Taking back something else that shares a word, or a word that only starts alike.
+    ("a bob, no hair clips", W.HAIR_STYLING, "professional hair styling"),
+    ("a cat, no high heels", W.IMAGE_GENERATION, "high quality"),
+    ("no tony, a music video", W.VIDEO_GENERATION, "synchronized audio"),
+    ("non-stop music video", W.VIDEO_GENERATION, "synchronized audio"),  # one word, no "non"
+    # A word that only starts alike says nothing.
+    ("a professor at a desk", W.IMAGE_GENERATION, "professional"),
+    ("a cinema at night", W.TEXT_TO_VIDEO, "cinematic"),
+    # Settings do not make a short description long.
+    ("a red fox in the snow --ar 9:16 --v 6", W.IMAGE_GENERATION, "high quality"),
+])  # fmt: skip
+def test_detail_is_kept_where_the_prompt_takes_back_something_else(prompt: str, workflow: W, kept: str) -> None:
+    assert kept in enhance(prompt, workflow, NONE).removeprefix(prompt)
+
+
 def test_what_is_left_of_a_workflows_detail_is_still_added() -> None:
     assert enhance("rain video, no music", W.VIDEO_GENERATION, NONE) == "rain video, no music, cinematic, smooth motion"
     assert enhance("bald", W.HAIR_STYLING, NONE) == "bald, high detail"
@@ -225,24 +245,27 @@ def test_what_is_left_of_a_workflows_detail_is_still_added() -> None:
 
 @pytest.mark.parametrize("prompt", [
     "a mug that says hi mom", "a neon sign that says OPEN LATE", "a sign that reads:", "a cake with the words happy bday",
-    "a t-shirt with text no drama",
+    "a t-shirt with text no drama", "a shirt that says don't panic",
 ])
 def test_text_to_print_at_the_end_gets_nothing_appended(prompt: str) -> None:
     """Whatever followed "says hi mom" would be printed on the mug too."""
     assert enhance(prompt, W.IMAGE_GENERATION, Preferences(style="anime")) == prompt
 
 
-def test_quoted_text_ends_at_its_quotes() -> None:
+def test_quoted_text_ends_at_its_quotes_and_lettering_is_no_text() -> None:
     assert enhance('a mug that says "hi mom"', W.IMAGE_GENERATION, NONE) == (
         'a mug that says "hi mom", high quality, detailed, professional'
     )
+    for prompt in ("gold lettering on a black poster", "a spelling bee trophy", "a poem written on parchment"):
+        assert enhance(prompt, W.IMAGE_GENERATION, NONE).startswith(f"{prompt}, high quality")
 
 
 @pytest.mark.parametrize(("prompt", "enhanced"), [
     ("a cat --no people", "a cat, high quality, detailed, professional --no people"),
     ("a cat --ar 9:16 --style raw", "a cat, high quality, detailed, professional --ar 9:16 --style raw"),
     ("a woman, negative: blurry", "a woman, high quality, detailed, professional, negative: blurry"),
-    ("a fox. Negative prompt: text", "a fox, high quality, detailed, professional. Negative prompt: text"),
+    ("a fox. Negative prompt: text", "a fox. high quality, detailed, professional. Negative prompt: text"),
+    ("Photo of Sammy Davis Jr. --ar 1:1", "Photo of Sammy Davis Jr. high quality, detailed, professional --ar 1:1"),
 ])  # fmt: skip
 def test_the_detail_goes_before_the_prompts_own_settings(prompt: str, enhanced: str) -> None:
     """Parameters and a negative prompt end the description: after them the detail would be
@@ -252,7 +275,7 @@ def test_the_detail_goes_before_the_prompts_own_settings(prompt: str, enhanced: 
 
 @pytest.mark.parametrize(("prompt", "style"), [
     ("a dog, not a cartoon", "cartoon"),
-    ("a fox but not anime", "anime"),
+    ("a fox, negative: anime", "anime"),  # a negative prompt takes it back too
     ("a modern minimalist kitchen", "vintage"),
     ("a busy crowded night market", "minimalist"),
     ("a flat icon of a cat", "cinematic"),
@@ -260,3 +283,20 @@ def test_the_detail_goes_before_the_prompts_own_settings(prompt: str, enhanced: 
 def test_a_preferred_style_the_prompt_takes_back_or_contradicts_is_left_out(prompt: str, style: Any) -> None:
     enhanced = enhance(prompt, W.IMAGE_GENERATION, Preferences(style=style))
     assert enhanced.count(style) == prompt.count(style)
+
+
+@pytest.mark.parametrize(("prompt", "style"), [
+    ("a kitchen, not modern", "vintage"),  # the look's opposite, taken back
+    ("a desert with no water", "watercolor"),  # "water" is not "watercolor"
+    ("a fox, not anime", "oil_painting"),  # a medium taken back is not the prompt's own
+])  # fmt: skip
+def test_a_preferred_style_stays_where_the_prompt_takes_back_something_else(prompt: str, style: Any) -> None:
+    enhanced = enhance(prompt, W.IMAGE_GENERATION, Preferences(style=style))
+    assert enhance(prompt, W.IMAGE_GENERATION, NONE) != enhanced and enhanced.startswith(f"{prompt}, ")
+
+
+def test_the_prompts_own_parameters_say_a_shape_and_take_back_too() -> None:
+    assert "16:9" not in enhance("a cat --ar 9:16", W.IMAGE_GENERATION, Preferences(format="16:9"))
+    assert enhance("a beach at dusk --no music", W.VIDEO_GENERATION, NONE) == (
+        "a beach at dusk, cinematic, smooth motion --no music"
+    )
