@@ -47,7 +47,7 @@ from gateway.wire import (
     to_pipeline_request,
 )
 from pipeline.errors import PipelineError
-from pipeline.events import ErrorEvent, ProcessResult
+from pipeline.events import ErrorEvent, ProcessResult, PromptEvent
 from pipeline.protocols import Stage
 from pipeline.runner import run_pipeline
 from pipeline.state import RequestState
@@ -96,9 +96,10 @@ async def run_to_result(
     in_flight[handler] = run = JsonRun()
     try:
         async for name, event in run_pipeline(stages, state, instruments=request.app[STAGE_INSTRUMENTS]):
+            if isinstance(event, PromptEvent):
+                await charge_cost(request, _chargeable(state))
             if name == "done":
                 assert isinstance(event, ProcessResult)
-                await charge_cost(request, _chargeable(event))
                 unfinished = None
                 record_result(request, preq, event)
                 return event
@@ -205,9 +206,10 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
                 async for name, event in events:
                     if name == "done":
                         assert isinstance(event, ProcessResult)
-                        await charge_cost(request, _chargeable(event))
                         unfinished = None
                         record_result(request, preq, event)
+                    elif isinstance(event, PromptEvent):  # the answer goes out: charged first
+                        await charge_cost(request, _chargeable(state))
                     elif isinstance(event, ErrorEvent):
                         app[STATS].record_error(event.code)
                     await stream.send(name, encode_json(event), last=name == "done")
@@ -246,13 +248,16 @@ async def _stream(request: web.Request, preq: PipelineRequest) -> web.StreamResp
     return stream
 
 
-def _chargeable(result: ProcessResult) -> float:
-    """The estimate charged to the user's cost limit, once the answer is whole: nothing where the
-    frontend asks the user instead of generating, for a prompt that asks for nothing ("hi") or a
-    workflow missing its image ("animate this" with none: the same request, sent again with the
-    image, was charged twice)."""
-    metadata = result.metadata
-    return 0.0 if metadata.no_clear_intent or metadata.image_missing else result.estimated_cost
+def _chargeable(state: RequestState) -> float:
+    """The estimate charged to the user's cost limit as the final prompt goes out (after it the
+    client has the answer: charged at `done`, a stream closed at the prompt event went free):
+    nothing where the frontend asks the user instead of generating, for a prompt that asks for
+    nothing ("hi") or a workflow missing its image ("animate this" with none: the same request,
+    sent again with the image, was charged twice)."""
+    intent, selection = state.intent, state.selection
+    if intent is None or selection is None or intent.no_clear_intent or state.image_missing():
+        return 0.0
+    return selection.estimated_cost
 
 
 async def _end_with_error(stream: EventStream, error: ErrorEvent) -> None:

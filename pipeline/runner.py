@@ -14,7 +14,6 @@ from pipeline.events import ErrorEvent, ProcessResult, ResultMetadata, StageEven
 from pipeline.observe import stage_span_attributes
 from pipeline.protocols import Stage
 from pipeline.state import RequestState
-from pipeline.types import IMAGE_INPUT_WORKFLOWS
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +104,8 @@ def build_result(state: RequestState) -> ProcessResult:
             unknown_tags=state.unknown_tags,
             low_confidence=intent.low_confidence,
             no_clear_intent=intent.no_clear_intent,
-            image_missing=intent.workflow_type in IMAGE_INPUT_WORKFLOWS and not _brings_an_image(state),
+            image_missing=state.image_missing(),
             fallback_reason=state.fallback_reason,
         ),
     )
 
-
-def _brings_an_image(state: RequestState) -> bool:
-    context = state.context
-    has_own = context is not None and bool(context.working_images or context.uploaded_images)
-    return has_own or any(reference.kind == "user_tag" for reference in state.references)

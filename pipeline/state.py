@@ -7,6 +7,7 @@ import time
 import msgspec
 
 from pipeline.types import (
+    IMAGE_INPUT_WORKFLOWS,
     Arm,
     ClassifierInput,
     IntentClassification,
@@ -22,9 +23,12 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     uploaded_images: tuple[str, ...]
     mentions: tuple[str, ...]
 
+    def has_own_image(self) -> bool:
+        return bool(self.working_images or self.uploaded_images)
+
     def may_bring_an_image(self) -> bool:
         """An image of the user's own, or a @mention that may resolve to a saved one."""
-        return bool(self.working_images or self.uploaded_images or self.mentions)
+        return self.has_own_image() or bool(self.mentions)
 
     def classifier_input(self, prompt: str) -> ClassifierInput:
         return ClassifierInput(
@@ -54,6 +58,15 @@ class RequestState(msgspec.Struct, kw_only=True):
     # The trace of the request whose classification this one waited for (identical concurrent
     # misses share one): the LLM call and the cache write are in that trace, not this one.
     coalesced_with: str | None = None
+
+    def image_missing(self) -> bool:
+        """The workflow works on an image and the request brings none: its own, or a saved one
+        a @tag resolved to (final once the prompt stage has resolved them)."""
+        intent, context = self.intent, self.context
+        if intent is None or intent.workflow_type not in IMAGE_INPUT_WORKFLOWS:
+            return False
+        has_own = context is not None and context.has_own_image()
+        return not (has_own or any(reference.kind == "user_tag" for reference in self.references))
 
     @property
     def fallback_used(self) -> bool:

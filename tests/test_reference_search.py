@@ -7,7 +7,8 @@ import re
 import uuid
 from typing import Any
 
-from aioresponses import aioresponses
+import pytest
+from aioresponses import CallbackResult, aioresponses
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
@@ -343,3 +344,26 @@ async def test_the_step_is_traced_and_counted(make_client: MakeClient, upstream:
     assert lookups == {"found": 1, "cache_hit": 1}
     [circuit] = parsed["gateway_reference_search_circuit_open"].samples
     assert circuit.value == 0
+
+
+async def test_a_stream_left_while_its_references_are_searched_is_charged(
+    make_client: MakeClient, upstream: aioresponses
+) -> None:
+    """The prompt event carries the answer; a slow search holds `done` back. Charged at `done`,
+    a client that closed the stream once the final prompt came got it for free."""
+
+    async def slow(url: URL, **kwargs: Any) -> CallbackResult:
+        await asyncio.sleep(10)
+        return CallbackResult(payload={"results": []})
+
+    upstream.get(SEARX_SEARCH, callback=slow)
+    client = await make_client(searxng_url=SEARX, reference_search_timeout=20.0)
+    body = {"prompt": LOOK, "working_image_url": "https://demo.supabase.co/storage/v1/me.jpg"}
+    resp = await client.post(STREAM, json=body)
+    seen = b""
+    while b"event: prompt" not in seen:
+        seen += await resp.content.readuntil(b"\n\n")
+    resp.close()  # before the references, and `done`
+    model = next(e for e in parse_events(seen) if e.event == "model").data
+    usage = await (await client.get("/api/v1/enhanced/usage")).json()
+    assert model["estimated_cost"] > 0 and usage["cost_last_hour"] == pytest.approx(model["estimated_cost"])
