@@ -6,7 +6,6 @@ every instance stops calling a dead upstream together; otherwise in this process
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -14,7 +13,7 @@ from aiohttp import web
 from gateway.appkeys import HEALTH_PROBES, LLM_BREAKER, LLM_USAGE, METRICS, REDIS, SETTINGS
 from gateway.config import Settings
 from observability.metrics import Metrics
-from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from pipeline.breaker import BreakerPolicy, BreakerState, CircuitBreaker, upstream_key
 from pipeline.breaker_redis import RedisBreakerStore
 from pipeline.llm_usage import LLMUsage, Prices
 
@@ -31,12 +30,6 @@ def breaker_policy(settings: Settings) -> BreakerPolicy:
         reset_timeout=settings.circuit_breaker_timeout,
         success_threshold=settings.circuit_breaker_success_threshold,
     )
-
-
-def upstream_key(name: str, *upstream: str) -> str:
-    """A shared breaker's key: its name and which upstream it guards (a digest: no URL in Redis).
-    One key for all, one gateway's dead upstream opened the circuit of another's healthy one."""
-    return f"{name}:{hashlib.sha256(' '.join(upstream).encode()).hexdigest()[:12]}"
 
 
 def llm_usage(settings: Settings) -> LLMUsage:

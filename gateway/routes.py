@@ -130,7 +130,7 @@ def record_unfinished(request: web.Request, state: RequestState, reason: str) ->
     """Every request leaves a log row: one that ended without a result says why (and, once the
     intent stage began, which A/B arm it was on: an A/B analysis must count it too)."""
     if state.arm is not None:
-        request[ARM] = state.arm
+        _note_arm(request, state.arm)
     if (request_log := request.app.get(REQUEST_LOG)) is not None:
         route = request.path.rsplit("/", 1)[-1]
         elapsed_ms = state.elapsed_ms()
@@ -138,9 +138,13 @@ def record_unfinished(request: web.Request, state: RequestState, reason: str) ->
                                       arm=state.arm)
 
 
+def _note_arm(request: web.Request, arm: str) -> None:
+    """The arm for the request's log line: "both" once /compare has run the other too."""
+    request[ARM] = arm if request.get(ARM, arm) == arm else "both"
+
+
 def record_result(request: web.Request, preq: PipelineRequest, result: ProcessResult) -> None:
-    arm = result.metadata.arm
-    request[ARM] = arm if request.get(ARM, arm) == arm else "both"  # /compare runs both arms
+    _note_arm(request, result.metadata.arm)
     app = request.app
     # `_value_`, the members' own attribute: `.value` is a Python-level property (~0.3 us each).
     workflow = result.workflow_type._value_

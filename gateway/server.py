@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import gc
 import logging
@@ -188,8 +189,10 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     # The app checks where it is bound (no keys + not loopback = refuse to start).
     settings = msgspec.structs.replace(settings, host=host, port=port)
     # Before loading anything: a port in use is one line and exit 1, not a traceback a second later.
-    if port != 0 and (taken := _port_taken(host, port)) is not None:
-        log.critical("%s:%d is in use (%s): another gateway or program holds it", host, port, taken)
+    if port != 0 and (refused := _bind_refused(host, port)) is not None:
+        in_use, why = refused
+        log.critical("%s:%d is in use (%s): another gateway or program holds it" if in_use
+                     else "cannot listen on %s:%d (%s)", host, port, why)  # fmt: skip
         return 1
     if workers <= 1:
         return _run_worker(settings, host, port, reuse_port=False)
@@ -263,15 +266,16 @@ def _supervise(settings: Settings, host: str, port: int, workers: int) -> int:
     return 1 if failed else 0
 
 
-def _port_taken(host: str, port: int) -> str | None:
-    """Why host:port cannot be ours, if it cannot. SO_REUSEPORT lets the workers share the port,
-    and so it let a second `serve --workers` of the same user join it too: two gateways with
-    different settings, each taking half the connections, both saying they listen. A bind
-    without SO_REUSEPORT fails wherever anything listens there, sharing or not."""
+def _bind_refused(host: str, port: int) -> tuple[bool, str] | None:
+    """Whether host:port cannot be ours (None: it can): in use, or why not (an address not on
+    this machine, a name that does not resolve, a privileged port). SO_REUSEPORT lets the
+    workers share the port, and so it let a second `serve --workers` of the same user join it
+    too: two gateways with different settings, each taking half the connections, both saying
+    they listen. A bind without SO_REUSEPORT fails wherever anything listens there."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        return str(exc)
+        return False, str(exc)
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             # As aiohttp binds: a connection in TIME_WAIT holds nothing.
@@ -279,7 +283,7 @@ def _port_taken(host: str, port: int) -> str | None:
             try:
                 probe.bind(address)
             except OSError as exc:
-                return exc.strerror or str(exc)
+                return exc.errno == errno.EADDRINUSE, exc.strerror or str(exc)
     return None
 
 

@@ -12,6 +12,7 @@ breaker carries on with its own memory, so a Redis outage never blocks the LLM p
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -116,6 +117,12 @@ class CircuitOpen(Exception):
         super().__init__(f"circuit {name!r} is open; next probe in {retry_in:.1f}s")
         self.name = name
         self.retry_in = retry_in
+
+
+def upstream_key(name: str, *upstream: str) -> str:
+    """A shared breaker's key: its name and which upstream it guards (a digest: no URL in Redis).
+    One key for all, one gateway's dead upstream opened the circuit of another's healthy one."""
+    return f"{name}:{hashlib.sha256(' '.join(upstream).encode()).hexdigest()[:12]}"
 
 
 class CircuitBreaker:

@@ -257,8 +257,10 @@ def measure(chosen: list[Scenario], args: argparse.Namespace) -> list[dict[str, 
                 "paced_rate": rate,
                 "saturated": saturated,
                 "paced": paced,
-                # The walk counts on from slice to slice and into the paced run: its last count.
-                "repeated_misses": paced.get("repeated_misses") or 0,
+                # The walk counts on from 0, slice to slice and into the paced run: past its size,
+                # misses repeat.
+                "repeated_misses": max(0, int(paced.get("walk_end") or 0) - int(paced.get("walk_size") or 0))
+                if paced.get("walk_size") else 0,
             })
             if reports[-1]["repeated_misses"]:
                 sys.stderr.write(f"WARNING: {scenario.name}: the prompt walk wrapped, "

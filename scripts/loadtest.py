@@ -144,13 +144,14 @@ class PromptMix:
         # A later run continues where an earlier one stopped; by default a run starts anywhere
         # (not from the seed: the same seed walked the same prompts, and a rerun's "misses" were
         # the last run's prompts, hits on a cache that kept them).
-        self.drawn = walk_start if walk_start is not None else random.SystemRandom().randrange(self.total)
-        self.origin = 0 if walk_start is not None else self.drawn  # a chain of runs starts at 0
+        self.drawn = self.start = (walk_start if walk_start is not None
+                                   else random.SystemRandom().randrange(self.total))
 
     @property
     def repeated(self) -> int:
-        """Misses drawn after the walk wrapped: prompts already sent once (maybe still cached)."""
-        return max(0, self.drawn - self.origin - self.total)
+        """Misses this run drew after its walk wrapped: prompts it had sent once (maybe still
+        cached). A chain of runs (--walk-start) adds up its own: its walk_end past walk_size."""
+        return max(0, self.drawn - self.start - self.total)
 
     def body(self) -> bytes:
         if self.rng.random() < self.repeat_share:
@@ -348,7 +349,7 @@ class StreamClient:
             self.refusals += 1
             if not self.retry_after:
                 low, cap = REFUSED_BACKOFF_SECONDS
-                self.retry_after = min(cap, low * 2 ** (self.refusals - 1))
+                self.retry_after = min(cap, low * 2 ** min(self.refusals - 1, 16))  # 2**1024 overflowed
         else:
             self.refusals = 0
         if status in (204, 304):  # never a body, whatever the headers say (RFC 9112 6.3)
@@ -635,6 +636,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         # --walk-start for a next run whose misses must be new too (a replayed file has no walk)
         "walk_start": walk_start,
         "walk_end": mix.drawn if isinstance(mix, PromptMix) else None,
+        "walk_size": mix.total if isinstance(mix, PromptMix) else None,  # unique prompts before a wrap
         "repeated_misses": mix.repeated if isinstance(mix, PromptMix) else None,
     }
 

@@ -168,6 +168,13 @@ def test_a_port_already_taken_is_refused_at_once(tmp_path: Path) -> None:
         assert served.lines('"started workers"') == 0 and served.lines("Traceback") == 0
 
 
+def test_an_address_not_on_this_machine_is_said_as_such_not_as_in_use(tmp_path: Path) -> None:
+    with serve(tmp_path, 1, HOST="192.0.2.1") as served:  # TEST-NET-1: on no machine
+        served.process.wait(timeout=30)
+    assert served.process.returncode == 1
+    assert served.lines("cannot listen on 192.0.2.1:") == 1 and served.lines("is in use") == 0
+
+
 def test_a_worker_count_under_one_is_refused() -> None:
     """--workers 0 used to start one worker without a word; now it is a usage error."""
     refused = subprocess.run([sys.executable, "-m", "gateway", "serve", "--workers", "0"],

@@ -229,7 +229,8 @@ class LogWriter:
         """Write every buffered row; False when Postgres is unreachable (rows kept).
 
         Rows keep coming while it writes: past `buffer_rows` the newest go to the spill file here
-        too, or a Postgres slower than the traffic (not down) grew the buffer without bound.
+        too, or a Postgres slower than the traffic (not down) grew the buffer without bound. (Within
+        one batch's write the buffer may pass the bound by what arrives in it: write_timeout at most.)
         """
         while self._inflight or self._pending:
             if self._overflow() > 0:
@@ -337,6 +338,9 @@ class LogWriter:
         for path in sorted(self.spill_path.parent.glob(f"{self.spill_path.name}.*.replay")):
             entries = await asyncio.to_thread(_read_entries, path)
             for start in range(0, len(entries), self.batch_rows):
+                # New rows wait meanwhile: past the bound they go to the (fresh) spill file.
+                if self._overflow() > 0:
+                    await self._spill_overflow()
                 # Rows already written by an interrupted replay are skipped by their request id.
                 if not await self._write_batch(entries[start : start + self.batch_rows]):
                     return False

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from gateway.config import Settings
-from gateway.llm import breaker_policy, upstream_key
+from gateway.llm import breaker_policy
 from gateway.search.brave import BraveImageSearch
 from gateway.search.searxng import SearxngSearch
 from observability.metrics import Metrics
-from pipeline.breaker import CircuitBreaker
+from pipeline.breaker import CircuitBreaker, upstream_key
 from pipeline.breaker_redis import RedisBreakerStore
 from pipeline.redis_link import RedisLink
 from pipeline.search.cache import MemorySearchCache, RedisSearchCache, SearchCache
@@ -59,7 +59,9 @@ async def open_reference_lookup(
                 "reference_search",
                 breaker_policy(settings),
                 store=RedisBreakerStore(redis) if redis is not None else None,
-                key=upstream_key("reference_search", provider_name, settings.searxng_url or ""),
+                # Brave by its key: one deployment's revoked or spent key must not open another's.
+                key=upstream_key("reference_search", provider_name,
+                                 settings.searxng_url or settings.brave_search_api_key or ""),
             ),
             max_results=settings.reference_search_results,
             cache_ttl=settings.reference_search_cache_ttl,
