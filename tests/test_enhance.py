@@ -186,7 +186,7 @@ async def test_process_answers_with_the_preferred_style_in_the_final_prompt(clie
     ("sharpen it, high resolution", W.IMAGE_ENHANCEMENT, "sharpen it, high resolution, sharp details, natural colors"),
 ])  # fmt: skip
 def test_detail_the_prompt_says_already_is_not_said_twice(prompt: str, workflow: W, enhanced: str) -> None:
-    """By the word's stem: "smooth slow motion" says "smooth motion", "details" says "detailed"."""
+    """Word by word, give or take an ending: "smooth slow motion" says "smooth motion"."""
     assert enhance(prompt, workflow, NONE) == enhanced
 
 

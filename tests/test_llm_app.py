@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from aioresponses import aioresponses
 from redis.asyncio import Redis
 from yarl import URL
@@ -13,6 +15,7 @@ from tests.conftest import MakeClient
 from tests.test_llm import BASE_URL, ENDPOINT, ERROR, answer, completion
 
 LLM = {"openai_api_key": "sk-test", "openai_base_url": BASE_URL, "llm_backoff_base": 0.001}
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def upstream_calls(upstream: aioresponses) -> int:
@@ -95,54 +98,49 @@ async def test_stream_reports_the_fallback(make_client: MakeClient, upstream: ai
     assert upstream_calls(upstream) == 1  # a 400 is not retried
 
 
-async def test_breaker_is_shared_through_redis(make_client: MakeClient, upstream: aioresponses) -> None:
-    """Two instances on one Redis: once one opens the circuit, the other makes no calls."""
+@pytest.fixture
+async def shared() -> AsyncIterator[dict[str, Any]]:
+    """LLM settings for gateways sharing the machine's Redis under a prefix of this test's own
+    (its keys are removed after)."""
     prefix = f"gw-test-{secrets.token_hex(6)}:"
+    yield {"redis_url": REDIS_URL, "redis_key_prefix": prefix, "circuit_breaker_failure_threshold": 3, **LLM}
+    redis = Redis.from_url(REDIS_URL)
+    if keys := [key async for key in redis.scan_iter(match=prefix + "*")]:
+        await redis.delete(*keys)
+    await redis.aclose()
+
+
+async def test_breaker_is_shared_through_redis(
+    make_client: MakeClient, upstream: aioresponses, shared: dict[str, Any]
+) -> None:
+    """Two instances on one Redis: once one opens the circuit, the other makes no calls."""
     upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)
-    shared = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix, **LLM}
-    first = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3, **shared)
-    second = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3, **shared)
-    try:
-        await process(first, "a cat playing in the garden")
-        assert upstream_calls(upstream) == 3
-        body = await process(second, "a cat playing in the garden")
-        assert body["fallback_used"] is True
-        assert upstream_calls(upstream) == 3
-        health = await (await second.get("/health")).json()
-        assert health["dependencies"]["llm"]["breaker"] == "open"
-        assert health["dependencies"]["llm"]["breaker_shared"] is True
-    finally:
-        redis = Redis.from_url("redis://127.0.0.1:6379/0")
-        keys = [key async for key in redis.scan_iter(match=prefix + "*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
+    first = await make_client(intent_classifier="llm", **shared)
+    second = await make_client(intent_classifier="llm", **shared)
+    await process(first, "a cat playing in the garden")
+    assert upstream_calls(upstream) == 3
+    body = await process(second, "a cat playing in the garden")
+    assert body["fallback_used"] is True
+    assert upstream_calls(upstream) == 3
+    health = await (await second.get("/health")).json()
+    assert health["dependencies"]["llm"]["breaker"] == "open"
+    assert health["dependencies"]["llm"]["breaker_shared"] is True
 
 
 async def test_a_breaker_shared_through_redis_is_its_upstreams(
-    make_client: MakeClient, upstream: aioresponses
+    make_client: MakeClient, upstream: aioresponses, shared: dict[str, Any]
 ) -> None:
     """Two gateways on one Redis calling different upstreams: one's dead upstream opened the
     other's circuit too (one key for all), and its healthy upstream went unused."""
-    prefix = f"gw-test-{secrets.token_hex(6)}:"
     other_base = "http://other-llm.test/v1"
     upstream.post(ENDPOINT, status=500, payload=ERROR, repeat=True)
     upstream.post(f"{other_base}/chat/completions", payload=completion(answer("image_generation")), repeat=True)
-    shared = {"redis_url": "redis://127.0.0.1:6379/0", "redis_key_prefix": prefix, **LLM}
-    dead = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3, **shared)
-    healthy = await make_client(intent_classifier="llm", circuit_breaker_failure_threshold=3,
-                                **{**shared, "openai_base_url": other_base})
-    try:
-        assert (await process(dead, "a cat playing in the garden"))["fallback_used"] is True
-        assert (await (await dead.get("/health")).json())["dependencies"]["llm"]["breaker"] == "open"
-        body = await process(healthy, "a cat playing in the garden")
-        assert (body["fallback_used"], body["intent_source"]) == (False, "llm")
-    finally:
-        redis = Redis.from_url("redis://127.0.0.1:6379/0")
-        keys = [key async for key in redis.scan_iter(match=prefix + "*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
+    dead = await make_client(intent_classifier="llm", **shared)
+    healthy = await make_client(intent_classifier="llm", **{**shared, "openai_base_url": other_base})
+    assert (await process(dead, "a cat playing in the garden"))["fallback_used"] is True
+    assert (await (await dead.get("/health")).json())["dependencies"]["llm"]["breaker"] == "open"
+    body = await process(healthy, "a cat playing in the garden")
+    assert (body["fallback_used"], body["intent_source"]) == (False, "llm")
 
 
 async def test_upstream_continues_the_request_trace(make_client: MakeClient, upstream: aioresponses) -> None:
