@@ -1,7 +1,7 @@
 // Compare: the AI path and the existing keyword rules for one prompt, differences marked.
 
 import { describeError, postJSON, requestBody } from "./api.js";
-import { $, formatCost, h, markField, percent, say } from "./dom.js";
+import { $, formatCost, h, markField, percent, refuseEmptyPrompt, say } from "./dom.js";
 
 const COMPARE = "/api/v1/enhanced/compare";
 
@@ -51,6 +51,8 @@ export function setupCompare() {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const body = requestBody(form);
+    if (refuseEmptyPrompt(form, "c", body, alert)) return;
     // The latest submit wins: an earlier answer arriving later must not replace its table.
     controller?.abort();
     const mine = (controller = new AbortController());
@@ -59,7 +61,7 @@ export function setupCompare() {
     say(status, "Comparing…");
     section.hidden = true;
     try {
-      const result = await postJSON(COMPARE, requestBody(form), { signal: mine.signal });
+      const result = await postJSON(COMPARE, body, { signal: mine.signal });
       const ai = result.ai_classification;
       const existing = result.existing_system;
       $("#c-table tbody").replaceChildren(...ROWS.map(([label, get]) => row(label, get(ai), get(existing))));

@@ -65,3 +65,12 @@ export function formatCost(usd) {
 export function percent(ratio) {
   return `${(100 * ratio).toFixed(1)}%`;
 }
+
+/** An empty prompt is refused here, as the gateway would refuse it: a refused request still
+ * counts against the user's limits. True when refused (the field says why). */
+export function refuseEmptyPrompt(form, prefix, body, alert) {
+  if (body.prompt.trim()) return false;
+  markField(form, prefix, "prompt", "Prompt: prompt must not be empty");
+  say(alert, "The prompt must not be empty: say what to make or change.");
+  return true;
+}

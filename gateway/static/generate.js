@@ -2,7 +2,7 @@
 
 import { ApiError, NoAnswer, describeError, getJSON, requestBody, streamEvents } from "./api.js";
 import { waterfall } from "./charts.js";
-import { $, formatCost, formatMs, h, markField, percent, say } from "./dom.js";
+import { $, formatCost, formatMs, h, markField, percent, refuseEmptyPrompt, say } from "./dom.js";
 import { recordRun } from "./latency.js";
 
 const STREAM = "/api/v1/enhanced/stream";
@@ -203,12 +203,13 @@ export function setupGenerate() {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
+    const body = requestBody(form, { ai: $("#g-ai").checked });
+    if (refuseEmptyPrompt(form, "g", body, alert)) return;
     controller?.abort();
     const mine = (controller = new AbortController());
     // A submit while a stream runs aborts it; that stream's catch and finally run after this
     // one has started and must leave the page to it.
     const current = () => controller === mine;
-    const body = requestBody(form, { ai: $("#g-ai").checked });
     markField(form, "g", null);
     say(alert, "");
     stages.replaceChildren();
