@@ -344,9 +344,11 @@ async def _serve_forever(settings: Settings, host: str, port: int, *, reuse_port
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, _stopping, signum, stop)
         _settle_gc()
+        # The port bound, which PORT=0 leaves to the system: the log line is how one finds it.
+        bound = next((address[1] for address in runner.addresses if isinstance(address, tuple)), port)
         log.info(
             "gateway listening",
-            extra={"host": host, "port": port, "pid": os.getpid(), "classifier": settings.intent_classifier},
+            extra={"host": host, "port": bound, "pid": os.getpid(), "classifier": settings.intent_classifier},
         )
         await stop.wait()
     finally:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -181,6 +182,24 @@ def test_a_worker_count_under_one_is_refused() -> None:
                              cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2
     assert "--workers: must be 1 or more, not 0" in refused.stderr
+
+
+def test_port_0_listens_on_a_free_port_and_says_which(tmp_path: Path) -> None:
+    """The log line said "port": 0: nothing told where the gateway was."""
+    log = tmp_path / "serve.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--port", "0"], cwd=ROOT,
+                                   env={**os.environ, "INTENT_CLASSIFIER": "rules"},
+                                   stdout=subprocess.DEVNULL, stderr=log_file, text=True)  # fmt: skip
+    try:
+        served = Served(process, log, 0)
+        served.wait_for(LISTENING, 1)
+        line = next(json.loads(line) for line in log.read_text().splitlines() if LISTENING in line)
+        served.port = line["port"]
+        assert served.port > 0 and served.healthy()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def test_workers_on_port_0_are_refused() -> None:
