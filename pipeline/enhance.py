@@ -58,27 +58,36 @@ class Detail:
 
 # What says the opposite of a detail, by kind.
 _LOW_FI = (r"low[- ]?(?:res|resolution|quality|poly|fi)|lo-?fi|\d+[- ]?bit|pixel(?:ated)?|ms paint|"
-           r"jpe?g artifacts")
+           r"jpe?g artifacts|(?:bad|poor|worst) quality")
 _SIMPLE = (r"simple|simplistic|minimal(?:ist|istic)?|plain|flat|basic|icon|emoji|doodle|stick figure|"
            r"line art|outline|silhouette|sketchy|rough|" + _LOW_FI)
 _UNSTEADY = (r"shak(?:e|y|ing)|handheld|jerky|choppy|glitch(?:y|ing)?|stop[- ]motion|time-?lapse|hyperlapse|"
              r"strob(?:e|ing)|frantic|chaotic|fast|quick(?:ly)?|rapid(?:ly)?|wild(?:ly)?|crazy|spin(?:s|ning)?|"
              r"earthquake|explod(?:e|es|ing)|explosion")
 _DEFORMING = (r"spin(?:s|ning)?|morph\w*|transform\w*|melt\w*|explod\w*|explosion|shatter\w*|disintegrat\w*|"
-              r"shak(?:e|es|ing)|earthquake|glitch\w*")
+              r"shak(?:e|es|ing)|earthquake|glitch\w*|becom\w*|turns? into|turning into|dissolv\w*|bloom\w*|"
+              r"grow\w*|evolv\w*|ag(?:e|es|ing) into")
 _COLOR_WORK = (r"black and white|b ?& ?w|b/w|monochrome|gr[ae]yscale|sepia|dark(?:er|en)?|mood(?:y|ier)|"
                r"vibrant|(?:de)?saturat\w*|warm(?:er)?|cool(?:er)?|tint\w*|tone[sd]?|filter|vintage|film|"
                r"grade|grading|colou?r(?:s|ed|ize|ise)?|teal|neon|pastel|faded|retro")
 _SOFT = r"blur\w*|soft(?:er|en)?|dream\w*|haz[ey]|grain\w*|bokeh|glow\w*|out of focus"
 _LIGHTING = (r"light\w*|lit|relight|dark(?:er|en)?|bright(?:er|en)?|shadows?|sunset|night|neon|glow\w*|"
              r"golden hour")
-_NO_HAIR = r"bald\w*|shav(?:e|ed|ing)|hairless|remove (?:\w+ )?hair"
+_NO_HAIR = r"bald\w*|shav(?:e|ed|ing)|hairless|remove (?:\w+ )?hair|unprofessional|bedhead"
 _DRAWN = r"cartoon\w*|anime|manga|drawing|painting|illustration|sketch\w*|watercolou?r|3d|pixar|lego|comic\w*"
-_UNCINEMATIC = _any(r"documentary|amateur|found footage|vlog|home video|phone footage|security cam(?:era)?|"
-                    r"cctv|webcam|dash ?cam|gopro|screen recording|handheld|" + _LOW_FI)
+_HOMEMADE = (r"documentary|amateur|found footage|vlogs?|vhs|home video|phone footage|"
+             r"(?:i?phone|selfie) (?:video|footage|clip)|security cam(?:era)?|cctv|webcam|dash ?cam|gopro|"
+             r"screen recording|handheld|" + _LOW_FI)
+_UNCINEMATIC = _any(_HOMEMADE)
+# Silence asked for outright (negated words are the other way: "no music"); then Chinese and
+# Japanese "mute", "no sound", "no music".
+_SILENT = re.compile(r"\b(?:mut(?:e|ed)|silent(?:ly)?|silence|stumm|voiceless|audio-free|"
+                     r"(?:sound|music|audio) off)\b"
+                     r"|\u9759\u97f3|\u65e0\u58f0|\u6ca1\u6709\u58f0\u97f3|\u97f3\u697d\u306a\u3057|\u7121\u97f3")
 # Words for sound: "no music" and "sin sonido" take back "synchronized audio".
-_AUDIO = ("music", "sound", "sounds", "audio", "soundtrack", "voice", "voices", "musica", "sonido", "son",
-          "ton", "\u043c\u0443\u0437\u044b\u043a\u0438", "\u0437\u0432\u0443\u043a\u0430")  # Russian
+_AUDIO = ("music", "sound", "sounds", "audio", "soundtrack", "voice", "voices", "dialogue", "sfx", "noise",
+          "musica", "musique", "sonido", "som", "suono", "musik",
+          "\u043c\u0443\u0437\u044b\u043a\u0438", "\u0437\u0432\u0443\u043a\u0430")  # Russian
 
 SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     W.IMAGE_GENERATION: (
@@ -114,8 +123,8 @@ SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     ),
     W.VIDEO_GENERATION: (
         Detail("cinematic", _UNCINEMATIC),
-        Detail("smooth motion", _any(_UNSTEADY)),
-        Detail("synchronized audio", _any(r"mut(?:e|ed)|silent(?:ly)?|silence"), denied_by=_AUDIO),
+        Detail("smooth motion", _any(_UNSTEADY), denied_by=("smooth", "motion")),
+        Detail("synchronized audio", _SILENT, denied_by=_AUDIO),
     ),
     W.IMAGE_TO_VIDEO: (
         Detail("smooth natural motion", _any(_UNSTEADY)),
@@ -123,7 +132,7 @@ SUFFIXES: dict[WorkflowType, tuple[Detail, ...]] = {
     ),
     W.TEXT_TO_VIDEO: (
         Detail("cinematic", _UNCINEMATIC),
-        Detail("smooth motion", _any(_UNSTEADY)),
+        Detail("smooth motion", _any(_UNSTEADY), denied_by=("smooth", "motion")),
         Detail("detailed scene", _any(_SIMPLE), denied_by=("detailed", "details", "detail")),
     ),
 }
@@ -141,6 +150,15 @@ FORMATS: dict[Format, str] = {
     "1:1": "1:1 aspect ratio", "4:3": "4:3 aspect ratio", "3:4": "3:4 aspect ratio",
     "16:9": "16:9 aspect ratio", "9:16": "9:16 aspect ratio",
 }
+# Each style as a prompt may say it, or take it back ("no photorealism", "never cartoonish").
+_STYLE_WORDS: dict[Style, tuple[str, ...]] = {
+    "photorealistic": ("photorealistic", "photorealism", "photoreal", "realistic", "realism"),
+    "cinematic": ("cinematic",), "anime": ("anime", "manga"),
+    "cartoon": ("cartoon", "cartoonish", "cartoony"),
+    "watercolor": ("watercolor", "watercolour"), "oil_painting": ("oil",), "sketch": ("sketch", "pencil"),
+    "digital_art": ("digital",), "3d_render": ("3d", "cgi", "render", "rendered"),
+    "vintage": ("vintage", "retro", "old-fashioned"), "minimalist": ("minimalist", "minimal", "minimalism"),
+}
 # A prompt that names a medium or a shape of its own means it: the preference (a default the user
 # set once) does not contradict it ("a watercolor painting of a fox" got ", photorealistic";
 # "a vertical phone wallpaper" got ", 16:9 aspect ratio"). Words that also describe things ("a
@@ -154,6 +172,11 @@ _NAMES_A_MEDIUM = re.compile(
     r"digital (?:art|painting|illustration)|"
     r"pixel art|low[- ]poly|cgi|claymation|stop[- ]motion|impressionist|cubist|surrealist|ukiyo-e|pop art|"
     r"kawaii|chibi|ghibli|simpsons|pixar|disney|minecraft|south park|in the style of|"
+    # What a photograph, a render or an artist's work is said to be made with.
+    r"shot on|\d+ ?mm(?: lens)?|f/\d|kodak|portra|canon|nikon|leica|fujifilm|dslr|selfie|screenshot|"
+    r"unreal engine|octane|blender|rendered|artstation|"
+    r"diagram|x-ray|blueprint|stained glass|tattoo design|embroidery|infographic|doodle|stick figure|"
+    r"drawn by|abstract|stylized|stylised|sketching|"
     # A style named by a word or two ("ghibli-style"); bounded, or it backtracked from every word
     r"(?<![\w-])[\w-]{1,40}[- ]style|"
     r"photo(?:graph)?s?(?! (?:album|booth|frame|studio|shoot|editor|app|gallery|wall))|"
@@ -164,7 +187,7 @@ _NAMES_A_MEDIUM = re.compile(
     # Italian, French, German (accents dropped: the prompt is folded before it is searched).
     r"|\u6c34\u5f69|\u6cb9\u7d75|\u6cb9\u753b|\u6c34\u58a8|\u5199\u771f|\u7167\u7247|\u7d20\u63cf"
     r"|\u30b9\u30b1\u30c3\u30c1"
-    r"|\b(?:acuarela|aquarela|acquerello|aquarelle|aquarell|oleo|olio|olgemalde|peinture|fotografia|photographie"
+    r"|\b(?:acuarela|aquarela|acquerello|aquarelle|aquarell|oleo|olio|olgemalde|peinture|fotografia|foto|photographie"
     r"|dibujo|desenho|disegno|dessin|zeichnung|pintura|pittura|gemalde|lapis|matita)\b"
 )
 # Words for a painting or drawing in general: the preferred one refines them ("a painting of",
@@ -181,7 +204,10 @@ _NAMES_A_SHAPE = re.compile(
     r"(?:wallpaper|background)|(?:instagram|insta|ig|facebook|fb) (?:story|stories|reels?|post)|tiktok|"
     r"youtube (?:banner|thumbnail|short)s?|"
     r"(?:twitter|x|linkedin) (?:header|banner)|"
-    r"in (?:portrait|landscape)|panoram(?:a|ic)|aspect ratio|\d{3,4} ?x ?\d{3,4})\b"
+    r"in (?:portrait|landscape)|panoram(?:a|ic)|ultra-?wide|aspect ratio|reels?|\d{3,4} ?x ?\d{3,4}|"
+    r"\d{1,2} by \d{1,2})\b"
+    # An orientation said as a clause of its own ("a cat, vertical").
+    r"|(?:^|[,;(:]\s*)(?:vertical|horizontal|square|landscape|portrait|wide|tall)\s*(?:[,;)]|$)"
     r"|(?<![\d:.])(?:1[:x]1|4[:x]3|3[:x]4|16[:x]9|9[:x]16|3[:x]2|2[:x]3|21[:x]9|4[:x]5|5[:x]4)(?![\d:])"
     # Vertical and horizontal in Chinese and Japanese.
     r"|\u7ad6\u7248|\u7ad6\u5c4f|\u6a2a\u7248|\u6a2a\u5c4f|\u7e26\u9577|\u7e26\u578b|\u6a2a\u9577"
@@ -189,8 +215,12 @@ _NAMES_A_SHAPE = re.compile(
 # "a landscape photo" are a framing and a subject, not an aspect ratio
 # Looks that go with any medium ("a photo of ..., cinematic"): added unless the prompt says them
 # or their opposite ("a modern kitchen" is no vintage look).
+# What a style transfer says when it names no look of its own ("turn this into a painting").
+_GENERIC_ART = _any(r"painting|painted|drawing|drawn|illustration|artwork|art|artistic|artsy|restyle|stylize|"
+                    r"style")
 _LOOKS: dict[Style, re.Pattern[str]] = {
-    "cinematic": _any(r"flat|vector|icon|logo|diagram|infographic|sticker|emoji|clip ?art|pixel art"),
+    "cinematic": _any(r"flat|vector|icon|logo|diagram|infographic|sticker|emoji|clip ?art|pixel art|"
+                      + _HOMEMADE),
     "vintage": _any(r"modern|futuristic|contemporary|sci-?fi|cyberpunk|space age"),
     "minimalist": _any(r"busy|crowded|cluttered|maximalist|ornate|intricate|bustling|chaotic"),
 }
@@ -204,13 +234,19 @@ STYLED = FROM_TEXT | {W.STYLE_TRANSFER}
 # be printed too, so nothing is appended. A trigger after the last quote or sentence end runs to
 # the end; quoted text ends where its quotes do.
 _PRINT_TRIGGER = re.compile(
-    r"\b(?:says?|saying|(?:that|which|it) reads?|the (?:text|words?)|with text|titled|caption(?:ed)?)\b",
+    r"\b(?:says?|saying|(?:that|which|it) reads?|reading|spells|label+ed|titled|caption(?:ed)?|"
+    r"with the (?:text|words?|name)|with text|the words?)\b"
+    r"|\b(?:sign|banner|poster|label|t-?shirt|shirt|mug|card|cake|tattoo|headline|title|slogan)\s*:",
     re.IGNORECASE,
 )
-_TEXT_STOPS = ('"', "\u201c", "\u201d", "\u00ab", "\u00bb", "\u300c", "\u300d", ".", "!", "?")
+# Where quoted text ends. Not a period or "!": they end text as often as sentences ("Dr. Smith",
+# "happy bday!"), and detail glued to printed text is printed.
+_CLOSING_QUOTES = ('"', "\u201d", "\u00bb", "\u300d")
 # Where a prompt's own settings start: parameters ("--ar 9:16", "--no people") and a negative prompt
 # ("negative: blurry"). What is appended belongs to the description before them.
-_SETTINGS = re.compile(r"\s--[a-z]|\b(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
+# "--ar" or, autocorrected, "\u2014ar"; a negative prompt as a clause of its own.
+_SETTINGS = re.compile(r"(?:^|(?<=[\s,;]))(?:--|\u2014)[a-z]"
+                       r"|(?:^|(?<=[,.;(|\n]))\s*(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
 # What the settings take back: "--no X" and the negative prompt's words.
 _SETTINGS_AGAINST = re.compile(r"--no\s+([^-]*)|\b(?:negative(?: prompt)?|neg)\s*:(.*)",
                                re.IGNORECASE | re.DOTALL)
@@ -218,7 +254,7 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 # Words that take back the next few ("no music", "not a cartoon", "sin m\u00fasica"), in the languages
 # the classifier was trained on (folded: "n\u00e3o" is "nao").
 _NEGATORS = (
-    "no", "not", "non", "without", "never", "avoid", "zero", "don't", "dont", "doesn't", "isn't", "nothing",
+    "no", "not", "without", "never", "avoid", "zero", "don't", "dont", "doesn't", "isn't", "nothing",
     "sin", "sans", "pas", "ohne", "kein", "keine", "nicht", "sem", "nao", "senza",
     "\u0431\u0435\u0437", "\u043d\u0435", "\u043d\u0435\u0442",  # Russian: without, not, no
 )
@@ -246,9 +282,7 @@ class _Said:
         text = text.lower().replace("\u2019", "'")  # "don\u2019t", as phones type it
         self.text = text if text.isascii() else _fold(text)
         words = _WORD.findall(self.text)
-        self.words: dict[str, list[str]] = {}  # by their first four letters
-        for word in words:
-            self.words.setdefault(word[:4], []).append(word)
+        self.words = _by_prefix(words)
         self.negated: list[str] = []  # the words of what it takes back, span by span
         self.affirmed = self.text  # what `unless` and the looks' opposites read
         if not _NEGATOR_WORDS.isdisjoint(words):  # few prompts
@@ -256,19 +290,30 @@ class _Said:
             self.affirmed = _NEGATION.sub(" ", self.text)
         self.settings = settings.lower()
         self.negated += [" ".join(against) for against in _SETTINGS_AGAINST.findall(self.settings)]
+        # Each span's words by their first four letters: a long negative prompt is many words.
+        self._negated_words = [_by_prefix(_WORD.findall(span)) for span in self.negated]
 
     def says(self, words: tuple[str, ...]) -> bool:
         return all(any(_same_word(word, w) for w in self.words.get(word[:4], ())) for word in words)
 
     def denies(self, words: tuple[str, ...], opposite: re.Pattern[str] | None = None) -> bool:
         """Whether a span it takes back holds one of `words`, and not as part of their `opposite`."""
-        return any(any(_same_word(word, w) for w in _WORD.findall(span) for word in words)
-                   and (opposite is None or opposite.search(span) is None) for span in self.negated)
+        return any(any(_same_word(word, w) for word in words for w in by_prefix.get(word[:4], ()))
+                   and (opposite is None or opposite.search(span) is None)
+                   for span, by_prefix in zip(self.negated, self._negated_words, strict=True))
 
     def wants(self, detail: Detail) -> bool:
         """Whether the prompt lacks this detail and says nothing against it."""
         return not (self.says(detail.words) or self.denies(detail.denied_by, detail.unless)
                     or (detail.unless is not None and detail.unless.search(self.affirmed) is not None))
+
+
+def _by_prefix(words: list[str]) -> dict[str, list[str]]:
+    """Words by their first four letters: a word is only ever compared with those that share them."""
+    found: dict[str, list[str]] = {}
+    for word in words:
+        found.setdefault(word[:4], []).append(word)
+    return found
 
 
 def _fold(text: str) -> str:
@@ -277,7 +322,9 @@ def _fold(text: str) -> str:
 
 
 def _prints_text_at_end(text: str) -> bool:
-    tail = text[max(text.rfind(stop) for stop in _TEXT_STOPS) + 1:]
+    if text.count('"') % 2 or text.count("\u201c") > text.count("\u201d"):
+        return True  # a quote left open: whatever follows is inside it
+    tail = text[max(text.rfind(quote) for quote in _CLOSING_QUOTES) + 1:]
     return _PRINT_TRIGGER.search(tail) is not None
 
 
@@ -291,10 +338,12 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     if ("--" in prompt or ":" in prompt) and (start := _SETTINGS.search(prompt)) is not None:
         # A separator before them goes with them; a sentence's end stays ("Jr."). Stripped here,
         # not in the pattern: a separator run before every position made it quadratic.
-        described = prompt[:start.start()].rstrip(" \t\n,;")
+        described = prompt[:start.start()].rstrip(" \t\n,;([|")
         settings = prompt[len(described):]
     short = is_short(described)
-    if not (short or style or shape) or _prints_text_at_end(described):
+    if not (short or style or shape) or not any(ch.isalnum() for ch in described):
+        return prompt  # nothing to enrich: long and no preference, or no description at all
+    if _prints_text_at_end(described):
         return prompt
     said = _Said(described, settings)
     additions = [detail.text for detail in SUFFIXES[workflow] if said.wants(detail)] if short else []
@@ -307,8 +356,10 @@ def enhance(prompt: str, workflow: WorkflowType, preferences: Preferences) -> st
     # A dangling separator (a full-width comma too, or a dash) is the list's to say: it doubled.
     base = described.rstrip().rstrip(",;:-\u2013\u2014\uff0c\u3001\uff1b\uff1a").rstrip()
     enhanced = f"{base}{' ' if base.endswith(_SENTENCE_ENDS) else ', '}{', '.join(additions)}"
-    if settings and not settings.startswith((",", ";")) and not settings.lstrip().startswith("--"):
-        settings = ". " + settings.lstrip()  # a negative prompt the period before it ended
+    # A negative prompt whose period ended the description gets one again; a separator or a
+    # bracket it came with, or parameters, stay as they were.
+    if settings and not settings.lstrip().startswith((",", ";", "(", "[", "|", "--", "\u2014")):
+        settings = ". " + settings.lstrip()
     return enhanced + settings
 
 
@@ -316,11 +367,15 @@ def _wants_style(said: _Said, preferred: Style | None, style: str, workflow: Wor
                  details: list[str]) -> bool:
     """Whether the preferred style adds to the prompt: not said already (by the prompt, its
     settings or its detail), not taken back ("not a cartoon"), and not replaced by the prompt's own."""
-    head = style.lower().split()[0]  # "watercolor", not "water": "a desert, no water" keeps it
-    if style.lower() in f"{said.text} {said.settings} {' '.join(details)}" or said.denies((head,)):
+    assert preferred is not None
+    words = _STYLE_WORDS[preferred]  # "watercolor", not "water": "a desert, no water" keeps it
+    if (style.lower() in f"{said.text} {said.settings} {' '.join(details)}" or said.denies(words)
+            or any(said.says((word,)) for word in words)):
         return False
+    if workflow is W.STYLE_TRANSFER and not _GENERIC_ART.search(said.affirmed):
+        return False  # the prompt is the look ("van gogh", "lego"): the preference refines only "a painting"
     if preferred in _LOOKS:  # a look is said or not; its opposite rules it out
-        return head not in said.text and _LOOKS[preferred].search(said.affirmed) is None
+        return _LOOKS[preferred].search(said.affirmed) is None
     # A medium is one of several, and the prompt's own wins (one it takes back does not).
     return not (_names_a_medium(said.affirmed, workflow)
                 or (preferred in _NOT_ART and _NAMES_ART.search(said.affirmed) is not None))

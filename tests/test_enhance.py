@@ -210,6 +210,10 @@ def test_detail_the_prompt_says_already_is_not_said_twice(prompt: str, workflow:
     ("waves crashing without any sound", W.VIDEO_GENERATION, "audio"),
     ("video of a dog barking, muted", W.VIDEO_GENERATION, "audio"),
     ("un video de olas sin m\u00fasica", W.VIDEO_GENERATION, "audio"),
+    ("un chien, sans musique", W.VIDEO_GENERATION, "audio"),
+    ("a dog barking, sound off", W.VIDEO_GENERATION, "audio"),
+    ("she becomes a wolf", W.IMAGE_TO_VIDEO, "stable subject"),
+    ("a dog, not smooth", W.TEXT_TO_VIDEO, "smooth motion"),
     ("\u0432\u0438\u0434\u0435\u043e \u0432\u043e\u043b\u043d \u0431\u0435\u0437 \u043c\u0443\u0437\u044b\u043a\u0438", W.VIDEO_GENERATION, "audio"),  # Russian: no music
 ])  # fmt: skip
 def test_detail_the_prompt_says_against_is_left_out(prompt: str, workflow: W, unsaid: str) -> None:
@@ -228,6 +232,8 @@ def test_detail_the_prompt_says_against_is_left_out(prompt: str, workflow: W, un
     ("a cat, no high heels", W.IMAGE_GENERATION, "high quality"),
     ("no tony, a music video", W.VIDEO_GENERATION, "synchronized audio"),
     ("non-stop music video", W.VIDEO_GENERATION, "synchronized audio"),  # one word, no "non"
+    ("a rave with non stop music", W.VIDEO_GENERATION, "synchronized audio"),
+    ("a man alone, no son", W.VIDEO_GENERATION, "synchronized audio"),
     # A word that only starts alike says nothing.
     ("a professor at a desk", W.IMAGE_GENERATION, "professional"),
     ("a cinema at night", W.TEXT_TO_VIDEO, "cinematic"),
@@ -245,7 +251,8 @@ def test_what_is_left_of_a_workflows_detail_is_still_added() -> None:
 
 @pytest.mark.parametrize("prompt", [
     "a mug that says hi mom", "a neon sign that says OPEN LATE", "a sign that reads:", "a cake with the words happy bday",
-    "a t-shirt with text no drama", "a shirt that says don't panic",
+    "a t-shirt with text no drama", "a shirt that says don't panic", "a neon sign reading OPEN",
+    "a sign that says Dr. Smith", "a cake that says happy bday!", 'a logo with the text "ACME', "a shop sign: Joe's Pizza",
 ])
 def test_text_to_print_at_the_end_gets_nothing_appended(prompt: str) -> None:
     """Whatever followed "says hi mom" would be printed on the mug too."""
@@ -275,6 +282,13 @@ def test_the_detail_goes_before_the_prompts_own_settings(prompt: str, enhanced: 
 
 @pytest.mark.parametrize(("prompt", "style"), [
     ("a dog, not a cartoon", "cartoon"),
+    ("a cat, no photorealism", "photorealistic"),  # in another form of the word
+    ("a dog, never cartoonish", "cartoon"),
+    ("a cat, no cgi", "3d_render"),
+    ("a cat, minimal", "minimalist"),
+    ("vlog of me cooking", "cinematic"),  # what a vlog is not
+    ("a woman, shot on 35mm film, Kodak Portra", "anime"),  # a photograph, said as photographers do
+    ("a castle, unreal engine 5, octane render", "watercolor"),
     ("a fox, negative: anime", "anime"),  # a negative prompt takes it back too
     ("a modern minimalist kitchen", "vintage"),
     ("a busy crowded night market", "minimalist"),
@@ -295,8 +309,31 @@ def test_a_preferred_style_stays_where_the_prompt_takes_back_something_else(prom
     assert enhance(prompt, W.IMAGE_GENERATION, NONE) != enhanced and enhanced.startswith(f"{prompt}, ")
 
 
+@pytest.mark.parametrize(("prompt", "enhanced"), [
+    ("a cat \u2014ar 16:9", "a cat, high quality, detailed, professional \u2014ar 16:9"),  # "--" autocorrected
+    ("a cat (negative: blurry)", "a cat, high quality, detailed, professional (negative: blurry)"),
+    ("--ar 16:9", "--ar 16:9"),  # parameters alone: nothing described
+    ("a photo of a negative: a film", "a photo of a negative: a film, high quality, detailed, professional"),
+])  # fmt: skip
+def test_settings_in_other_spellings_and_words_that_only_look_like_them(prompt: str, enhanced: str) -> None:
+    assert enhance(prompt, W.IMAGE_GENERATION, NONE) == enhanced
+
+
 def test_the_prompts_own_parameters_say_a_shape_and_take_back_too() -> None:
     assert "16:9" not in enhance("a cat --ar 9:16", W.IMAGE_GENERATION, Preferences(format="16:9"))
     assert enhance("a beach at dusk --no music", W.VIDEO_GENERATION, NONE) == (
         "a beach at dusk, cinematic, smooth motion --no music"
     )
+
+
+def test_a_style_transfer_to_a_named_look_takes_no_preferred_style() -> None:
+    """The prompt is the look ("van gogh", "a comic book"); the preference refines only a generic one."""
+    prefs = Preferences(style="anime")
+    for prompt in ("van gogh", "turn it into a comic book", "make it baroque"):
+        assert "anime" not in enhance(prompt, W.STYLE_TRANSFER, prefs)
+    assert "anime style" in enhance("make it artistic", W.STYLE_TRANSFER, prefs)
+
+
+@pytest.mark.parametrize("prompt", ["a cat, vertical", "a cat, 9 by 16", "an ultrawide shot of a desert"])
+def test_an_orientation_said_on_its_own_takes_no_preferred_shape(prompt: str) -> None:
+    assert "aspect ratio" not in enhance(prompt, W.IMAGE_GENERATION, Preferences(format="4:3"))
