@@ -242,9 +242,9 @@ _PRINT_TRIGGER = re.compile(
 # Where quoted text ends. Not a period or "!": they end text as often as sentences ("Dr. Smith",
 # "happy bday!"), and detail glued to printed text is printed.
 _CLOSING_QUOTES = ('"', "\u201d", "\u00bb", "\u300d")
-# Where a prompt's own settings start: parameters ("--ar 9:16", "--no people") and a negative prompt
-# ("negative: blurry"). What is appended belongs to the description before them.
-# "--ar" or, autocorrected, "\u2014ar"; a negative prompt as a clause of its own.
+# Where a prompt's own settings start: parameters ("--ar 9:16", "--no people", autocorrected to
+# "\u2014ar") and a negative prompt as a clause of its own ("a cat, negative: blurry"). What is
+# appended belongs to the description before them.
 _SETTINGS = re.compile(r"(?:^|(?<=[\s,;]))(?:--|\u2014)[a-z]"
                        r"|(?:^|(?<=[,.;(|\n]))\s*(?:negative(?: prompt)?|neg)\s*:", re.IGNORECASE)
 # What the settings take back: "--no X" and the negative prompt's words.
@@ -260,7 +260,7 @@ _NEGATORS = (
 )
 _NEGATOR_WORDS = frozenset(_NEGATORS)
 _NEGATED_SPAN = 3  # words after a negator that it takes back, within its clause
-# A negator and the words it takes back ("non-stop" is one word, no negator).
+# A negator and the words it takes back ("no-fly" is one word, no negator).
 _NEGATION = re.compile(rf"(?<![\w'-])(?:{'|'.join(map(re.escape, _NEGATORS))})(?![\w'-])"
                        rf"((?:[ \t]+[^\W_]+(?:['-][^\W_]+)*){{1,{_NEGATED_SPAN}}})")
 
