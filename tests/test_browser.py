@@ -174,6 +174,8 @@ async def test_generate_shows_each_stage_as_it_arrives_then_the_result(open_brow
     await expect(result).to_contain_text("hair_styling")
     await expect(result).to_contain_text("flux-kontext-apps/change-haircut")
     await expect(result).to_contain_text("missing: this workflow works on an image")  # none attached
+    # Said on the intent card already, before the model was picked.
+    await expect(cards.nth(1)).to_contain_text("missing: this workflow works on an image")
     trace = result.locator("a[href^='/debug/traces/']")
     href = await trace.get_attribute("href") or ""
     assert re.fullmatch(r"/debug/traces/[0-9a-f]{32}", href)
