@@ -280,7 +280,7 @@ class _Said:
 
     def __init__(self, text: str, settings: str = "") -> None:
         text = text.lower().replace("\u2019", "'")  # "don\u2019t", as phones type it
-        self.text = text if text.isascii() else _fold(text)
+        self.text = text if text.isascii() else fold_accents(text)
         words = _WORD.findall(self.text)
         self.words = _by_prefix(words)
         self.negated: list[str] = []  # the words of what it takes back, span by span
@@ -316,8 +316,9 @@ def _by_prefix(words: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def _fold(text: str) -> str:
-    # NFKD also parts kana from their voicing marks (\u30ac -> \u30ab): no pattern here depends on them.
+def fold_accents(text: str) -> str:
+    """Text with accents dropped, as BERT's uncased tokenizer drops them ("v\u00eddeo" is "video").
+    NFKD also parts kana from their voicing marks (\u30ac -> \u30ab): no pattern here depends on them."""
     return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
 
 

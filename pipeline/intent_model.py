@@ -20,7 +20,6 @@ import logging
 import math
 import re
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from pipeline.encoder import (
     StaticEncoder,
     distill_static_table,
 )
+from pipeline.enhance import fold_accents
 from pipeline.tokens import WordCachedTokenizer
 
 __all__ = [
@@ -135,8 +135,7 @@ def _words(text: str) -> list[str]:
     text = text.lower()
     if text.isascii():
         return _WORD.findall(text)
-    folded = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
-    return _ANY_WORD.findall(folded)
+    return _ANY_WORD.findall(fold_accents(text))
 
 
 def _word_grams(word: str) -> list[str]:
