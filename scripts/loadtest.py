@@ -505,7 +505,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         FileMix(rng, args.bodies) if args.prompts
         else PromptMix(rng, args.repeat_share, args.hot, walk_start=args.walk_start)
     )
-    walk_start = mix.drawn if isinstance(mix, PromptMix) else None
     deadline = time.perf_counter() + args.warmup + (args.duration if args.duration is not None else 1e9)
     budget = [args.requests or 0]
 
@@ -634,7 +633,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "prompts": args.prompts,
         "target_rate": args.rate,
         # --walk-start for a next run whose misses must be new too (a replayed file has no walk)
-        "walk_start": walk_start,
+        "walk_start": mix.start if isinstance(mix, PromptMix) else None,
         "walk_end": mix.drawn if isinstance(mix, PromptMix) else None,
         "walk_size": mix.total if isinstance(mix, PromptMix) else None,  # unique prompts before a wrap
         "repeated_misses": mix.repeated if isinstance(mix, PromptMix) else None,
